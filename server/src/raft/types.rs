@@ -1,0 +1,248 @@
+//! Plain data types shared by the Raft core, the storage layer and the
+//! transport. No behaviour lives here beyond small helpers.
+
+use std::collections::BTreeSet;
+
+/// A member's Raft id. `0` means "none" (no vote, no leader known).
+pub type NodeId = u64;
+/// Sentinel for "no node".
+pub const NO_NODE: NodeId = 0;
+
+/// What an entry carries. Stored as a `u8` in the WAL and as a `u32` on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// An application command (a state-machine write), opaque to Raft.
+    Normal = 0,
+    /// The empty entry a new leader appends at the start of its term.
+    Noop = 1,
+    /// A membership change; `data` is an encoded [`ConfChange`].
+    ConfChange = 2,
+}
+
+impl EntryKind {
+    /// Decodes a stored kind; `None` for an unknown value (a corrupt or newer record).
+    pub fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Normal),
+            1 => Some(Self::Noop),
+            2 => Some(Self::ConfChange),
+            _ => None,
+        }
+    }
+}
+
+/// One Raft log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub index: u64,
+    pub term: u64,
+    pub kind: EntryKind,
+    pub data: Vec<u8>,
+}
+
+impl Entry {
+    /// Bytes this entry counts against size limits (payload plus fixed overhead).
+    pub fn size_bytes(&self) -> usize {
+        self.data.len() + 24
+    }
+}
+
+/// The state that must be durable before the node answers any message that
+/// depends on it (Raft Figure 2 "persistent state", plus the commit index).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HardState {
+    pub term: u64,
+    /// Who this node voted for in `term`; [`NO_NODE`] if nobody.
+    pub vote: NodeId,
+    pub commit: u64,
+}
+
+/// Cluster membership: voters decide elections and commits, learners only
+/// receive the log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ConfState {
+    pub voters: BTreeSet<NodeId>,
+    pub learners: BTreeSet<NodeId>,
+}
+
+impl ConfState {
+    /// Whether `id` is a voter or a learner.
+    pub fn contains(&self, id: NodeId) -> bool {
+        self.voters.contains(&id) || self.learners.contains(&id)
+    }
+}
+
+/// Which membership change a [`ConfChange`] entry asks for. Titan uses
+/// single-server changes: one change at a time (see `raft` module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConfChangeType {
+    AddLearner = 0,
+    PromoteLearner = 1,
+    RemoveNode = 2,
+}
+
+/// A membership change as carried in an [`EntryKind::ConfChange`] entry.
+/// `context` is opaque to Raft; the node uses it for the member's name and
+/// addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfChange {
+    pub change: ConfChangeType,
+    pub node_id: NodeId,
+    pub context: Vec<u8>,
+}
+
+/// The position and configuration a snapshot covers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SnapshotMeta {
+    /// Last log index included in the snapshot.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+    /// Membership as of `index`.
+    pub conf: ConfState,
+}
+
+/// Message kinds exchanged between Raft peers. Numbers are wire-stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum MessageType {
+    PreVote = 1,
+    PreVoteResp = 2,
+    Vote = 3,
+    VoteResp = 4,
+    Append = 5,
+    AppendResp = 6,
+    Heartbeat = 7,
+    HeartbeatResp = 8,
+    /// Leader → follower: install the snapshot described by `Message::snapshot`.
+    /// The node streams the snapshot data out of band.
+    Snapshot = 9,
+    /// Leadership transfer: the target starts an election immediately.
+    TimeoutNow = 10,
+    /// Follower → leader: ask for a read index for `context`.
+    ReadIndex = 11,
+    ReadIndexResp = 12,
+}
+
+impl MessageType {
+    /// Decodes a wire value; `None` for unknown values.
+    pub fn from_u32(v: u32) -> Option<Self> {
+        use MessageType::*;
+        Some(match v {
+            1 => PreVote,
+            2 => PreVoteResp,
+            3 => Vote,
+            4 => VoteResp,
+            5 => Append,
+            6 => AppendResp,
+            7 => Heartbeat,
+            8 => HeartbeatResp,
+            9 => Snapshot,
+            10 => TimeoutNow,
+            11 => ReadIndex,
+            12 => ReadIndexResp,
+            _ => return None,
+        })
+    }
+}
+
+/// One Raft message. A flat struct in the style of etcd's `raftpb.Message`:
+/// which fields mean what depends on `msg_type` (documented in `raft`).
+/// The transport maps it field-for-field to `titan.v1.RaftMessage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub msg_type: MessageType,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub term: u64,
+    pub log_term: u64,
+    pub index: u64,
+    pub entries: Vec<Entry>,
+    pub commit: u64,
+    pub reject: bool,
+    pub reject_hint: u64,
+    pub hint_term: u64,
+    pub context: Vec<u8>,
+    pub snapshot: Option<SnapshotMeta>,
+}
+
+impl Message {
+    /// A message with every optional field empty.
+    pub fn new(msg_type: MessageType, from: NodeId, to: NodeId, term: u64) -> Self {
+        Message {
+            msg_type,
+            from,
+            to,
+            term,
+            log_term: 0,
+            index: 0,
+            entries: Vec::new(),
+            commit: 0,
+            reject: false,
+            reject_hint: 0,
+            hint_term: 0,
+            context: Vec::new(),
+            snapshot: None,
+        }
+    }
+}
+
+impl ConfChangeType {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::AddLearner),
+            1 => Some(Self::PromoteLearner),
+            2 => Some(Self::RemoveNode),
+            _ => None,
+        }
+    }
+}
+
+/// A [`ConfChange`] payload that could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed configuration change entry")]
+pub struct BadConfChange;
+
+impl ConfChange {
+    /// Encoding: `change:u8 | node_id:u64 LE | context bytes`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + self.context.len());
+        out.push(self.change as u8);
+        out.extend_from_slice(&self.node_id.to_le_bytes());
+        out.extend_from_slice(&self.context);
+        out
+    }
+
+    /// Inverse of [`ConfChange::encode`].
+    pub fn decode(buf: &[u8]) -> Result<Self, BadConfChange> {
+        if buf.len() < 9 {
+            return Err(BadConfChange);
+        }
+        let change = ConfChangeType::from_u8(buf[0]).ok_or(BadConfChange)?;
+        let node_id = u64::from_le_bytes(buf[1..9].try_into().map_err(|_| BadConfChange)?);
+        Ok(ConfChange {
+            change,
+            node_id,
+            context: buf[9..].to_vec(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conf_change_round_trips_and_rejects_short_or_unknown_input() {
+        let cc = ConfChange {
+            change: ConfChangeType::PromoteLearner,
+            node_id: 42,
+            context: b"ctx".to_vec(),
+        };
+        assert_eq!(ConfChange::decode(&cc.encode()), Ok(cc));
+        assert_eq!(ConfChange::decode(&[0; 8]), Err(BadConfChange));
+        assert_eq!(ConfChange::decode(&[9; 9]), Err(BadConfChange));
+    }
+}

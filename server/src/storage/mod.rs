@@ -1,0 +1,1 @@
+//! Durable storage: write-ahead log, snapshot files and the state machine.
