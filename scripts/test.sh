@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test Titan has: unit tests, the Raft simulator, storage crash and
+# property tests, process-level cluster tests (real titan-server processes on
+# loopback), operator tests (builders, mock API server, real kube-apiserver
+# tier) and the packaging checks (shellcheck, helm lint/template, generated
+# manifests up to date).
+#
+# It installs what it needs (cargo-nextest, helm, shellcheck, kube-apiserver +
+# etcd built from Debian's sources and cached under ~/.cache/titan-tools).
+# Set TITAN_SKIP_APISERVER=1 to skip building the kube-apiserver (its tier
+# then reports itself skipped).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "== installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
+
+if [ -x scripts/ci/tools.sh ]; then
+  tools_bin=$(scripts/ci/tools.sh)
+  export PATH="$tools_bin:$PATH"
+fi
+
+if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ "${TITAN_SKIP_APISERVER:-0}" != 1 ] \
+  && [ -x scripts/ci/kube-apiserver.sh ]; then
+  KUBEBUILDER_ASSETS=$(scripts/ci/kube-apiserver.sh)
+  export KUBEBUILDER_ASSETS
+fi
+
+echo "== cargo nextest (all workspace tests)"
+cargo nextest run --workspace --locked --profile ci
+
+echo "== doc tests"
+cargo test --workspace --doc --locked
+
+if [ -x scripts/ci/check-packaging.sh ]; then
+  echo "== packaging checks"
+  scripts/ci/check-packaging.sh
+fi
