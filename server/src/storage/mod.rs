@@ -10,10 +10,22 @@
 //! - [`boot`]: startup: snapshot + WAL replay.
 //! - [`fsutil`]: atomic small-file writes and directory fsync.
 
+pub mod boot;
 pub mod fsutil;
+pub mod snapshot;
+pub mod snapshot_codec;
+pub mod state_machine;
 pub mod wal;
 pub mod wal_fs;
 pub mod wal_record;
 pub mod wal_recovery;
 
+pub use boot::{Boot, BootError, BootOptions, boot};
+pub use snapshot::{
+    SnapshotError, SnapshotFile, SnapshotInstaller, SnapshotOptions, SnapshotStore,
+};
+pub use snapshot_codec::{SnapshotHeader, SnapshotLimits};
+pub use state_machine::{
+    ApplyError, ApplyOutcome, Command, Condition, MemberInfo, StateMachine, Versioned, WriteOutcome,
+};
 pub use wal::{FsyncObserver, Wal, WalError, WalOptions, WalRecovery, WalStats};
