@@ -330,17 +330,44 @@ impl Wal {
         self.wait_durable(seq)
     }
 
+    /// Like [`Wal::append`], but the batch is built under the write lock
+    /// from the current last index, so concurrent callers can assign
+    /// consecutive indexes without their own lock (and still share fsyncs).
+    pub fn append_with<F>(&self, build: F) -> Result<(), WalError>
+    where
+        F: FnOnce(u64) -> (Vec<Entry>, Option<HardState>),
+    {
+        let seq = {
+            let mut inner = lock(&self.inner);
+            let (entries, hs) = build(inner.last_index);
+            if entries.is_empty() && hs.is_none() {
+                return Ok(());
+            }
+            self.write_locked(&mut inner, &entries, hs)?
+        };
+        self.wait_durable(seq)
+    }
+
     /// Encodes and writes one batch; returns its sequence number.
     fn write_batch(&self, entries: &[Entry], hs: Option<HardState>) -> Result<u64, WalError> {
-        check_consecutive(entries)?;
         let mut inner = lock(&self.inner);
+        self.write_locked(&mut inner, entries, hs)
+    }
+
+    fn write_locked(
+        &self,
+        inner: &mut Inner,
+        entries: &[Entry],
+        hs: Option<HardState>,
+    ) -> Result<u64, WalError> {
+        check_consecutive(entries)?;
         if inner.poisoned {
             return Err(WalError::Poisoned);
         }
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
         let encoded = inner.encode_batch(entries, hs, &self.opts, &mut buf);
-        let result = encoded.and_then(|()| self.write_encoded(&mut inner, &buf, entries, hs));
+        let result = encoded.and_then(|()| self.write_encoded(inner, &buf, entries, hs));
         inner.buf = buf;
         result
     }
