@@ -432,3 +432,36 @@ fn acknowledged_concurrent_writes_survive_a_crash_image_taken_mid_flight() {
         }
     }
 }
+
+#[test]
+fn torn_header_of_a_freshly_rotated_segment_is_dropped_and_rewritten() {
+    for torn in [vec![0u8; 10], vec![0u8; 32], b"TITANWAL\x01".to_vec()] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _) = Wal::open(dir.path(), small_segments()).unwrap();
+            for i in 1..=60 {
+                wal.append(&[entry(i, 1, 100)], Some(hs(1, i))).unwrap();
+            }
+        }
+        let last = segments(dir.path()).pop().unwrap();
+        let next = dir.path().join(format!(
+            "{:020}.wal",
+            last.file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                + 1
+        ));
+        fs::write(&next, &torn).unwrap();
+        let (wal, rec) = Wal::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(rec.entries.len(), 60);
+        assert_eq!(rec.dropped_tail_bytes, torn.len() as u64);
+        wal.append(&[entry(61, 1, 1)], None).unwrap();
+        drop(wal);
+        let (_, rec) = Wal::open(dir.path(), small_segments()).unwrap();
+        assert_eq!(rec.entries.len(), 61, "torn header {torn:?}");
+        assert_eq!(rec.hard_state, hs(1, 60));
+    }
+}

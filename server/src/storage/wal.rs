@@ -294,11 +294,10 @@ impl Wal {
             buf: Vec::new(),
             poisoned: false,
         };
-        let mut next_seq = 1;
+        let mut torn_seq = None;
         for seg in rec.segments {
-            next_seq = seg.seq + 1;
             if seg.scan.header_torn {
-                next_seq = seg.seq;
+                torn_seq = Some(seg.seq);
                 break;
             }
             inner.segments.push(Segment {
@@ -308,13 +307,14 @@ impl Wal {
                 max_entry_index: seg.scan.max_entry_index,
             });
         }
-        match inner.segments.last() {
-            Some(last) if next_seq == last.seq + 1 => {
+        match (torn_seq, inner.segments.last()) {
+            (None, Some(last)) => {
                 inner.active = fs
                     .open_append_at(&last.path, last.bytes)
                     .map_err(|e| WalError::io(&last.path, e))?;
             }
-            _ => inner.create_segment(dir, fs, next_seq)?,
+            (Some(seq), _) => inner.create_segment(dir, fs, seq)?,
+            (None, None) => inner.create_segment(dir, fs, 1)?,
         }
         Ok((inner, rec.state.entries))
     }
