@@ -22,6 +22,9 @@ use super::wal_record::{SEGMENT_HEADER_BYTES, SegmentHeader, WalRecord};
 use super::wal_recovery::{Recovered, recover_dir, segment_name};
 use crate::raft::{Entry, HardState};
 
+/// Largest encode buffer kept between appends (a bigger one is freed).
+const MAX_RETAINED_BUF_BYTES: usize = 4 << 20;
+
 /// A callback that observes every fsync's latency (for a metrics histogram).
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
@@ -368,7 +371,9 @@ impl Wal {
         buf.clear();
         let encoded = inner.encode_batch(entries, hs, &self.opts, &mut buf);
         let result = encoded.and_then(|()| self.write_encoded(inner, &buf, entries, hs));
-        inner.buf = buf;
+        if buf.capacity() <= MAX_RETAINED_BUF_BYTES {
+            inner.buf = buf;
+        }
         result
     }
 
@@ -617,7 +622,7 @@ impl Inner {
             if frame > u64::from(opts.max_record_bytes) {
                 return Err(too_large(frame));
             }
-            WalRecord::Entry(e.clone()).encode_into(buf);
+            WalRecord::encode_entry_into(e, buf);
         }
         if let Some(hs) = hs {
             WalRecord::HardState(hs).encode_into(buf);
