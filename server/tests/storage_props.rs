@@ -222,3 +222,98 @@ proptest! {
         prop_assert_eq!(decoded.is_ok(), xor == 0);
     }
 }
+
+/// Boot-level operations on real files: committed writes, snapshots (with
+/// WAL compaction) and restarts.
+#[derive(Debug, Clone)]
+enum NodeOp {
+    Put { key: u8, value: u8 },
+    Snapshot,
+    Restart,
+}
+
+fn node_op() -> impl Strategy<Value = NodeOp> {
+    prop_oneof![
+        8 => (0u8..16, any::<u8>()).prop_map(|(key, value)| NodeOp::Put { key, value }),
+        1 => Just(NodeOp::Snapshot),
+        1 => Just(NodeOp::Restart),
+    ]
+}
+
+fn boot_opts() -> titan_server::storage::BootOptions {
+    titan_server::storage::BootOptions {
+        wal: WalOptions {
+            segment_bytes: 1024,
+            compact_margin_entries: 2,
+            ..WalOptions::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn run_node_ops(ops: Vec<NodeOp>) {
+    use std::collections::BTreeMap;
+    use titan_server::storage::boot;
+    let dir = tempfile::tempdir().unwrap();
+    let mut model: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = BTreeMap::new();
+    let mut node = boot(dir.path(), boot_opts()).unwrap();
+    for op in ops {
+        match op {
+            NodeOp::Put { key, value } => {
+                let index = node.wal.last_index() + 1;
+                let cmd = Command::Put {
+                    key: vec![key],
+                    value: vec![value],
+                    cond: Condition::None,
+                };
+                let e = Entry {
+                    index,
+                    term: 1,
+                    kind: EntryKind::Normal,
+                    data: cmd.encode(),
+                };
+                let hs = HardState {
+                    term: 1,
+                    vote: 1,
+                    commit: index,
+                };
+                node.wal.append(std::slice::from_ref(&e), Some(hs)).unwrap();
+                node.state_machine.apply(&e);
+                model.insert(vec![key], (vec![value], index));
+            }
+            NodeOp::Snapshot => {
+                let index = node.state_machine.applied_index();
+                let meta = SnapshotMeta {
+                    index,
+                    term: 1,
+                    ..SnapshotMeta::default()
+                };
+                node.snapshots
+                    .write(&meta, &node.state_machine.snapshot_view())
+                    .unwrap();
+                node.wal.compact(index, 1).unwrap();
+            }
+            NodeOp::Restart => {
+                drop(node);
+                node = boot(dir.path(), boot_opts()).unwrap();
+            }
+        }
+        let got: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = node
+            .state_machine
+            .iter()
+            .map(|(k, v)| (k.to_vec(), (v.value.to_vec(), v.version)))
+            .collect();
+        assert_eq!(got, model);
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(16))]
+
+    #[test]
+    fn boot_restores_the_model_state_across_snapshots_and_restarts(
+        ops in proptest::collection::vec(node_op(), 1..80)
+    ) {
+        run_node_ops(ops);
+    }
+}
