@@ -63,6 +63,14 @@ impl Inflights {
         }
     }
 
+    /// Frees the oldest slot: a heartbeat answer proves the peer is alive,
+    /// so let one Append through even if earlier ones were lost.
+    pub fn free_first_one(&mut self) {
+        if let Some((_, bytes)) = self.queue.pop_front() {
+            self.bytes -= bytes;
+        }
+    }
+
     /// Forgets everything (on a state change).
     pub fn reset(&mut self) {
         self.queue.clear();

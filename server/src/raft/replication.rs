@@ -296,6 +296,9 @@ impl<S: Storage> Raft<S> {
         pr.recent_active = true;
         pr.lease_stamp = pr.lease_stamp.max(m.index);
         pr.probe_sent = false;
+        if pr.state == ProgressState::Replicate && pr.inflights.full() {
+            pr.inflights.free_first_one();
+        }
         let behind = pr.match_index < self.log.last_index();
         if behind {
             self.send_append(m.from, true);

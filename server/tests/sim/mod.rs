@@ -10,3 +10,4 @@ pub mod cluster;
 pub mod kv;
 pub mod linearizability;
 pub mod network;
+pub mod workload;
