@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use titan_server::raft::rng::SplitMix64;
 use titan_server::raft::{
-    Config, Entry, EntryKind, MemStorage, MessageType, NodeId, RawNode, ReadState, Ready, Role,
-    SnapshotMeta, Storage,
+    ConfState, Config, Entry, EntryKind, HardState, MemStorage, MessageType, NodeId, RawNode,
+    ReadState, Ready, Role, SnapshotMeta, Storage,
 };
 
 use super::checker::Checker;
@@ -130,6 +130,56 @@ impl Cluster {
             events: Vec::new(),
             ids: (1..=total).collect(),
         }
+    }
+
+    /// A cluster whose members start from hand-made logs: `logs[i]` lists
+    /// the terms of entries `1..`, all voters in `voters`, every node at `term`.
+    pub fn from_logs(
+        voters: &[NodeId],
+        logs: &[&[u64]],
+        term: u64,
+        tweak: impl Fn(&mut Config),
+    ) -> Self {
+        let mut c = Cluster::new(0, voters.len() as u64, 7, &tweak);
+        let conf = ConfState {
+            voters: voters.iter().copied().collect(),
+            learners: Default::default(),
+        };
+        for (&id, terms) in voters.iter().zip(logs) {
+            let entries: Vec<Entry> = terms
+                .iter()
+                .enumerate()
+                .map(|(i, &t)| {
+                    let index = i as u64 + 1;
+                    let data = Put {
+                        op_id: index * 1000 + t,
+                        key: 0,
+                    }
+                    .encode();
+                    Entry {
+                        index,
+                        term: t,
+                        kind: EntryKind::Normal,
+                        data,
+                    }
+                })
+                .collect();
+            let hs = HardState {
+                term,
+                vote: 0,
+                commit: 0,
+            };
+            let snap = SnapshotMeta {
+                index: 0,
+                term: 0,
+                conf: conf.clone(),
+            };
+            let disk = MemStorage::from_parts(hs, snap, entries).expect("contiguous");
+            let node = c.node_mut(id);
+            node.raw = Some(RawNode::new(&node.cfg, disk.clone()).expect("valid config"));
+            node.disk = disk;
+        }
+        c
     }
 
     pub fn node(&self, id: NodeId) -> &SimNode {

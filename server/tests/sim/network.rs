@@ -40,6 +40,8 @@ pub struct Network {
     pub rng: SplitMix64,
     /// Messages sent so far (for statistics).
     pub sent: u64,
+    /// Scenario hook: messages for which this returns `true` are dropped.
+    pub drop_filter: Option<fn(&Message) -> bool>,
 }
 
 /// What happened to a sent message (the sender learns snapshot outcomes).
@@ -57,11 +59,15 @@ impl Network {
             blocked: BTreeSet::new(),
             rng: SplitMix64::new(seed),
             sent: 0,
+            drop_filter: None,
         }
     }
 
     pub fn send(&mut self, now: u64, msg: Message, snap: Option<SnapData>) -> SendOutcome {
         self.sent += 1;
+        if self.drop_filter.is_some_and(|f| f(&msg)) {
+            return SendOutcome::Dropped;
+        }
         if self.blocked.contains(&(msg.from, msg.to))
             || self.rng.chance(self.faults.drop_per_mille, 1000)
         {
