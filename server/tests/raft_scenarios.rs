@@ -193,7 +193,7 @@ fn votes_persisted_across_restart_prevent_a_second_vote_in_the_same_term() {
     c.stabilize().unwrap();
     assert_eq!(status(&c, 1).role, Role::Leader, "won with node 2's vote");
     let term = status(&c, 1).term;
-    assert_eq!(c.node(2).disk.hard_state().vote, 1);
+    assert_eq!(c.node(2).durable().hard_state().vote, 1);
     c.crash(2);
     c.restart(2).unwrap();
     assert_eq!((status(&c, 2).term, status(&c, 2).vote), (term, 1));
@@ -520,7 +520,7 @@ fn unsynced_entries_are_lost_on_crash_and_the_node_rejoins() {
     c.persist_per_mille = 0;
     c.put(1, 1, 0).unwrap();
     c.process_all().unwrap();
-    let before = c.node(1).disk.last_index();
+    let before = c.node(1).durable().last_index();
     c.crash(1);
     c.restart(1).unwrap();
     assert_eq!(
