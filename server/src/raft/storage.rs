@@ -13,7 +13,10 @@ use super::{
 /// snapshot, the leader must send a snapshot instead; [`StorageError::Unavailable`]
 /// — the index is past the last entry (a caller bug or a race with truncation).
 pub trait Storage {
-    /// Hard state and membership at startup.
+    /// Hard state and membership at startup. The core uses only the hard
+    /// state: it rebuilds membership itself from `snapshot_meta().conf` plus
+    /// the conf changes in the log (the effect-on-append rule), so the two
+    /// can never disagree.
     fn initial_state(&self) -> (HardState, ConfState);
     /// Entries in `[lo, hi)`, stopping early once `max_bytes` is reached
     /// (always at least one entry when the range is non-empty).
