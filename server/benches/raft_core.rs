@@ -54,7 +54,9 @@ impl Bench {
                     let mut rd = node.ready();
                     self.wire.append(&mut rd.messages);
                     let storage = node.storage_mut();
-                    storage.append(&rd.entries).expect("contiguous");
+                    storage
+                        .append_owned(std::mem::take(&mut rd.entries))
+                        .expect("contiguous");
                     if let Some(hs) = rd.hard_state {
                         storage.set_hard_state(hs);
                     }

@@ -173,7 +173,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Follower: Append from the leader.
-    pub fn handle_append(&mut self, m: Message) {
+    pub fn handle_append(&mut self, mut m: Message) {
         self.follow(m.from);
         let mut resp = Message::new(MessageType::AppendResp, self.id, m.from, self.term);
         if m.index < self.log.committed {
@@ -181,7 +181,7 @@ impl<S: Storage> Raft<S> {
             self.send_after_persist(resp);
             return;
         }
-        match self.follower_append(&m) {
+        match self.follower_append(&mut m) {
             Some(last_new) => resp.index = last_new,
             None => {
                 let hint = m.index.min(self.log.last_index());
@@ -197,7 +197,7 @@ impl<S: Storage> Raft<S> {
 
     /// Appends `m.entries` after `m.index` if the log matches there;
     /// returns the index of the last entry `m` vouches for.
-    fn follower_append(&mut self, m: &Message) -> Option<u64> {
+    fn follower_append(&mut self, m: &mut Message) -> Option<u64> {
         if !self.log.match_term(m.index, m.log_term) {
             return None;
         }
@@ -217,10 +217,13 @@ impl<S: Storage> Raft<S> {
                 // peer sends this. Refuse it rather than corrupt the log.
                 return None;
             }
-            let new = &m.entries[(conflict - m.index - 1) as usize..];
+            let new: Vec<_> = m
+                .entries
+                .drain((conflict - m.index - 1) as usize..)
+                .collect();
             self.rollback_conf(conflict);
-            self.log.append(new);
-            self.apply_conf_entries(new);
+            self.apply_conf_entries(&new);
+            self.log.append_owned(new);
         }
         self.commit_to(m.commit.min(last_new));
         Some(last_new)

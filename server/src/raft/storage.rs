@@ -100,6 +100,21 @@ impl MemStorage {
         Ok(())
     }
 
+    /// Like [`MemStorage::append`] but takes ownership (no copy of the payloads).
+    pub fn append_owned(&mut self, mut ents: Vec<Entry>) -> Result<(), StorageError> {
+        ents.retain(|e| e.index > self.snapshot.index);
+        let Some(first) = ents.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first > self.last_index() + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        self.entries
+            .truncate((first - self.snapshot.index - 1) as usize);
+        self.entries.append(&mut ents);
+        Ok(())
+    }
+
     /// Records the hard state (after the node has made it durable).
     pub fn set_hard_state(&mut self, hs: HardState) {
         self.hard_state = hs;
@@ -234,6 +249,12 @@ mod tests {
         assert_eq!(s.last_index(), 2);
         assert_eq!(s.term(2), Ok(2));
         assert_eq!(s.append(&[ent(5, 2)]), Err(StorageError::Unavailable));
+        s.append_owned(vec![ent(2, 3), ent(3, 3)]).unwrap();
+        assert_eq!((s.last_index(), s.term(2)), (3, Ok(3)));
+        assert_eq!(
+            s.append_owned(vec![ent(9, 3)]),
+            Err(StorageError::Unavailable)
+        );
     }
 
     #[test]
