@@ -169,7 +169,7 @@ impl<S: Storage> Raft<S> {
             }
         });
         let lease = u64::from(self.cfg.election_tick_min).saturating_sub(LEASE_DRIFT_MARGIN_TICKS);
-        stamp > 0 && ticks < stamp + lease
+        stamp > 0 && ticks < stamp.saturating_add(lease)
     }
 
     /// Leader: a follower asks for a read index.

@@ -13,6 +13,9 @@ impl<S: Storage> Raft<S> {
         kind: EntryKind,
     ) -> Result<(u64, u64), RaftError> {
         self.check_can_propose()?;
+        if datas.is_empty() {
+            return Err(RaftError::ProposalDropped);
+        }
         let bytes: usize = datas.iter().map(|d| d.len() + 24).sum();
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes + bytes > self.cfg.max_uncommitted_bytes
@@ -231,7 +234,8 @@ impl<S: Storage> Raft<S> {
 
     /// Leader: a follower acknowledged or rejected an Append.
     pub fn handle_append_response(&mut self, m: &Message) {
-        if self.role != Role::Leader {
+        // An acknowledgement past our log can only come from a broken peer.
+        if self.role != Role::Leader || m.index > self.log.last_index() {
             return;
         }
         let Some(pr) = self.progress.get_mut(&m.from) else {
@@ -313,7 +317,9 @@ impl<S: Storage> Raft<S> {
     pub fn handle_snapshot(&mut self, m: Message) {
         self.follow(m.from);
         let mut resp = Message::new(MessageType::AppendResp, self.id, m.from, self.term);
-        let Some(meta) = m.snapshot else { return };
+        let Some(meta) = m.snapshot else {
+            return;
+        };
         if meta.index <= self.log.committed {
             resp.index = self.log.committed;
         } else if self.log.match_term(meta.index, meta.term) {
