@@ -118,6 +118,7 @@ impl<S: Storage> RawNode<S> {
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;
         r.pending_bcast
+            || r.read_round_startable()
             || self.soft_state() != self.prev_soft
             || r.hard_state() != self.prev_hard
             || !r.log.unstable.entries.is_empty()
@@ -139,6 +140,7 @@ impl<S: Storage> RawNode<S> {
     /// next `ready()`.
     pub fn ready(&mut self) -> Ready {
         self.raft.flush_proposals();
+        self.raft.maybe_start_read_round();
         let r = &mut self.raft;
         let soft = SoftState {
             leader: r.leader,
