@@ -1,0 +1,8 @@
+//! `titan-operator`: runs Titan clusters on Kubernetes.
+//!
+//! Flow per reconcile (stackable style): validate the spec → build the desired
+//! objects ([`builders`], pure) → apply them with server-side apply → observe
+//! pods and every member's admin `Status` → ask the pure [`planner`] for exactly
+//! one next step → execute it → write status.
+
+pub mod crd;
