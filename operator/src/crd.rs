@@ -24,6 +24,8 @@ pub const GROUP: &str = "titan.dev";
 pub const SNAPSHOT_REQUEST_ANNOTATION: &str = "titan.dev/snapshot-request";
 
 /// Desired state of a Titan cluster.
+// Each printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "titan.dev",
