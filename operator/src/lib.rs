@@ -5,4 +5,5 @@
 //! pods and every member's admin `Status` → ask the pure [`planner`] for exactly
 //! one next step → execute it → write status.
 
+pub mod builders;
 pub mod crd;
