@@ -5,6 +5,7 @@
 //! pods and every member's admin `Status` → ask the pure [`planner`] for exactly
 //! one next step → execute it → write status.
 
+pub mod admin;
 pub mod builders;
 pub mod crd;
 pub mod planner;
