@@ -8,4 +8,6 @@
 pub mod admin;
 pub mod builders;
 pub mod crd;
+pub mod metrics;
 pub mod planner;
+pub mod reconcile;
