@@ -7,7 +7,10 @@
 
 pub mod admin;
 pub mod builders;
+pub mod controller;
 pub mod crd;
+pub mod http;
+pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod reconcile;
