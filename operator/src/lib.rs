@@ -9,6 +9,8 @@ pub mod admin;
 pub mod builders;
 pub mod controller;
 pub mod crd;
+#[cfg(test)]
+pub mod fixtures;
 pub mod http;
 pub mod leader;
 pub mod metrics;

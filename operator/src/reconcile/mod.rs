@@ -333,3 +333,5 @@ fn requeue_for(settings: &Settings, action: &Action) -> Requeue {
         _ => Requeue::requeue(settings.requeue_after_step),
     }
 }
+#[cfg(test)]
+mod scenarios;
