@@ -38,7 +38,7 @@ install_packages() {
 
 fetch_source() {
   mkdir -p "${BUILD_DIR}/dl"
-  if ! ls "${BUILD_DIR}"/dl/kubernetes_*.orig.tar.* >/dev/null 2>&1; then
+  if [[ -z "$(find "${BUILD_DIR}/dl" -maxdepth 1 -name "kubernetes_*.orig.tar.*")" ]]; then
     log "downloading the kubernetes source package"
     (cd "${BUILD_DIR}/dl" && apt-get source --download-only kubernetes >&2)
   fi
@@ -53,7 +53,7 @@ unpack_source() {
   log "unpacking the source"
   rm -rf "${BUILD_DIR}/unpack" && mkdir -p "${BUILD_DIR}/unpack"
   local orig
-  orig="$(ls "${BUILD_DIR}"/dl/kubernetes_*.orig.tar.* | head -n1)"
+  orig="$(find "${BUILD_DIR}/dl" -maxdepth 1 -name "kubernetes_*.orig.tar.*" | head -n1)"
   tar -xf "${orig}" -C "${BUILD_DIR}/unpack"
   local top
   top="$(find "${BUILD_DIR}/unpack" -mindepth 1 -maxdepth 1 -type d | head -n1)"
@@ -86,8 +86,9 @@ collect_assets() {
   local kcm
   kcm="$(dirname "${out}")/kube-controller-manager"
   if [[ -x "${kcm}" ]]; then cp "${kcm}" "${ASSETS_DIR}/kube-controller-manager"; fi
-  ln -sf "$(command -v etcd || echo /usr/bin/etcd)" "${ASSETS_DIR}/etcd"
-  ln -sf "$(command -v kubectl)" "${ASSETS_DIR}/kubectl"
+  # Copies, not links: the cache directory must work when restored on a fresh CI runner.
+  cp -L "$(command -v etcd || echo /usr/bin/etcd)" "${ASSETS_DIR}/etcd"
+  cp -L "$(command -v kubectl)" "${ASSETS_DIR}/kubectl"
 }
 
 main() {
