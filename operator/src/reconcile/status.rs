@@ -246,6 +246,9 @@ pub fn set_condition(
 ) {
     let status = if status { "True" } else { "False" }.to_string();
     let reason = if reason.is_empty() { "Unknown" } else { reason };
+    // Never send an empty message: server-side apply on Kubernetes 1.20 turns
+    // "" into null for CRD fields and then rejects it as not a string.
+    let message = if message.is_empty() { reason } else { message };
     let existing = conditions.iter_mut().find(|c| c.type_ == type_);
     let transition = match &existing {
         Some(c) if c.status == status => c.last_transition_time.clone(),
