@@ -263,3 +263,126 @@ pub fn observed(
             || scheduled_snapshot_due(cluster, now),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+    use serde_json::json;
+
+    fn state(
+        pods: serde_json::Value,
+        sts: serde_json::Value,
+        cm: Option<serde_json::Value>,
+    ) -> KubeState {
+        let pods: k8s_openapi::List<Pod> =
+            serde_json::from_value(pods).unwrap_or_else(|e| panic!("pods: {e}"));
+        KubeState {
+            configmap: cm.map(|c| serde_json::from_value(c).unwrap_or_else(|e| panic!("cm: {e}"))),
+            statefulset: Some(serde_json::from_value(sts).unwrap_or_else(|e| panic!("sts: {e}"))),
+            pods: pods.items,
+            pvcs: vec![],
+        }
+    }
+
+    #[test]
+    fn pods_on_an_old_revision_are_outdated_and_foreign_pods_ignored() {
+        let mut pods = fixtures::pods_json(&[0, 1]);
+        pods["items"][1]["metadata"]["labels"]["controller-revision-hash"] = json!("rev-0");
+        let extra = json!({"metadata": {"name": "other-0", "namespace": "prod"}});
+        if let Some(items) = pods["items"].as_array_mut() {
+            items.push(extra);
+        }
+        let s = state(pods, fixtures::statefulset_json(2), None);
+        let names = Names {
+            cluster: "demo".into(),
+            namespace: "prod".into(),
+        };
+        let by_ordinal = pods_by_ordinal(&s, &names, fixtures::now());
+        assert_eq!(by_ordinal.len(), 2);
+        assert!(by_ordinal[&0].view.up_to_date);
+        assert!(!by_ordinal[&1].view.up_to_date);
+        assert_eq!(
+            by_ordinal[&0].endpoint.as_deref(),
+            Some("http://10.0.0.0:5001")
+        );
+        assert!(by_ordinal[&0].view.ready);
+    }
+
+    #[test]
+    fn unready_time_counts_from_the_ready_transition() {
+        let mut pods = fixtures::pods_json(&[0]);
+        pods["items"][0]["status"]["conditions"][0] = json!({"type": "Ready", "status": "False", "lastTransitionTime": "2027-01-15T07:59:00Z"});
+        let s = state(pods, fixtures::statefulset_json(1), None);
+        let names = Names {
+            cluster: "demo".into(),
+            namespace: "prod".into(),
+        };
+        let by_ordinal = pods_by_ordinal(&s, &names, fixtures::now());
+        assert!(!by_ordinal[&0].view.ready);
+        assert_eq!(by_ordinal[&0].view.unready_secs, 60);
+    }
+
+    #[test]
+    fn creation_time_values_are_read_back_from_the_configmap() {
+        let cluster = fixtures::cluster(json!({"replicas": 5}));
+        let s = state(
+            fixtures::pods_json(&[]),
+            fixtures::statefulset_json(4),
+            Some(fixtures::configmap_json(true, 3)),
+        );
+        let input = build_input(&cluster, &s, Some(4));
+        assert_eq!(input.initial_replicas, 3, "not the new spec.replicas");
+        assert_eq!(
+            input.statefulset_replicas, 4,
+            "the observed step, not the spec"
+        );
+        assert!(input.bootstrapped);
+        assert_eq!(input.voters, 4);
+        let fresh = KubeState::default();
+        let input = build_input(&cluster, &fresh, None);
+        assert_eq!(
+            (
+                input.initial_replicas,
+                input.statefulset_replicas,
+                input.bootstrapped
+            ),
+            (5, 5, false)
+        );
+        assert_eq!(input.cluster_id, "11111111-2222-4333-8444-555555555555");
+    }
+
+    #[test]
+    fn snapshot_schedule_and_request_token() {
+        let now = fixtures::now();
+        let mut cluster = fixtures::cluster(json!({"snapshot": {"intervalSeconds": 600}}));
+        assert!(scheduled_snapshot_due(&cluster, now), "never taken → due");
+        let taken = |secs_ago: i64, token: Option<&str>| crate::crd::TitanClusterStatus {
+            last_snapshot: Some(crate::crd::LastSnapshot {
+                index: 1,
+                time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::from_second(now.as_second() - secs_ago).unwrap_or(now),
+                )),
+                request_token: token.map(str::to_string),
+            }),
+            ..Default::default()
+        };
+        cluster.status = Some(taken(599, None));
+        assert!(!scheduled_snapshot_due(&cluster, now));
+        cluster.status = Some(taken(600, None));
+        assert!(scheduled_snapshot_due(&cluster, now));
+        cluster.spec.snapshot.interval_seconds = 0;
+        assert!(
+            !scheduled_snapshot_due(&cluster, now),
+            "0 turns the schedule off"
+        );
+        cluster
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(SNAPSHOT_REQUEST_ANNOTATION.to_string(), "t1".to_string());
+        assert_eq!(pending_snapshot_token(&cluster).as_deref(), Some("t1"));
+        cluster.status = Some(taken(5, Some("t1")));
+        assert_eq!(pending_snapshot_token(&cluster), None, "already answered");
+    }
+}
