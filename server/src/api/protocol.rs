@@ -327,3 +327,33 @@ mod tests {
         assert_eq!(out, b"VALUE a b\nNOT_FOUND\nOK\nPONG\nERR x y\n");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, rng_seed: proptest::test_runner::RngSeed::Fixed(7), ..ProptestConfig::default() })]
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_framing_stays_in_bounds(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let mut rest = &data[..];
+            while let Check::Complete { line_len, consumed } = check(rest, 64) {
+                prop_assert!(line_len <= 64 && line_len < consumed && consumed <= rest.len());
+                let _ = parse(&rest[..line_len]);
+                rest = &rest[consumed..];
+            }
+            let _ = parse(&data);
+        }
+
+        #[test]
+        fn set_values_round_trip_byte_for_byte(key in "[a-zA-Z0-9:/_.-]{1,20}", value in "[ -~]{0,80}") {
+            let line = format!("SET {key} {value}");
+            prop_assert_eq!(
+                parse(line.as_bytes()),
+                Ok(Request::Set { key: Bytes::from(key.into_bytes()), value: Bytes::from(value.into_bytes()) })
+            );
+        }
+    }
+}

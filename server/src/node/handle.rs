@@ -12,7 +12,7 @@ use super::{
     Member, MemberStatus, NodeError, NodeStatus, ReadAnswer, ReadQuery, ReadResult, SnapshotInfo,
     WriteOp, WriteResult,
 };
-use crate::raft::{Message, NodeId};
+use crate::raft::{Message, NodeId, SnapshotMeta};
 
 /// Who leads, as last published by the runtime.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -93,6 +93,10 @@ pub(crate) enum PeerInput {
         cluster_id: String,
         done: oneshot::Sender<Result<(), String>>,
     },
+    /// A snapshot transfer to `to` finished.
+    SnapshotSent { to: NodeId, ok: bool },
+    /// A local snapshot finished writing.
+    SnapshotWritten(Result<(SnapshotMeta, SnapshotInfo), String>),
 }
 
 /// The transport's way into the runtime.

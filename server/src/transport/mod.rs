@@ -12,10 +12,11 @@ pub mod peer;
 pub mod raft_service;
 pub mod snapshot;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Server;
@@ -59,7 +60,7 @@ async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
 
 /// Serves Raft + Admin + health on the peer port until shutdown.
 pub async fn serve_peer(
-    addr: SocketAddr,
+    listener: TcpListener,
     node: NodeHandle,
     inbox: PeerInbox,
     shutdown: watch::Receiver<bool>,
@@ -75,13 +76,13 @@ pub async fn serve_peer(
         .add_service(health_svc)
         .add_service(raft)
         .add_service(AdminServer::new(admin_service::AdminService::new(node)))
-        .serve_with_shutdown(addr, wait_shutdown(shutdown))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_shutdown(shutdown))
         .await
 }
 
 /// Serves the KV service + health on the client gRPC port until shutdown.
 pub async fn serve_grpc(
-    addr: SocketAddr,
+    listener: TcpListener,
     node: NodeHandle,
     metrics: Arc<Metrics>,
     shutdown: watch::Receiver<bool>,
@@ -94,6 +95,6 @@ pub async fn serve_grpc(
         .tcp_nodelay(true)
         .add_service(health_svc)
         .add_service(KvServer::new(kv_service::KvService::new(node, metrics)))
-        .serve_with_shutdown(addr, wait_shutdown(shutdown))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_shutdown(shutdown))
         .await
 }
