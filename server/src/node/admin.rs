@@ -23,13 +23,21 @@ impl Runtime {
                 self.propose_conf(ConfChangeType::AddLearner, m.id, context, reply);
             }
             AdminCmd::Promote(id) => match self.member(id) {
-                Some(m) => self.propose_conf(ConfChangeType::PromoteLearner, id, adapter::encode_member(&m), reply),
+                Some(m) => self.propose_conf(
+                    ConfChangeType::PromoteLearner,
+                    id,
+                    adapter::encode_member(&m),
+                    reply,
+                ),
                 None => {
                     let _ = reply.send(Err(NodeError::Invalid(format!("unknown member {id}"))));
                 }
             },
             AdminCmd::Remove(id) => {
-                let context = self.member(id).map(|m| adapter::encode_member(&m)).unwrap_or_default();
+                let context = self
+                    .member(id)
+                    .map(|m| adapter::encode_member(&m))
+                    .unwrap_or_default();
                 self.propose_conf(ConfChangeType::RemoveNode, id, context, reply);
             }
             AdminCmd::TransferLeader(target) => self.transfer(target, reply),
@@ -47,12 +55,22 @@ impl Runtime {
         }
     }
 
-    fn propose_conf(&mut self, change: ConfChangeType, node_id: NodeId, context: Vec<u8>, reply: AdminTx) {
+    fn propose_conf(
+        &mut self,
+        change: ConfChangeType,
+        node_id: NodeId,
+        context: Vec<u8>,
+        reply: AdminTx,
+    ) {
         if self.role != Role::Leader {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        let cc = ConfChange { change, node_id, context };
+        let cc = ConfChange {
+            change,
+            node_id,
+            context,
+        };
         match self.raw.propose_conf_change(cc) {
             Ok((index, term)) => {
                 self.pending_conf.insert(index, PendingConf { term, reply });
@@ -68,9 +86,15 @@ impl Runtime {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        let target = if target == 0 { self.best_transfer_target() } else { Some(target) };
+        let target = if target == 0 {
+            self.best_transfer_target()
+        } else {
+            Some(target)
+        };
         let Some(target) = target else {
-            let _ = reply.send(Err(NodeError::Invalid("no other voter to transfer to".into())));
+            let _ = reply.send(Err(NodeError::Invalid(
+                "no other voter to transfer to".into(),
+            )));
             return;
         };
         if target == self.identity.id {
@@ -102,12 +126,23 @@ impl Runtime {
         let dir = self.directory();
         let ids = status.conf.voters.iter().chain(status.conf.learners.iter());
         ids.map(|id| {
-            let member = dir.get(id).cloned().unwrap_or(Member { id: *id, ..Member::default() });
+            let member = dir.get(id).cloned().unwrap_or(Member {
+                id: *id,
+                ..Member::default()
+            });
             let (match_index, lag_entries) = match status.progress.get(id) {
-                Some(p) => (p.match_index, status.last_index.saturating_sub(p.match_index)),
+                Some(p) => (
+                    p.match_index,
+                    status.last_index.saturating_sub(p.match_index),
+                ),
                 None => (0, 0),
             };
-            MemberStatus { member, voter: status.conf.voters.contains(id), match_index, lag_entries }
+            MemberStatus {
+                member,
+                voter: status.conf.voters.contains(id),
+                match_index,
+                lag_entries,
+            }
         })
         .collect()
     }

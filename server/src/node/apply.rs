@@ -8,17 +8,22 @@ use tokio::sync::oneshot;
 
 use super::reads::PendingRead;
 use super::runtime::{PendingWrite, Runtime};
+use super::store as adapter;
 use super::{KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult};
 use crate::raft::{Entry, EntryKind, NodeId, RaftError};
-use super::store as adapter;
 
 impl Runtime {
     /// Proposes a client write; the reply waits in `pending_writes`.
-    pub(super) fn propose_write(&mut self, op: WriteOp, reply: oneshot::Sender<Result<WriteResult, NodeError>>) {
+    pub(super) fn propose_write(
+        &mut self,
+        op: WriteOp,
+        reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+    ) {
         let data = adapter::encode_write(&op);
         match self.raw.propose(data) {
             Ok((index, term)) => {
-                self.pending_writes.insert(index, PendingWrite { term, reply });
+                self.pending_writes
+                    .insert(index, PendingWrite { term, reply });
             }
             Err(e) => {
                 let _ = reply.send(Err(self.proposal_error(e)));
@@ -37,8 +42,12 @@ impl Runtime {
                 _ => NodeError::Unavailable("no leader".into()),
             },
             RaftError::TooManyUncommitted => NodeError::Unavailable("overloaded".into()),
-            RaftError::TransferInProgress => NodeError::Unavailable("leadership transfer in progress".into()),
-            RaftError::ConfChangePending => NodeError::Unavailable("a membership change is in progress".into()),
+            RaftError::TransferInProgress => {
+                NodeError::Unavailable("leadership transfer in progress".into())
+            }
+            RaftError::ConfChangePending => {
+                NodeError::Unavailable("a membership change is in progress".into())
+            }
             RaftError::InvalidConfChange(s) => NodeError::Invalid(s),
             other => NodeError::Unavailable(other.to_string()),
         }
@@ -63,9 +72,11 @@ impl Runtime {
             }
             let (at, w) = entry.remove_entry();
             let result = if at == index && w.term == term {
-                outcome.map_err(|reason| NodeError::Invalid(reason))
+                outcome.clone().map_err(NodeError::Invalid)
             } else {
-                Err(NodeError::Unavailable("entry was overwritten by a new leader; not applied".into()))
+                Err(NodeError::Unavailable(
+                    "entry was overwritten by a new leader; not applied".into(),
+                ))
             };
             let _ = w.reply.send(result);
         }
@@ -76,9 +87,14 @@ impl Runtime {
             return;
         };
         let result = if c.term == term {
-            Ok(super::handle::AdminReply::Membership(self.member_statuses(), index))
+            Ok(super::handle::AdminReply::Membership(
+                self.member_statuses(),
+                index,
+            ))
         } else {
-            Err(NodeError::Unavailable("membership change was overwritten".into()))
+            Err(NodeError::Unavailable(
+                "membership change was overwritten".into(),
+            ))
         };
         let _ = c.reply.send(result);
     }
@@ -88,11 +104,15 @@ impl Runtime {
         let answer = match read.query {
             ReadQuery::Get(key) => ReadAnswer::Get(adapter::get(&self.sm, &key)),
             ReadQuery::Range { start, end, limit } => {
-                let (kvs, more): (Vec<KvEntry>, bool) = adapter::range(&self.sm, &start, &end, limit);
+                let (kvs, more): (Vec<KvEntry>, bool) =
+                    adapter::range(&self.sm, &start, &end, limit);
                 ReadAnswer::Range(kvs, more)
             }
         };
-        let _ = read.reply.send(Ok(ReadResult { answer, read_index: read_index.max(self.applied) }));
+        let _ = read.reply.send(Ok(ReadResult {
+            answer,
+            read_index: read_index.max(self.applied),
+        }));
     }
 
     /// The replicated member directory.

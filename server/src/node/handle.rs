@@ -1,7 +1,6 @@
 //! The cloneable front door to the runtime task: client requests, admin
 //! commands and inbound peer traffic, each over its own bounded channel.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -86,17 +85,17 @@ pub(crate) enum PeerInput {
         sender_addr: String,
         cluster_id: String,
     },
-    /// A complete snapshot file received from the leader (first chunk's message).
+    /// A complete snapshot received from the leader and published in the
+    /// snapshot store (the message is the first chunk's).
     Snapshot {
         msg: Message,
-        file: PathBuf,
         cluster_id: String,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// A snapshot transfer to `to` finished.
     SnapshotSent { to: NodeId, ok: bool },
     /// A local snapshot finished writing.
-    SnapshotWritten(Result<(SnapshotMeta, SnapshotInfo), String>),
+    SnapshotWritten(Result<(SnapshotMeta, crate::storage::SnapshotFile), String>),
 }
 
 /// The transport's way into the runtime.
@@ -104,8 +103,6 @@ pub(crate) enum PeerInput {
 pub struct PeerInbox {
     /// Bounded: a full queue makes the peer stream wait (TCP back-pressure).
     pub(crate) tx: mpsc::Sender<PeerInput>,
-    /// Where received snapshot files are staged.
-    pub staging_dir: PathBuf,
 }
 
 impl PeerInbox {
@@ -126,16 +123,10 @@ impl PeerInbox {
 
     /// Hands a fully received snapshot file to the runtime and waits for the
     /// install result.
-    pub async fn install_snapshot(
-        &self,
-        msg: Message,
-        file: PathBuf,
-        cluster_id: String,
-    ) -> Result<(), String> {
+    pub async fn install_snapshot(&self, msg: Message, cluster_id: String) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         let input = PeerInput::Snapshot {
             msg,
-            file,
             cluster_id,
             done,
         };

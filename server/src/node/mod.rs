@@ -7,11 +7,17 @@
 //! on a oneshot reply that the runtime sends after commit + apply (writes) or
 //! after `applied >= read index` (linearizable reads).
 
+mod admin;
+mod apply;
 pub mod bootstrap;
 pub mod handle;
 pub mod identity;
-// pub mod runtime;
-// pub mod snapshot;
+pub mod log;
+pub mod reads;
+pub mod runtime;
+pub mod snapshot;
+pub mod start;
+pub mod store;
 
 pub use handle::{NodeHandle, PeerInbox};
 

@@ -74,7 +74,8 @@ impl ReadQueue {
         }
         self.next_ctx += 1;
         let reads = std::mem::take(&mut self.waiting);
-        self.inflight.insert(self.next_ctx, Inflight { reads, issued: now });
+        self.inflight
+            .insert(self.next_ctx, Inflight { reads, issued: now });
         Some(self.next_ctx)
     }
 
@@ -134,9 +135,18 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    fn read() -> (PendingRead, oneshot::Receiver<Result<ReadResult, NodeError>>) {
+    fn read() -> (
+        PendingRead,
+        oneshot::Receiver<Result<ReadResult, NodeError>>,
+    ) {
         let (tx, rx) = oneshot::channel();
-        (PendingRead { query: ReadQuery::Get(Bytes::from_static(b"k")), reply: tx }, rx)
+        (
+            PendingRead {
+                query: ReadQuery::Get(Bytes::from_static(b"k")),
+                reply: tx,
+            },
+            rx,
+        )
     }
 
     #[test]

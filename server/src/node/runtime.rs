@@ -27,6 +27,7 @@ use super::handle::{ClientInput, LeaderView, PeerInput};
 use super::identity::Identity;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
+use super::store::StorageFailure;
 use super::{Member, NodeError, WriteResult};
 use crate::config::Config;
 use crate::metrics::{Metrics, gauge_value};
@@ -69,8 +70,8 @@ pub struct Runtime {
     pub(super) identity: Identity,
     /// The Raft core.
     pub(super) raw: RawNode,
-    /// The WAL; `None` only while an append runs on the blocking pool.
-    pub(super) wal: Option<Wal>,
+    /// The WAL (appends run on the blocking pool; it group-commits internally).
+    pub(super) wal: Arc<Wal>,
     /// The replicated key-value state and member directory.
     pub(super) sm: StateMachine,
     /// Snapshot files and in-progress snapshot work.
@@ -164,7 +165,11 @@ impl Runtime {
 
     fn on_peer_input(&mut self, input: PeerInput) {
         match input {
-            PeerInput::Messages { msgs, sender_addr, cluster_id } => {
+            PeerInput::Messages {
+                msgs,
+                sender_addr,
+                cluster_id,
+            } => {
                 if !self.accept_cluster(&cluster_id) {
                     return;
                 }
@@ -175,12 +180,16 @@ impl Runtime {
                     self.step(m);
                 }
             }
-            PeerInput::Snapshot { msg, file, cluster_id, done } => {
+            PeerInput::Snapshot {
+                msg,
+                cluster_id,
+                done,
+            } => {
                 if !self.accept_cluster(&cluster_id) {
                     let _ = done.send(Err("cluster id mismatch".into()));
                     return;
                 }
-                let result = self.stage_received_snapshot(msg, &file);
+                let result = self.stage_received_snapshot(msg);
                 let _ = done.send(result);
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
@@ -225,12 +234,18 @@ impl Runtime {
     fn on_client_input(&mut self, input: ClientInput) {
         match input {
             ClientInput::Propose { op, reply } => self.propose_write(op, reply),
-            ClientInput::Read { query, linearizable, reply } => {
+            ClientInput::Read {
+                query,
+                linearizable,
+                reply,
+            } => {
                 let read = PendingRead { query, reply };
                 if !linearizable {
                     self.answer_read(self.applied, read);
                 } else if self.reads.len() >= MAX_PENDING_READS {
-                    let _ = read.reply.send(Err(NodeError::Unavailable("overloaded".into())));
+                    let _ = read
+                        .reply
+                        .send(Err(NodeError::Unavailable("overloaded".into())));
                 } else {
                     self.reads.push(read);
                 }
@@ -243,11 +258,11 @@ impl Runtime {
         if self.leader == 0 {
             return;
         }
-        if let Some(ctx) = self.reads.start_batch(Instant::now()) {
-            if let Err(e) = self.raw.read_index(ctx_bytes(ctx)) {
-                tracing::debug!(error = %e, "read_index refused; will retry");
-                self.reads.abort_batch(ctx);
-            }
+        if let Some(ctx) = self.reads.start_batch(Instant::now())
+            && let Err(e) = self.raw.read_index(ctx_bytes(ctx))
+        {
+            tracing::debug!(error = %e, "read_index refused; will retry");
+            self.reads.abort_batch(ctx);
         }
     }
 
@@ -258,7 +273,7 @@ impl Runtime {
     }
 
     /// Processes one Ready in the documented order.
-    async fn handle_ready(&mut self, mut rd: Ready) -> Result<(), crate::storage::StorageFailure> {
+    async fn handle_ready(&mut self, mut rd: Ready) -> Result<(), StorageFailure> {
         if let Some(ss) = rd.soft_state.take() {
             self.on_soft_state(ss.leader, ss.role);
         }
@@ -279,26 +294,16 @@ impl Runtime {
     }
 
     /// One WAL append (one fsync) for the whole Ready, on the blocking pool.
-    async fn persist(&mut self, rd: &Ready) -> Result<(), crate::storage::StorageFailure> {
+    async fn persist(&mut self, rd: &Ready) -> Result<(), StorageFailure> {
         if rd.entries.is_empty() && rd.hard_state.is_none() {
             return Ok(());
         }
-        let Some(mut wal) = self.wal.take() else {
-            return Err(crate::storage::StorageFailure::other("WAL unavailable"));
-        };
+        let wal = self.wal.clone();
         let entries = rd.entries.clone();
         let hs = rd.hard_state;
-        let started = std::time::Instant::now();
         let bytes: usize = entries.iter().map(|e| e.size_bytes()).sum();
-        let joined = tokio::task::spawn_blocking(move || {
-            let r = wal.append(&entries, hs);
-            (wal, r)
-        })
-        .await;
-        let (wal, result) = joined.map_err(|e| crate::storage::StorageFailure::other(e.to_string()))?;
-        self.wal = Some(wal);
-        result?;
-        self.metrics.wal_fsync_seconds.observe(started.elapsed().as_secs_f64());
+        let joined = tokio::task::spawn_blocking(move || wal.append(&entries, hs)).await;
+        joined.map_err(StorageFailure::other)??;
         self.metrics.wal_bytes.inc_by(bytes as u64);
         self.raw_storage_append(rd);
         Ok(())
@@ -356,7 +361,9 @@ impl Runtime {
         let status = self.raw.status();
         let leader = self.member(self.leader);
         let member = status.conf.contains(self.identity.id);
-        let ready = member && self.leader != 0 && status.commit.saturating_sub(self.applied) <= READY_MAX_APPLY_LAG;
+        let ready = member
+            && self.leader != 0
+            && status.commit.saturating_sub(self.applied) <= READY_MAX_APPLY_LAG;
         let view = LeaderView {
             leader_id: self.leader,
             is_self: self.leader == self.identity.id && self.role == Role::Leader,
@@ -403,11 +410,11 @@ impl Runtime {
     async fn graceful_shutdown(&mut self, ticker: &mut tokio::time::Interval) {
         info!("shutting down");
         let deadline = Instant::now() + self.cfg.shutdown_grace;
-        if self.role == Role::Leader {
-            if let Some(target) = self.best_transfer_target() {
-                info!(target, "transferring leadership before exit");
-                let _ = self.raw.transfer_leader(target);
-            }
+        if self.role == Role::Leader
+            && let Some(target) = self.best_transfer_target()
+        {
+            info!(target, "transferring leadership before exit");
+            let _ = self.raw.transfer_leader(target);
         }
         while Instant::now() < deadline {
             let handed_over = self.role != Role::Leader || self.best_transfer_target().is_none();

@@ -3,7 +3,6 @@
 //! to followers that fell behind the log, and installing received ones.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -11,7 +10,7 @@ use tracing::{info, warn};
 
 use super::handle::{AdminReply, PeerInput};
 use super::runtime::Runtime;
-use super::store::{self as adapter, SnapshotFiles};
+use super::store::{self as adapter, SnapshotFiles, StorageFailure};
 use super::{NodeError, SnapshotInfo};
 use crate::raft::{Message, NodeId, SnapshotMeta};
 use crate::transport::snapshot::{SnapshotTransfer, send_snapshot};
@@ -72,12 +71,16 @@ impl Runtime {
     }
 
     /// Admin.TakeSnapshot: joins the running snapshot or starts one.
-    pub(super) fn snapshot_on_demand(&mut self, reply: oneshot::Sender<Result<AdminReply, NodeError>>) {
-        if !self.snap.in_progress && self.applied == self.snap.last_index {
-            if let Some(info) = self.snap.latest {
-                let _ = reply.send(Ok(AdminReply::Snapshot(info)));
-                return;
-            }
+    pub(super) fn snapshot_on_demand(
+        &mut self,
+        reply: oneshot::Sender<Result<AdminReply, NodeError>>,
+    ) {
+        if !self.snap.in_progress
+            && self.applied == self.snap.last_index
+            && let Some(info) = self.snap.latest
+        {
+            let _ = reply.send(Ok(AdminReply::Snapshot(info)));
+            return;
         }
         self.snap.waiters.push(reply);
         if !self.snap.in_progress {
@@ -92,10 +95,14 @@ impl Runtime {
             return;
         }
         let term = self.raw_storage_term(index);
-        let meta = SnapshotMeta { index, term, conf: self.raw.status().conf };
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf: self.raw.status().conf,
+        };
         self.snap.in_progress = true;
         self.snap.started = Some(Instant::now());
-        let pending = adapter::start_snapshot(&mut self.snap.files, &self.sm, meta);
+        let pending = adapter::start_snapshot(&self.snap.files, &self.sm, meta);
         let tx = self.peer_tx.clone();
         tokio::spawn(async move {
             let result = pending.await;
@@ -104,15 +111,25 @@ impl Runtime {
     }
 
     /// The background write finished: compact and answer waiters.
-    pub(super) fn on_snapshot_written(&mut self, result: Result<(SnapshotMeta, SnapshotInfo), String>) {
+    pub(super) fn on_snapshot_written(
+        &mut self,
+        result: Result<(SnapshotMeta, crate::storage::SnapshotFile), String>,
+    ) {
         self.snap.in_progress = false;
         if let Some(started) = self.snap.started.take() {
-            self.metrics.snapshot_seconds.observe(started.elapsed().as_secs_f64());
+            self.metrics
+                .snapshot_seconds
+                .observe(started.elapsed().as_secs_f64());
         }
         match result {
-            Ok((meta, info)) => {
+            Ok((meta, file)) => {
+                let info = self.snap.files.set_latest(file);
                 self.metrics.snapshots.inc();
-                info!(index = info.index, bytes = info.size_bytes, "snapshot written");
+                info!(
+                    index = info.index,
+                    bytes = info.size_bytes,
+                    "snapshot written"
+                );
                 self.snap.last_index = info.index;
                 self.snap.latest = Some(info);
                 self.compact_behind(&meta);
@@ -136,15 +153,15 @@ impl Runtime {
         self.raw_storage_set_snapshot(meta);
         let keep_from = meta.index.saturating_sub(LOG_MARGIN_ENTRIES);
         if keep_from > 0 {
-            let term = self.raw_storage_term(keep_from);
             self.raw_storage_compact(keep_from);
-            if let Some(wal) = self.wal.as_mut() {
-                if let Err(e) = adapter::wal_compact(wal, keep_from, term) {
-                    warn!(error = %e, "WAL compaction failed; segments stay on disk");
-                }
-                self.metrics.wal_segments.set(adapter::wal_segments(wal));
-            }
         }
+        // The WAL keeps the same margin itself (`compact_margin_entries`).
+        if let Err(e) = self.wal.compact(meta.index, meta.term) {
+            warn!(error = %e, "WAL compaction failed; segments stay on disk");
+        }
+        self.metrics
+            .wal_segments
+            .set(adapter::wal_segments(&self.wal));
     }
 
     /// The core wants `m.to` to get a snapshot: stream the newest file.
@@ -153,20 +170,39 @@ impl Runtime {
         if self.snap.sending.contains(&to) {
             return;
         }
-        let (Some(addr), Some(file)) = (self.transport.peer_addr(to), self.snap.files.latest_path()) else {
+        let newest = self.snap.files.store.newest().ok().flatten();
+        let (Some(addr), Some((file, header))) = (self.transport.peer_addr(to), newest) else {
             self.raw.report_snapshot(to, false);
             return;
         };
+        // The file on disk is what the follower will load; describe exactly it.
+        let mut m = m;
+        m.snapshot = Some(header.meta);
+        let file = file.path;
         self.snap.sending.insert(to);
-        info!(to, index = m.snapshot.as_ref().map(|s| s.index), "streaming snapshot to follower");
-        let transfer = SnapshotTransfer { addr, msg: m, file, cluster_id: self.identity.cluster_id.clone() };
+        info!(
+            to,
+            index = m.snapshot.as_ref().map(|s| s.index),
+            "streaming snapshot to follower"
+        );
+        let transfer = SnapshotTransfer {
+            addr,
+            msg: m,
+            file,
+            cluster_id: self.identity.cluster_id.clone(),
+        };
         let tx = self.peer_tx.clone();
         tokio::spawn(async move {
             let result = send_snapshot(transfer).await;
             if let Err(e) = &result {
                 warn!(to, error = %e, "snapshot transfer failed");
             }
-            let _ = tx.send(PeerInput::SnapshotSent { to, ok: result.is_ok() }).await;
+            let _ = tx
+                .send(PeerInput::SnapshotSent {
+                    to,
+                    ok: result.is_ok(),
+                })
+                .await;
         });
     }
 
@@ -176,30 +212,24 @@ impl Runtime {
         self.raw.report_snapshot(to, ok);
     }
 
-    /// A complete snapshot file arrived from the leader: keep it in the
-    /// store, then let the core decide (it may be stale).
-    pub(super) fn stage_received_snapshot(&mut self, msg: Message, file: &Path) -> Result<(), String> {
-        let meta = msg.snapshot.clone().ok_or("snapshot message without metadata")?;
-        if meta.index <= self.applied {
-            // Already have everything it covers; still tell the core so it
-            // answers the leader.
-            self.step(msg);
-            return Ok(());
+    /// A complete, validated snapshot file arrived from the leader and sits
+    /// in the store; the core decides whether to use it (it may be stale).
+    pub(super) fn stage_received_snapshot(&mut self, msg: Message) -> Result<(), String> {
+        if msg.snapshot.is_none() {
+            return Err("snapshot message without metadata".into());
         }
-        adapter::install_received(&mut self.snap.files, file, &meta)?;
         self.step(msg);
         Ok(())
     }
 
     /// The core accepted a snapshot: load it as the new state.
-    pub(super) fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), crate::storage::StorageFailure> {
-        let sm = adapter::load_snapshot(&self.snap.files, meta)?;
+    pub(super) fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageFailure> {
+        let sm = adapter::load_snapshot(&mut self.snap.files, meta)?;
         self.sm = sm;
         self.applied = meta.index;
         self.raw_storage_apply_snapshot(meta);
-        if let Some(wal) = self.wal.as_mut() {
-            adapter::wal_record_snapshot(wal, meta)?;
-        }
+        // The marker makes entries after the snapshot consecutive in the WAL.
+        self.wal.compact(meta.index, meta.term)?;
         self.snap.last_index = meta.index;
         self.snap.latest = self.snap.files.latest_info();
         self.metrics.snapshots_installed.inc();

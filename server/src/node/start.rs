@@ -16,10 +16,11 @@ use super::reads::ReadQueue;
 use super::runtime::Runtime;
 use super::snapshot::SnapshotState;
 use super::store::{self, Booted};
+
 use crate::api;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::raft::{self, RawNode, Role};
+use crate::raft::{self, Role};
 use crate::transport::{self, peer::PeerConfig, peer::PeerTransport};
 
 /// Client requests queued for the runtime before senders wait.
@@ -82,7 +83,9 @@ impl Server {
 
 async fn bind(host: &str, port: u16) -> Result<TcpListener, StartError> {
     let addr = format!("{host}:{port}");
-    TcpListener::bind(&addr).await.map_err(|source| StartError::Bind { addr, source })
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 fn raft_config(cfg: &Config, id: u64) -> raft::Config {
@@ -94,7 +97,11 @@ fn raft_config(cfg: &Config, id: u64) -> raft::Config {
 }
 
 /// Boots storage, writing the bootstrap configuration on a first start.
-fn boot_storage(cfg: &Config, mode: &StartMode, metrics: &Arc<Metrics>) -> Result<(Identity, Booted), StartError> {
+fn boot_storage(
+    cfg: &Config,
+    mode: &StartMode,
+    metrics: &Arc<Metrics>,
+) -> Result<(Identity, Booted), StartError> {
     let mut booted = store::boot(cfg, metrics).map_err(StartError::Storage)?;
     let (identity, members) = match mode {
         StartMode::Bootstrap(i, members) => (i.clone(), members.clone()),
@@ -143,20 +150,24 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         leader_wait,
         request_timeout: leader_wait * 4 + std::time::Duration::from_secs(5),
     };
-    let inbox = PeerInbox { tx: peer_tx.clone(), staging_dir: cfg.data_dir.join("snap-staging") };
-    let (raw, wal, sm, files, applied) = store::into_parts(booted, &raft_config(&cfg, identity.id))?;
+    let inbox = PeerInbox {
+        tx: peer_tx.clone(),
+    };
+    let snapshots = booted.files.store.clone();
+    let parts = super::log::into_parts(booted, &raft_config(&cfg, identity.id))
+        .map_err(|e| StartError::Storage(e.to_string()))?;
     let transport = PeerTransport::new(
         PeerConfig::new(cfg.advertise_peer_addr.clone()),
         cluster_id_rx,
         metrics.clone(),
     );
     let rt = Runtime {
-        snap: SnapshotState::new(files, cfg.snapshot_threshold_entries),
+        snap: SnapshotState::new(parts.files, cfg.snapshot_threshold_entries),
         cfg: cfg.clone(),
         identity,
-        raw,
-        wal,
-        sm,
+        raw: parts.raw,
+        wal: parts.wal,
+        sm: parts.sm,
         transport,
         cluster_id_tx,
         leader_tx,
@@ -169,23 +180,30 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         reads: ReadQueue::default(),
         leader: 0,
         role: Role::Follower,
-        applied,
+        applied: parts.applied,
         shutdown: shutdown_rx.clone(),
     };
-    let listeners = start_listeners(&cfg, &handle, inbox, &metrics, &shutdown_rx).await?;
+    let listeners =
+        start_listeners(&cfg, &handle, (inbox, snapshots), &metrics, &shutdown_rx).await?;
     let runtime = tokio::spawn(rt.run());
     info!(
         client = %cfg.advertise_client_addr,
         peer = %cfg.advertise_peer_addr,
         "titan-server started"
     );
-    Ok(Server { shutdown_tx, runtime, listeners, grace: cfg.shutdown_grace, handle })
+    Ok(Server {
+        shutdown_tx,
+        runtime,
+        listeners,
+        grace: cfg.shutdown_grace,
+        handle,
+    })
 }
 
 async fn start_listeners(
     cfg: &Config,
     handle: &NodeHandle,
-    inbox: PeerInbox,
+    (inbox, snapshots): (PeerInbox, crate::storage::SnapshotStore),
     metrics: &Arc<Metrics>,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
@@ -199,11 +217,17 @@ async fn start_listeners(
         max_line_bytes: cfg.max_line_bytes,
         max_pipelined_requests: MAX_PIPELINED_REQUESTS,
     };
-    let tcp = api::server::Listener::new(client, lc, handle.clone(), metrics.clone(), shutdown.clone());
+    let tcp = api::server::Listener::new(
+        client,
+        lc,
+        handle.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
     let mut tasks = vec![tokio::spawn(tcp.run())];
     let (h, s) = (handle.clone(), shutdown.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = transport::serve_peer(peer, h, inbox, s).await {
+        if let Err(e) = transport::serve_peer(peer, h, inbox, snapshots, s).await {
             tracing::error!(error = %e, "peer gRPC server failed");
         }
     }));

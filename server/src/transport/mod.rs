@@ -63,13 +63,14 @@ pub async fn serve_peer(
     listener: TcpListener,
     node: NodeHandle,
     inbox: PeerInbox,
+    snapshots: crate::storage::SnapshotStore,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_svc) = tonic_health::server::health_reporter();
     health
         .set_serving::<RaftServer<raft_service::RaftService>>()
         .await;
-    let raft = RaftServer::new(raft_service::RaftService::new(inbox))
+    let raft = RaftServer::new(raft_service::RaftService::new(inbox, snapshots))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
     Server::builder()
         .tcp_nodelay(true)

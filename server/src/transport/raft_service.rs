@@ -1,12 +1,8 @@
 //! Inbound side of the Raft gRPC service: message batches from peer streams
-//! go to the runtime's bounded peer inbox; snapshot chunks are written to a
-//! staging file as they arrive (memory bounded by one chunk) and handed over
-//! once complete.
+//! go to the runtime's bounded peer inbox; snapshot chunks are written
+//! straight into the snapshot store's installer (memory bounded by one
+//! chunk), validated, published, and then handed to the runtime.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::warn;
 
@@ -15,7 +11,8 @@ use titan_proto::v1::raft_server::Raft;
 
 use super::convert::message_from_pb;
 use crate::node::PeerInbox;
-use crate::raft::MessageType;
+use crate::raft::{Message, MessageType};
+use crate::storage::{SnapshotInstaller, SnapshotStore};
 
 /// Largest accepted snapshot chunk.
 pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
@@ -24,50 +21,45 @@ pub const MAX_SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 pub struct RaftService {
     /// Where decoded traffic goes.
     inbox: PeerInbox,
-    /// Distinguishes concurrent staging files.
-    next_staging_id: AtomicU64,
+    /// Where received snapshots are installed.
+    snapshots: SnapshotStore,
+}
+
+fn first_message(chunk: &pb::SnapshotChunk) -> Result<Message, Status> {
+    let msg = chunk
+        .msg
+        .clone()
+        .ok_or_else(|| Status::invalid_argument("first chunk lacks the message"))
+        .and_then(|m| message_from_pb(m).map_err(|e| Status::invalid_argument(e.to_string())))?;
+    if msg.msg_type != MessageType::Snapshot || msg.snapshot.is_none() {
+        return Err(Status::invalid_argument(
+            "first chunk is not a snapshot message",
+        ));
+    }
+    Ok(msg)
+}
+
+fn internal(e: impl ToString) -> Status {
+    Status::internal(e.to_string())
 }
 
 impl RaftService {
-    /// Serves into `inbox`.
-    pub fn new(inbox: PeerInbox) -> Self {
-        RaftService {
-            inbox,
-            next_staging_id: AtomicU64::new(0),
-        }
-    }
-
-    fn staging_path(&self) -> PathBuf {
-        let n = self.next_staging_id.fetch_add(1, Ordering::Relaxed);
-        self.inbox
-            .staging_dir
-            .join(format!("incoming-{}-{n}.snap.tmp", std::process::id()))
+    /// Serves into `inbox`, installing snapshots into `snapshots`.
+    pub fn new(inbox: PeerInbox, snapshots: SnapshotStore) -> Self {
+        RaftService { inbox, snapshots }
     }
 
     async fn receive_snapshot(
         &self,
         mut stream: Streaming<pb::SnapshotChunk>,
-        path: &PathBuf,
     ) -> Result<(), Status> {
         let first = stream
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty snapshot stream"))?;
-        let msg = first
-            .msg
-            .clone()
-            .ok_or_else(|| Status::invalid_argument("first chunk lacks the message"))
-            .and_then(|m| {
-                message_from_pb(m).map_err(|e| Status::invalid_argument(e.to_string()))
-            })?;
-        if msg.msg_type != MessageType::Snapshot || msg.snapshot.is_none() {
-            return Err(Status::invalid_argument(
-                "first chunk is not a snapshot message",
-            ));
-        }
+        let msg = first_message(&first)?;
         let cluster_id = first.cluster_id.clone();
-        tokio::fs::create_dir_all(&self.inbox.staging_dir).await?;
-        let mut file = tokio::fs::File::create(path).await?;
+        let mut installer = self.snapshots.begin_install().map_err(internal)?;
         let mut expected_offset = 0u64;
         let mut chunk = Some(first);
         while let Some(c) = chunk {
@@ -76,14 +68,21 @@ impl RaftService {
                     "bad snapshot chunk size or offset",
                 ));
             }
-            file.write_all(&c.data).await?;
+            installer = write_chunk(installer, c.data.clone()).await?;
             expected_offset += c.data.len() as u64;
             if c.last {
-                file.sync_all().await?;
-                drop(file);
+                let (file, header) = tokio::task::spawn_blocking(move || installer.finish())
+                    .await
+                    .map_err(internal)?
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                if Some(&header.meta) != msg.snapshot.as_ref() {
+                    warn!(file = %file.path.display(), "snapshot header differs from the leader's message; using the file's");
+                }
+                let mut msg = msg;
+                msg.snapshot = Some(header.meta);
                 return self
                     .inbox
-                    .install_snapshot(msg, path.clone(), cluster_id)
+                    .install_snapshot(msg, cluster_id)
                     .await
                     .map_err(Status::failed_precondition);
             }
@@ -93,6 +92,16 @@ impl RaftService {
             "snapshot stream ended before the last chunk",
         ))
     }
+}
+
+async fn write_chunk(
+    mut installer: SnapshotInstaller,
+    data: Vec<u8>,
+) -> Result<SnapshotInstaller, Status> {
+    tokio::task::spawn_blocking(move || installer.write_chunk(&data).map(|_| installer))
+        .await
+        .map_err(internal)?
+        .map_err(|e| Status::resource_exhausted(e.to_string()))
 }
 
 #[tonic::async_trait]
@@ -125,11 +134,7 @@ impl Raft for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::InstallSnapshotResponse>, Status> {
-        let path = self.staging_path();
-        let result = self.receive_snapshot(request.into_inner(), &path).await;
-        // The runtime moves the file into the snapshot store on success.
-        let _ = tokio::fs::remove_file(&path).await;
-        match result {
+        match self.receive_snapshot(request.into_inner()).await {
             Ok(()) => Ok(Response::new(pb::InstallSnapshotResponse {
                 accepted: true,
                 error: String::new(),

@@ -114,11 +114,11 @@ fn write_loop(c: usize, keys: usize, ports: &[u16], stop: &AtomicBool, ledger: &
             Some(Ok(r)) => {
                 h.unacked_after.push(value);
                 l.failed += 1;
-                if let Some(addr) = r.strip_prefix("ERR NOT_LEADER ") {
-                    if let Some(i) = ports.iter().position(|p| addr.ends_with(&format!(":{p}"))) {
-                        target = i;
-                        conn = None;
-                    }
+                if let Some(addr) = r.strip_prefix("ERR NOT_LEADER ")
+                    && let Some(i) = ports.iter().position(|p| addr.ends_with(&format!(":{p}")))
+                {
+                    target = i;
+                    conn = None;
                 }
             }
             _ => {
