@@ -59,7 +59,7 @@ impl Runtime {
         let term = e.term;
         let kind = e.kind;
         let outcome = adapter::apply(&mut self.sm, &e);
-        self.applied = index;
+        self.applied = self.applied.max(index);
         if kind == EntryKind::ConfChange {
             self.sync_peers_from_directory();
             self.answer_conf(index, term);

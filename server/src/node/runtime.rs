@@ -104,6 +104,8 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Since when no leader has been known (reads fail after `leader_wait`).
+    pub(super) leaderless_since: Option<Instant>,
 }
 
 impl Runtime {
@@ -149,8 +151,23 @@ impl Runtime {
     fn on_tick(&mut self) {
         self.raw.tick();
         let retry_after = self.cfg.tick * self.cfg.election_ticks;
-        self.reads.retry_stale(Instant::now(), retry_after, false);
+        let now = Instant::now();
+        self.reads.retry_stale(now, retry_after, false);
+        self.fail_reads_without_leader(now);
         self.update_progress_metrics();
+    }
+
+    /// Linearizable reads cannot be served without a leader; after
+    /// `leader_wait` they fail instead of hanging.
+    fn fail_reads_without_leader(&mut self, now: Instant) {
+        if self.leader != 0 {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        if now.duration_since(since) >= self.cfg.leader_wait() && !self.reads.is_empty() {
+            self.reads.fail_all(&NodeError::Unavailable("no leader".into()));
+        }
     }
 
     fn on_peer_inputs(&mut self, first: PeerInput) {

@@ -182,6 +182,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         role: Role::Follower,
         applied: parts.applied,
         shutdown: shutdown_rx.clone(),
+        leaderless_since: None,
     };
     let listeners =
         start_listeners(&cfg, &handle, (inbox, snapshots), &metrics, &shutdown_rx).await?;
