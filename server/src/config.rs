@@ -93,7 +93,7 @@ pub struct Cli {
     #[arg(
         long = "election-timeout-ms",
         env = "TITAN_ELECTION_TIMEOUT_MS",
-        default_value_t = 300
+        default_value_t = 150
     )]
     pub election_timeout_ms: u64,
     /// Leader heartbeat interval.
@@ -117,7 +117,7 @@ pub struct Cli {
     #[arg(
         long = "shutdown-grace-ms",
         env = "TITAN_SHUTDOWN_GRACE_MS",
-        default_value_t = 3000
+        default_value_t = 1500
     )]
     pub shutdown_grace_ms: u64,
 }

@@ -54,11 +54,11 @@ impl Runtime {
     }
 
     /// Applies one committed entry and answers whoever waits for it.
-    pub(super) fn apply_entry(&mut self, e: Entry) {
+    pub(super) fn apply_entry(&mut self, e: &Entry) {
         let index = e.index;
         let term = e.term;
         let kind = e.kind;
-        let outcome = adapter::apply(&mut self.sm, &e);
+        let outcome = adapter::apply(&mut self.sm, e);
         self.applied = self.applied.max(index);
         if kind == EntryKind::ConfChange {
             self.sync_peers_from_directory();

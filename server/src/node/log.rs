@@ -4,7 +4,10 @@
 
 use super::runtime::Runtime;
 use super::store::{Booted, SnapshotFiles, StorageFailure};
-use crate::raft::{self, MemStorage, RawNode, Ready, SnapshotMeta};
+use crate::raft::{self, MemStorage, Ready, SnapshotMeta};
+
+/// The core over the in-memory log.
+pub type RawNode = raft::RawNode<MemStorage>;
 use crate::storage::{StateMachine, Wal};
 
 /// The pieces the runtime is built from.
@@ -23,13 +26,8 @@ pub struct CoreParts {
 
 /// Loads the recovered log into a `MemStorage` and starts the core on it.
 pub fn into_parts(b: Booted, config: &raft::Config) -> Result<CoreParts, StorageFailure> {
-    let mut mem = MemStorage::default();
-    if b.snapshot_meta.index > 0 {
-        mem.apply_snapshot(b.snapshot_meta.clone())
-            .map_err(StorageFailure::other)?;
-    }
-    mem.append(&b.entries).map_err(StorageFailure::other)?;
-    mem.set_hard_state(b.hard_state);
+    let mem = MemStorage::from_parts(b.hard_state, b.snapshot_meta, b.entries)
+        .map_err(|e| StorageFailure(format!("recovered log is not contiguous: {e}")))?;
     let raw = RawNode::new(config, mem).map_err(StorageFailure::other)?;
     Ok(CoreParts {
         raw,
@@ -58,11 +56,6 @@ impl Runtime {
     pub(super) fn raw_storage_term(&self, index: u64) -> u64 {
         use crate::raft::Storage;
         self.raw.storage().term(index).unwrap_or(0)
-    }
-
-    /// Records a freshly written snapshot so the core offers it to followers.
-    pub(super) fn raw_storage_set_snapshot(&mut self, meta: &SnapshotMeta) {
-        self.raw.storage_mut().set_snapshot_meta(meta.clone());
     }
 
     /// Drops in-memory entries before `index`.

@@ -17,6 +17,9 @@ pub struct PendingRead {
     pub query: ReadQuery,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Result<ReadResult, NodeError>>,
+    /// Index of the last write this node proposed before the read arrived:
+    /// a client that pipelines `SET k` then `GET k` must see its own write.
+    pub min_index: u64,
 }
 
 /// A batch sent to the core and not yet confirmed.
@@ -92,7 +95,12 @@ impl ReadQueue {
         let Some(i) = ctx_from_bytes(ctx).and_then(|c| self.inflight.remove(&c)) else {
             return;
         };
-        self.confirmed.entry(index).or_default().extend(i.reads);
+        for r in i.reads {
+            self.confirmed
+                .entry(index.max(r.min_index))
+                .or_default()
+                .push(r);
+        }
     }
 
     /// Removes every confirmed read whose index is applied.
@@ -144,6 +152,7 @@ mod tests {
             PendingRead {
                 query: ReadQuery::Get(Bytes::from_static(b"k")),
                 reply: tx,
+                min_index: 0,
             },
             rx,
         )

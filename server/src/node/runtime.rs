@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use super::handle::{ClientInput, LeaderView, PeerInput};
 use super::identity::Identity;
+use super::log::RawNode;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
@@ -32,7 +33,7 @@ use super::{Member, NodeError, WriteResult};
 use crate::config::Config;
 use crate::metrics::{Metrics, gauge_value};
 use crate::node::handle::AdminReply;
-use crate::raft::{Message, NodeId, RawNode, Ready, Role};
+use crate::raft::{Message, NodeId, Ready, Role};
 use crate::storage::{StateMachine, Wal};
 use crate::transport::peer::PeerTransport;
 
@@ -104,6 +105,8 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Index of the newest write proposed here (see `PendingRead::min_index`).
+    pub(super) last_proposed: u64,
     /// Since when no leader has been known (reads fail after `leader_wait`).
     pub(super) leaderless_since: Option<Instant>,
 }
@@ -166,7 +169,8 @@ impl Runtime {
         }
         let since = *self.leaderless_since.get_or_insert(now);
         if now.duration_since(since) >= self.cfg.leader_wait() && !self.reads.is_empty() {
-            self.reads.fail_all(&NodeError::Unavailable("no leader".into()));
+            self.reads
+                .fail_all(&NodeError::Unavailable("no leader".into()));
         }
     }
 
@@ -256,7 +260,11 @@ impl Runtime {
                 linearizable,
                 reply,
             } => {
-                let read = PendingRead { query, reply };
+                let read = PendingRead {
+                    query,
+                    reply,
+                    min_index: self.last_proposed,
+                };
                 if !linearizable {
                     self.answer_read(self.applied, read);
                 } else if self.reads.len() >= MAX_PENDING_READS {
@@ -295,14 +303,18 @@ impl Runtime {
             self.on_soft_state(ss.leader, ss.role);
         }
         self.send_all(std::mem::take(&mut rd.messages));
-        if let Some(meta) = rd.snapshot.take() {
+        if let Some(meta) = rd.snapshot.clone() {
             self.install_snapshot(&meta)?;
         }
         self.persist(&rd).await?;
         self.send_all(std::mem::take(&mut rd.persisted_messages));
-        for e in std::mem::take(&mut rd.committed_entries) {
+        // `advance` reads `committed_entries`, `entries` and `snapshot`, so
+        // they stay in the Ready; entries are applied by reference.
+        let committed = std::mem::take(&mut rd.committed_entries);
+        for e in &committed {
             self.apply_entry(e);
         }
+        rd.committed_entries = committed;
         for rs in std::mem::take(&mut rd.read_states) {
             self.reads.confirm(&rs.context, rs.index);
         }

@@ -150,7 +150,6 @@ impl Runtime {
 
     /// Drops log entries the snapshot covers, minus a margin for slow followers.
     fn compact_behind(&mut self, meta: &SnapshotMeta) {
-        self.raw_storage_set_snapshot(meta);
         let keep_from = meta.index.saturating_sub(LOG_MARGIN_ENTRIES);
         if keep_from > 0 {
             self.raw_storage_compact(keep_from);

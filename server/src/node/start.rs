@@ -183,6 +183,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         applied: parts.applied,
         shutdown: shutdown_rx.clone(),
         leaderless_since: None,
+        last_proposed: 0,
     };
     let listeners =
         start_listeners(&cfg, &handle, (inbox, snapshots), &metrics, &shutdown_rx).await?;
