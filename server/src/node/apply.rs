@@ -22,6 +22,7 @@ impl Runtime {
         let data = adapter::encode_write(&op);
         match self.raw.propose(data) {
             Ok((index, term)) => {
+                self.last_proposed = index;
                 self.pending_writes
                     .insert(index, PendingWrite { term, reply });
             }
