@@ -11,13 +11,14 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use super::connection::{Frame, FrameReader};
 use super::protocol::{Reply, Request};
 use super::server::ListenerConfig;
 use crate::metrics::{Metrics, Op};
-use crate::node::{Condition, NodeError, NodeHandle, WriteOp};
+use crate::node::handle::{GetResult, get_result};
+use crate::node::{Condition, NodeError, NodeHandle, ReadQuery, WriteOp};
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
 
@@ -35,6 +36,8 @@ pub struct Handler {
     metrics: Arc<Metrics>,
     /// Server shutdown: stop reading, finish what was read.
     shutdown: watch::Receiver<bool>,
+    /// Signalled when the newest request reached the runtime (see [`Order`]).
+    prev_submitted: Option<oneshot::Receiver<()>>,
 }
 
 impl Handler {
@@ -54,6 +57,7 @@ impl Handler {
             node,
             metrics,
             shutdown,
+            prev_submitted: None,
         }
     }
 
@@ -99,12 +103,14 @@ impl Handler {
         self.writer.flush().await
     }
 
-    fn dispatch(&self, frame: Frame) -> ReplyFuture {
+    fn dispatch(&mut self, frame: Frame) -> ReplyFuture {
         match frame {
             Frame::Request(req) => {
+                let (submitted, next) = oneshot::channel();
+                let prev = self.prev_submitted.replace(next);
                 let node = self.node.clone();
                 let metrics = self.metrics.clone();
-                Box::pin(execute(node, metrics, req))
+                Box::pin(execute(node, metrics, req, Order { prev, submitted }))
             }
             Frame::Malformed(e) => Box::pin(std::future::ready(Reply::Err(e.to_string()))),
             Frame::TooLong => Box::pin(std::future::ready(Reply::Err("line too long".into()))),
@@ -112,49 +118,75 @@ impl Handler {
     }
 }
 
+/// Keeps one connection's requests in order on their way to the runtime, so
+/// a pipelined `SET k v` / `GET k` pair reads its own write.
+struct Order {
+    /// Fires once the previous request was handed to the runtime.
+    prev: Option<oneshot::Receiver<()>>,
+    /// Fired once this request was handed over (or failed before that).
+    submitted: oneshot::Sender<()>,
+}
+
 /// Runs one request against the node and maps the outcome to a reply.
-async fn execute(node: NodeHandle, metrics: Arc<Metrics>, req: Request) -> Reply {
+async fn execute(node: NodeHandle, metrics: Arc<Metrics>, req: Request, order: Order) -> Reply {
     let started = Instant::now();
+    if let Some(prev) = order.prev {
+        // An error only means the previous request finished without submitting.
+        let _ = prev.await;
+    }
     let (op, reply) = match req {
-        Request::Ping => (Op::Ping, Reply::Pong),
-        Request::Get { key } => (Op::Get, get(&node, key).await),
+        Request::Ping => {
+            let _ = order.submitted.send(());
+            (Op::Ping, Reply::Pong)
+        }
+        Request::Get { key } => {
+            let waiter = node.submit_read(ReadQuery::Get(key), true).await;
+            let _ = order.submitted.send(());
+            let result = match waiter {
+                Ok(w) => w.wait().await.and_then(get_result),
+                Err(e) => Err(e),
+            };
+            (Op::Get, get_reply(result))
+        }
         Request::Set { key, value } => {
             let op = WriteOp::Put {
                 key,
                 value,
                 cond: Condition::None,
             };
-            (Op::Set, write(&node, op).await)
+            (Op::Set, write(&node, op, order.submitted).await)
         }
         Request::Delete { key } => {
             let op = WriteOp::Delete {
                 key,
                 cond: Condition::None,
             };
-            (Op::Delete, write(&node, op).await)
+            (Op::Delete, write(&node, op, order.submitted).await)
         }
     };
     metrics.observe_request(op, started.elapsed(), matches!(reply, Reply::Err(_)));
     reply
 }
 
-async fn get(node: &NodeHandle, key: bytes::Bytes) -> Reply {
-    match node.get(key, true).await {
+fn get_reply(result: Result<GetResult, NodeError>) -> Reply {
+    match result {
         Ok(read) => match read.value {
             Some(kv) => Reply::Value(kv.value),
             None => Reply::NotFound,
         },
-        Err(e) => error_reply(e),
+        Err(e) => Reply::Err(e.to_string()),
     }
 }
 
-async fn write(node: &NodeHandle, op: WriteOp) -> Reply {
-    match node.write(op).await {
+async fn write(node: &NodeHandle, op: WriteOp, submitted: oneshot::Sender<()>) -> Reply {
+    let waiter = node.submit_write(op).await;
+    let _ = submitted.send(());
+    let result = match waiter {
+        Ok(w) => w.wait().await,
+        Err(e) => Err(e),
+    };
+    match result {
         Ok(_) => Reply::Ok,
-        Err(e) => error_reply(e),
+        Err(e) => Reply::Err(e.to_string()),
     }
-}
-
-fn error_reply(e: NodeError) -> Reply {
-    Reply::Err(e.to_string())
 }

@@ -182,6 +182,13 @@ impl NodeHandle {
 
     /// Replicates a write; returns once it is committed and applied.
     pub async fn write(&self, op: WriteOp) -> Result<WriteResult, NodeError> {
+        self.submit_write(op).await?.wait().await
+    }
+
+    /// Hands a write to the runtime (after waiting for a leader) without
+    /// waiting for the outcome. Callers that need per-connection order
+    /// submit one request after the other and await the [`Waiter`]s later.
+    pub async fn submit_write(&self, op: WriteOp) -> Result<Waiter<WriteResult>, NodeError> {
         let deadline = Instant::now() + self.leader_wait;
         let view = self.wait_for_leader(deadline).await?;
         if !view.is_self {
@@ -197,16 +204,11 @@ impl NodeHandle {
 
     /// Reads `key`; linearizable unless `linearizable` is false.
     pub async fn get(&self, key: Bytes, linearizable: bool) -> Result<GetResult, NodeError> {
-        let res = self.read(ReadQuery::Get(key), linearizable).await?;
-        match res.answer {
-            ReadAnswer::Get(value) => Ok(GetResult {
-                value,
-                read_index: res.read_index,
-            }),
-            ReadAnswer::Range(..) => {
-                Err(NodeError::Unavailable("internal: wrong read answer".into()))
-            }
-        }
+        self.submit_read(ReadQuery::Get(key), linearizable)
+            .await?
+            .wait()
+            .await
+            .and_then(get_result)
     }
 
     /// Runs a read query.
@@ -215,6 +217,15 @@ impl NodeHandle {
         query: ReadQuery,
         linearizable: bool,
     ) -> Result<ReadResult, NodeError> {
+        self.submit_read(query, linearizable).await?.wait().await
+    }
+
+    /// Hands a read to the runtime without waiting for the answer.
+    pub async fn submit_read(
+        &self,
+        query: ReadQuery,
+        linearizable: bool,
+    ) -> Result<Waiter<ReadResult>, NodeError> {
         if linearizable {
             self.wait_for_leader(Instant::now() + self.leader_wait)
                 .await?;
@@ -234,25 +245,58 @@ impl NodeHandle {
     /// Runs an admin command on this node.
     pub async fn admin(&self, cmd: AdminCmd) -> Result<AdminReply, NodeError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(ClientInput::Admin { cmd, reply }, rx).await
+        self.submit(ClientInput::Admin { cmd, reply }, rx)
+            .await?
+            .wait()
+            .await
     }
 
     async fn submit<T>(
         &self,
         input: ClientInput,
         rx: oneshot::Receiver<Result<T, NodeError>>,
-    ) -> Result<T, NodeError> {
+    ) -> Result<Waiter<T>, NodeError> {
         if self.leader.borrow().stopping {
             return Err(stopped());
         }
         self.tx.send(input).await.map_err(|_| stopped())?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        Ok(Waiter {
+            rx,
+            timeout: self.request_timeout,
+        })
+    }
+}
+
+/// The outcome of a submitted request, bounded by the request timeout.
+#[derive(Debug)]
+pub struct Waiter<T> {
+    /// Answered by the runtime.
+    rx: oneshot::Receiver<Result<T, NodeError>>,
+    /// Give up after this long (the outcome of a write is then unknown).
+    timeout: Duration,
+}
+
+impl<T> Waiter<T> {
+    /// Waits for the runtime's answer.
+    pub async fn wait(self) -> Result<T, NodeError> {
+        match tokio::time::timeout(self.timeout, self.rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(stopped()),
             Err(_) => Err(NodeError::Unavailable(
                 "request timed out; outcome unknown".into(),
             )),
         }
+    }
+}
+
+/// Narrows a read answer to a single-key result.
+pub fn get_result(res: ReadResult) -> Result<GetResult, NodeError> {
+    match res.answer {
+        ReadAnswer::Get(value) => Ok(GetResult {
+            value,
+            read_index: res.read_index,
+        }),
+        ReadAnswer::Range(..) => Err(NodeError::Unavailable("internal: wrong read answer".into())),
     }
 }
 
