@@ -48,6 +48,8 @@ struct Slot {
     grpc_port: u16,
     http_port: u16,
     child: Option<Child>,
+    /// Template revision the running process was started from.
+    revision: u32,
 }
 
 /// Stand-in for the StatefulSet + PVCs + ConfigMap `bootstrapped` flag.
@@ -58,6 +60,8 @@ struct LocalPods {
     replicas: u32,
     initial: u32,
     bootstrapped: bool,
+    /// Current template revision (`updateRevision`); OnDelete, so pods keep theirs until deleted.
+    revision: u32,
     /// Client ports of running pods, shared with the writers.
     client_ports: Arc<Mutex<Vec<u16>>>,
 }
@@ -71,6 +75,7 @@ impl LocalPods {
             replicas: 0,
             initial,
             bootstrapped: false,
+            revision: 1,
             client_ports: Arc::default(),
         };
         for o in 0..initial {
@@ -87,6 +92,7 @@ impl LocalPods {
             grpc_port: free_port(),
             http_port: free_port(),
             child: None,
+            revision: 0,
         })
     }
 
@@ -151,8 +157,10 @@ impl LocalPods {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn titan-server: {e}"));
+        let revision = self.revision;
         if let Some(s) = self.slots.get_mut(&ordinal) {
             s.child = Some(child);
+            s.revision = revision;
         }
         self.publish_ports();
     }
@@ -192,6 +200,18 @@ impl LocalPods {
         self.stop(ordinal);
         let _ = std::fs::remove_dir_all(self.data_dir(ordinal));
         self.start(ordinal);
+    }
+
+    /// `kubectl delete pod`: the StatefulSet recreates it on the current revision, same volume.
+    fn delete_pod(&mut self, ordinal: u32) {
+        self.stop(ordinal);
+        self.start(ordinal);
+    }
+
+    fn up_to_date(&self, ordinal: u32) -> bool {
+        self.slots
+            .get(&ordinal)
+            .is_none_or(|s| s.revision == self.revision)
     }
 
     fn pvc_ordinals(&self) -> BTreeSet<u32> {
@@ -239,7 +259,7 @@ async fn observe(pods: &LocalPods, desired: u32) -> Observed {
             .is_some_and(|n| n.role != NodeRole::Joining && n.id != 0);
         let view = PodView {
             ready,
-            up_to_date: true,
+            up_to_date: pods.up_to_date(o),
             terminating: false,
             unready_secs: 0,
             node,
@@ -274,6 +294,10 @@ async fn step(pods: &mut LocalPods, desired: u32) -> Action {
         }
         Action::MarkBootstrapped => {
             pods.bootstrapped = true;
+            Ok(())
+        }
+        Action::DeletePod(o) => {
+            pods.delete_pod(*o);
             Ok(())
         }
         Action::DeletePvc(o) => {
@@ -506,4 +530,85 @@ async fn member_whose_volume_was_lost_is_removed_and_re_added() {
     assert_ne!(after, before, "rejoined under a new identity");
     let acked = writers.finish();
     assert_no_write_lost(&pods, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_update_restarts_followers_highest_first_and_the_leader_last() {
+    let Some(bin) = skip() else { return };
+    let mut pods = LocalPods::new(bin, 3);
+    converge(&mut pods, 3).await;
+    let writers = Writers::start(pods.client_ports.clone());
+    pods.revision = 2;
+    let actions = converge(&mut pods, 3).await;
+    let deleted: Vec<u32> = actions
+        .iter()
+        .filter_map(|a| {
+            if let Action::DeletePod(o) = a {
+                Some(*o)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(deleted.len(), 3, "{actions:?}");
+    let last = deleted[2];
+    let transfer = actions
+        .iter()
+        .position(|a| matches!(a, Action::TransferLeadership { via, .. } if *via == last));
+    let last_delete = actions
+        .iter()
+        .rposition(|a| matches!(a, Action::DeletePod(_)));
+    assert!(
+        transfer.is_some() && transfer < last_delete,
+        "leader goes last, after a transfer: {actions:?}"
+    );
+    let followers = &deleted[..2];
+    assert!(
+        followers[0] > followers[1],
+        "followers from the highest ordinal down: {deleted:?}"
+    );
+    assert!((0..3).all(|o| pods.up_to_date(o)));
+    let acked = writers.finish();
+    assert_no_write_lost(&pods, &acked);
+}
+
+/// The operator dies right after a membership call (simulated by issuing the
+/// call outside the operator); a fresh operator must continue with the next
+/// step, never repeat the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_killed_after_a_membership_call_resumes_with_the_next_step() {
+    let Some(bin) = skip() else { return };
+    let mut pods = LocalPods::new(bin, 3);
+    converge(&mut pods, 3).await;
+    // Scale-up: StatefulSet +1 and AddLearner happened, then the operator died.
+    assert_eq!(step(&mut pods, 4).await, Action::ScaleStatefulSet(4));
+    let added = loop {
+        match step(&mut pods, 4).await {
+            Action::AddLearner { .. } => break true,
+            Action::Wait(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("expected AddLearner, got {other:?}"),
+        }
+    };
+    assert!(added);
+    let resumed = converge(&mut pods, 4).await;
+    assert!(
+        matches!(resumed.first(), Some(Action::Promote { ordinal: 3, .. })),
+        "{resumed:?}"
+    );
+    assert!(
+        !resumed
+            .iter()
+            .any(|a| matches!(a, Action::AddLearner { .. })),
+        "{resumed:?}"
+    );
+    // Scale-down: RemoveMember committed, then the operator died before StatefulSet −1.
+    assert!(matches!(
+        step(&mut pods, 3).await,
+        Action::RemoveMember { .. }
+    ));
+    let resumed = converge(&mut pods, 3).await;
+    assert_eq!(
+        resumed,
+        vec![Action::ScaleStatefulSet(3), Action::DeletePvc(3)]
+    );
 }
