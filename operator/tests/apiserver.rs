@@ -291,20 +291,8 @@ async fn crd_installs_with_schema_defaults_and_validation(env: &TestEnv, client:
     println!("ok: CRD installs; defaults and replicas bound enforced by the API server");
 }
 
-async fn reconcile_applies_objects_with_ssa_and_patches_status(
-    client: &Client,
-    ns: &str,
-    replicas: i32,
-) {
-    let api: Api<TitanCluster> = Api::namespaced(client.clone(), ns);
-    let ctx = context(client.clone());
-    // First pass adds the finalizer; the second reconciles.
-    for _ in 0..2 {
-        let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
-        reconcile::reconcile(Arc::new(cluster), ctx.clone())
-            .await
-            .unwrap_or_else(|e| panic!("reconcile: {e}"));
-    }
+/// StatefulSet, Services and ConfigMap exist, applied by the `titan-operator` field manager.
+async fn assert_children_applied(client: &Client, ns: &str, replicas: i32) {
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let sts = sts
         .get("demo")
@@ -349,6 +337,23 @@ async fn reconcile_applies_objects_with_ssa_and_patches_status(
             .map(String::as_str),
         Some("false")
     );
+}
+
+async fn reconcile_applies_objects_with_ssa_and_patches_status(
+    client: &Client,
+    ns: &str,
+    replicas: i32,
+) {
+    let api: Api<TitanCluster> = Api::namespaced(client.clone(), ns);
+    let ctx = context(client.clone());
+    // First pass adds the finalizer; the second reconciles.
+    for _ in 0..2 {
+        let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
+        reconcile::reconcile(Arc::new(cluster), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("reconcile: {e}"));
+    }
+    assert_children_applied(client, ns, replicas).await;
     let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
     let status = cluster.status.unwrap_or_default();
     assert_eq!(
@@ -547,45 +552,43 @@ async fn operator_process_leads_reconciles_and_shuts_down_gracefully(
         metrics.contains("titan_operator_reconciliations_total"),
         "{metrics}"
     );
-    let holder = env
-        .kubectl(&[
-            "-n",
-            "titan-system",
-            "get",
-            "lease",
-            "titan-operator-leader",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(holder.trim(), "proc-test");
+    assert_eq!(lease_holder(env), "proc-test");
+    let code = terminate(&mut child);
+    assert_eq!(code, Some(0), "graceful shutdown exits 0");
+    assert_eq!(lease_holder(env), "", "lease released on shutdown");
+    println!(
+        "ok: titan-operator run took the lease, reconciled, served /healthz + /metrics, exited 0 on SIGTERM"
+    );
+}
+
+/// SIGTERM, then the exit code (killed and failed after 30 s).
+fn terminate(child: &mut std::process::Child) -> Option<i32> {
     let pid = child.id().to_string();
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
     let started = Instant::now();
-    let code = loop {
+    loop {
         if let Ok(Some(status)) = child.try_wait() {
-            break status.code();
+            return status.code();
         }
         if started.elapsed() > Duration::from_secs(30) {
             let _ = child.kill();
             panic!("operator did not exit after SIGTERM");
         }
         std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(code, Some(0), "graceful shutdown exits 0");
-    let holder = env
-        .kubectl(&[
-            "-n",
-            "titan-system",
-            "get",
-            "lease",
-            "titan-operator-leader",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(holder.trim(), "", "lease released on shutdown");
-    println!(
-        "ok: titan-operator run took the lease, reconciled, served /healthz + /metrics, exited 0 on SIGTERM"
-    );
+    }
+}
+
+fn lease_holder(env: &TestEnv) -> String {
+    env.kubectl(&[
+        "-n",
+        "titan-system",
+        "get",
+        "lease",
+        "titan-operator-leader",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"))
+    .trim()
+    .to_string()
 }
