@@ -192,11 +192,7 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
             invalid.to_string(),
         )
         .await;
-        let plan = Plan {
-            action: Action::Wait(WaitReason::Paused),
-            phase: Phase::Degraded,
-        };
-        write_invalid_status(ctx, cluster, &names, &plan, &invalid.to_string(), now).await?;
+        write_invalid_status(ctx, cluster, &names, &invalid.to_string(), now).await?;
         return Ok(Requeue::await_change());
     }
     if cluster.spec.paused {
@@ -281,12 +277,11 @@ async fn write_invalid_status(
     ctx: &Context,
     cluster: &TitanCluster,
     names: &Names,
-    plan: &Plan,
     message: &str,
     now: Timestamp,
 ) -> Result<(), Error> {
     let mut next = cluster.status.clone().unwrap_or_default();
-    next.phase = Some(plan.phase);
+    next.phase = Some(Phase::Degraded);
     next.selector = Some(names.selector_string());
     let generation = cluster.meta().generation;
     status::set_condition(

@@ -317,3 +317,21 @@ async fn snapshot_request_annotation_is_answered_and_echoed_in_status() {
     run(cluster, admin.clone(), expects).await;
     assert_eq!(admin.recorded().len(), 3, "every member snapshots");
 }
+
+#[tokio::test]
+async fn invalid_spec_is_reported_and_nothing_is_applied() {
+    let cluster =
+        fixtures::cluster(json!({"raft": {"electionTimeoutMs": 100, "heartbeatMs": 100}}));
+    let expects = vec![
+        Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "InvalidSpec");
+        }),
+        status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Degraded");
+            assert_eq!(condition(b, "Degraded")["reason"], "InvalidSpec");
+        }),
+    ];
+    let requeue = run(cluster, Arc::new(FakeAdmin::default()), expects).await;
+    assert_eq!(requeue, Requeue::await_change());
+}
