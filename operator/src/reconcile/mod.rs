@@ -134,10 +134,23 @@ pub async fn reconcile(cluster: Arc<TitanCluster>, ctx: Arc<Context>) -> Result<
     result
 }
 
-/// Logs, counts the failure by reason and retries later.
+/// Logs, counts the failure by reason, records a Warning event and retries later.
 pub fn error_policy(cluster: Arc<TitanCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
     tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed");
     ctx.metrics.count_failure(error.reason());
+    let note = error.to_string();
+    // error_policy is synchronous; the event is best-effort and must not delay the requeue.
+    tokio::spawn(async move {
+        publish(
+            &ctx,
+            &cluster,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            note,
+        )
+        .await;
+    });
     Requeue::requeue(Duration::from_secs(15))
 }
 
