@@ -612,3 +612,34 @@ async fn operator_killed_after_a_membership_call_resumes_with_the_next_step() {
         vec![Action::ScaleStatefulSet(3), Action::DeletePvc(3)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_snapshot_is_taken_on_every_member_through_the_admin_api() {
+    let Some(bin) = skip() else { return };
+    let mut pods = LocalPods::new(bin, 3);
+    converge(&mut pods, 3).await;
+    let ports = pods
+        .client_ports
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    for i in 0..20 {
+        assert!(set(&ports, &format!("s{i}"), "x"), "write s{i}");
+    }
+    let mut observed = observe(&pods, 3).await;
+    observed.snapshot_due = true;
+    let cfg = PlannerConfig::default();
+    let plan = planner::plan(&observed, &cfg, &|n| n.strip_prefix("demo-")?.parse().ok());
+    assert_eq!(plan.action, Action::TakeSnapshot);
+    for o in 0..3 {
+        let endpoint = pods.endpoint(o).unwrap_or_default();
+        let taken = admin().take_snapshot(endpoint).await;
+        let index = taken
+            .map(|t| t.index)
+            .unwrap_or_else(|e| panic!("snapshot on demo-{o}: {e}"));
+        assert!(
+            index >= 20,
+            "demo-{o} snapshot covers the writes (index {index})"
+        );
+    }
+}
