@@ -28,6 +28,16 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ "${TITAN_SKIP_APISERVER:-0}" != 1 ] \
   export KUBEBUILDER_ASSETS
 fi
 
+# The operator's process tier drives real titan-server binaries.
+echo "== building titan-server"
+cargo build --locked -p titan-server --bin titan-server
+export TITAN_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/titan-server"
+
+# With every prerequisite in place, a tier that would skip is a failure.
+if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
+  export TITAN_REQUIRE_ALL_TIERS=1
+fi
+
 echo "== cargo nextest (all workspace tests)"
 cargo nextest run --workspace --locked --profile ci
 

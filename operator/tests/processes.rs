@@ -438,6 +438,10 @@ fn assert_no_write_lost(pods: &LocalPods, acked: &[(String, String)]) {
 fn skip() -> Option<PathBuf> {
     let bin = server_bin();
     if bin.is_none() {
+        assert!(
+            std::env::var_os("TITAN_REQUIRE_ALL_TIERS").is_none(),
+            "TITAN_REQUIRE_ALL_TIERS is set but the titan-server binary was not found"
+        );
         eprintln!(
             "SKIPPED: titan-server binary not found (cargo build -p titan-server, or set TITAN_SERVER_BIN)"
         );
