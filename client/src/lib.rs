@@ -71,9 +71,12 @@
 //! - Not-leader: `FAILED_PRECONDITION`, message starting `NOT_LEADER`,
 //!   metadata `titan-leader-grpc` (and `titan-leader-client`) when a leader is
 //!   known.
-//! - No leader known: `UNAVAILABLE` sent by the server, only when nothing was
-//!   proposed (the client retries any operation on it).
-//! - Back-pressure: `RESOURCE_EXHAUSTED`, also only when nothing was proposed.
+//! - `UNAVAILABLE` from the server: trusted as "not executed" (and retried for
+//!   any operation) only when its message names a reason on
+//!   [`redirect::NOT_EXECUTED_MARKERS`] (no leader, overloaded, ...) and does
+//!   not contain [`redirect::OUTCOME_UNKNOWN_MARKER`]; otherwise it is an
+//!   unknown outcome.
+//! - Back-pressure: `RESOURCE_EXHAUSTED`, only when nothing was proposed.
 //! - Anything else after sending (`UNKNOWN`, `ABORTED`, `INTERNAL`,
 //!   `DEADLINE_EXCEEDED`, `CANCELLED`, a dropped connection) is an unknown
 //!   outcome.

@@ -4,8 +4,13 @@
 //! Server contract (see the crate docs): a write sent to a follower fails with
 //! `FAILED_PRECONDITION`, a message starting with `NOT_LEADER`, and metadata
 //! `titan-leader-grpc` (the leader's KV gRPC address) and `titan-leader-client`
-//! (its TCP address). When no leader is known the server answers `UNAVAILABLE`
-//! without having proposed anything.
+//! (its TCP address).
+//!
+//! The server also answers `UNAVAILABLE` both when it proposed nothing (no
+//! leader, overloaded, transfer in progress, entry overwritten) and when the
+//! outcome is unknown (request timed out, leadership lost, shutting down with
+//! writes in flight). Only messages on the [`NOT_EXECUTED_MARKERS`] list are
+//! trusted as "not executed"; every other `UNAVAILABLE` is an unknown outcome.
 
 use std::error::Error as StdError;
 
@@ -15,6 +20,19 @@ pub const LEADER_GRPC_METADATA: &str = "titan-leader-grpc";
 pub const LEADER_CLIENT_METADATA: &str = "titan-leader-client";
 /// Prefix of the status message (and of the TCP `ERR` reply) on a redirect.
 pub const NOT_LEADER_PREFIX: &str = "NOT_LEADER";
+
+/// Substrings of a server `UNAVAILABLE` message that mean the request was
+/// certainly not applied. Checked only after [`OUTCOME_UNKNOWN_MARKER`].
+pub const NOT_EXECUTED_MARKERS: &[&str] = &[
+    "no leader",
+    "overloaded",
+    "leadership transfer in progress",
+    "membership change is in progress",
+    "not applied",
+];
+/// Substring with which the server flags an `UNAVAILABLE` whose write may
+/// have applied.
+pub const OUTCOME_UNKNOWN_MARKER: &str = "outcome unknown";
 
 /// What a failed attempt means for the retry loop.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,9 +61,10 @@ pub fn classify(status: &tonic::Status) -> Failure {
             leader_grpc: leader_grpc_hint(status),
         },
         _ if is_connection_refused(status) => Failure::NotExecuted(describe(status)),
-        // A server-generated UNAVAILABLE carries no transport source: the node
-        // knew no leader and proposed nothing.
-        Code::Unavailable if status.source().is_none() => Failure::NotExecuted(describe(status)),
+        // A server-generated UNAVAILABLE carries no transport source.
+        Code::Unavailable if status.source().is_none() && server_did_not_execute(&message) => {
+            Failure::NotExecuted(describe(status))
+        }
         Code::ResourceExhausted => Failure::NotExecuted(describe(status)),
         Code::Unavailable
         | Code::Unknown
@@ -74,6 +93,14 @@ pub fn parse_tcp_not_leader(line: &str) -> Option<&str> {
     let rest = line.trim_end().strip_prefix("ERR ")?;
     let addr = rest.strip_prefix(NOT_LEADER_PREFIX)?.trim();
     (!addr.is_empty() && !addr.contains(char::is_whitespace)).then_some(addr)
+}
+
+/// Whether a server `UNAVAILABLE` message says nothing was applied.
+fn server_did_not_execute(message: &str) -> bool {
+    !message.contains(OUTCOME_UNKNOWN_MARKER)
+        && NOT_EXECUTED_MARKERS
+            .iter()
+            .any(|marker| message.contains(marker))
 }
 
 /// True when some cause of the status is a refused TCP connection: the request
@@ -147,9 +174,34 @@ mod tests {
     }
 
     #[test]
-    fn server_unavailable_means_not_executed() {
-        let status = Status::new(Code::Unavailable, "no leader known");
-        assert!(matches!(classify(&status), Failure::NotExecuted(_)));
+    fn server_unavailable_is_classified_by_its_message() {
+        // Messages titan-server sends today (server/src/node/*.rs on `node`).
+        let cases: &[(&str, bool)] = &[
+            ("UNAVAILABLE no leader", true),
+            ("UNAVAILABLE no leader elected", true),
+            ("UNAVAILABLE overloaded", true),
+            ("UNAVAILABLE leadership transfer in progress", true),
+            ("UNAVAILABLE a membership change is in progress", true),
+            (
+                "UNAVAILABLE entry was overwritten by a new leader; not applied",
+                true,
+            ),
+            ("UNAVAILABLE request timed out; outcome unknown", false),
+            ("UNAVAILABLE leadership lost; outcome unknown", false),
+            ("UNAVAILABLE node is shutting down", false),
+            ("UNAVAILABLE something new", false),
+        ];
+        for (message, not_executed) in cases {
+            let failure = classify(&Status::new(Code::Unavailable, *message));
+            let got = matches!(failure, Failure::NotExecuted(_));
+            assert_eq!(got, *not_executed, "{message}: {failure:?}");
+            if !not_executed {
+                assert!(
+                    matches!(failure, Failure::Unknown(_)),
+                    "{message}: {failure:?}"
+                );
+            }
+        }
     }
 
     #[test]
