@@ -16,6 +16,8 @@
 #   BENCH_ETCD      0 to skip etcd even if installed           (default 1)
 #   BENCH_TITAN     0 to skip Titan (etcd only)                (default 1)
 #   BENCH_OUT       output directory                           (default ./bench-results)
+#   BENCH_DATA_DIR  parent of the nodes' data dirs; put it on the disk you
+#                   want to measure (default: $TMPDIR or /tmp)
 #   TITAN_BIN       titan-server binary  (default ./target/release/titan-server)
 #   BENCH_BIN       titan-bench binary   (default ./target/release/titan-bench)
 #
@@ -39,7 +41,7 @@ OUT="${BENCH_OUT:-./bench-results}"
 TITAN_BIN="${TITAN_BIN:-./target/release/titan-server}"
 BENCH_BIN="${BENCH_BIN:-./target/release/titan-bench}"
 
-WORK="$(mktemp -d -t titan-bench.XXXXXX)"
+WORK="$(mktemp -d -p "${BENCH_DATA_DIR:-${TMPDIR:-/tmp}}" titan-bench.XXXXXX)"
 PIDS=()
 
 cleanup() {
