@@ -80,10 +80,17 @@ async fn dial(endpoint: &str, connect_timeout: std::time::Duration) -> Result<Ch
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| {
-            format!(
-                "connect to {endpoint}: {e} ({:?})",
-                std::error::Error::source(&e)
-            )
-        })
+        .map_err(|e| format!("connect to {endpoint}: {}", error_chain(&e)))
+}
+
+/// "outer: inner: root" for an error and its sources.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
