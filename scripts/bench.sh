@@ -270,7 +270,7 @@ main() {
   if [[ $have_etcd == 1 ]]; then
     start_etcd
     run_matrix etcd
-  else
+  elif [[ $RUN_ETCD == 1 ]]; then
     log "etcd not installed; Titan only (apt-get install etcd-server etcd-client to compare)"
   fi
   write_table "$have_etcd"
