@@ -61,14 +61,29 @@ enum Conn {
 #[derive(Debug)]
 pub struct ConnSlot {
     target: Target,
+    /// All endpoints; a redirect without a leader hint moves to the next one.
+    endpoints: Arc<Vec<String>>,
     state: Mutex<SlotState>,
 }
 
 #[derive(Debug)]
 struct SlotState {
     generation: u64,
+    /// Index into `endpoints` of the last endpoint chosen without a hint.
+    cursor: usize,
     addr: String,
     conn: Option<Arc<Conn>>,
+}
+
+/// Where a reset slot should connect next.
+#[derive(Debug)]
+enum Retarget {
+    /// Same address (the connection broke).
+    Same,
+    /// The leader named by a redirect.
+    To(String),
+    /// The next endpoint (redirect without a leader hint).
+    NextEndpoint,
 }
 
 /// Settings every operation needs.
@@ -80,11 +95,16 @@ pub struct OpSettings {
 }
 
 impl ConnSlot {
-    pub fn new(target: Target, addr: String) -> Self {
+    /// A slot that first connects to `endpoints[cursor % len]`.
+    pub fn new(target: Target, endpoints: Arc<Vec<String>>, cursor: usize) -> Self {
+        let cursor = cursor % endpoints.len().max(1);
+        let addr = endpoints.get(cursor).cloned().unwrap_or_default();
         ConnSlot {
             target,
+            endpoints,
             state: Mutex::new(SlotState {
                 generation: 0,
+                cursor,
                 addr,
                 conn: None,
             }),
@@ -97,22 +117,38 @@ impl ConnSlot {
         if let Some(conn) = &state.conn {
             return Ok((state.generation, conn.clone()));
         }
-        let conn = Arc::new(connect(self.target, &state.addr).await?);
+        let conn = match connect(self.target, &state.addr).await {
+            Ok(conn) => Arc::new(conn),
+            Err(err) => {
+                // The node may be down: the next attempt tries another one.
+                if !self.endpoints.is_empty() {
+                    state.cursor = (state.cursor + 1) % self.endpoints.len();
+                    state.addr = self.endpoints[state.cursor].clone();
+                }
+                return Err(err);
+            }
+        };
         state.conn = Some(conn.clone());
         Ok((state.generation, conn))
     }
 
-    /// Drops the connection of `generation` (if still current) and, with a
-    /// leader hint, points the slot at the leader.
-    async fn reset(&self, generation: u64, new_addr: Option<String>) {
+    /// Drops the connection of `generation` (if still current) and points
+    /// the slot where the next attempt should go.
+    async fn reset(&self, generation: u64, retarget: Retarget) {
         let mut state = self.state.lock().await;
         if state.generation != generation {
             return;
         }
         state.generation += 1;
         state.conn = None;
-        if let Some(addr) = new_addr {
-            state.addr = addr;
+        match retarget {
+            Retarget::Same => {}
+            Retarget::To(addr) => state.addr = addr,
+            Retarget::NextEndpoint if !self.endpoints.is_empty() => {
+                state.cursor = (state.cursor + 1) % self.endpoints.len();
+                state.addr = self.endpoints[state.cursor].clone();
+            }
+            Retarget::NextEndpoint => {}
         }
     }
 
@@ -126,8 +162,11 @@ impl ConnSlot {
                 Err(_) => Err(OpError::Failed("timeout")),
             };
         match &result {
-            Err(OpError::NotLeader(hint)) => self.reset(generation, hint.clone()).await,
-            Err(OpError::Failed("connection")) => self.reset(generation, None).await,
+            Err(OpError::NotLeader(Some(leader))) => {
+                self.reset(generation, Retarget::To(leader.clone())).await
+            }
+            Err(OpError::NotLeader(None)) => self.reset(generation, Retarget::NextEndpoint).await,
+            Err(OpError::Failed("connection")) => self.reset(generation, Retarget::Same).await,
             _ => {}
         }
         result

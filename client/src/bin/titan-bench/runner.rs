@@ -84,13 +84,9 @@ fn make_slots(args: &Args) -> Vec<Arc<ConnSlot>> {
         0 => args.clients,
         n => n.min(args.clients),
     };
+    let endpoints = Arc::new(args.endpoints.clone());
     (0..count)
-        .map(|i| {
-            Arc::new(ConnSlot::new(
-                args.target,
-                args.endpoints[i % args.endpoints.len()].clone(),
-            ))
-        })
+        .map(|i| Arc::new(ConnSlot::new(args.target, endpoints.clone(), i)))
         .collect()
 }
 
