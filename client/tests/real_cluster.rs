@@ -313,3 +313,42 @@ async fn titanctl_reports_status_and_exit_codes() {
     assert_eq!(members.len(), 3);
     assert_eq!(members.iter().filter(|m| m["role"] == "LEADER").count(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn titan_bench_drives_tcp_and_grpc_load_through_redirects() {
+    let cluster = TestCluster::start();
+    cluster.wait_for_leader(Duration::from_secs(20)).await;
+    let tcp: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("127.0.0.1:{}", n.client))
+        .collect();
+    let cases = [
+        ("titan-tcp", tcp.join(",")),
+        ("titan-grpc", cluster.grpc_endpoints().join(",")),
+    ];
+    for (target, endpoints) in cases {
+        for op in ["put", "get", "mixed"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_titan-bench"))
+                .args(["--target", target, "--endpoints", &endpoints, "--op", op])
+                .args([
+                    "--clients",
+                    "6",
+                    "--ops",
+                    "300",
+                    "--keys",
+                    "50",
+                    "--json",
+                    "--quiet",
+                ])
+                .output()
+                .expect("run titan-bench");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(0), "{target} {op}: {stderr}");
+            let summary: serde_json::Value =
+                serde_json::from_slice(&out.stdout).expect("summary JSON");
+            assert_eq!(summary["ops"], 300, "{target} {op}: {summary}");
+            assert_eq!(summary["errors_total"], 0, "{target} {op}: {summary}");
+        }
+    }
+}
