@@ -1,0 +1,145 @@
+//! `titanctl`: command-line client for Titan, in the spirit of `etcdctl`.
+//!
+//! Exit codes (also in client/README.md):
+//! - 0: success
+//! - 1: the server rejected the request, or another error
+//! - 2: bad command line (from clap)
+//! - 3: `get` of a key that does not exist
+//! - 4: a conditional write's condition did not hold
+//! - 5: the cluster could not be reached / no leader within the retry bounds
+//! - 6: a write's outcome is unknown (it may or may not have applied)
+//! - 7: `status` reached only some members
+
+mod admin_cmd;
+mod kv_cmd;
+mod output;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::process::ExitCode;
+use std::time::Duration;
+use titan_client::{ClientConfig, Error};
+
+/// Command-line client for a Titan cluster.
+#[derive(Debug, Parser)]
+#[command(name = "titanctl", version, about)]
+struct Cli {
+    /// KV gRPC endpoints (client gRPC port), comma-separated.
+    #[arg(
+        long,
+        env = "TITAN_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "localhost:7001,localhost:7002,localhost:7003"
+    )]
+    endpoints: Vec<String>,
+    /// Admin gRPC endpoints (peer port), comma-separated.
+    #[arg(
+        long,
+        env = "TITAN_ADMIN_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "localhost:5001,localhost:5002,localhost:5003"
+    )]
+    admin_endpoints: Vec<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    /// Per-request timeout in milliseconds.
+    #[arg(long, env = "TITAN_TIMEOUT_MS", default_value_t = 3000)]
+    timeout_ms: u64,
+    /// Overall budget per command in milliseconds, retries included.
+    #[arg(long, env = "TITAN_DEADLINE_MS", default_value_t = 10000)]
+    deadline_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    /// Human-readable table / plain text.
+    Table,
+    /// One JSON document on stdout, for scripts.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read a key (exit 3 when absent).
+    Get(kv_cmd::GetArgs),
+    /// Write a key, optionally as compare-and-set (exit 4 on conflict).
+    Set(kv_cmd::SetArgs),
+    /// Delete a key, optionally only at a given version.
+    Del(kv_cmd::DelArgs),
+    /// List keys by prefix or range.
+    Range(kv_cmd::RangeArgs),
+    /// Cluster status: every member's role, term, commit, applied, lag, snapshot.
+    Status,
+    /// Membership: list, add (as learner), promote, remove.
+    Members {
+        #[command(subcommand)]
+        action: admin_cmd::MembersAction,
+    },
+    /// Move leadership to another voter.
+    TransferLeader(admin_cmd::TransferArgs),
+    /// Take a snapshot now on one node.
+    Snapshot(admin_cmd::SnapshotArgs),
+}
+
+/// Exit codes, one per outcome class a script may branch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Failed = 1,
+    NotFound = 3,
+    Conflict = 4,
+    Unreachable = 5,
+    OutcomeUnknown = 6,
+    Partial = 7,
+}
+
+/// Maps a client error to its exit code.
+pub fn exit_for(err: &Error) -> Exit {
+    match err {
+        Error::OutcomeUnknown { .. } => Exit::OutcomeUnknown,
+        Error::RetriesExhausted { .. } => Exit::Unreachable,
+        _ => Exit::Failed,
+    }
+}
+
+impl Cli {
+    fn config(&self, endpoints: &[String]) -> ClientConfig {
+        let mut config = ClientConfig::new(endpoints.iter().cloned());
+        config.request_timeout = Duration::from_millis(self.timeout_ms);
+        config.retry.overall_deadline = Duration::from_millis(self.deadline_ms);
+        config
+    }
+}
+
+async fn run(cli: Cli) -> Result<Exit, Error> {
+    let kv = || titan_client::Client::connect(cli.config(&cli.endpoints));
+    let admin = || titan_client::AdminClient::connect(cli.config(&cli.admin_endpoints));
+    let fmt = cli.output;
+    match &cli.command {
+        Command::Get(args) => kv_cmd::get(&kv()?, args, fmt).await,
+        Command::Set(args) => kv_cmd::set(&kv()?, args, fmt).await,
+        Command::Del(args) => kv_cmd::del(&kv()?, args, fmt).await,
+        Command::Range(args) => kv_cmd::range(&kv()?, args, fmt).await,
+        Command::Status => admin_cmd::status(&admin()?, fmt).await,
+        Command::Members { action } => admin_cmd::members(&admin()?, action, fmt).await,
+        Command::TransferLeader(args) => admin_cmd::transfer(&admin()?, args, fmt).await,
+        Command::Snapshot(args) => admin_cmd::snapshot(&admin()?, args, fmt).await,
+    }
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let fmt = cli.output;
+    let code = match run(cli).await {
+        Ok(exit) => exit,
+        Err(err) => {
+            output::print_error(&err, fmt);
+            exit_for(&err)
+        }
+    };
+    ExitCode::from(code as u8)
+}

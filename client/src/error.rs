@@ -1,0 +1,57 @@
+//! The client's typed errors. Callers branch on these: in particular
+//! [`Error::OutcomeUnknown`] means "the write may or may not have happened".
+
+/// Everything a [`crate::Client`] operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The config listed no endpoints, so there is nothing to dial.
+    #[error("no endpoints configured")]
+    NoEndpoints,
+    /// An endpoint string could not be turned into a URI.
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// `tls` was set in the config, but this build has no TLS support yet.
+    #[error("TLS is configured but not supported by this build of titan-client")]
+    TlsUnsupported,
+    /// A write was sent and then the connection failed or the deadline passed
+    /// before a reply: it may or may not have been committed. The client never
+    /// retries such an unconditional write on its own; the caller decides
+    /// (e.g. read the key back, or use a conditional write).
+    #[error("outcome of {op} on key {key:?} is unknown: {detail}")]
+    OutcomeUnknown {
+        /// The operation (`put`, `delete`).
+        op: &'static str,
+        /// The key, lossily decoded for display.
+        key: String,
+        /// What went wrong after the request was sent.
+        detail: String,
+    },
+    /// Retries ran out (attempts or overall deadline) while no attempt reached a
+    /// leader that could serve the request. Nothing was written.
+    #[error("gave up after {attempts} attempts in {elapsed_ms} ms: {last}")]
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent, including backoff.
+        elapsed_ms: u64,
+        /// The last retryable failure seen.
+        last: String,
+    },
+    /// The server rejected the request for a reason retrying cannot fix
+    /// (invalid argument, permission, unimplemented...).
+    #[error("rejected by server: {code:?}: {message}")]
+    Rejected {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The server's message.
+        message: String,
+    },
+}
+
+/// Convenience alias for results of this crate.
+pub type Result<T> = std::result::Result<T, Error>;
