@@ -299,9 +299,10 @@ impl Runtime {
 
     /// Processes one Ready in the documented order.
     async fn handle_ready(&mut self, mut rd: Ready) -> Result<(), StorageFailure> {
-        if let Some(ss) = rd.soft_state.take() {
-            self.on_soft_state(ss.leader, ss.role);
-        }
+        let stepped_down = match rd.soft_state.take() {
+            Some(ss) => self.on_soft_state(ss.leader, ss.role),
+            None => false,
+        };
         self.send_all(std::mem::take(&mut rd.messages));
         if let Some(meta) = rd.snapshot.clone() {
             self.install_snapshot(&meta)?;
@@ -315,6 +316,11 @@ impl Runtime {
             self.apply_entry(e);
         }
         rd.committed_entries = committed;
+        if stepped_down {
+            // After applying: a leader that removed itself still answers the
+            // removal it committed in this Ready.
+            self.fail_pending_writes("leadership lost; outcome unknown");
+        }
         for rs in std::mem::take(&mut rd.read_states) {
             self.reads.confirm(&rs.context, rs.index);
         }
@@ -338,7 +344,8 @@ impl Runtime {
         Ok(())
     }
 
-    fn on_soft_state(&mut self, leader: NodeId, role: Role) {
+    /// Records a leader/role change; returns whether this node stopped leading.
+    fn on_soft_state(&mut self, leader: NodeId, role: Role) -> bool {
         if leader != self.leader {
             self.metrics.leader_changes.inc();
             info!(leader, ?role, "leader changed");
@@ -349,9 +356,7 @@ impl Runtime {
         self.leader = leader;
         self.role = role;
         self.metrics.is_leader.set(i64::from(role == Role::Leader));
-        if was_leader && role != Role::Leader {
-            self.fail_pending_writes("leadership lost; outcome unknown");
-        }
+        was_leader && role != Role::Leader
     }
 
     /// Fails writes whose entries may never commit under this node.

@@ -226,6 +226,27 @@ pub struct Cluster {
     pub root: tempfile::TempDir,
 }
 
+impl Drop for Cluster {
+    /// On failure, keeps the node logs in `$TMPDIR/titan-test-logs/<pid>/`.
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir()
+            .join("titan-test-logs")
+            .join(std::process::id().to_string());
+        let _ = std::fs::create_dir_all(&keep);
+        for n in &self.nodes {
+            let log = n.data_dir.with_extension("log");
+            let _ = std::fs::copy(&log, keep.join(format!("{}.log", n.name)));
+        }
+        eprintln!("node logs kept in {}", keep.display());
+    }
+}
+
 /// Flags every test cluster uses: fast ticks, small snapshot threshold off by default.
 pub fn base_args() -> Vec<String> {
     vec![
