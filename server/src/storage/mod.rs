@@ -7,8 +7,20 @@
 //! - [`state_machine`]: the ordered key-value map Raft entries are applied to.
 //! - [`snapshot_codec`]: the snapshot file's byte layout, streamed both ways.
 //! - [`snapshot`]: the snapshot directory (atomic write, keep two, install).
-//! - [`boot`]: startup: snapshot + WAL replay.
+//! - [`mod@boot`]: startup: snapshot + WAL replay ([`boot()`]).
 //! - [`fsutil`]: atomic small-file writes and directory fsync.
+//!
+//! Invariants the code relies on:
+//! 1. [`Wal::append`] returns only after an fsync covering the batch; the
+//!    node acknowledges nothing (and answers no vote) before that.
+//! 2. Recovery drops bytes only from the tail of the last segment, and only
+//!    when no valid record follows them; any other damage stops the node.
+//! 3. Every segment starts with the current hard state and snapshot marker,
+//!    so compaction (oldest segments first, after the marker is durable)
+//!    never loses them.
+//! 4. A snapshot file is visible under its final name only after it was
+//!    fully written and fsynced; the directory is fsynced after the rename.
+//! 5. Storage depends on `raft` only for its plain data types.
 
 pub mod boot;
 pub mod fsutil;

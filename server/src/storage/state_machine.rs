@@ -419,3 +419,185 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str, cond: Condition) -> Vec<u8> {
+        Command::Put {
+            key: key.into(),
+            value: value.into(),
+            cond,
+        }
+        .encode()
+    }
+
+    fn del(key: &str, cond: Condition) -> Vec<u8> {
+        Command::Delete {
+            key: key.into(),
+            cond,
+        }
+        .encode()
+    }
+
+    fn normal(index: u64, data: Vec<u8>) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data,
+        }
+    }
+
+    fn write(outcome: ApplyOutcome) -> WriteOutcome {
+        match outcome {
+            ApplyOutcome::Write(w) => w,
+            other => panic!("expected a write outcome, got {other:?}"),
+        }
+    }
+
+    fn w(succeeded: bool, version: u64, existed: bool) -> WriteOutcome {
+        WriteOutcome {
+            succeeded,
+            version,
+            existed,
+        }
+    }
+
+    #[test]
+    fn conditional_writes_follow_the_version_table() {
+        let mut sm = StateMachine::new();
+        let table: Vec<(Vec<u8>, WriteOutcome)> = vec![
+            (put("a", "1", Condition::MustBeAbsent), w(true, 1, false)),
+            (put("a", "2", Condition::MustBeAbsent), w(false, 1, true)),
+            (
+                put("a", "3", Condition::ExpectedVersion(9)),
+                w(false, 1, true),
+            ),
+            (
+                put("a", "4", Condition::ExpectedVersion(1)),
+                w(true, 4, true),
+            ),
+            (put("a", "5", Condition::None), w(true, 5, true)),
+            (del("a", Condition::ExpectedVersion(4)), w(false, 5, true)),
+            (del("a", Condition::ExpectedVersion(5)), w(true, 5, true)),
+            (del("a", Condition::None), w(true, 0, false)),
+            (
+                put("b", "x", Condition::ExpectedVersion(0)),
+                w(false, 0, false),
+            ),
+        ];
+        for (i, (cmd, expected)) in table.into_iter().enumerate() {
+            let index = i as u64 + 1;
+            assert_eq!(write(sm.apply(&normal(index, cmd))), expected, "row {i}");
+        }
+        assert!(sm.get(b"a").is_none());
+        assert_eq!(sm.applied_index(), 9);
+    }
+
+    #[test]
+    fn malformed_command_is_rejected_and_still_advances_the_applied_index() {
+        let mut sm = StateMachine::new();
+        let outcome = sm.apply(&normal(1, vec![9, 9, 9]));
+        assert!(matches!(
+            outcome,
+            ApplyOutcome::Rejected(ApplyError::MalformedCommand(_))
+        ));
+        assert_eq!(sm.applied_index(), 1);
+        assert!(sm.is_empty());
+        assert!(matches!(
+            sm.apply(&normal(1, put("k", "v", Condition::None))),
+            ApplyOutcome::Rejected(ApplyError::AlreadyApplied { .. })
+        ));
+    }
+
+    #[test]
+    fn command_decode_rejects_every_truncation_without_panicking() {
+        let cmds = [
+            put("key", "value", Condition::ExpectedVersion(7)),
+            del("key", Condition::MustBeAbsent),
+        ];
+        for cmd in cmds {
+            assert!(Command::decode(&cmd).is_ok());
+            for cut in 0..cmd.len() {
+                let decoded = Command::decode(&cmd[..cut]);
+                // A Put cut inside its value decodes to a shorter value; that is
+                // the only prefix that may succeed.
+                if let Ok(Command::Put { key, .. }) = &decoded {
+                    assert_eq!(key, b"key");
+                } else {
+                    assert!(decoded.is_err(), "cut {cut}");
+                }
+            }
+        }
+        assert_eq!(
+            Command::decode(&[1, 0, 255, 255, 255, 255]),
+            Err(DecodeError::Short)
+        );
+    }
+
+    #[test]
+    fn membership_entries_update_the_member_directory() {
+        let mut sm = StateMachine::new();
+        let info = MemberInfo {
+            name: "titan-1".into(),
+            peer_addr: "10.0.0.1:6002".into(),
+            client_addr: "10.0.0.1:6001".into(),
+            grpc_addr: "10.0.0.1:6003".into(),
+        };
+        assert_eq!(MemberInfo::decode(&info.encode()), Ok(info.clone()));
+        let cc = |change, context: Vec<u8>| Entry {
+            index: 0,
+            term: 1,
+            kind: EntryKind::ConfChange,
+            data: ConfChange {
+                change,
+                node_id: 2,
+                context,
+            }
+            .encode(),
+        };
+        let mut e = cc(ConfChangeType::AddLearner, info.encode());
+        e.index = 1;
+        sm.apply(&e);
+        assert_eq!(sm.members().get(&2), Some(&info));
+        let mut e = cc(ConfChangeType::AddLearner, vec![1, 2]);
+        e.index = 2;
+        assert!(matches!(sm.apply(&e), ApplyOutcome::Rejected(_)));
+        let mut e = cc(ConfChangeType::RemoveNode, Vec::new());
+        e.index = 3;
+        sm.apply(&e);
+        assert!(sm.members().is_empty());
+    }
+
+    #[test]
+    fn range_and_prefix_respect_bounds_and_limits() {
+        let mut sm = StateMachine::new();
+        for (i, k) in ["a", "ab", "abc", "b", "b\u{7f}", "c"].iter().enumerate() {
+            sm.apply(&normal(i as u64 + 1, put(k, "v", Condition::None)));
+        }
+        let keys = |v: Vec<(Arc<[u8]>, Versioned)>| -> Vec<String> {
+            v.iter()
+                .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
+                .collect()
+        };
+        assert_eq!(keys(sm.range(b"ab", Some(b"b"), 10)), ["ab", "abc"]);
+        assert_eq!(keys(sm.range(b"b", None, 10)), ["b", "b\u{7f}", "c"]);
+        assert_eq!(keys(sm.prefix(b"a", 2)), ["a", "ab"]);
+        assert_eq!(keys(sm.prefix(b"", 100)).len(), 6);
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff, 0xff]), None);
+    }
+
+    #[test]
+    fn snapshot_view_is_unaffected_by_later_writes() {
+        let mut sm = StateMachine::new();
+        sm.apply(&normal(1, put("k", "old", Condition::None)));
+        let view = sm.snapshot_view();
+        sm.apply(&normal(2, put("k", "new", Condition::None)));
+        assert_eq!(&*view.get(b"k").unwrap().value, b"old");
+        assert_eq!(view.applied_index(), 1);
+        assert_eq!(&*sm.get(b"k").unwrap().value, b"new");
+    }
+}

@@ -22,6 +22,9 @@ use super::wal_record::{SEGMENT_HEADER_BYTES, SegmentHeader, WalRecord};
 use super::wal_recovery::{Recovered, recover_dir, segment_name};
 use crate::raft::{Entry, HardState};
 
+/// Largest encode buffer kept between appends (a bigger one is freed).
+const MAX_RETAINED_BUF_BYTES: usize = 4 << 20;
+
 /// A callback that observes every fsync's latency (for a metrics histogram).
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
 
@@ -294,11 +297,10 @@ impl Wal {
             buf: Vec::new(),
             poisoned: false,
         };
-        let mut next_seq = 1;
+        let mut torn_seq = None;
         for seg in rec.segments {
-            next_seq = seg.seq + 1;
             if seg.scan.header_torn {
-                next_seq = seg.seq;
+                torn_seq = Some(seg.seq);
                 break;
             }
             inner.segments.push(Segment {
@@ -308,13 +310,14 @@ impl Wal {
                 max_entry_index: seg.scan.max_entry_index,
             });
         }
-        match inner.segments.last() {
-            Some(last) if next_seq == last.seq + 1 => {
+        match (torn_seq, inner.segments.last()) {
+            (None, Some(last)) => {
                 inner.active = fs
                     .open_append_at(&last.path, last.bytes)
                     .map_err(|e| WalError::io(&last.path, e))?;
             }
-            _ => inner.create_segment(dir, fs, next_seq)?,
+            (Some(seq), _) => inner.create_segment(dir, fs, seq)?,
+            (None, None) => inner.create_segment(dir, fs, 1)?,
         }
         Ok((inner, rec.state.entries))
     }
@@ -330,18 +333,47 @@ impl Wal {
         self.wait_durable(seq)
     }
 
+    /// Like [`Wal::append`], but the batch is built under the write lock
+    /// from the current last index, so concurrent callers can assign
+    /// consecutive indexes without their own lock (and still share fsyncs).
+    pub fn append_with<F>(&self, build: F) -> Result<(), WalError>
+    where
+        F: FnOnce(u64) -> (Vec<Entry>, Option<HardState>),
+    {
+        let seq = {
+            let mut inner = lock(&self.inner);
+            let (entries, hs) = build(inner.last_index);
+            if entries.is_empty() && hs.is_none() {
+                return Ok(());
+            }
+            self.write_locked(&mut inner, &entries, hs)?
+        };
+        self.wait_durable(seq)
+    }
+
     /// Encodes and writes one batch; returns its sequence number.
     fn write_batch(&self, entries: &[Entry], hs: Option<HardState>) -> Result<u64, WalError> {
-        check_consecutive(entries)?;
         let mut inner = lock(&self.inner);
+        self.write_locked(&mut inner, entries, hs)
+    }
+
+    fn write_locked(
+        &self,
+        inner: &mut Inner,
+        entries: &[Entry],
+        hs: Option<HardState>,
+    ) -> Result<u64, WalError> {
+        check_consecutive(entries)?;
         if inner.poisoned {
             return Err(WalError::Poisoned);
         }
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
         let encoded = inner.encode_batch(entries, hs, &self.opts, &mut buf);
-        let result = encoded.and_then(|()| self.write_encoded(&mut inner, &buf, entries, hs));
-        inner.buf = buf;
+        let result = encoded.and_then(|()| self.write_encoded(inner, &buf, entries, hs));
+        if buf.capacity() <= MAX_RETAINED_BUF_BYTES {
+            inner.buf = buf;
+        }
         result
     }
 
@@ -590,7 +622,7 @@ impl Inner {
             if frame > u64::from(opts.max_record_bytes) {
                 return Err(too_large(frame));
             }
-            WalRecord::Entry(e.clone()).encode_into(buf);
+            WalRecord::encode_entry_into(e, buf);
         }
         if let Some(hs) = hs {
             WalRecord::HardState(hs).encode_into(buf);

@@ -145,15 +145,34 @@ impl SimFs {
         self.files.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Simulates power loss: every file is cut back to its synced length,
-    /// `garbage(path)` bytes are appended to it (a torn write), and files
-    /// whose names were never made durable disappear.
-    pub fn crash(&self, mut garbage: impl FnMut(&Path) -> Vec<u8>) {
-        let mut files = self.lock();
-        files.retain(|_, f| f.name_durable);
-        for (path, f) in files.iter_mut() {
-            f.data.truncate(f.synced_len);
-            f.data.extend_from_slice(&garbage(path));
+    /// Simulates power loss in place: every file is cut back to its synced
+    /// length, `garbage(path)` bytes are appended to it (a torn write), and
+    /// files whose names were never made durable disappear.
+    pub fn crash(&self, garbage: impl FnMut(&Path) -> Vec<u8>) {
+        let image = self.crash_image(garbage);
+        let taken = std::mem::take(&mut *image.lock());
+        *self.lock() = taken;
+    }
+
+    /// The disk image a power loss at this instant would leave, as a new,
+    /// independent file system (this one is unchanged). Lets a test "crash"
+    /// while writer threads are still running.
+    pub fn crash_image(&self, mut garbage: impl FnMut(&Path) -> Vec<u8>) -> SimFs {
+        let files = self.lock();
+        let mut image = BTreeMap::new();
+        for (path, f) in files.iter().filter(|(_, f)| f.name_durable) {
+            let mut data = f.data[..f.synced_len.min(f.data.len())].to_vec();
+            data.extend_from_slice(&garbage(path));
+            let synced_len = data.len();
+            let state = SimFileState {
+                data,
+                synced_len,
+                name_durable: true,
+            };
+            image.insert(path.clone(), state);
+        }
+        SimFs {
+            files: Arc::new(Mutex::new(image)),
         }
     }
 

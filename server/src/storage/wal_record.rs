@@ -124,24 +124,17 @@ impl<'a> ByteReader<'a> {
 impl WalRecord {
     /// Appends this record's frame to `out`.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let start = out.len();
-        out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-        self.encode_body(out);
-        let len = u32::try_from(out.len() - start - FRAME_HEADER_BYTES).unwrap_or(u32::MAX);
-        out[start..start + 4].copy_from_slice(&len.to_le_bytes());
-        let crc = frame_crc(&out[start..start + 4], &out[start + FRAME_HEADER_BYTES..]);
-        out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+        encode_frame(out, |out| self.encode_body(out));
+    }
+
+    /// Appends an entry record's frame without cloning the entry.
+    pub fn encode_entry_into(e: &Entry, out: &mut Vec<u8>) {
+        encode_frame(out, |out| encode_entry_body(e, out));
     }
 
     fn encode_body(&self, out: &mut Vec<u8>) {
         match self {
-            WalRecord::Entry(e) => {
-                out.push(TYPE_ENTRY);
-                out.extend_from_slice(&e.index.to_le_bytes());
-                out.extend_from_slice(&e.term.to_le_bytes());
-                out.push(e.kind as u8);
-                out.extend_from_slice(&e.data);
-            }
+            WalRecord::Entry(e) => encode_entry_body(e, out),
             WalRecord::HardState(hs) => {
                 out.push(TYPE_HARD_STATE);
                 out.extend_from_slice(&hs.term.to_le_bytes());
@@ -164,6 +157,25 @@ impl WalRecord {
     pub fn entry_frame_bytes(e: &Entry) -> usize {
         FRAME_HEADER_BYTES + 1 + 17 + e.data.len()
     }
+}
+
+/// Writes a frame around whatever `body` appends: length, CRC, body.
+fn encode_frame(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    body(out);
+    let len = u32::try_from(out.len() - start - FRAME_HEADER_BYTES).unwrap_or(u32::MAX);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    let crc = frame_crc(&out[start..start + 4], &out[start + FRAME_HEADER_BYTES..]);
+    out[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
+}
+
+fn encode_entry_body(e: &Entry, out: &mut Vec<u8>) {
+    out.push(TYPE_ENTRY);
+    out.extend_from_slice(&e.index.to_le_bytes());
+    out.extend_from_slice(&e.term.to_le_bytes());
+    out.push(e.kind as u8);
+    out.extend_from_slice(&e.data);
 }
 
 fn frame_crc(len_bytes: &[u8], body: &[u8]) -> u32 {

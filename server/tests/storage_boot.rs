@@ -1,0 +1,152 @@
+//! Boot: snapshot + WAL replay, and the corrupt-snapshot fallback rules.
+
+use std::fs;
+use std::path::Path;
+
+use titan_server::raft::{ConfState, Entry, EntryKind, HardState, SnapshotMeta};
+use titan_server::storage::{
+    BootError, BootOptions, Command, Condition, StateMachine, WalOptions, boot,
+};
+
+fn put(index: u64, key: &str) -> Entry {
+    Entry {
+        index,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: Command::Put {
+            key: key.into(),
+            value: index.to_le_bytes().to_vec(),
+            cond: Condition::None,
+        }
+        .encode(),
+    }
+}
+
+fn hs(commit: u64) -> HardState {
+    HardState {
+        term: 1,
+        vote: 1,
+        commit,
+    }
+}
+
+fn opts(margin: u64) -> BootOptions {
+    BootOptions {
+        wal: WalOptions {
+            segment_bytes: 2048,
+            compact_margin_entries: margin,
+            ..WalOptions::default()
+        },
+        ..BootOptions::default()
+    }
+}
+
+fn meta(index: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        index,
+        term: 1,
+        conf: ConfState::default(),
+    }
+}
+
+/// Writes entries 1..=last (keys k{i % 7}), committing through `commit`,
+/// snapshotting at each index in `snapshots`.
+fn populate(dir: &Path, last: u64, commit: u64, snapshots: &[u64], margin: u64) {
+    let b = boot(dir, opts(margin)).unwrap();
+    let mut sm = b.state_machine;
+    for i in 1..=last {
+        let e = put(i, &format!("k{}", i % 7));
+        b.wal
+            .append(std::slice::from_ref(&e), Some(hs(i.min(commit))))
+            .unwrap();
+        if i <= commit {
+            sm.apply(&e);
+        }
+        if snapshots.contains(&i) {
+            b.snapshots.write(&meta(i), &sm.snapshot_view()).unwrap();
+            b.wal.compact(i, 1).unwrap();
+        }
+    }
+}
+
+fn expected_state(commit: u64) -> StateMachine {
+    let mut sm = StateMachine::new();
+    for i in 1..=commit {
+        sm.apply(&put(i, &format!("k{}", i % 7)));
+    }
+    sm
+}
+
+fn same_state(a: &StateMachine, b: &StateMachine) -> bool {
+    a.iter().eq(b.iter()) && a.applied_index() == b.applied_index()
+}
+
+#[test]
+fn boot_replays_committed_entries_after_the_snapshot_and_returns_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 100, 90, &[40, 80], 5);
+    let b = boot(dir.path(), opts(5)).unwrap();
+    assert_eq!(b.snapshot_meta.index, 80);
+    assert_eq!(b.applied_index, 90);
+    assert_eq!(b.hard_state.commit, 90);
+    let indexes: Vec<u64> = b.entries.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, (81..=100).collect::<Vec<_>>());
+    assert!(same_state(&b.state_machine, &expected_state(90)));
+}
+
+#[test]
+fn corrupt_newest_snapshot_falls_back_when_the_wal_covers_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    // A large margin keeps every entry in the WAL.
+    populate(dir.path(), 100, 100, &[40, 80], 1000);
+    corrupt_newest_snapshot(dir.path());
+    let b = boot(dir.path(), opts(1000)).unwrap();
+    assert_eq!(b.snapshot_meta.index, 40);
+    assert_eq!(b.skipped_snapshots.len(), 1);
+    assert_eq!(b.applied_index, 100);
+    assert!(same_state(&b.state_machine, &expected_state(100)));
+}
+
+#[test]
+fn corrupt_newest_snapshot_without_wal_coverage_stops_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 100, 100, &[40, 80], 0);
+    corrupt_newest_snapshot(dir.path());
+    match boot(dir.path(), opts(0)) {
+        Err(e @ BootError::CorruptSnapshotNotCovered { .. }) => {
+            let msg = e.to_string();
+            assert!(msg.contains("00000000000000000080"), "{msg}");
+            assert!(msg.contains("41..=80"), "{msg}");
+        }
+        other => panic!("expected CorruptSnapshotNotCovered, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_lost_snapshot_behind_a_compacted_wal_is_a_log_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 100, 100, &[80], 0);
+    for f in fs::read_dir(dir.path().join("snap")).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+    assert!(matches!(
+        boot(dir.path(), opts(0)),
+        Err(BootError::LogGap {
+            snapshot_index: 0,
+            ..
+        })
+    ));
+}
+
+fn corrupt_newest_snapshot(dir: &Path) {
+    let mut files: Vec<_> = fs::read_dir(dir.join("snap"))
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .collect();
+    files.sort();
+    let newest = files.pop().unwrap();
+    let mut data = fs::read(&newest).unwrap();
+    let last = data.len() - 1;
+    data[last] ^= 0xff;
+    fs::write(&newest, data).unwrap();
+}
