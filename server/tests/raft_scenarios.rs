@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use sim::cluster::{Cluster, Event};
 use titan_server::raft::{
-    ConfChange, ConfChangeType, Config, Message, NodeId, RaftError, Role, Storage,
+    ConfChange, ConfChangeType, Config, Message, MessageType, NodeId, RaftError, Role, Storage,
 };
 
 /// No PreVote/CheckQuorum: `campaign()` starts a real election at once,
@@ -193,7 +193,7 @@ fn votes_persisted_across_restart_prevent_a_second_vote_in_the_same_term() {
     c.stabilize().unwrap();
     assert_eq!(status(&c, 1).role, Role::Leader, "won with node 2's vote");
     let term = status(&c, 1).term;
-    assert_eq!(c.node(2).disk.hard_state().vote, 1);
+    assert_eq!(c.node(2).durable().hard_state().vote, 1);
     c.crash(2);
     c.restart(2).unwrap();
     assert_eq!((status(&c, 2).term, status(&c, 2).vote), (term, 1));
@@ -343,6 +343,38 @@ fn read_index_on_a_partitioned_old_leader_never_returns_a_stale_value() {
 #[test]
 fn lease_read_on_a_partitioned_old_leader_never_returns_a_stale_value() {
     stale_read_scenario(|cfg| cfg.lease_read = true);
+}
+
+/// Thesis §6.4.1 batching: every read queued before the next Ready shares
+/// one heartbeat round.
+#[test]
+fn reads_queued_together_share_one_heartbeat_round() {
+    let mut c = cluster3();
+    c.elect(1).unwrap();
+    c.put(1, 4, 1).unwrap();
+    c.stabilize().unwrap();
+    c.events.clear();
+    for op in 0..10u8 {
+        c.node_mut(1)
+            .raw_mut()
+            .read_index(vec![op, 0, 0, 0, 0, 0, 0, 0, 1])
+            .unwrap();
+    }
+    c.process(1).unwrap();
+    let rounds: Vec<_> = c
+        .net
+        .queue
+        .iter()
+        .filter(|e| e.msg.msg_type == MessageType::Heartbeat)
+        .collect();
+    assert_eq!(rounds.len(), 2, "one heartbeat per follower");
+    assert!(
+        rounds
+            .iter()
+            .all(|e| e.msg.context == rounds[0].msg.context && !e.msg.context.is_empty())
+    );
+    c.stabilize().unwrap();
+    assert_eq!(read_events(&mut c, 1), vec![Some(4); 10]);
 }
 
 /// A follower's read goes through the leader and sees every committed write.
@@ -520,7 +552,7 @@ fn unsynced_entries_are_lost_on_crash_and_the_node_rejoins() {
     c.persist_per_mille = 0;
     c.put(1, 1, 0).unwrap();
     c.process_all().unwrap();
-    let before = c.node(1).disk.last_index();
+    let before = c.node(1).durable().last_index();
     c.crash(1);
     c.restart(1).unwrap();
     assert_eq!(

@@ -39,6 +39,8 @@ const MAX_CRASHED: usize = 2;
 #[derive(Debug, PartialEq, Eq)]
 struct Summary {
     completed_ops: u64,
+    /// Coverage: (terms with a leader, committed conf changes, snapshots installed, crashes).
+    coverage: [u64; 4],
     messages: u64,
     final_applied: u64,
     inconclusive: bool,
@@ -76,8 +78,21 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     if let Verdict::Violation { key } = verdict {
         return Err(format!("history of key {key} is not linearizable"));
     }
+    let conf_changes = c
+        .checker
+        .applied
+        .values()
+        .filter(|(e, _)| e.kind == EntryKind::ConfChange)
+        .count();
+    let coverage = [
+        c.checker.leaders.len() as u64,
+        conf_changes as u64,
+        c.snapshots_installed,
+        c.crashes,
+    ];
     Ok(Summary {
         completed_ops: w.completed,
+        coverage,
         messages: c.net.sent,
         final_applied,
         inconclusive: verdict == Verdict::Inconclusive,
@@ -292,12 +307,15 @@ fn seeded_fault_runs_stay_safe_linearizable_and_recover() {
             (start..start + env_u64("TITAN_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
         }
     };
-    let (mut failures, mut ops, mut inconclusive) = (Vec::new(), 0, 0);
+    let (mut failures, mut ops, mut inconclusive, mut coverage) = (Vec::new(), 0, 0, [0u64; 4]);
     for &seed in &seeds {
         match run_reported(seed) {
             Ok(s) => {
                 ops += s.completed_ops;
                 inconclusive += u64::from(s.inconclusive);
+                for (total, n) in coverage.iter_mut().zip(s.coverage) {
+                    *total += n;
+                }
             }
             Err(e) => {
                 eprintln!("seed {seed} failed: {e}\nreproduce with TITAN_SIM_SEED={seed}");
@@ -308,8 +326,11 @@ fn seeded_fault_runs_stay_safe_linearizable_and_recover() {
             }
         }
     }
+    let [leaders, confs, snaps, crashes] = coverage;
     eprintln!(
-        "{} seeds, {ops} completed client ops, {inconclusive} inconclusive histories",
+        "{} seeds: {ops} completed client ops, {inconclusive} inconclusive histories, \
+         {leaders} leader terms, {confs} committed conf-change entries (incl. bootstrap), \
+         {snaps} snapshots installed, {crashes} crashes",
         seeds.len()
     );
     assert!(

@@ -17,6 +17,11 @@ use super::{
 /// transfer: receivers skip the leader-lease check for them.
 pub const CAMPAIGN_TRANSFER: &[u8] = b"transfer";
 
+/// Terms and indexes above this are treated as corrupt or hostile: a real
+/// cluster would need centuries to get there, and refusing them keeps every
+/// `+ 1` on terms and indexes free of overflow.
+pub const MAX_SANE_TERM_OR_INDEX: u64 = u64::MAX >> 2;
+
 /// Bound on the log scan done at startup to rebuild membership (entries per read).
 const CONF_SCAN_BATCH_BYTES: usize = 4 << 20;
 
@@ -300,7 +305,7 @@ impl<S: Storage> Raft<S> {
 
     /// Entry point for every message from a peer.
     pub fn step(&mut self, m: Message) -> Result<(), RaftError> {
-        if m.to != self.id || m.from == NO_NODE || m.from == self.id {
+        if m.to != self.id || m.from == NO_NODE || m.from == self.id || !is_sane(&m) {
             return Ok(());
         }
         if m.term > self.term {
@@ -377,6 +382,24 @@ impl<S: Storage> Raft<S> {
         self.leader = leader;
         self.election_elapsed = 0;
     }
+}
+
+/// Every term and index in `m` is at most [`MAX_SANE_TERM_OR_INDEX`].
+fn is_sane(m: &Message) -> bool {
+    let ok = |v: u64| v <= MAX_SANE_TERM_OR_INDEX;
+    let fields = [
+        m.term,
+        m.log_term,
+        m.index,
+        m.commit,
+        m.reject_hint,
+        m.hint_term,
+    ];
+    fields.into_iter().all(ok)
+        && m.entries.iter().all(|e| ok(e.index) && ok(e.term))
+        && m.snapshot
+            .as_ref()
+            .is_none_or(|s| ok(s.index) && ok(s.term))
 }
 
 fn validate(cfg: &Config) -> Result<(), RaftError> {

@@ -173,7 +173,7 @@ impl<S: Storage> RaftLog<S> {
         }
     }
 
-    /// Leader fast path: appends owned entries without cloning.
+    /// Appends owned entries, without cloning on the common (contiguous) path.
     pub fn append_owned(&mut self, ents: Vec<Entry>) {
         let end = self.unstable.offset + self.unstable.entries.len() as u64;
         if ents.first().map(|e| e.index) == Some(end) {

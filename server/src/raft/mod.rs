@@ -58,8 +58,10 @@
 //!
 //! # Reads
 //!
-//! `read_index(ctx)` on the leader queues the read; one heartbeat round,
-//! shared by every read queued when it starts, confirms leadership, and the
+//! `read_index(ctx)` on the leader queues the read; at the next `ready()` one
+//! heartbeat round, shared by every read queued by then, confirms
+//! leadership (reads arriving while a round is in flight wait for the next
+//! one, which starts as soon as the current round completes), and the
 //! read's `ReadState { index: commit at round start }` follows. On a follower
 //! the request goes to the leader (ReadIndex / ReadIndexResp). Reads are
 //! dropped, not failed, on leader change or message loss: the node must time

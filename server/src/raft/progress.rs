@@ -178,7 +178,9 @@ impl Progress {
         if self.next_index.saturating_sub(1) != rejected {
             return false;
         }
-        self.next_index = rejected.min(match_hint + 1).max(self.match_index + 1);
+        self.next_index = rejected
+            .min(match_hint.saturating_add(1))
+            .max(self.match_index + 1);
         self.probe_sent = false;
         true
     }

@@ -18,6 +18,20 @@ pub struct RawNode<S: Storage> {
     prev_soft: SoftState,
     /// Hard state in the last `Ready` (or as loaded), to report only changes.
     prev_hard: HardState,
+    /// What the outstanding `Ready` handed out, so `advance` does not depend
+    /// on the node giving the `Ready` back intact (it may move entries out).
+    handed: Handed,
+}
+
+/// Positions handed out by the last `ready()`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Handed {
+    /// `(index, term)` of the last entry to persist.
+    last_entry: Option<(u64, u64)>,
+    /// Index of the snapshot to install.
+    snapshot: Option<u64>,
+    /// Index of the last committed entry to apply.
+    last_committed: Option<u64>,
 }
 
 impl<S: Storage> RawNode<S> {
@@ -34,6 +48,7 @@ impl<S: Storage> RawNode<S> {
             raft,
             prev_soft,
             prev_hard,
+            handed: Handed::default(),
         })
     }
 
@@ -103,6 +118,7 @@ impl<S: Storage> RawNode<S> {
     pub fn has_ready(&self) -> bool {
         let r = &self.raft;
         r.pending_bcast
+            || r.read_round_startable()
             || self.soft_state() != self.prev_soft
             || r.hard_state() != self.prev_hard
             || !r.log.unstable.entries.is_empty()
@@ -124,6 +140,7 @@ impl<S: Storage> RawNode<S> {
     /// next `ready()`.
     pub fn ready(&mut self) -> Ready {
         self.raft.flush_proposals();
+        self.raft.maybe_start_read_round();
         let r = &mut self.raft;
         let soft = SoftState {
             leader: r.leader,
@@ -159,22 +176,30 @@ impl<S: Storage> RawNode<S> {
         };
         self.prev_soft = soft;
         self.prev_hard = hard;
+        self.handed = Handed {
+            last_entry: ready.entries.last().map(|e| (e.index, e.term)),
+            snapshot: ready.snapshot.as_ref().map(|s| s.index),
+            last_committed: ready.committed_entries.last().map(|e| e.index),
+        };
         ready
     }
 
-    /// The node has done everything `ready` asked: its entries, hard state
-    /// and snapshot are durable (and in storage), its committed entries applied.
-    pub fn advance(&mut self, ready: Ready) {
+    /// The node has done everything the last `ready()` asked: its entries,
+    /// hard state and snapshot are durable (and in storage), its committed
+    /// entries applied. The node may have moved data out of `ready`; the
+    /// core remembers what it handed out.
+    pub fn advance(&mut self, _ready: Ready) {
+        let handed = std::mem::take(&mut self.handed);
         let r = &mut self.raft;
-        if let Some(meta) = &ready.snapshot {
-            r.log.stable_snap_to(meta.index);
-            r.log.applied = r.log.applied.max(meta.index);
+        if let Some(index) = handed.snapshot {
+            r.log.stable_snap_to(index);
+            r.log.applied = r.log.applied.max(index);
         }
-        if let Some(last) = ready.entries.last() {
-            r.log.stable_to(last.index, last.term);
+        if let Some((index, term)) = handed.last_entry {
+            r.log.stable_to(index, term);
         }
-        if let Some(last) = ready.committed_entries.last() {
-            r.log.applied = r.log.applied.max(last.index);
+        if let Some(index) = handed.last_committed {
+            r.log.applied = r.log.applied.max(index);
         }
         if r.role == super::Role::Leader {
             r.on_persisted();

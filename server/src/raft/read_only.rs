@@ -81,8 +81,9 @@ impl<S: Storage> Raft<S> {
         if self.reads.waiting.len() >= MAX_PENDING_READS {
             return Err(RaftError::ProposalDropped);
         }
+        // The round starts at the next `ready()`, so every read queued
+        // until then shares one heartbeat round.
         self.reads.waiting.push_back(req);
-        self.maybe_start_read_round();
         Ok(())
     }
 
@@ -90,8 +91,7 @@ impl<S: Storage> Raft<S> {
     /// committed an entry of its term (only then is its commit index known
     /// to be at least every previously committed index).
     pub fn maybe_start_read_round(&mut self) {
-        if self.reads.round.is_some() || self.reads.waiting.is_empty() || !self.committed_in_term()
-        {
+        if !self.read_round_startable() {
             return;
         }
         self.reads.last_round_id += 1;
@@ -105,6 +105,14 @@ impl<S: Storage> Raft<S> {
         if !self.try_finish_read_round() {
             self.bcast_heartbeat();
         }
+    }
+
+    /// Whether reads wait and a round could start now.
+    pub fn read_round_startable(&self) -> bool {
+        self.role == Role::Leader
+            && self.reads.round.is_none()
+            && !self.reads.waiting.is_empty()
+            && self.committed_in_term()
     }
 
     /// A heartbeat response echoed `ctx`: count it for the round it names.
@@ -169,7 +177,7 @@ impl<S: Storage> Raft<S> {
             }
         });
         let lease = u64::from(self.cfg.election_tick_min).saturating_sub(LEASE_DRIFT_MARGIN_TICKS);
-        stamp > 0 && ticks < stamp + lease
+        stamp > 0 && ticks < stamp.saturating_add(lease)
     }
 
     /// Leader: a follower asks for a read index.

@@ -13,6 +13,9 @@ impl<S: Storage> Raft<S> {
         kind: EntryKind,
     ) -> Result<(u64, u64), RaftError> {
         self.check_can_propose()?;
+        if datas.is_empty() {
+            return Err(RaftError::ProposalDropped);
+        }
         let bytes: usize = datas.iter().map(|d| d.len() + 24).sum();
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes + bytes > self.cfg.max_uncommitted_bytes
@@ -173,7 +176,7 @@ impl<S: Storage> Raft<S> {
     }
 
     /// Follower: Append from the leader.
-    pub fn handle_append(&mut self, m: Message) {
+    pub fn handle_append(&mut self, mut m: Message) {
         self.follow(m.from);
         let mut resp = Message::new(MessageType::AppendResp, self.id, m.from, self.term);
         if m.index < self.log.committed {
@@ -181,7 +184,7 @@ impl<S: Storage> Raft<S> {
             self.send_after_persist(resp);
             return;
         }
-        match self.follower_append(&m) {
+        match self.follower_append(&mut m) {
             Some(last_new) => resp.index = last_new,
             None => {
                 let hint = m.index.min(self.log.last_index());
@@ -197,7 +200,7 @@ impl<S: Storage> Raft<S> {
 
     /// Appends `m.entries` after `m.index` if the log matches there;
     /// returns the index of the last entry `m` vouches for.
-    fn follower_append(&mut self, m: &Message) -> Option<u64> {
+    fn follower_append(&mut self, m: &mut Message) -> Option<u64> {
         if !self.log.match_term(m.index, m.log_term) {
             return None;
         }
@@ -217,10 +220,13 @@ impl<S: Storage> Raft<S> {
                 // peer sends this. Refuse it rather than corrupt the log.
                 return None;
             }
-            let new = &m.entries[(conflict - m.index - 1) as usize..];
+            let new: Vec<_> = m
+                .entries
+                .drain((conflict - m.index - 1) as usize..)
+                .collect();
             self.rollback_conf(conflict);
-            self.log.append(new);
-            self.apply_conf_entries(new);
+            self.apply_conf_entries(&new);
+            self.log.append_owned(new);
         }
         self.commit_to(m.commit.min(last_new));
         Some(last_new)
@@ -228,7 +234,8 @@ impl<S: Storage> Raft<S> {
 
     /// Leader: a follower acknowledged or rejected an Append.
     pub fn handle_append_response(&mut self, m: &Message) {
-        if self.role != Role::Leader {
+        // An acknowledgement past our log can only come from a broken peer.
+        if self.role != Role::Leader || m.index > self.log.last_index() {
             return;
         }
         let Some(pr) = self.progress.get_mut(&m.from) else {
@@ -310,7 +317,9 @@ impl<S: Storage> Raft<S> {
     pub fn handle_snapshot(&mut self, m: Message) {
         self.follow(m.from);
         let mut resp = Message::new(MessageType::AppendResp, self.id, m.from, self.term);
-        let Some(meta) = m.snapshot else { return };
+        let Some(meta) = m.snapshot else {
+            return;
+        };
         if meta.index <= self.log.committed {
             resp.index = self.log.committed;
         } else if self.log.match_term(meta.index, meta.term) {

@@ -13,7 +13,10 @@ use super::{
 /// snapshot, the leader must send a snapshot instead; [`StorageError::Unavailable`]
 /// — the index is past the last entry (a caller bug or a race with truncation).
 pub trait Storage {
-    /// Hard state and membership at startup.
+    /// Hard state and membership at startup. The core uses only the hard
+    /// state: it rebuilds membership itself from `snapshot_meta().conf` plus
+    /// the conf changes in the log (the effect-on-append rule), so the two
+    /// can never disagree.
     fn initial_state(&self) -> (HardState, ConfState);
     /// Entries in `[lo, hi)`, stopping early once `max_bytes` is reached
     /// (always at least one entry when the range is non-empty).
@@ -94,6 +97,21 @@ impl MemStorage {
         self.entries
             .truncate((first - self.snapshot.index - 1) as usize);
         self.entries.extend(ents.into_iter().cloned());
+        Ok(())
+    }
+
+    /// Like [`MemStorage::append`] but takes ownership (no copy of the payloads).
+    pub fn append_owned(&mut self, mut ents: Vec<Entry>) -> Result<(), StorageError> {
+        ents.retain(|e| e.index > self.snapshot.index);
+        let Some(first) = ents.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first > self.last_index() + 1 {
+            return Err(StorageError::Unavailable);
+        }
+        self.entries
+            .truncate((first - self.snapshot.index - 1) as usize);
+        self.entries.append(&mut ents);
         Ok(())
     }
 
@@ -231,6 +249,12 @@ mod tests {
         assert_eq!(s.last_index(), 2);
         assert_eq!(s.term(2), Ok(2));
         assert_eq!(s.append(&[ent(5, 2)]), Err(StorageError::Unavailable));
+        s.append_owned(vec![ent(2, 3), ent(3, 3)]).unwrap();
+        assert_eq!((s.last_index(), s.term(2)), (3, Ok(3)));
+        assert_eq!(
+            s.append_owned(vec![ent(9, 3)]),
+            Err(StorageError::Unavailable)
+        );
     }
 
     #[test]

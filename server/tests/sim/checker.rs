@@ -93,7 +93,7 @@ impl Checker {
 /// Log Matching: if two durable logs hold an entry with the same index and
 /// term, they are identical up to it.
 pub fn check_log_matching(nodes: &BTreeMap<NodeId, SimNode>) -> Result<(), String> {
-    let logs: Vec<(NodeId, &MemStorage)> = nodes.values().map(|n| (n.id, &n.disk)).collect();
+    let logs: Vec<(NodeId, &MemStorage)> = nodes.values().map(|n| (n.id, n.durable())).collect();
     for (i, (a, la)) in logs.iter().enumerate() {
         for (b, lb) in &logs[i + 1..] {
             check_pair(*a, la, *b, lb)?;

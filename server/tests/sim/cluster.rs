@@ -34,13 +34,13 @@ pub struct SimNode {
     pub cfg: Config,
     /// `None` while crashed; the durable storage survives in `disk`.
     pub raw: Option<RawNode<MemStorage>>,
-    /// What survives a crash: storage as last persisted.
+    /// What survived the last crash (valid while `raw` is `None`).
     pub disk: MemStorage,
     /// A Ready taken from the core but not yet persisted: lost on crash.
     pub pending: Option<Ready>,
     pub kv: Kv,
     pub applied: u64,
-    /// Durable snapshot of the state machine, matching `disk.snapshot_meta()`.
+    /// Durable snapshot of the state machine, matching `durable().snapshot_meta()`.
     pub snap_kv: Kv,
     /// Snapshot data received with Snapshot messages, by index, until installed.
     pub received_snaps: BTreeMap<u64, Kv>,
@@ -55,6 +55,12 @@ impl SimNode {
 
     pub fn raw_mut(&mut self) -> &mut RawNode<MemStorage> {
         self.raw.as_mut().expect("node is up")
+    }
+
+    /// What is on disk now: the live core's storage (it only ever receives
+    /// persisted data) or the image saved at the crash.
+    pub fn durable(&self) -> &MemStorage {
+        self.raw.as_ref().map_or(&self.disk, |r| r.storage())
     }
 
     pub fn is_up(&self) -> bool {
@@ -74,6 +80,10 @@ pub struct Cluster {
     pub checker: Checker,
     pub events: Vec<Event>,
     pub ids: Vec<NodeId>,
+    /// Snapshots installed by followers (coverage statistics).
+    pub snapshots_installed: u64,
+    /// Crashes injected (coverage statistics).
+    pub crashes: u64,
 }
 
 /// Harness-wide tick settings: short timeouts keep runs cheap.
@@ -129,6 +139,8 @@ impl Cluster {
             checker: Checker::default(),
             events: Vec::new(),
             ids: (1..=total).collect(),
+            snapshots_installed: 0,
+            crashes: 0,
         }
     }
 
@@ -317,7 +329,7 @@ impl Cluster {
         let snap = (m.msg_type == MessageType::Snapshot).then(|| {
             let node = self.node(from);
             SnapData {
-                index: node.disk.snapshot_meta().index,
+                index: node.durable().snapshot_meta().index,
                 kv: node.snap_kv.clone(),
             }
         });
@@ -335,7 +347,9 @@ impl Cluster {
         };
         if let Some(meta) = ready.snapshot.clone() {
             install_snapshot(node, meta)?;
+            self.snapshots_installed += 1;
         }
+        let node = self.node_mut(id);
         let raw = node.raw.as_mut().ok_or("persist on a crashed node")?;
         raw.storage_mut()
             .append(&ready.entries)
@@ -343,7 +357,6 @@ impl Cluster {
         if let Some(hs) = ready.hard_state {
             raw.storage_mut().set_hard_state(hs);
         }
-        node.disk = raw.storage().clone();
         for m in std::mem::take(&mut ready.persisted_messages) {
             self.send(m);
         }
@@ -399,10 +412,14 @@ impl Cluster {
     /// Crash: the core, unpersisted Readies and volatile state are lost.
     pub fn crash(&mut self, id: NodeId) {
         let node = self.node_mut(id);
-        node.raw = None;
+        if let Some(raw) = node.raw.take() {
+            // The core's storage holds exactly what was persisted.
+            node.disk = raw.storage().clone();
+        }
         node.pending = None;
         node.received_snaps.clear();
         node.waiting_reads.clear();
+        self.crashes += 1;
         self.events.push(Event::Crashed { node: id });
     }
 
@@ -417,6 +434,7 @@ impl Cluster {
             RawNode::new(&node.cfg, node.disk.clone()).map_err(|e| format!("restart {id}: {e}"))?;
         node.kv = node.snap_kv.clone();
         node.applied = node.disk.snapshot_meta().index;
+        debug_assert!(node.pending.is_none());
         node.raw = Some(raw);
         Ok(())
     }
@@ -430,7 +448,6 @@ impl Cluster {
         }
         if raw.storage_mut().compact(node.applied).is_ok() {
             node.snap_kv = node.kv.clone();
-            node.disk = raw.storage().clone();
         }
     }
 
