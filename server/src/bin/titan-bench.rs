@@ -47,6 +47,10 @@ struct Args {
     /// Value size in bytes.
     #[arg(long = "value-bytes", default_value_t = 256)]
     value_bytes: usize,
+    /// Drive an etcd v3 cluster over gRPC instead (for comparisons);
+    /// `--addrs` are then etcd client endpoints and SETs go to the first.
+    #[arg(long)]
+    etcd: bool,
 }
 
 struct Conn {
@@ -103,6 +107,9 @@ fn next_key(state: &mut u64, keys: u64) -> u64 {
 }
 
 async fn client(addr: String, args: &Args, seed: u64, until: Instant) -> anyhow::Result<Vec<u32>> {
+    if args.etcd {
+        return etcd::client(addr, args, seed, until).await;
+    }
     let mut conn = Conn::connect(&addr).await?;
     let value = "v".repeat(args.value_bytes);
     let mut rng = seed | 1;
@@ -154,9 +161,17 @@ async fn main() -> anyhow::Result<()> {
         .split(',')
         .map(|s| s.trim().to_string())
         .collect();
-    let leader = find_leader(&addrs).await?;
+    let leader = if args.etcd {
+        addrs[0].clone()
+    } else {
+        find_leader(&addrs).await?
+    };
     if args.op == BenchOp::Get {
-        preload(&leader, args).await?;
+        if args.etcd {
+            etcd::preload(&leader, args).await?;
+        } else {
+            preload(&leader, args).await?;
+        }
     }
     let until = Instant::now() + Duration::from_secs(args.duration_secs);
     let started = Instant::now();
@@ -187,4 +202,101 @@ async fn main() -> anyhow::Result<()> {
         percentile(&all, 0.99),
     );
     Ok(())
+}
+
+/// Minimal etcd v3 KV client (Put and linearizable Range) over tonic, with
+/// hand-written prost messages carrying only the fields the bench uses.
+mod etcd {
+    use std::time::Instant;
+
+    use anyhow::Context;
+    use tonic::codegen::http::uri::PathAndQuery;
+    use tonic::transport::Channel;
+
+    use super::{Args, BenchOp, next_key};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct PutRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        key: Vec<u8>,
+        #[prost(bytes = "vec", tag = "2")]
+        value: Vec<u8>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Empty {}
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RangeRequest {
+        #[prost(bytes = "vec", tag = "1")]
+        key: Vec<u8>,
+    }
+
+    async fn channel(addr: &str) -> anyhow::Result<tonic::client::Grpc<Channel>> {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connecting to etcd at {addr}"))?;
+        Ok(tonic::client::Grpc::new(ch))
+    }
+
+    async fn put(
+        g: &mut tonic::client::Grpc<Channel>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> anyhow::Result<()> {
+        g.ready().await?;
+        let codec = tonic_prost::ProstCodec::<PutRequest, Empty>::default();
+        let path = PathAndQuery::from_static("/etcdserverpb.KV/Put");
+        g.unary(tonic::Request::new(PutRequest { key, value }), path, codec)
+            .await?;
+        Ok(())
+    }
+
+    async fn get(g: &mut tonic::client::Grpc<Channel>, key: Vec<u8>) -> anyhow::Result<()> {
+        g.ready().await?;
+        let codec = tonic_prost::ProstCodec::<RangeRequest, Empty>::default();
+        let path = PathAndQuery::from_static("/etcdserverpb.KV/Range");
+        g.unary(tonic::Request::new(RangeRequest { key }), path, codec)
+            .await?;
+        Ok(())
+    }
+
+    /// One closed-loop etcd client.
+    pub async fn client(
+        addr: String,
+        args: &Args,
+        seed: u64,
+        until: Instant,
+    ) -> anyhow::Result<Vec<u32>> {
+        let mut g = channel(&addr).await?;
+        let value = vec![b'v'; args.value_bytes];
+        let mut rng = seed | 1;
+        let mut lat_us = Vec::with_capacity(1 << 16);
+        while Instant::now() < until {
+            let key = format!("k{}", next_key(&mut rng, args.keys)).into_bytes();
+            let started = Instant::now();
+            match args.op {
+                BenchOp::Set => put(&mut g, key, value.clone()).await?,
+                BenchOp::Get => get(&mut g, key).await?,
+            }
+            lat_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        }
+        Ok(lat_us)
+    }
+
+    /// Writes every key once so GETs hit existing data.
+    pub async fn preload(addr: &str, args: &Args) -> anyhow::Result<()> {
+        let mut g = channel(addr).await?;
+        for k in 0..args.keys {
+            put(
+                &mut g,
+                format!("k{k}").into_bytes(),
+                vec![b'v'; args.value_bytes],
+            )
+            .await?;
+        }
+        Ok(())
+    }
 }
