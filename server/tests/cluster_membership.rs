@@ -26,10 +26,13 @@ fn on_leader<T>(
     cluster: &Cluster,
     what: &str,
     f: impl Fn(AdminClient<tonic::transport::Channel>) -> Result<T, tonic::Status>,
-) -> T {
+) -> Option<T> {
     wait_for(Duration::from_secs(20), what, || {
         match f(admin(leader_port(cluster))) {
-            Ok(v) => Some(v),
+            Ok(v) => Some(Some(v)),
+            // A retried removal whose first attempt committed (its reply was
+            // lost when the leader stepped down) finds the member gone.
+            Err(e) if e.message().contains("is not a member") => Some(None),
             Err(e) => {
                 eprintln!("{what}: {e}");
                 None

@@ -150,3 +150,42 @@ fn writes_without_quorum_get_unavailable() {
     assert!(reply.starts_with("ERR UNAVAILABLE"), "{reply}");
     assert_eq!(c.cmd("PING").unwrap(), "PONG");
 }
+
+#[test]
+fn flags_work_as_titan_environment_variables() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let port = |_| common::free_port();
+    let (peer, client, grpc, http) = (port(0), port(1), port(2), port(3));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-server"))
+        .env("TITAN_ID", "envnode")
+        .env("TITAN_PORT", peer.to_string())
+        .env("TITAN_CLIENT_PORT", client.to_string())
+        .env("TITAN_GRPC_PORT", grpc.to_string())
+        .env("TITAN_HTTP_PORT", http.to_string())
+        .env("TITAN_LISTEN_ADDR", "127.0.0.1")
+        .env("TITAN_ADVERTISE_CLIENT_ADDR", format!("127.0.0.1:{client}"))
+        .env("TITAN_ADVERTISE_PEER_ADDR", format!("127.0.0.1:{peer}"))
+        .env("TITAN_DATA_DIR", root.path().join("env"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let result = std::panic::catch_unwind(|| {
+        let mut c = common::wait_for(Duration::from_secs(10), "env node", || {
+            Client::connect(client).ok()
+        });
+        assert_eq!(c.cmd("PING").unwrap(), "PONG");
+        common::wait_for(Duration::from_secs(10), "env node leads", || {
+            (c.cmd("SET e 1").ok()? == "OK").then_some(())
+        });
+        assert_eq!(c.cmd("GET e").unwrap(), "VALUE 1");
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        root.path().join("env").join("identity").exists(),
+        "data dir came from TITAN_DATA_DIR"
+    );
+    if let Err(p) = result {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -11,15 +11,12 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
-use titan_proto::v1 as pb;
-use titan_proto::v1::admin_client::AdminClient;
-
 use super::Member;
 use super::identity::{
     Identity, IdentityError, Origin, bootstrap_cluster_id, bootstrap_id, random_id,
 };
 use crate::config::Config;
-use crate::transport::peer::connect;
+use crate::transport::admin_service::probe_status;
 
 /// How the node starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,30 +112,18 @@ fn bootstrap_mode(cfg: &Config) -> StartMode {
 /// leader has replicated to it) or that the cluster no longer lists it.
 async fn probe_existing_cluster(cfg: &Config) -> Option<String> {
     let my_id = bootstrap_id(&cfg.name);
-    let probes = cfg.peers.iter().map(|p| probe(p.peer_addr()));
+    let probes = cfg
+        .peers
+        .iter()
+        .map(|p| probe_status(p.peer_addr(), PROBE_TIMEOUT));
     let answers = futures::future::join_all(probes).await;
     answers.into_iter().flatten().find_map(|s| {
         if s.cluster_id.is_empty() || s.id == 0 {
             return None;
         }
-        let me = s.members.iter().find(|m| m.id == my_id);
-        let knew_me = me.is_some_and(|m| m.match_index > 0);
+        let me = s.members.iter().find(|(id, _)| *id == my_id);
+        let knew_me = me.is_some_and(|(_, match_index)| *match_index > 0);
         let removed_me = me.is_none() && !s.members.is_empty();
         (knew_me || removed_me).then_some(s.cluster_id)
     })
-}
-
-async fn probe(addr: String) -> Option<pb::StatusResponse> {
-    let call = async {
-        let channel = connect(&addr, PROBE_TIMEOUT).await.ok()?;
-        AdminClient::new(channel)
-            .status(pb::StatusRequest {})
-            .await
-            .ok()
-    };
-    tokio::time::timeout(PROBE_TIMEOUT, call)
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.into_inner())
 }

@@ -79,10 +79,10 @@ pub(crate) enum ClientInput {
 /// Traffic from other nodes.
 #[derive(Debug)]
 pub(crate) enum PeerInput {
-    /// A batch of Raft messages, with the sender's advertised peer address.
+    /// A batch of Raft messages, with the sender's advertised addresses.
     Messages {
         msgs: Vec<Message>,
-        sender_addr: String,
+        sender: Member,
         cluster_id: String,
     },
     /// A complete snapshot received from the leader and published in the
@@ -107,15 +107,10 @@ pub struct PeerInbox {
 
 impl PeerInbox {
     /// Delivers a batch of Raft messages; `false` once the node stopped.
-    pub async fn deliver(
-        &self,
-        msgs: Vec<Message>,
-        sender_addr: String,
-        cluster_id: String,
-    ) -> bool {
+    pub async fn deliver(&self, msgs: Vec<Message>, sender: Member, cluster_id: String) -> bool {
         let input = PeerInput::Messages {
             msgs,
-            sender_addr,
+            sender,
             cluster_id,
         };
         self.tx.send(input).await.is_ok()

@@ -43,6 +43,8 @@ const MAX_CLIENT_INPUTS_PER_BATCH: usize = 4096;
 const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 /// Applied may trail commit by this much and the node still counts as ready.
 const READY_MAX_APPLY_LAG: u64 = 1000;
+/// Peers whose self-advertised addresses are remembered.
+const MAX_OBSERVED_PEERS: usize = 1024;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
 
@@ -105,6 +107,8 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
+    /// Addresses peers advertise about themselves (see `observe_sender`).
+    pub(super) observed: std::collections::HashMap<NodeId, Member>,
     /// Index of the newest write proposed here (see `PendingRead::min_index`).
     pub(super) last_proposed: u64,
     /// Since when no leader has been known (reads fail after `leader_wait`).
@@ -188,16 +192,16 @@ impl Runtime {
         match input {
             PeerInput::Messages {
                 msgs,
-                sender_addr,
+                sender,
                 cluster_id,
             } => {
                 if !self.accept_cluster(&cluster_id) {
                     return;
                 }
+                if let Some(from) = msgs.first().map(|m| m.from) {
+                    self.observe_sender(from, sender);
+                }
                 for m in msgs {
-                    if !self.transport.has_peer(m.from) && !sender_addr.is_empty() {
-                        self.transport.set_peer(m.from, &sender_addr);
-                    }
                     self.step(m);
                 }
             }
@@ -215,6 +219,19 @@ impl Runtime {
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
             PeerInput::SnapshotWritten(result) => self.on_snapshot_written(result),
+        }
+    }
+
+    /// Remembers the addresses a peer advertises about itself: the peer
+    /// address lets a joining node reply before it has the member directory,
+    /// the client addresses fill gaps in bootstrap entries (`-peers` names no
+    /// gRPC port) for redirects.
+    fn observe_sender(&mut self, from: NodeId, sender: Member) {
+        if !self.transport.has_peer(from) && !sender.peer_addr.is_empty() {
+            self.transport.set_peer(from, &sender.peer_addr);
+        }
+        if self.observed.len() < MAX_OBSERVED_PEERS || self.observed.contains_key(&from) {
+            self.observed.insert(from, sender);
         }
     }
 
@@ -299,9 +316,10 @@ impl Runtime {
 
     /// Processes one Ready in the documented order.
     async fn handle_ready(&mut self, mut rd: Ready) -> Result<(), StorageFailure> {
-        if let Some(ss) = rd.soft_state.take() {
-            self.on_soft_state(ss.leader, ss.role);
-        }
+        let stepped_down = match rd.soft_state.take() {
+            Some(ss) => self.on_soft_state(ss.leader, ss.role),
+            None => false,
+        };
         self.send_all(std::mem::take(&mut rd.messages));
         if let Some(meta) = rd.snapshot.clone() {
             self.install_snapshot(&meta)?;
@@ -315,6 +333,11 @@ impl Runtime {
             self.apply_entry(e);
         }
         rd.committed_entries = committed;
+        if stepped_down {
+            // After applying: a leader that removed itself still answers the
+            // removal it committed in this Ready.
+            self.fail_pending_writes("leadership lost; outcome unknown");
+        }
         for rs in std::mem::take(&mut rd.read_states) {
             self.reads.confirm(&rs.context, rs.index);
         }
@@ -338,7 +361,8 @@ impl Runtime {
         Ok(())
     }
 
-    fn on_soft_state(&mut self, leader: NodeId, role: Role) {
+    /// Records a leader/role change; returns whether this node stopped leading.
+    fn on_soft_state(&mut self, leader: NodeId, role: Role) -> bool {
         if leader != self.leader {
             self.metrics.leader_changes.inc();
             info!(leader, ?role, "leader changed");
@@ -349,9 +373,7 @@ impl Runtime {
         self.leader = leader;
         self.role = role;
         self.metrics.is_leader.set(i64::from(role == Role::Leader));
-        if was_leader && role != Role::Leader {
-            self.fail_pending_writes("leadership lost; outcome unknown");
-        }
+        was_leader && role != Role::Leader
     }
 
     /// Fails writes whose entries may never commit under this node.
@@ -431,7 +453,19 @@ impl Runtime {
         if id == 0 {
             return None;
         }
-        self.directory().remove(&id)
+        let seen = self.observed.get(&id);
+        let mut m = self.directory().remove(&id)?;
+        if let Some(seen) = seen {
+            for (field, value) in [
+                (&mut m.client_addr, &seen.client_addr),
+                (&mut m.grpc_addr, &seen.grpc_addr),
+            ] {
+                if field.is_empty() {
+                    field.clone_from(value);
+                }
+            }
+        }
+        Some(m)
     }
 
     /// SIGTERM: a leader hands over first, then the loop keeps serving

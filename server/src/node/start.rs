@@ -157,7 +157,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
     let parts = super::log::into_parts(booted, &raft_config(&cfg, identity.id))
         .map_err(|e| StartError::Storage(e.to_string()))?;
     let transport = PeerTransport::new(
-        PeerConfig::new(cfg.advertise_peer_addr.clone()),
+        PeerConfig::new(bootstrap::self_member(&cfg, identity.id)),
         cluster_id_rx,
         metrics.clone(),
     );
@@ -184,6 +184,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         shutdown: shutdown_rx.clone(),
         leaderless_since: None,
         last_proposed: 0,
+        observed: Default::default(),
     };
     let listeners =
         start_listeners(&cfg, &handle, (inbox, snapshots), &metrics, &shutdown_rx).await?;

@@ -12,6 +12,37 @@ use super::status_from_error;
 use crate::node::handle::{AdminCmd, AdminReply};
 use crate::node::{Member, MemberStatus, NodeHandle, NodeRole, NodeStatus, SnapshotInfo};
 
+/// What a pre-bootstrap probe learns from a peer's Admin.Status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerView {
+    /// The peer's cluster id ("" if it has none yet).
+    pub cluster_id: String,
+    /// The peer's member id (0 if it has no identity).
+    pub id: u64,
+    /// Members the peer knows, with the leader's match index (0 on followers).
+    pub members: Vec<(u64, u64)>,
+}
+
+/// Asks the node at `addr` for its status; `None` if it does not answer
+/// within `timeout`.
+pub async fn probe_status(addr: String, timeout: Duration) -> Option<PeerView> {
+    let call = async {
+        let channel = super::peer::connect(&addr, timeout).await.ok()?;
+        let mut client = titan_proto::v1::admin_client::AdminClient::new(channel);
+        client.status(pb::StatusRequest {}).await.ok()
+    };
+    let s = tokio::time::timeout(timeout, call)
+        .await
+        .ok()
+        .flatten()?
+        .into_inner();
+    Some(PeerView {
+        cluster_id: s.cluster_id,
+        id: s.id,
+        members: s.members.iter().map(|m| (m.id, m.match_index)).collect(),
+    })
+}
+
 /// How long TransferLeadership waits for the target to take over.
 const TRANSFER_WAIT: Duration = Duration::from_secs(3);
 

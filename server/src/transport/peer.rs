@@ -40,12 +40,12 @@ pub struct PeerConfig {
     /// Largest reconnect delay.
     pub backoff_max: Duration,
     /// This node's advertised peer address (sent so joiners can reply).
-    pub self_addr: String,
+    pub self_member: crate::node::Member,
 }
 
 impl PeerConfig {
     /// Defaults tuned for a LAN and 10 ms ticks.
-    pub fn new(self_addr: String) -> Self {
+    pub fn new(self_member: crate::node::Member) -> Self {
         PeerConfig {
             max_queue_msgs: 8192,
             max_batch_msgs: 512,
@@ -54,7 +54,7 @@ impl PeerConfig {
             connect_timeout: Duration::from_millis(500),
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(1000),
-            self_addr,
+            self_member,
         }
     }
 }
@@ -271,7 +271,9 @@ impl PeerLink {
         pb::MessageBatch {
             cluster_id: self.cluster_id.borrow().clone(),
             msgs,
-            sender_addr: self.config.self_addr.clone(),
+            sender_addr: self.config.self_member.peer_addr.clone(),
+            sender_client_addr: self.config.self_member.client_addr.clone(),
+            sender_grpc_addr: self.config.self_member.grpc_addr.clone(),
         }
     }
 }

@@ -10,7 +10,7 @@ use titan_proto::v1 as pb;
 use titan_proto::v1::raft_server::Raft;
 
 use super::convert::message_from_pb;
-use crate::node::PeerInbox;
+use crate::node::{Member, PeerInbox};
 use crate::raft::{Message, MessageType};
 use crate::storage::{SnapshotInstaller, SnapshotStore};
 
@@ -37,6 +37,16 @@ fn first_message(chunk: &pb::SnapshotChunk) -> Result<Message, Status> {
         ));
     }
     Ok(msg)
+}
+
+/// The sender's self-advertised addresses from a batch.
+fn sender_of(batch: &pb::MessageBatch) -> Member {
+    Member {
+        peer_addr: batch.sender_addr.clone(),
+        client_addr: batch.sender_client_addr.clone(),
+        grpc_addr: batch.sender_grpc_addr.clone(),
+        ..Member::default()
+    }
 }
 
 fn internal(e: impl ToString) -> Status {
@@ -112,6 +122,7 @@ impl Raft for RaftService {
     ) -> Result<Response<pb::SendAck>, Status> {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
+            let sender = sender_of(&batch);
             let mut msgs = Vec::with_capacity(batch.msgs.len());
             for m in batch.msgs {
                 match message_from_pb(m) {
@@ -119,11 +130,7 @@ impl Raft for RaftService {
                     Err(e) => warn!(error = %e, "dropping undecodable raft message"),
                 }
             }
-            if !self
-                .inbox
-                .deliver(msgs, batch.sender_addr, batch.cluster_id)
-                .await
-            {
+            if !self.inbox.deliver(msgs, sender, batch.cluster_id).await {
                 return Err(Status::unavailable("node stopped"));
             }
         }

@@ -114,12 +114,12 @@ fn write_loop(c: usize, keys: usize, ports: &[u16], stop: &AtomicBool, ledger: &
             Some(Ok(r)) => {
                 h.unacked_after.push(value);
                 l.failed += 1;
-                if let Some(addr) = r.strip_prefix("ERR NOT_LEADER ")
-                    && let Some(i) = ports.iter().position(|p| addr.ends_with(&format!(":{p}")))
-                {
-                    target = i;
-                    conn = None;
-                }
+                let redirect = r
+                    .strip_prefix("ERR NOT_LEADER ")
+                    .and_then(|addr| ports.iter().position(|p| addr.ends_with(&format!(":{p}"))));
+                // No usable redirect (e.g. UNAVAILABLE on a removed node): try the next node.
+                target = redirect.unwrap_or((target + 1) % ports.len());
+                conn = None;
             }
             _ => {
                 h.unacked_after.push(value);

@@ -17,12 +17,26 @@ use titan_proto::v1::admin_client::AdminClient;
 
 pub use proxy::Proxy;
 
-/// A port that was free a moment ago.
+/// First and last port handed out; below the kernel's ephemeral range
+/// (32768+), so outbound connections never take a port a node is about to bind.
+const PORT_RANGE: std::ops::Range<u32> = 20_000..32_000;
+
+/// A port that was free a moment ago, from a per-process sequence outside
+/// the ephemeral range.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    // Different test binaries start at different offsets.
+    let offset = (std::process::id() * 97) % span;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = PORT_RANGE.start + (offset + n) % span;
+        let port = u16::try_from(port).expect("port range fits u16");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
@@ -224,6 +238,27 @@ pub struct Cluster {
     /// Per-link proxies `proxies[(from, to)]` when built with [`Cluster::with_proxies`].
     pub proxies: std::collections::HashMap<(usize, usize), Proxy>,
     pub root: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    /// On failure, keeps the node logs in `$TMPDIR/titan-test-logs/<pid>/`.
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir()
+            .join("titan-test-logs")
+            .join(std::process::id().to_string());
+        let _ = std::fs::create_dir_all(&keep);
+        for n in &self.nodes {
+            let log = n.data_dir.with_extension("log");
+            let _ = std::fs::copy(&log, keep.join(format!("{}.log", n.name)));
+        }
+        eprintln!("node logs kept in {}", keep.display());
+    }
 }
 
 /// Flags every test cluster uses: fast ticks, small snapshot threshold off by default.
