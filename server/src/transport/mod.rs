@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Server;
@@ -58,6 +58,13 @@ async fn wait_shutdown(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
 
+/// Accepted sockets with `TCP_NODELAY` set. (`Server::tcp_nodelay` only applies
+/// to listeners tonic binds itself, not to `serve_with_incoming`; without this,
+/// Nagle's algorithm delays small replies by tens of milliseconds.)
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
 /// Serves Raft + Admin + health on the peer port until shutdown.
 pub async fn serve_peer(
     listener: TcpListener,
@@ -73,11 +80,10 @@ pub async fn serve_peer(
     let raft = RaftServer::new(raft_service::RaftService::new(inbox, snapshots))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_svc)
         .add_service(raft)
         .add_service(AdminServer::new(admin_service::AdminService::new(node)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_shutdown(shutdown))
+        .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }
 
@@ -93,9 +99,8 @@ pub async fn serve_grpc(
         .set_serving::<KvServer<kv_service::KvService>>()
         .await;
     Server::builder()
-        .tcp_nodelay(true)
         .add_service(health_svc)
         .add_service(KvServer::new(kv_service::KvService::new(node, metrics)))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), wait_shutdown(shutdown))
+        .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }
