@@ -5,7 +5,7 @@ build:
 	cargo build --release -p titan-server --bin titan-server
 
 test:
-	cargo test -p titan-server
+	scripts/test.sh
 
 cluster-start: build
 	scripts/cluster.sh start

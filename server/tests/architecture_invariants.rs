@@ -1,0 +1,82 @@
+//! Enforces the ARCHITECTURE.md invariants that the compiler cannot:
+//! `raft/` does no IO, only `transport/` knows tonic and the protos, and
+//! nothing but the operator knows kube.
+
+use std::path::{Path, PathBuf};
+
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read source dir") {
+            let path = entry.expect("dir entry").path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Lines of code (comments stripped) in `dir` that contain any of `needles`.
+fn offending_lines(dir: &Path, needles: &[&str], exempt: &[&str]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for file in rust_files(dir) {
+        let rel = file.to_string_lossy().replace('\\', "/");
+        if exempt.iter().any(|e| rel.contains(e)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("read source file");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if needles.iter().any(|needle| code.contains(needle)) {
+                hits.push(format!("{rel}:{}: {}", n + 1, line.trim()));
+            }
+        }
+    }
+    hits
+}
+
+fn src(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+#[test]
+fn raft_core_does_no_io_and_reads_no_clock_or_os_randomness() {
+    let needles = [
+        "std::fs",
+        "std::net",
+        "std::time",
+        "std::thread",
+        "std::env",
+        "tokio",
+        "rand::",
+        "SystemTime",
+        "Instant::",
+        "println!",
+    ];
+    let hits = offending_lines(&src("src/raft"), &needles, &[]);
+    assert!(hits.is_empty(), "raft/ must stay sans-IO:\n{}", hits.join("\n"));
+}
+
+#[test]
+fn only_the_transport_module_knows_tonic_and_the_protos() {
+    let needles = ["tonic::", "tonic_health", "titan_proto", "prost::"];
+    let hits = offending_lines(&src("src"), &needles, &["/src/transport/"]);
+    assert!(
+        hits.is_empty(),
+        "tonic/proto types outside transport/:\n{}",
+        hits.join("\n")
+    );
+}
+
+#[test]
+fn nothing_outside_the_operator_knows_kube() {
+    let needles = ["kube::", "k8s_openapi"];
+    let mut hits = offending_lines(&src("src"), &needles, &[]);
+    hits.extend(offending_lines(&src("../client/src"), &needles, &[]));
+    assert!(hits.is_empty(), "kube outside operator/:\n{}", hits.join("\n"));
+}
