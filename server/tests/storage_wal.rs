@@ -334,6 +334,25 @@ fn newest_segment(fs: &SimFs, dir: &Path) -> PathBuf {
     dir.join(names.into_iter().max().unwrap())
 }
 
+/// The power-loss image of `fs` at this instant, with `torn` appended to the
+/// newest segment *of that image* (the only file a write can have been in
+/// flight to).
+///
+/// The file must be chosen from the image, not from the live file system:
+/// writer threads keep running, so a segment picked before the image is taken
+/// may have been sealed by a rotation in between. Tearing a sealed segment
+/// models an image no real disk can produce (rotation fsyncs the old segment
+/// before the next one is created, and nothing is written to it again), and
+/// recovery rightly reports such an image as corruption.
+fn crash_image_with_torn_tail(fs: &SimFs, dir: &Path, torn: &[u8]) -> SimFs {
+    let image = fs.crash_image(|_| Vec::new());
+    let newest = newest_segment(&image, dir);
+    let mut bytes = image.read_all(&newest).unwrap();
+    bytes.extend_from_slice(torn);
+    image.write_all(&newest, bytes);
+    image
+}
+
 #[test]
 fn every_acknowledged_batch_survives_power_loss_with_torn_garbage() {
     let fs = SimFs::new();
@@ -402,14 +421,7 @@ fn acknowledged_concurrent_writes_survive_a_crash_image_taken_mid_flight() {
     for _ in 0..5 {
         std::thread::sleep(std::time::Duration::from_millis(2));
         let acked_before: Vec<u64> = acked.lock().unwrap().clone();
-        let newest = newest_segment(&fs, dir);
-        let image = fs.crash_image(|p| {
-            if p == newest {
-                vec![0xAB; 13]
-            } else {
-                Vec::new()
-            }
-        });
+        let image = crash_image_with_torn_tail(&fs, dir, &[0xAB; 13]);
         images.push((acked_before, image));
     }
     for h in handles {
@@ -431,6 +443,77 @@ fn acknowledged_concurrent_writes_survive_a_crash_image_taken_mid_flight() {
             assert_eq!(e.index, i as u64 + 1);
         }
     }
+}
+
+/// Writes single-entry batches until the WAL has rotated from segment 1 to
+/// segment 2; returns the file system and the number of entries written.
+fn sim_wal_just_past_first_rotation(dir: &Path) -> (SimFs, u64) {
+    let fs = SimFs::new();
+    let opts = WalOptions {
+        fs: Arc::new(fs.clone()),
+        ..small_segments()
+    };
+    let (wal, _) = Wal::open(dir, opts).unwrap();
+    let mut written = 0;
+    while WalFs::list(&fs, dir).unwrap().len() < 2 {
+        written += 1;
+        wal.append(&[entry(written, 1, 64)], None).unwrap();
+    }
+    (fs, written)
+}
+
+/// The image from the one failure of
+/// `acknowledged_concurrent_writes_survive_a_crash_image_taken_mid_flight`:
+/// 13 bytes of 0xAB after the last record of a segment that a rotation had
+/// already sealed. The bad "length" 0xABABABAB = 2880154539 is the garbage
+/// itself. A real crash cannot tear a sealed segment, so the bytes are
+/// damage, not an unacknowledged tail, and recovery must stop and name them.
+#[test]
+fn torn_bytes_after_a_sealed_segment_are_corruption_not_a_torn_tail() {
+    let dir = Path::new("/sim/wal");
+    let (fs, _) = sim_wal_just_past_first_rotation(dir);
+    let sealed = dir.join(WalFs::list(&fs, dir).unwrap().into_iter().min().unwrap());
+    let sealed_len = fs.read_all(&sealed).unwrap().len() as u64;
+    let image = fs.crash_image(|p| {
+        if p == sealed {
+            vec![0xAB; 13]
+        } else {
+            Vec::new()
+        }
+    });
+    let opts = WalOptions {
+        fs: Arc::new(image),
+        ..small_segments()
+    };
+    match Wal::open(dir, opts) {
+        Err(WalError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(path, sealed);
+            assert_eq!(offset, sealed_len);
+            assert!(reason.contains("2880154539"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// The legal counterpart of the image above: the same torn bytes on the
+/// segment the rotation just created are cut, and every entry survives.
+#[test]
+fn torn_tail_right_after_a_rotation_is_cut_from_the_new_segment() {
+    let dir = Path::new("/sim/wal");
+    let (fs, written) = sim_wal_just_past_first_rotation(dir);
+    let image = crash_image_with_torn_tail(&fs, dir, &[0xAB; 13]);
+    let opts = WalOptions {
+        fs: Arc::new(image),
+        ..small_segments()
+    };
+    let (_, rec) = Wal::open(dir, opts).unwrap();
+    assert_eq!(rec.dropped_tail_bytes, 13);
+    let indexes: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, (1..=written).collect::<Vec<u64>>());
 }
 
 #[test]
