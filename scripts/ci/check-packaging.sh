@@ -252,9 +252,14 @@ start_apiserver() {
   APISERVER_PIDS+=("$!")
   printf '%s,admin,admin,system:masters\n' "${token}" >"${WORK}/tokens.csv"
   openssl genrsa -out "${WORK}/sa.key" 2048 2>/dev/null || return 1
+  # --insecure-port exists (and must be switched off) only before 1.24.
+  local legacy=()
+  if "${assets}/kube-apiserver" --version | grep -qE 'v1\.(1[0-9]|2[0-3])\.'; then
+    legacy=(--insecure-port 0)
+  fi
   "${assets}/kube-apiserver" --etcd-servers "http://127.0.0.1:${etcd_port}" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "${api_port}" \
-    --insecure-port 0 --cert-dir "${WORK}/certs" --token-auth-file "${WORK}/tokens.csv" \
+    "${legacy[@]}" --cert-dir "${WORK}/certs" --token-auth-file "${WORK}/tokens.csv" \
     --authorization-mode RBAC --service-cluster-ip-range 10.0.0.0/24 \
     --service-account-issuer https://kubernetes.default.svc \
     --service-account-key-file "${WORK}/sa.key" \
