@@ -313,4 +313,6 @@ main() {
   log "e2e passed"
 }
 
-main "$@"
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  main "$@"
+fi
