@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1.7
-# Titan container image: titan-server, titan-operator and titanctl in one minimal,
+# Titan container image: titan-server, titan-operator and titanctl in one small,
 # non-root runtime image. The default entrypoint is titan-server; the operator's
 # Deployment runs /usr/local/bin/titan-operator instead.
 #
@@ -20,23 +20,24 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bins \
-    && mkdir -p /out/bin /out/data \
+    && mkdir -p /out/bin \
     && cp target/release/titan-server target/release/titan-operator /out/bin/ \
     && if [ -f target/release/titanctl ]; then cp target/release/titanctl /out/bin/; fi
 
-# distroless/cc: glibc + libgcc only, no shell, runs as uid/gid 65532 ("nonroot").
-FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
+# Debian slim rather than distroless: the operator starts titan-server through a
+# small /bin/sh entry script (bootstrap-or-join from the ConfigMap), and the server
+# derives its default advertised address from `hostname -f`. Nothing else is added.
+FROM docker.io/library/debian:bookworm-slim AS runtime
 ARG VERSION
 LABEL org.opencontainers.image.title="titan" \
       org.opencontainers.image.description="Titan: Kubernetes-native replicated key-value database and its operator" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0"
+# uid/gid 65532 matches the runAsUser of the operator and server pods.
+RUN groupadd --system --gid 65532 titan \
+    && useradd --system --uid 65532 --gid 65532 --home-dir /var/lib/titan --shell /usr/sbin/nologin titan \
+    && install -d -o 65532 -g 65532 -m 0750 /var/lib/titan
 COPY --from=build /out/bin/ /usr/local/bin/
-# titan-server derives its default advertised addresses from `hostname -f` (the
-# stable per-pod DNS name under a headless Service); distroless has no such tool,
-# so take Debian's (it links only libc, which distroless/cc provides).
-COPY --from=build /bin/hostname /bin/hostname
-COPY --from=build --chown=65532:65532 /out/data/ /var/lib/titan/
 USER 65532:65532
 # A writable, non-root-owned working dir; the operator mounts the data PVC itself.
 WORKDIR /var/lib/titan
