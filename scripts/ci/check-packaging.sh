@@ -305,11 +305,11 @@ check_apiserver_apply() {
   kc wait --for condition=established --timeout=30s crd/titanclusters.titan.dev >&2 || return 1
   kc create namespace "${RELEASE_NAMESPACE}" >&2 || return 1
   # The generated manifest holds its own Namespace; everything else must dry-run.
-  kc apply --dry-run=server -f "${OPERATOR_MANIFEST}" >&2 || return 1
+  kc apply --server-side --dry-run=server -f "${OPERATOR_MANIFEST}" >&2 || return 1
   helm template "${RELEASE_NAME}" "${CHART_DIR}" --namespace "${RELEASE_NAMESPACE}" \
     --set cluster.create=true --set replicaCount=2 >"${WORK}/with-cluster.yaml" || return 1
-  kc apply --dry-run=server -f "${WORK}/with-cluster.yaml" >&2 || return 1
-  kc apply --dry-run=server -n default -f "${EXAMPLE_CLUSTER}" >&2 || return 1
+  kc apply --server-side --dry-run=server -f "${WORK}/with-cluster.yaml" >&2 || return 1
+  kc apply --server-side --dry-run=server -n default -f "${EXAMPLE_CLUSTER}" >&2 || return 1
   # Real server-side apply, as `kubectl apply --server-side` users will run it.
   kc apply --server-side -f "${OPERATOR_MANIFEST}" >&2 || return 1
   kc apply --server-side -n default -f "${EXAMPLE_CLUSTER}" >&2 || return 1
@@ -318,6 +318,42 @@ check_apiserver_apply() {
     log "kubectl scale did not update spec.replicas through the scale subresource"
     return 1
   fi
+  check_rbac_wiring
+}
+
+# The applied bindings really give the operator's ServiceAccount what it needs,
+# and no more: "namespace verb resource", asked with `kubectl auth can-i --as`
+# ("*" as the namespace means across all namespaces).
+RBAC_ALLOWED=("* watch titanclusters.titan.dev" "default patch titanclusters.titan.dev/status"
+  "default patch statefulsets.apps" "default delete persistentvolumeclaims"
+  "${RELEASE_NAMESPACE} update leases.coordination.k8s.io")
+RBAC_DENIED=("default get secrets" "default update leases.coordination.k8s.io"
+  "default delete titanclusters.titan.dev")
+
+can_i() {
+  local ns="$1" verb="$2" resource="$3" scope
+  local sa="system:serviceaccount:${RELEASE_NAMESPACE}:${RELEASE_NAME}"
+  if [ "${ns}" = "*" ]; then scope=(--all-namespaces); else scope=(-n "${ns}"); fi
+  kc auth can-i --as "${sa}" "${scope[@]}" "${verb}" "${resource}" >/dev/null 2>&1
+}
+
+check_rbac_wiring() {
+  local triple ns verb resource
+  for triple in "${RBAC_ALLOWED[@]}"; do
+    read -r ns verb resource <<<"${triple}"
+    can_i "${ns}" "${verb}" "${resource}" || {
+      log "the operator's ServiceAccount cannot ${verb} ${resource} (namespace ${ns})"
+      return 1
+    }
+  done
+  for triple in "${RBAC_DENIED[@]}"; do
+    read -r ns verb resource <<<"${triple}"
+    if can_i "${ns}" "${verb}" "${resource}"; then
+      log "the operator's ServiceAccount may ${verb} ${resource} in ${ns}: not least privilege"
+      return 1
+    fi
+  done
+  log "RBAC: ${#RBAC_ALLOWED[@]} needed permissions granted, ${#RBAC_DENIED[@]} others denied"
 }
 
 # ---------------------------------------------------------------------- main
