@@ -1,6 +1,10 @@
 //! Compiles `titan/v1/*.proto` with protox (pure Rust), so no system `protoc` is needed.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["titan/v1/kv.proto", "titan/v1/admin.proto", "titan/v1/raft.proto"];
+    let files = [
+        "titan/v1/kv.proto",
+        "titan/v1/admin.proto",
+        "titan/v1/raft.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

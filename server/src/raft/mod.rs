@@ -1,20 +1,112 @@
 //! The Raft consensus core: a sans-IO state machine (no tokio, files, sockets,
-//! clocks or OS randomness).
+//! clocks or OS randomness). Time enters as [`RawNode::tick`], input as
+//! [`RawNode::step`] / [`RawNode::propose`], and everything the node must do
+//! comes out as a [`Ready`].
 //!
-//! API CONTRACT (frozen by the skeleton commit; the implementation fills it in
-//! and documents the Ready contract here as numbered steps):
+//! # The Ready contract
 //!
-//! ```text
-//! RawNode::new(&Config, storage) -> Result<RawNode, RaftError>
-//! tick(); step(Message); propose(data) -> (index, term); propose_conf_change(ConfChange)
-//! read_index(ctx); transfer_leader(target); campaign()
-//! has_ready(); ready() -> Ready; advance(Ready)
-//! report_snapshot(to, ok); report_unreachable(to); status() -> Status
-//! ```
+//! Loop: feed input (`tick`, `step`, `propose`, `read_index`, ...); when
+//! `has_ready()`, take `ready()` and do, in this order:
+//!
+//! 1. **Persist** `snapshot` (install the data the node received with the
+//!    Snapshot message, then `MemStorage::apply_snapshot`), `entries`
+//!    (append, truncating any stored suffix from `entries[0].index`) and
+//!    `hard_state`, durably (fsync if `must_sync`). `messages` may be sent
+//!    before or while persisting: they are leader Appends/Heartbeats and
+//!    other messages that promise nothing about local disk (Raft thesis
+//!    §10.2.1: a leader may write its log in parallel with replicating it).
+//!    `persisted_messages` — vote grants, vote requests (they carry our own
+//!    vote), Append acknowledgements — go out **only after** the write is
+//!    durable: each one is a promise that the state it reflects survives a
+//!    crash, and breaking it loses acknowledged entries or lets a node vote
+//!    twice in a term.
+//! 2. **Apply** `committed_entries` in order. They are always durable locally
+//!    (the core never hands out a committed entry it has not seen persisted).
+//! 3. **Reads**: answer each `read_states` entry once the applied index is
+//!    at least its `index`.
+//! 4. **`advance(ready)`**: tells the core the entries are durable and the
+//!    committed ones applied. Only now does the leader count its own log
+//!    toward the commit index, and only now may `ready()` be called again.
+//!
+//! # Membership
+//!
+//! Single-server changes (`AddLearner`, `PromoteLearner`, `RemoveNode`),
+//! taking effect **when the entry is appended** to a log, committed or not
+//! (Raft thesis §4.1). With one change at a time, any two consecutive voter
+//! sets differ by one member, so every majority of the old set overlaps every
+//! majority of the new one: two leaders cannot be elected in one term and a
+//! committed entry is held by a majority of whichever set is in force. The
+//! leader refuses a new change while the previous one is uncommitted and
+//! until it has committed an entry of its own term (Ongaro, raft-dev 2015:
+//! without that rule, changes made by leaders of different terms can
+//! interleave). On truncation the conflicting changes are rolled back. On
+//! restart the membership is rebuilt as the snapshot's conf plus every conf
+//! change in the log, consistent with the effect-on-append rule. A removed
+//! leader keeps leading until the removal commits, then steps down. A node
+//! that is not a voter never campaigns but accepts Append/Snapshot (a
+//! joining learner starts with an empty log). [`bootstrap_entries`] gives
+//! every founding member the same initial log.
+//!
+//! # Snapshots
+//!
+//! The core never holds snapshot data. When a follower needs compacted
+//! entries the leader emits `MessageType::Snapshot` with `snapshot: Some(meta)`
+//! (from `Storage::snapshot_meta`); the node streams the file and then calls
+//! `report_snapshot(to, ok)`. A follower stepping a Snapshot newer than its
+//! commit index returns it in `Ready::snapshot` (covered prefix discarded)
+//! and acknowledges with an AppendResp at the snapshot index.
+//!
+//! # Reads
+//!
+//! `read_index(ctx)` on the leader queues the read; one heartbeat round,
+//! shared by every read queued when it starts, confirms leadership, and the
+//! read's `ReadState { index: commit at round start }` follows. On a follower
+//! the request goes to the leader (ReadIndex / ReadIndexResp). Reads are
+//! dropped, not failed, on leader change or message loss: the node must time
+//! them out. With `lease_read` (requires `check_quorum`) the leader answers at
+//! once while a majority acknowledged a heartbeat sent less than
+//! `election_tick_min - 2` ticks ago; this assumes tick rates of members
+//! differ by less than two ticks per election timeout.
+//!
+//! # Message fields by type
+//!
+//! | type | `index` / `log_term` | `entries` | `commit` | `reject*`, `hint_term` | `context` |
+//! |---|---|---|---|---|---|
+//! | PreVote/Vote | candidate's last index/term | | | | `transfer` when forced |
+//! | PreVoteResp/VoteResp | | | | `reject` | |
+//! | Append | previous index/term | new entries | leader commit | | |
+//! | AppendResp | last matched (or rejected prev) index | | | hint index/term | |
+//! | Heartbeat(Resp) | leader tick stamp (lease) | | min(match, commit) | | read round id |
+//! | Snapshot | snapshot index/term | | | | (`snapshot` set) |
+//! | ReadIndex(Resp) | read index (resp) | | | | caller's read id |
+//!
+//! # Code map
+//!
+//! `core.rs` roles, ticks, term rules and dispatch; `election.rs` PreVote,
+//! Vote, TimeoutNow; `replication.rs` proposals, Append/Heartbeat, flow
+//! control, commit rule, snapshots; `read_only.rs` ReadIndex and leases;
+//! `membership.rs` conf changes, bootstrap, leadership transfer; `log.rs`
+//! storage plus unstable suffix; `progress.rs` per-peer replication state;
+//! `quorum.rs` majority math; `raw_node.rs` the `RawNode`/`Ready` API;
+//! `storage.rs` the `Storage` trait and `MemStorage`; `rng.rs` SplitMix64.
 
+mod core;
+mod election;
+mod log;
+mod membership;
+mod progress;
+pub mod quorum;
+mod raw_node;
+mod read_only;
+mod replication;
+pub mod rng;
 mod storage;
 mod types;
 
+pub use core::CAMPAIGN_TRANSFER;
+pub use membership::{apply_change, bootstrap_entries};
+pub use raw_node::{MAX_COMMITTED_BYTES_PER_READY, RawNode};
+pub use read_only::MAX_PENDING_READS;
 pub use storage::{MemStorage, Storage};
 
 pub use types::*;

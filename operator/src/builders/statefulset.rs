@@ -1,0 +1,263 @@
+//! The StatefulSet running `titan-server`.
+//!
+//! `OnDelete` updates (the operator restarts pods one at a time, see
+//! `planner`), `Parallel` pod management (the initial members must start
+//! together to elect a leader), a `data` PVC per pod.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecurityContext, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{
+    BOOTSTRAPPED_KEY, BuildInput, CLIENT_PORT, GRPC_PORT, HTTP_PORT, INITIAL_PEERS_KEY, Names,
+    PEER_PORT, child_meta,
+};
+use crate::crd::TitanCluster;
+
+/// Mount point of the `data` PVC and `--data-dir` of the server.
+pub const DATA_DIR: &str = "/var/lib/titan";
+/// UID/GID the server runs as (non-root).
+const RUN_AS_ID: i64 = 65532;
+/// Time a stopping server gets to finish in-flight requests and hand off.
+const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+
+/// The StatefulSet. `input.statefulset_replicas` is the planner's current
+/// step, not `spec.replicas`: scaling moves one member at a time.
+pub fn statefulset(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> StatefulSet {
+    StatefulSet {
+        metadata: child_meta(cluster, names, names.statefulset()),
+        spec: StatefulSetSpec {
+            replicas: Some(i32::try_from(input.statefulset_replicas).unwrap_or(0)),
+            service_name: Some(names.peers_service()),
+            pod_management_policy: Some("Parallel".to_string()),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("OnDelete".to_string()),
+                rolling_update: None,
+            }),
+            selector: LabelSelector {
+                match_labels: Some(names.selector_labels()),
+                ..LabelSelector::default()
+            },
+            template: pod_template(cluster, names),
+            volume_claim_templates: Some(vec![data_claim(cluster, names)]),
+            ..StatefulSetSpec::default()
+        },
+        status: None,
+    }
+}
+
+fn pod_template(cluster: &TitanCluster, names: &Names) -> PodTemplateSpec {
+    let spec = &cluster.spec;
+    let mut labels: BTreeMap<String, String> = spec.pod_labels.clone().unwrap_or_default();
+    labels.extend(names.labels());
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels),
+            annotations: spec.pod_annotations.clone(),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![server_container(cluster, names)],
+            security_context: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(RUN_AS_ID),
+                run_as_group: Some(RUN_AS_ID),
+                fs_group: Some(RUN_AS_ID),
+                ..PodSecurityContext::default()
+            }),
+            termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
+            affinity: Some(affinity(spec.affinity.clone(), names)),
+            tolerations: spec.tolerations.clone(),
+            node_selector: spec.node_selector.clone(),
+            topology_spread_constraints: spec.topology_spread_constraints.clone(),
+            ..PodSpec::default()
+        }),
+    }
+}
+
+fn server_container(cluster: &TitanCluster, names: &Names) -> Container {
+    let spec = &cluster.spec;
+    Container {
+        name: "titan".to_string(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().to_string()),
+        command: Some(vec![
+            "/bin/sh".to_string(),
+            "-c".to_string(),
+            startup_script(cluster, names),
+        ]),
+        ports: Some(vec![
+            container_port("peer", PEER_PORT),
+            container_port("client", CLIENT_PORT),
+            container_port("grpc", GRPC_PORT),
+            container_port("http", HTTP_PORT),
+        ]),
+        env: Some(env(names)),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..VolumeMount::default()
+        }]),
+        liveness_probe: Some(http_probe("/healthz", 10, 6)),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    }
+}
+
+/// Shell entry point. Before the cluster is bootstrapped, an initial member
+/// starts with `--peers` (the other initial members); every other pod, and any
+/// pod after bootstrap (e.g. one whose PVC was lost), starts with `--join` so it
+/// can never form a second cluster under an old identity. `BOOTSTRAPPED` and
+/// `INITIAL_PEERS` come from the ConfigMap at container start.
+fn startup_script(cluster: &TitanCluster, names: &Names) -> String {
+    let raft = &cluster.spec.raft;
+    let peers_svc = names.peers_service();
+    format!(
+        r#"set -eu
+host="${{POD_NAME}}.{peers_svc}.${{POD_NAMESPACE}}.svc"
+set -- --id "${{POD_NAME}}" --port {PEER_PORT} --client-port {CLIENT_PORT} --grpc-port {GRPC_PORT} \
+  --http-port {HTTP_PORT} --data-dir {DATA_DIR} \
+  --advertise-peer-addr "${{host}}:{PEER_PORT}" --advertise-client-addr "${{host}}:{CLIENT_PORT}" \
+  --election-timeout-ms {election} --heartbeat-ms {heartbeat} --snapshot-threshold {threshold}
+if [ "${{BOOTSTRAPPED}}" != "true" ]; then
+  member=no; others=""
+  IFS=,
+  for p in ${{INITIAL_PEERS}}; do
+    case "$p" in "${{POD_NAME}}":*) member=yes ;; *) others="${{others:+$others,}}$p" ;; esac
+  done
+  unset IFS
+  if [ "$member" = yes ]; then
+    if [ -n "$others" ]; then exec titan-server "$@" --peers "$others"; fi
+    exec titan-server "$@"
+  fi
+fi
+exec titan-server "$@" --join
+"#,
+        election = raft.election_timeout_ms,
+        heartbeat = raft.heartbeat_ms,
+        threshold = raft.snapshot_threshold_entries,
+    )
+}
+
+fn env(names: &Names) -> Vec<EnvVar> {
+    let field = |name: &str, path: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.to_string(),
+                api_version: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    };
+    let config = |name: &str, key: &str| EnvVar {
+        name: name.to_string(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: names.configmap(),
+                key: key.to_string(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        value: None,
+    };
+    vec![
+        field("POD_NAME", "metadata.name"),
+        field("POD_NAMESPACE", "metadata.namespace"),
+        config("BOOTSTRAPPED", BOOTSTRAPPED_KEY),
+        config("INITIAL_PEERS", INITIAL_PEERS_KEY),
+    ]
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.to_string()),
+        container_port: port,
+        protocol: Some("TCP".to_string()),
+        ..ContainerPort::default()
+    }
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String("http".to_string()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        failure_threshold: Some(failure_threshold),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The user's affinity, plus a preferred anti-affinity spreading members over
+/// nodes unless the user set their own pod anti-affinity.
+fn affinity(user: Option<Affinity>, names: &Names) -> Affinity {
+    let mut affinity = user.unwrap_or_default();
+    if affinity.pod_anti_affinity.is_none() {
+        affinity.pod_anti_affinity = Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        topology_key: "kubernetes.io/hostname".to_string(),
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(names.selector_labels()),
+                            ..LabelSelector::default()
+                        }),
+                        ..PodAffinityTerm::default()
+                    },
+                },
+            ]),
+            required_during_scheduling_ignored_during_execution: None,
+        });
+    }
+    affinity
+}
+
+fn data_claim(cluster: &TitanCluster, names: &Names) -> PersistentVolumeClaim {
+    let storage = &cluster.spec.storage;
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("data".to_string()),
+            labels: Some(names.labels()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".to_string()]),
+            storage_class_name: storage.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    Quantity(storage.size.clone()),
+                )])),
+                limits: None,
+            }),
+            ..PersistentVolumeClaimSpec::default()
+        }),
+        status: None,
+    }
+}

@@ -1,0 +1,195 @@
+//! `titan-operator run`: leader election, the controller, the HTTP endpoint and
+//! graceful shutdown wired together.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::admin::{GrpcAdmin, GrpcAdminConfig};
+use crate::crd::TitanCluster;
+use crate::leader::{LeaseConfig, LeaseLock};
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, Settings};
+
+/// Settings of `titan-operator run`.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Namespace to watch; all namespaces when `None`.
+    pub watch_namespace: Option<String>,
+    /// Address of the `/metrics` + `/healthz` endpoint.
+    pub http_addr: SocketAddr,
+    /// Leader election lease.
+    pub lease: LeaseConfig,
+    /// Admin client timeouts.
+    pub admin: GrpcAdminConfig,
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+/// Runs until SIGTERM, or until the lease is lost (then returns an error so
+/// the process restarts and campaigns again).
+pub async fn run(config: RunConfig) -> anyhow::Result<()> {
+    let client = Client::try_default().await?;
+    let metrics = Arc::new(Metrics::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let http_stop = wait_for(stop_rx.clone());
+    let http = tokio::spawn(crate::http::serve(
+        config.http_addr,
+        metrics.clone(),
+        http_stop,
+    ));
+    tokio::spawn(async move {
+        termination_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let lock = Arc::new(LeaseLock::new(client.clone(), config.lease.clone()));
+    if !campaign(&lock, stop_rx.clone()).await? {
+        return Ok(());
+    }
+    tracing::info!(identity = %config.lease.identity, "acquired leadership");
+    let (lost_tx, lost_rx) = watch::channel(false);
+    let renewer = tokio::spawn(renew(lock.clone(), stop_rx.clone(), lost_tx));
+    let shutdown = {
+        let (stop, lost) = (wait_for(stop_rx.clone()), wait_for(lost_rx.clone()));
+        async move {
+            tokio::select! { _ = stop => {}, _ = lost => {} }
+        }
+    };
+    run_controller(client, metrics, &config, shutdown).await;
+    renewer.abort();
+    if let Err(error) = lock.release().await {
+        tracing::warn!(%error, "releasing the lease failed");
+    }
+    let _ = http.await;
+    if *lost_rx.borrow() {
+        anyhow::bail!("lost the leader lease");
+    }
+    Ok(())
+}
+
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Retries until we hold the lease (`true`) or shutdown is requested (`false`).
+async fn campaign(lock: &LeaseLock, stop: watch::Receiver<bool>) -> anyhow::Result<bool> {
+    loop {
+        if *stop.borrow() {
+            return Ok(false);
+        }
+        match lock.try_acquire_or_renew(Timestamp::now()).await {
+            Ok(true) => return Ok(true),
+            Ok(false) => tracing::debug!("lease held by another replica"),
+            Err(error) => tracing::warn!(%error, "lease request failed"),
+        }
+        let mut stop = stop.clone();
+        tokio::select! {
+            _ = tokio::time::sleep(lock.config().renew_interval) => {},
+            _ = stop.changed() => {},
+        }
+    }
+}
+
+/// Renews every interval; signals `lost` when renewal has not succeeded for a
+/// whole lease duration (another replica may take over after that).
+async fn renew(lock: Arc<LeaseLock>, stop: watch::Receiver<bool>, lost: watch::Sender<bool>) {
+    let duration = std::time::Duration::from_secs(
+        u64::try_from(lock.config().lease_duration_secs).unwrap_or(15),
+    );
+    let mut last_ok = std::time::Instant::now();
+    while !*stop.borrow() {
+        tokio::time::sleep(lock.config().renew_interval).await;
+        match lock.try_acquire_or_renew(Timestamp::now()).await {
+            Ok(true) => last_ok = std::time::Instant::now(),
+            Ok(false) => {
+                let _ = lost.send(true);
+                return;
+            }
+            Err(error) => tracing::warn!(%error, "lease renewal failed"),
+        }
+        // Stop reconciling before a standby could legally take over.
+        if last_ok.elapsed() + lock.config().renew_interval >= duration {
+            let _ = lost.send(true);
+            return;
+        }
+    }
+}
+
+async fn run_controller(
+    client: Client,
+    metrics: Arc<Metrics>,
+    config: &RunConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.watch_namespace.as_deref();
+    let reporter = Reporter {
+        controller: "titan-operator".to_string(),
+        instance: Some(config.lease.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+        admin: Arc::new(GrpcAdmin::new(config.admin)),
+        settings: Settings::default(),
+        clock: Arc::new(Timestamp::now),
+    });
+    let wc = watcher::Config::default();
+    let selector = watcher::Config::default().labels("app.kubernetes.io/name=titan");
+    Controller::new(api::<TitanCluster>(&client, ns), wc.clone())
+        .owns(api::<StatefulSet>(&client, ns), wc.clone())
+        .owns(api::<Service>(&client, ns), wc.clone())
+        .owns(api::<ConfigMap>(&client, ns), wc)
+        .watches(api::<Pod>(&client, ns), selector, |pod: Pod| {
+            let instance = pod.labels().get("app.kubernetes.io/instance").cloned()?;
+            Some(ObjectRef::new(&instance).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile result");
+            }
+        })
+        .await;
+}

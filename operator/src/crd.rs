@@ -1,0 +1,399 @@
+//! The `TitanCluster` custom resource (`titan.dev/v1alpha1`).
+//!
+//! The Rust types are the single source of truth: `titan-operator crd` prints
+//! the CRD generated from them and `manifests/crd.yaml` must equal it. Defaults
+//! and bounds live in the OpenAPI schema so that the API server enforces them;
+//! Kubernetes 1.20 has no CEL rules, so cross-field checks (for example
+//! `heartbeatMs < electionTimeoutMs`) are done by [`TitanClusterSpec::validate`].
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Largest cluster the operator manages; Raft clusters above 9 voters only add latency.
+pub const MAX_REPLICAS: i32 = 9;
+/// API group of the CRD.
+pub const GROUP: &str = "titan.dev";
+/// Annotation whose value, when changed, triggers one on-demand snapshot.
+pub const SNAPSHOT_REQUEST_ANNOTATION: &str = "titan.dev/snapshot-request";
+
+/// Desired state of a Titan cluster.
+// Each printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "titan.dev",
+    version = "v1alpha1",
+    kind = "TitanCluster",
+    plural = "titanclusters",
+    shortname = "tc",
+    namespaced,
+    status = "TitanClusterStatus",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Leader", type_ = "string", json_path = ".status.leader"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TitanClusterSpec {
+    /// Number of Raft members (voters) the cluster should have.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+    /// Container image of `titan-server`. The image must provide `/bin/sh`.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// Kubernetes image pull policy for the server container.
+    #[serde(default)]
+    pub image_pull_policy: ImagePullPolicy,
+    /// CPU and memory requests/limits of the server container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Persistent volume for each member's data dir.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// Periodic snapshot schedule driven by the operator.
+    #[serde(default)]
+    pub snapshot: SnapshotSpec,
+    /// Raft timing and log compaction settings passed to every server.
+    #[serde(default)]
+    pub raft: RaftSpec,
+    /// When true the operator makes no changes and reports ReconciliationPaused.
+    #[serde(default)]
+    pub paused: bool,
+    /// Extra affinity merged over the operator's preferred node anti-affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Tolerations copied to the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node selector copied to the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Topology spread constraints copied to the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// Extra labels for the server pods (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+    /// Extra annotations for the server pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+fn default_image() -> String {
+    "titan-server:0.1.0".to_string()
+}
+
+/// Image pull policy, restricted to the values Kubernetes accepts.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull only when the image is missing on the node.
+    #[default]
+    IfNotPresent,
+    /// Always pull.
+    Always,
+    /// Never pull.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The string Kubernetes expects in `imagePullPolicy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Always => "Always",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Persistent storage of one member.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Requested volume size, a Kubernetes quantity such as `1Gi`.
+    #[serde(default = "default_storage_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"))]
+    pub size: String,
+    /// Storage class of the PVCs; the cluster default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+fn default_storage_size() -> String {
+    "1Gi".to_string()
+}
+
+/// Snapshot schedule.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotSpec {
+    /// Seconds between operator-driven snapshots on every member; 0 turns the schedule off.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 2_592_000))]
+    pub interval_seconds: u32,
+}
+
+/// Raft tuning passed to each server as flags.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RaftSpec {
+    /// Election timeout (`--election-timeout-ms`). Must exceed `heartbeatMs`.
+    #[serde(default = "default_election_timeout_ms")]
+    #[schemars(range(min = 50, max = 60_000))]
+    pub election_timeout_ms: u32,
+    /// Leader heartbeat interval (`--heartbeat-ms`).
+    #[serde(default = "default_heartbeat_ms")]
+    #[schemars(range(min = 10, max = 10_000))]
+    pub heartbeat_ms: u32,
+    /// Log entries between automatic snapshots (`--snapshot-threshold`).
+    #[serde(default = "default_snapshot_threshold_entries")]
+    #[schemars(range(min = 100))]
+    pub snapshot_threshold_entries: u64,
+}
+
+impl Default for RaftSpec {
+    fn default() -> Self {
+        Self {
+            election_timeout_ms: default_election_timeout_ms(),
+            heartbeat_ms: default_heartbeat_ms(),
+            snapshot_threshold_entries: default_snapshot_threshold_entries(),
+        }
+    }
+}
+
+fn default_election_timeout_ms() -> u32 {
+    1000
+}
+
+fn default_heartbeat_ms() -> u32 {
+    100
+}
+
+fn default_snapshot_threshold_entries() -> u64 {
+    10_000
+}
+
+/// The CRD as YAML, exactly what `titan-operator crd` prints and `manifests/crd.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&TitanCluster::crd())
+}
+
+/// A spec the schema accepts but the operator cannot run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Followers would start elections between heartbeats.
+    #[error(
+        "raft.heartbeatMs ({heartbeat_ms}) must be below raft.electionTimeoutMs ({election_timeout_ms})"
+    )]
+    HeartbeatNotBelowElection {
+        /// Offending heartbeat.
+        heartbeat_ms: u32,
+        /// Offending election timeout.
+        election_timeout_ms: u32,
+    },
+    /// Replicas outside 1..=9 (only possible when the schema was bypassed).
+    #[error("replicas must be between 1 and {MAX_REPLICAS}, got {0}")]
+    ReplicasOutOfRange(i32),
+}
+
+impl TitanClusterSpec {
+    /// Cross-field checks the 1.20 schema cannot express (no CEL rules there).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if !(1..=MAX_REPLICAS).contains(&self.replicas) {
+            return Err(SpecError::ReplicasOutOfRange(self.replicas));
+        }
+        if self.raft.heartbeat_ms >= self.raft.election_timeout_ms {
+            return Err(SpecError::HeartbeatNotBelowElection {
+                heartbeat_ms: self.raft.heartbeat_ms,
+                election_timeout_ms: self.raft.election_timeout_ms,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Observed state, written only by the operator through the status subresource.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TitanClusterStatus {
+    /// Coarse summary for humans; conditions carry the detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Number of Raft members (scale subresource `statusReplicasPath`).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Label selector of the pods (scale subresource `labelSelectorPath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Pods that are Ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Pod name of the current Raft leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+    /// Raft members as reported by the leader.
+    #[serde(default)]
+    pub members: Vec<MemberStatus>,
+    /// Most recent operator-driven snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot: Option<LastSnapshot>,
+    /// Available, Progressing, Degraded, ReconciliationPaused (API conventions).
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    /// `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Coarse lifecycle phase shown in `kubectl get tc`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Objects created, the initial members have not formed a cluster yet.
+    Bootstrapping,
+    /// Membership equals spec and every member is healthy.
+    Running,
+    /// A membership change is in progress.
+    Scaling,
+    /// Pods are being restarted onto a new template.
+    Updating,
+    /// The operator is waiting on something it cannot fix itself.
+    Degraded,
+    /// `spec.paused` is set.
+    Paused,
+}
+
+/// Raft role of a member as the operator reports it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberRole {
+    /// Current leader.
+    Leader,
+    /// Voting follower.
+    Follower,
+    /// Non-voting learner catching up.
+    Learner,
+}
+
+/// One Raft member.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Server name (the pod name).
+    pub name: String,
+    /// Raft member id, as a decimal string (u64 ids do not fit JSON integers safely).
+    pub id: String,
+    /// Raft role.
+    pub role: MemberRole,
+    /// Pod Ready and reachable over the admin API.
+    pub ready: bool,
+    /// Entries the member is behind the leader.
+    #[serde(default)]
+    pub lag_entries: u64,
+}
+
+/// The last snapshot the operator drove.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastSnapshot {
+    /// Raft log index covered by the leader's snapshot.
+    #[serde(default)]
+    pub index: u64,
+    /// When the operator completed the snapshot round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// Value of the `titan.dev/snapshot-request` annotation this round answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_token: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::CustomResourceExt;
+
+    fn spec() -> TitanClusterSpec {
+        serde_json::from_str("{}").unwrap_or_else(|e| panic!("empty spec must parse: {e}"))
+    }
+
+    #[test]
+    fn empty_spec_takes_documented_defaults() {
+        let spec = spec();
+        assert_eq!(spec.replicas, 3);
+        assert_eq!(spec.storage.size, "1Gi");
+        assert_eq!(spec.raft.election_timeout_ms, 1000);
+        assert_eq!(spec.snapshot.interval_seconds, 0);
+        assert!(!spec.paused);
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn heartbeat_not_below_election_is_rejected() {
+        let mut spec = spec();
+        spec.raft.heartbeat_ms = spec.raft.election_timeout_ms;
+        assert!(matches!(
+            spec.validate(),
+            Err(SpecError::HeartbeatNotBelowElection { .. })
+        ));
+    }
+
+    #[test]
+    fn replicas_outside_range_are_rejected() {
+        for replicas in [0, 10, -1] {
+            let mut spec = spec();
+            spec.replicas = replicas;
+            assert_eq!(
+                spec.validate(),
+                Err(SpecError::ReplicasOutOfRange(replicas))
+            );
+        }
+    }
+
+    #[test]
+    fn schema_bounds_replicas_and_has_scale_subresource() {
+        let crd = serde_json::to_value(TitanCluster::crd()).unwrap_or_default();
+        let version = &crd["spec"]["versions"][0];
+        let replicas =
+            &version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["replicas"];
+        assert_eq!(replicas["minimum"].as_f64(), Some(1.0));
+        assert_eq!(replicas["maximum"].as_f64(), Some(9.0));
+        assert_eq!(replicas["default"], 3);
+        let scale = &version["subresources"]["scale"];
+        assert_eq!(scale["specReplicasPath"], ".spec.replicas");
+        assert_eq!(scale["statusReplicasPath"], ".status.replicas");
+        assert_eq!(scale["labelSelectorPath"], ".status.selector");
+        assert_eq!(crd["spec"]["names"]["shortNames"][0], "tc");
+    }
+}

@@ -1,0 +1,355 @@
+//! Test fixtures in the controller-rs style: a `tower_test` mock API server
+//! that must see exactly the listed calls, in order, each within a timeout,
+//! plus a scripted fake of the Admin API.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+
+use crate::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
+use crate::crd::TitanCluster;
+use crate::metrics::Metrics;
+use crate::planner::{MemberView, NodeRole, NodeStatus};
+use crate::reconcile::{Context, Settings};
+
+/// Longest wait for one expected API call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How the mock API server answers one call.
+#[derive(Clone)]
+pub enum Reply {
+    /// 200 with the request body echoed back (server-side apply, create).
+    Echo,
+    /// 200 with this JSON.
+    Json(Value),
+    /// 404 NotFound Status.
+    NotFound,
+}
+
+/// One expected call: method, exact path, optional body check, reply.
+#[derive(Clone)]
+pub struct Expect {
+    /// HTTP method.
+    pub method: Method,
+    /// URI path (no query).
+    pub path: String,
+    /// Assertion on the JSON body.
+    pub check: Option<fn(&Value)>,
+    /// Answer.
+    pub reply: Reply,
+}
+
+impl Expect {
+    /// Expect `method path`, answer `reply`.
+    pub fn new(method: Method, path: impl Into<String>, reply: Reply) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            check: None,
+            reply,
+        }
+    }
+
+    /// Adds a body check.
+    pub fn check(mut self, check: fn(&Value)) -> Self {
+        self.check = Some(check);
+        self
+    }
+}
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// Serves `expects` in order, then returns. Panics on any mismatch or timeout.
+pub async fn serve(mut handle: Handle, expects: Vec<Expect>) {
+    for (i, expect) in expects.into_iter().enumerate() {
+        let next = tokio::time::timeout(CALL_TIMEOUT, handle.next_request()).await;
+        let Ok(Some((request, send))) = next else {
+            panic!("call {i} ({} {}) never came", expect.method, expect.path);
+        };
+        assert_eq!(
+            request.method(),
+            expect.method,
+            "call {i}: {}",
+            request.uri()
+        );
+        assert_eq!(request.uri().path(), expect.path, "call {i}");
+        if expect.method == Method::PATCH {
+            let query = request.uri().query().unwrap_or("");
+            assert!(
+                query.contains("fieldManager=titan-operator"),
+                "call {i}: {query}"
+            );
+        }
+        let bytes = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_else(|e| panic!("call {i}: reading body: {e}"));
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if let Some(check) = expect.check {
+            check(&body);
+        }
+        let response = match expect.reply {
+            Reply::Echo => json_response(StatusCode::OK, &body),
+            Reply::Json(value) => json_response(StatusCode::OK, &value),
+            Reply::NotFound => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+        };
+        send.send_response(response);
+    }
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .body(Body::from(bytes))
+        .unwrap_or_else(|e| panic!("building response: {e}"))
+}
+
+/// One recorded admin call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCall {
+    /// `add_learner(endpoint, member)`.
+    AddLearner(String, NewMember),
+    /// `promote(endpoint, id)`.
+    Promote(String, u64),
+    /// `remove(endpoint, id)`.
+    Remove(String, u64),
+    /// `transfer_leadership(endpoint, id)`.
+    Transfer(String, u64),
+    /// `take_snapshot(endpoint)`.
+    Snapshot(String),
+}
+
+/// Scripted Admin API: `Status` answers by endpoint (missing = unreachable);
+/// mutating calls are recorded and succeed.
+#[derive(Default)]
+pub struct FakeAdmin {
+    /// Status per endpoint.
+    pub statuses: BTreeMap<String, NodeStatus>,
+    /// Mutating calls, in order.
+    pub calls: Mutex<Vec<AdminCall>>,
+}
+
+impl FakeAdmin {
+    fn record(&self, call: AdminCall) {
+        if let Ok(mut calls) = self.calls.lock() {
+            calls.push(call);
+        }
+    }
+
+    /// Snapshot of the recorded calls.
+    pub fn recorded(&self) -> Vec<AdminCall> {
+        self.calls.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+}
+
+impl AdminApi for FakeAdmin {
+    fn status(&self, endpoint: String) -> BoxFuture<'static, AdminResult<NodeStatus>> {
+        let found = self.statuses.get(&endpoint).cloned();
+        Box::pin(async move {
+            found.ok_or(AdminError::Rpc {
+                endpoint,
+                status: Box::new(tonic::Status::unavailable("scripted: unreachable")),
+            })
+        })
+    }
+
+    fn add_learner(
+        &self,
+        endpoint: String,
+        member: NewMember,
+    ) -> BoxFuture<'static, AdminResult<()>> {
+        self.record(AdminCall::AddLearner(endpoint, member));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn promote(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>> {
+        self.record(AdminCall::Promote(endpoint, id));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn remove(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>> {
+        self.record(AdminCall::Remove(endpoint, id));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn transfer_leadership(
+        &self,
+        endpoint: String,
+        target_id: u64,
+    ) -> BoxFuture<'static, AdminResult<()>> {
+        self.record(AdminCall::Transfer(endpoint, target_id));
+        Box::pin(async { Ok(()) })
+    }
+
+    fn take_snapshot(&self, endpoint: String) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
+        self.record(AdminCall::Snapshot(endpoint));
+        Box::pin(async { Ok(SnapshotTaken { index: 42 }) })
+    }
+}
+
+/// Fixed "now" of every scenario.
+pub fn now() -> Timestamp {
+    Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+/// A context over a mock API server and a fake admin.
+pub fn context(admin: Arc<FakeAdmin>) -> (Arc<Context>, Handle) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let reporter = Reporter {
+        controller: "titan-operator".to_string(),
+        instance: None,
+    };
+    let ctx = Context {
+        client: client.clone(),
+        recorder: Recorder::new(client, reporter),
+        metrics: Arc::new(Metrics::default()),
+        admin,
+        settings: Settings::default(),
+        clock: Arc::new(now),
+    };
+    (Arc::new(ctx), handle)
+}
+
+/// A TitanCluster `prod/demo` that already carries the finalizer.
+pub fn cluster(spec: Value) -> TitanCluster {
+    serde_json::from_value(json!({
+        "apiVersion": "titan.dev/v1alpha1",
+        "kind": "TitanCluster",
+        "metadata": {
+            "name": "demo", "namespace": "prod", "uid": "11111111-2222-4333-8444-555555555555",
+            "generation": 2, "finalizers": ["titan.dev/cleanup"]
+        },
+        "spec": spec,
+    }))
+    .unwrap_or_else(|e| panic!("fixture cluster: {e}"))
+}
+
+/// Admin endpoint of the fixture pod of `ordinal`.
+pub fn endpoint(ordinal: u32) -> String {
+    format!("http://10.0.0.{ordinal}:5001")
+}
+
+/// Member id of the fixture pod of `ordinal`.
+pub fn member_id(ordinal: u32) -> u64 {
+    100 + u64::from(ordinal)
+}
+
+/// Admin statuses of a healthy cluster of `voters` with `leader`.
+pub fn healthy_statuses(voters: u32, leader: u32) -> BTreeMap<String, NodeStatus> {
+    let members: Vec<MemberView> = (0..voters)
+        .map(|o| MemberView {
+            id: member_id(o),
+            name: format!("demo-{o}"),
+            voter: true,
+            lag_entries: 0,
+        })
+        .collect();
+    (0..voters)
+        .map(|o| {
+            let role = if o == leader {
+                NodeRole::Leader
+            } else {
+                NodeRole::Follower
+            };
+            let status = NodeStatus {
+                id: member_id(o),
+                role,
+                term: 3,
+                members: members.clone(),
+            };
+            (endpoint(o), status)
+        })
+        .collect()
+}
+
+/// The ConfigMap as the API server would return it.
+pub fn configmap_json(bootstrapped: bool, initial: u32) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "demo-config", "namespace": "prod"},
+        "data": {
+            "bootstrapped": bootstrapped.to_string(),
+            "initial-replicas": initial.to_string(),
+            "cluster-id": "11111111-2222-4333-8444-555555555555"
+        }
+    })
+}
+
+/// The StatefulSet with `replicas` and update revision `rev-1`.
+pub fn statefulset_json(replicas: u32) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "demo", "namespace": "prod"},
+        "spec": {
+            "replicas": replicas, "serviceName": "demo-peers",
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "titan"}},
+            "template": {}
+        },
+        "status": {"replicas": replicas, "updateRevision": "rev-1"}
+    })
+}
+
+/// A list of Ready pods `demo-0..n` on revision `rev-1`, pod IP `10.0.0.i`.
+pub fn pods_json(ordinals: &[u32]) -> Value {
+    let items: Vec<Value> = ordinals
+        .iter()
+        .map(|o| {
+            json!({
+                "metadata": {
+                    "name": format!("demo-{o}"), "namespace": "prod",
+                    "labels": {"controller-revision-hash": "rev-1", "app.kubernetes.io/instance": "demo"}
+                },
+                "status": {
+                    "podIP": format!("10.0.0.{o}"),
+                    "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2027-01-01T00:00:00Z"}]
+                }
+            })
+        })
+        .collect();
+    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+}
+
+/// A list of `data-demo-i` PVCs.
+pub fn pvcs_json(ordinals: &[u32]) -> Value {
+    let items: Vec<Value> = ordinals
+        .iter()
+        .map(|o| json!({"metadata": {"name": format!("data-demo-{o}"), "namespace": "prod"}}))
+        .collect();
+    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaimList", "metadata": {}, "items": items})
+}
+
+/// Paths of the fixture cluster's objects.
+pub mod paths {
+    /// ConfigMap.
+    pub const CONFIGMAP: &str = "/api/v1/namespaces/prod/configmaps/demo-config";
+    /// StatefulSet.
+    pub const STATEFULSET: &str = "/apis/apps/v1/namespaces/prod/statefulsets/demo";
+    /// Pod collection.
+    pub const PODS: &str = "/api/v1/namespaces/prod/pods";
+    /// PVC collection.
+    pub const PVCS: &str = "/api/v1/namespaces/prod/persistentvolumeclaims";
+    /// Headless Service.
+    pub const PEERS_SERVICE: &str = "/api/v1/namespaces/prod/services/demo-peers";
+    /// Client Service.
+    pub const CLIENT_SERVICE: &str = "/api/v1/namespaces/prod/services/demo";
+    /// PDB.
+    pub const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/demo";
+    /// Event collection.
+    pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
+    /// Status subresource.
+    pub const STATUS: &str = "/apis/titan.dev/v1alpha1/namespaces/prod/titanclusters/demo/status";
+}

@@ -1,0 +1,18 @@
+//! `titan-operator`: runs Titan clusters on Kubernetes.
+//!
+//! Flow per reconcile (stackable style): validate the spec → build the desired
+//! objects ([`builders`], pure) → apply them with server-side apply → observe
+//! pods and every member's admin `Status` → ask the pure [`planner`] for exactly
+//! one next step → execute it → write status.
+
+pub mod admin;
+pub mod builders;
+pub mod controller;
+pub mod crd;
+#[cfg(test)]
+pub mod fixtures;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod planner;
+pub mod reconcile;

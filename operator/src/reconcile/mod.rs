@@ -1,0 +1,337 @@
+//! The controller: `kube::runtime::Controller` + finalizer around a reconcile
+//! that follows validate → observe → apply → plan → execute one step → status.
+
+mod apply;
+mod execute;
+pub mod observe;
+pub mod status;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{self, Event as FinalizerEvent};
+use kube::{Client, Resource, ResourceExt};
+
+use crate::admin::{AdminApi, AdminError};
+use crate::builders::{FIELD_MANAGER, Names};
+use crate::crd::{Phase, TitanCluster, TitanClusterStatus};
+use crate::metrics::Metrics;
+use crate::planner::{self, Action, Plan, PlannerConfig, WaitReason};
+
+/// Finalizer the operator puts on every TitanCluster.
+pub const FINALIZER: &str = "titan.dev/cleanup";
+
+/// Requeue timing.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Planner tunables.
+    pub planner: PlannerConfig,
+    /// After executing a step: re-observe soon.
+    pub requeue_after_step: Duration,
+    /// While waiting on pods or catch-up.
+    pub requeue_while_waiting: Duration,
+    /// When steady (watches trigger earlier on any change).
+    pub requeue_when_steady: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            planner: PlannerConfig::default(),
+            requeue_after_step: Duration::from_secs(2),
+            requeue_while_waiting: Duration::from_secs(5),
+            requeue_when_steady: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared state of every reconcile.
+#[derive(Clone)]
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder (events.k8s.io).
+    pub recorder: Recorder,
+    /// Operator metrics.
+    pub metrics: Arc<Metrics>,
+    /// Admin API access (gRPC in production, a fake in tests).
+    pub admin: Arc<dyn AdminApi>,
+    /// Tunables.
+    pub settings: Settings,
+    /// Clock, injectable so tests are deterministic.
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+/// Reconcile failures. Each maps to a metric label in [`Error::reason`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An API server call failed.
+    #[error("{op}: {source}")]
+    Kube {
+        /// What the operator was doing.
+        op: &'static str,
+        /// Client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// An admin call that executes a planned step failed.
+    #[error("{action}: {source}")]
+    Admin {
+        /// Step being executed.
+        action: &'static str,
+        /// Admin error.
+        #[source]
+        source: AdminError,
+    },
+    /// The finalizer helper failed (adding/removing the finalizer, or the inner reconcile).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<finalizer::Error<Error>>),
+    /// The object lacks a namespace or name.
+    #[error("TitanCluster without {0}")]
+    MissingField(&'static str),
+}
+
+impl Error {
+    /// Maps a kube error with the operation it came from.
+    pub fn kube(op: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { op, source }
+    }
+
+    /// Short label for the failures metric.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube",
+            Error::Admin { .. } => "admin",
+            Error::Finalizer(inner) => match inner.as_ref() {
+                finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
+                _ => "finalizer",
+            },
+            Error::MissingField(_) => "invalid_object",
+        }
+    }
+}
+
+/// Controller entry point: wraps [`apply`] and [`cleanup`] in the finalizer.
+pub async fn reconcile(cluster: Arc<TitanCluster>, ctx: Arc<Context>) -> Result<Requeue, Error> {
+    let started = Instant::now();
+    let ns = cluster
+        .namespace()
+        .ok_or(Error::MissingField("namespace"))?;
+    let api: Api<TitanCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer::finalizer(&api, FINALIZER, cluster, |event| async {
+        match event {
+            FinalizerEvent::Apply(c) => apply(&c, &ctx).await,
+            FinalizerEvent::Cleanup(c) => cleanup(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile(started.elapsed());
+    result
+}
+
+/// Logs, counts the failure by reason and retries later.
+pub fn error_policy(cluster: Arc<TitanCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed");
+    ctx.metrics.count_failure(error.reason());
+    Requeue::requeue(Duration::from_secs(15))
+}
+
+/// Deletion: owned objects go with the owner reference; PVCs are kept on purpose
+/// (they hold acknowledged data), which the event says.
+async fn cleanup(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> {
+    let note = "TitanCluster deleted; owned objects are garbage-collected, data PVCs are retained";
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "Deleting",
+        "Cleanup",
+        note.to_string(),
+    )
+    .await;
+    Ok(Requeue::await_change())
+}
+
+/// Publishes an event; failing to record an event never fails the reconcile.
+pub(crate) async fn publish(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
+        tracing::warn!(%error, "publishing event failed");
+    }
+}
+
+/// validate → (paused: status only) → observe → apply → plan → execute → status.
+async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> {
+    let now = (ctx.clock)();
+    let names = Names::of(cluster);
+    if let Err(invalid) = cluster.spec.validate() {
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            "InvalidSpec",
+            "Validate",
+            invalid.to_string(),
+        )
+        .await;
+        let plan = Plan {
+            action: Action::Wait(WaitReason::Paused),
+            phase: Phase::Degraded,
+        };
+        write_invalid_status(ctx, cluster, &names, &plan, &invalid.to_string(), now).await?;
+        return Ok(Requeue::await_change());
+    }
+    if cluster.spec.paused {
+        return paused(ctx, cluster, &names, now).await;
+    }
+    let state = observe::read_kube_state(ctx, &names).await?;
+    let mut pods = observe::pods_by_ordinal(&state, &names, now);
+    observe::poll_admin(ctx, &mut pods).await;
+    let voters = status::leader(&pods).map(|(_, l)| l.members.iter().filter(|m| m.voter).count());
+    let voters = voters.and_then(|v| u32::try_from(v).ok());
+    let input = observe::build_input(cluster, &state, voters);
+    let applied =
+        apply::apply_objects(ctx, cluster, &names, &input, state.statefulset.is_none()).await?;
+    let observed = observe::observed(
+        cluster,
+        &state,
+        &names,
+        &pods,
+        input.statefulset_replicas,
+        now,
+    );
+    let plan = planner::plan(&observed, &ctx.settings.planner, &|n| names.ordinal_of(n));
+    let snapshot = execute::execute(ctx, cluster, &names, &input, &pods, &plan.action, now).await?;
+    let status_input = status::StatusInput {
+        previous: cluster.status.as_ref(),
+        generation: cluster.meta().generation,
+        plan: &plan,
+        pods: &pods,
+        selector: names.selector_string(),
+        pdb_supported: applied.pdb_supported,
+        snapshot,
+        now,
+    };
+    write_status(ctx, cluster, &names, status::build_status(&status_input)).await?;
+    Ok(requeue_for(&ctx.settings, &plan.action))
+}
+
+async fn paused(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    now: Timestamp,
+) -> Result<Requeue, Error> {
+    let plan = Plan {
+        action: Action::Wait(WaitReason::Paused),
+        phase: Phase::Paused,
+    };
+    let pods = Default::default();
+    let mut input = status::StatusInput {
+        previous: cluster.status.as_ref(),
+        generation: cluster.meta().generation,
+        plan: &plan,
+        pods: &pods,
+        selector: names.selector_string(),
+        pdb_supported: true,
+        snapshot: None,
+        now,
+    };
+    let prev_pdb = cluster
+        .status
+        .as_ref()
+        .and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == status::DISRUPTION_BUDGET)
+        })
+        .is_none_or(|c| c.status == "True");
+    input.pdb_supported = prev_pdb;
+    let mut next = status::build_status(&input);
+    // Paused observes nothing new: keep the last known membership picture.
+    if let Some(prev) = cluster.status.as_ref() {
+        next.members = prev.members.clone();
+        next.replicas = prev.replicas;
+        next.ready_replicas = prev.ready_replicas;
+        next.leader = prev.leader.clone();
+    }
+    write_status(ctx, cluster, names, next).await?;
+    Ok(Requeue::await_change())
+}
+
+async fn write_invalid_status(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    plan: &Plan,
+    message: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let mut next = cluster.status.clone().unwrap_or_default();
+    next.phase = Some(plan.phase);
+    next.selector = Some(names.selector_string());
+    let generation = cluster.meta().generation;
+    status::set_condition(
+        &mut next.conditions,
+        status::DEGRADED,
+        true,
+        "InvalidSpec",
+        message,
+        generation,
+        now,
+    );
+    next.observed_generation = generation;
+    write_status(ctx, cluster, names, next).await
+}
+
+/// Server-side apply of the status subresource.
+async fn write_status(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    status: TitanClusterStatus,
+) -> Result<(), Error> {
+    let api: Api<TitanCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let patch = serde_json::json!({
+        "apiVersion": "titan.dev/v1alpha1",
+        "kind": "TitanCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &cluster.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("patch status"))?;
+    Ok(())
+}
+
+/// Requeue delay by what the planner decided.
+fn requeue_for(settings: &Settings, action: &Action) -> Requeue {
+    match action {
+        Action::Steady => Requeue::requeue(settings.requeue_when_steady),
+        Action::Wait(_) | Action::Degraded(_) => Requeue::requeue(settings.requeue_while_waiting),
+        _ => Requeue::requeue(settings.requeue_after_step),
+    }
+}
+#[cfg(test)]
+mod scenarios;

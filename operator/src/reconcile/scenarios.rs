@@ -1,0 +1,319 @@
+//! Reconcile scenarios against the mock API server: each lists the exact API
+//! calls a reconcile must make (see `fixtures`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use kube::runtime::controller::Action as Requeue;
+use serde_json::{Value, json};
+
+use super::reconcile;
+use crate::crd::TitanCluster;
+use crate::fixtures::{self, AdminCall, Expect, FakeAdmin, Reply, paths};
+
+/// The four reads of every (unpaused) reconcile.
+fn observe_calls(cm: Option<Value>, sts: Option<Value>, pods: Value, pvcs: Value) -> Vec<Expect> {
+    let get = |path: &str, v: Option<Value>| {
+        Expect::new(Method::GET, path, v.map_or(Reply::NotFound, Reply::Json))
+    };
+    vec![
+        get(paths::CONFIGMAP, cm),
+        get(paths::STATEFULSET, sts),
+        Expect::new(Method::GET, paths::PODS, Reply::Json(pods)),
+        Expect::new(Method::GET, paths::PVCS, Reply::Json(pvcs)),
+    ]
+}
+
+/// The applies of the desired objects (event on creation sits before the PDB).
+fn apply_calls(creating: bool) -> Vec<Expect> {
+    let mut calls = vec![
+        Expect::new(Method::PATCH, paths::PEERS_SERVICE, Reply::Echo).check(|b| {
+            assert_eq!(b["spec"]["publishNotReadyAddresses"], true);
+            assert_eq!(b["spec"]["clusterIP"], "None");
+        }),
+        Expect::new(Method::PATCH, paths::CLIENT_SERVICE, Reply::Echo),
+        Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo),
+        Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo),
+    ];
+    if creating {
+        calls.push(event("Created"));
+    }
+    calls.push(Expect::new(Method::PATCH, paths::PDB, Reply::Echo));
+    calls
+}
+
+fn event(reason: &'static str) -> Expect {
+    let expect = Expect::new(Method::POST, paths::EVENTS, Reply::Echo);
+    match reason {
+        "Created" => expect.check(|b| assert_eq!(b["reason"], "Created")),
+        "ScaleStatefulSet" => expect.check(|b| assert_eq!(b["reason"], "ScaleStatefulSet")),
+        "AddLearner" => expect.check(|b| assert_eq!(b["reason"], "AddLearner")),
+        "TransferLeadership" => expect.check(|b| assert_eq!(b["reason"], "TransferLeadership")),
+        _ => expect,
+    }
+}
+
+fn status_call(cluster: &TitanCluster, check: fn(&Value)) -> Expect {
+    let body = serde_json::to_value(cluster).unwrap_or_default();
+    Expect::new(Method::PATCH, paths::STATUS, Reply::Json(body)).check(check)
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("condition {type_} missing in {status}"))
+}
+
+/// Runs one reconcile against `expects`; both must finish in time.
+async fn run(cluster: TitanCluster, admin: Arc<FakeAdmin>, expects: Vec<Expect>) -> Requeue {
+    let (ctx, handle) = fixtures::context(admin);
+    let server = tokio::spawn(fixtures::serve(handle, expects));
+    let result =
+        tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(cluster), ctx)).await;
+    let requeue = match result {
+        Ok(Ok(requeue)) => requeue,
+        Ok(Err(e)) => panic!("reconcile failed: {e}"),
+        Err(_) => panic!("reconcile timed out"),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(())) => requeue,
+        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => panic!("mock API server did not finish"),
+    }
+}
+
+#[tokio::test]
+async fn create_applies_every_object_and_reports_bootstrapping() {
+    let cluster = fixtures::cluster(json!({"replicas": 3}));
+    let mut expects = observe_calls(
+        None,
+        None,
+        fixtures::pods_json(&[]),
+        fixtures::pvcs_json(&[]),
+    );
+    let mut applies = apply_calls(true);
+    applies[2] = Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo).check(|b| {
+        assert_eq!(b["data"]["bootstrapped"], "false");
+        assert_eq!(b["data"]["initial-replicas"], "3");
+        assert_eq!(
+            b["data"]["cluster-id"],
+            "11111111-2222-4333-8444-555555555555"
+        );
+    });
+    applies[3] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
+        assert_eq!(b["spec"]["replicas"], 3);
+        assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
+        assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "TitanCluster");
+    });
+    expects.extend(applies);
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(b["status"]["phase"], "Bootstrapping");
+        assert_eq!(b["status"]["observedGeneration"], 2);
+        assert_eq!(
+            b["status"]["selector"],
+            "app.kubernetes.io/instance=demo,app.kubernetes.io/name=titan"
+        );
+        assert_eq!(condition(b, "Available")["status"], "False");
+        assert_eq!(condition(b, "Progressing")["status"], "True");
+    }));
+    let requeue = run(cluster, Arc::new(FakeAdmin::default()), expects).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
+}
+
+fn steady_state_calls(replicas_in_sts: u32, pods: &[u32]) -> Vec<Expect> {
+    let mut expects = observe_calls(
+        Some(fixtures::configmap_json(true, 3)),
+        Some(fixtures::statefulset_json(replicas_in_sts)),
+        fixtures::pods_json(pods),
+        fixtures::pvcs_json(pods),
+    );
+    expects.extend(apply_calls(false));
+    expects
+}
+
+#[tokio::test]
+async fn scale_up_step_grows_the_statefulset_by_one() {
+    let cluster = fixtures::cluster(json!({"replicas": 5}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 0),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    expects.push(
+        Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo)
+            .check(|b| assert_eq!(b["spec"]["replicas"], 4)),
+    );
+    expects.push(event("ScaleStatefulSet"));
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(b["status"]["phase"], "Scaling");
+        assert_eq!(condition(b, "Progressing")["reason"], "ScaleStatefulSet");
+    }));
+    let requeue = run(cluster, admin.clone(), expects).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(2)));
+    assert!(
+        admin.recorded().is_empty(),
+        "no membership change before the pod exists"
+    );
+}
+
+#[tokio::test]
+async fn scale_up_step_adds_the_joining_pod_as_learner_on_the_leader() {
+    let cluster = fixtures::cluster(json!({"replicas": 4}));
+    let mut statuses = fixtures::healthy_statuses(3, 1);
+    statuses.insert(
+        fixtures::endpoint(3),
+        crate::planner::NodeStatus {
+            id: 999,
+            role: crate::planner::NodeRole::Joining,
+            term: 0,
+            members: vec![],
+        },
+    );
+    let admin = Arc::new(FakeAdmin {
+        statuses,
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(4, &[0, 1, 2, 3]);
+    expects.push(event("AddLearner"));
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(b["status"]["phase"], "Scaling")
+    }));
+    run(cluster, admin.clone(), expects).await;
+    let calls = admin.recorded();
+    assert_eq!(calls.len(), 1);
+    let AdminCall::AddLearner(endpoint, member) = &calls[0] else {
+        panic!("expected AddLearner, got {calls:?}");
+    };
+    assert_eq!(
+        endpoint,
+        &fixtures::endpoint(1),
+        "membership changes go to the leader"
+    );
+    assert_eq!(member.id, 999);
+    assert_eq!(member.name, "demo-3");
+    assert_eq!(member.peer_addr, "demo-3.demo-peers.prod.svc:5001");
+}
+
+#[tokio::test]
+async fn scale_down_step_transfers_leadership_away_from_the_leaving_leader() {
+    let cluster = fixtures::cluster(json!({"replicas": 2}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 2),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    expects.push(event("TransferLeadership"));
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(b["status"]["phase"], "Scaling");
+        assert_eq!(b["status"]["leader"], "demo-2");
+    }));
+    run(cluster, admin.clone(), expects).await;
+    assert_eq!(
+        admin.recorded(),
+        vec![AdminCall::Transfer(
+            fixtures::endpoint(2),
+            fixtures::member_id(0)
+        )]
+    );
+}
+
+#[tokio::test]
+async fn steady_cluster_writes_members_and_conditions_without_changes() {
+    let cluster = fixtures::cluster(json!({"replicas": 3}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 1),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    expects.push(status_call(&cluster, |b| {
+        let s = &b["status"];
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["leader"], "demo-1");
+        assert_eq!(s["replicas"], 3);
+        assert_eq!(s["readyReplicas"], 3);
+        assert_eq!(s["members"][1]["role"], "leader");
+        assert_eq!(s["members"][0]["role"], "follower");
+        assert_eq!(s["members"][0]["id"], "100");
+        assert_eq!(condition(b, "Available")["status"], "True");
+        assert_eq!(condition(b, "Available")["observedGeneration"], 2);
+        assert_eq!(condition(b, "Progressing")["status"], "False");
+        assert_eq!(condition(b, "Degraded")["status"], "False");
+        assert_eq!(condition(b, "ReconciliationPaused")["status"], "False");
+        assert_eq!(condition(b, "DisruptionBudget")["status"], "True");
+    }));
+    let requeue = run(cluster, admin.clone(), expects).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(60)));
+    assert!(admin.recorded().is_empty());
+}
+
+#[tokio::test]
+async fn paused_cluster_only_writes_status() {
+    let cluster = fixtures::cluster(json!({"replicas": 5, "paused": true}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 0),
+        ..FakeAdmin::default()
+    });
+    let expects = vec![status_call(&cluster, |b| {
+        assert_eq!(b["status"]["phase"], "Paused");
+        assert_eq!(condition(b, "ReconciliationPaused")["status"], "True");
+        assert_eq!(condition(b, "ReconciliationPaused")["reason"], "SpecPaused");
+    })];
+    let requeue = run(cluster, admin.clone(), expects).await;
+    assert_eq!(requeue, Requeue::await_change());
+    assert!(admin.recorded().is_empty());
+}
+
+#[tokio::test]
+async fn missing_policy_v1_is_a_warning_and_condition_not_a_failure() {
+    let cluster = fixtures::cluster(json!({"replicas": 3}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 0),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    if let Some(last) = expects.last_mut() {
+        *last = Expect::new(Method::PATCH, paths::PDB, Reply::NotFound);
+    }
+    expects.push(
+        Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "PodDisruptionBudgetUnavailable");
+        }),
+    );
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(condition(b, "DisruptionBudget")["status"], "False");
+        assert_eq!(
+            condition(b, "DisruptionBudget")["reason"],
+            "PolicyV1Unavailable"
+        );
+    }));
+    run(cluster, admin, expects).await;
+}
+
+#[tokio::test]
+async fn snapshot_request_annotation_is_answered_and_echoed_in_status() {
+    let mut cluster = fixtures::cluster(json!({"replicas": 3}));
+    cluster
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            "titan.dev/snapshot-request".to_string(),
+            "req-7".to_string(),
+        );
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 0),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    expects.push(event("TakeSnapshot"));
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(b["status"]["lastSnapshot"]["requestToken"], "req-7");
+        assert_eq!(b["status"]["lastSnapshot"]["index"], 42);
+        assert_eq!(b["status"]["lastSnapshot"]["time"], "2027-01-15T08:00:00Z");
+    }));
+    run(cluster, admin.clone(), expects).await;
+    assert_eq!(admin.recorded().len(), 3, "every member snapshots");
+}

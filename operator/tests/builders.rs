@@ -1,0 +1,287 @@
+//! Builder tests: golden files of every built object, table-driven invariants,
+//! and the pod start-up script run under a real `/bin/sh` with a fake server.
+//!
+//! Regenerate golden files with `UPDATE_GOLDEN=1 cargo test -p titan-operator --test builders`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use kube::api::ObjectMeta;
+use titan_operator::builders::{self, BuildInput, Names};
+use titan_operator::crd::{TitanCluster, TitanClusterSpec};
+
+fn cluster(name: &str, spec_json: serde_json::Value) -> TitanCluster {
+    let spec: TitanClusterSpec = serde_json::from_value(spec_json)
+        .unwrap_or_else(|e| panic!("fixture spec must parse: {e}"));
+    TitanCluster {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some("prod".to_string()),
+            uid: Some("8c1f6a52-0000-4000-8000-000000000001".to_string()),
+            ..ObjectMeta::default()
+        },
+        spec,
+        status: None,
+    }
+}
+
+fn input(replicas: u32, bootstrapped: bool) -> BuildInput {
+    BuildInput {
+        initial_replicas: replicas,
+        cluster_id: "8c1f6a52-0000-4000-8000-000000000001".to_string(),
+        bootstrapped,
+        statefulset_replicas: replicas,
+        voters: replicas,
+    }
+}
+
+fn render_all(cluster: &TitanCluster, input: &BuildInput) -> String {
+    let names = Names::of(cluster);
+    let docs = [
+        serde_yaml::to_string(&builders::peers_service(cluster, &names)),
+        serde_yaml::to_string(&builders::client_service(cluster, &names)),
+        serde_yaml::to_string(&builders::configmap(cluster, &names, input)),
+        serde_yaml::to_string(&builders::statefulset(cluster, &names, input)),
+        serde_yaml::to_string(&builders::pdb(cluster, &names, input)),
+    ];
+    docs.into_iter()
+        .map(|d| d.unwrap_or_else(|e| panic!("serializing: {e}")))
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
+fn check_golden(case: &str, rendered: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{case}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, rendered)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        return;
+    }
+    let golden = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    assert!(
+        golden == rendered,
+        "{case}: built objects differ from {}; rerun with UPDATE_GOLDEN=1 if intended",
+        path.display()
+    );
+}
+
+#[test]
+fn default_three_member_cluster_matches_golden() {
+    let c = cluster("demo", serde_json::json!({}));
+    check_golden("default-3", &render_all(&c, &input(3, false)));
+}
+
+#[test]
+fn customized_single_member_cluster_matches_golden() {
+    let c = cluster(
+        "solo",
+        serde_json::json!({
+            "replicas": 1,
+            "image": "registry.example/titan-server:2.0",
+            "imagePullPolicy": "Always",
+            "storage": {"size": "20Gi", "storageClassName": "fast"},
+            "raft": {"electionTimeoutMs": 3000, "heartbeatMs": 300, "snapshotThresholdEntries": 5000},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+            "nodeSelector": {"disk": "ssd"},
+            "podLabels": {"team": "sync", "app.kubernetes.io/name": "spoofed"},
+            "podAnnotations": {"prometheus.io/scrape": "true"}
+        }),
+    );
+    check_golden("custom-1", &render_all(&c, &input(1, true)));
+}
+
+#[test]
+fn every_object_is_owned_by_the_cluster_and_labelled() {
+    let c = cluster("demo", serde_json::json!({}));
+    let names = Names::of(&c);
+    let input = input(3, false);
+    let metas = [
+        builders::peers_service(&c, &names).metadata,
+        builders::client_service(&c, &names).metadata,
+        builders::configmap(&c, &names, &input).metadata,
+        builders::statefulset(&c, &names, &input).metadata,
+        builders::pdb(&c, &names, &input).metadata,
+    ];
+    for meta in metas {
+        let owners = meta.owner_references.unwrap_or_default();
+        assert_eq!(owners.len(), 1, "{:?}", meta.name);
+        assert_eq!(owners[0].kind, "TitanCluster");
+        assert_eq!(owners[0].controller, Some(true));
+        let labels = meta.labels.unwrap_or_default();
+        assert_eq!(
+            labels.get("app.kubernetes.io/instance").map(String::as_str),
+            Some("demo")
+        );
+    }
+}
+
+#[test]
+fn operator_labels_win_over_user_pod_labels() {
+    let c = cluster(
+        "demo",
+        serde_json::json!({"podLabels": {"app.kubernetes.io/name": "x", "team": "a"}}),
+    );
+    let sts = builders::statefulset(&c, &Names::of(&c), &input(3, false));
+    let labels = sts
+        .spec
+        .template
+        .metadata
+        .and_then(|m| m.labels)
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("app.kubernetes.io/name").map(String::as_str),
+        Some("titan")
+    );
+    assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+}
+
+#[test]
+fn statefulset_replicas_follow_the_planner_not_the_spec() {
+    let c = cluster("demo", serde_json::json!({"replicas": 5}));
+    for step in [3u32, 4, 5] {
+        let mut i = input(3, true);
+        i.statefulset_replicas = step;
+        let sts = builders::statefulset(&c, &Names::of(&c), &i);
+        assert_eq!(sts.spec.replicas, Some(step as i32));
+    }
+}
+
+#[test]
+fn pdb_is_sized_from_current_voters_during_scale_up() {
+    let c = cluster("demo", serde_json::json!({"replicas": 5}));
+    // (voters, expected maxUnavailable): spec says 5, but only `voters` are members.
+    let cases = [(3u32, 1), (4, 1), (5, 2), (7, 2)];
+    for (voters, want) in cases {
+        let mut i = input(3, true);
+        i.voters = voters;
+        let pdb = builders::pdb(&c, &Names::of(&c), &i);
+        let got = pdb.spec.and_then(|s| s.max_unavailable);
+        assert_eq!(
+            got,
+            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(want)),
+            "voters={voters}"
+        );
+    }
+}
+
+#[test]
+fn user_pod_anti_affinity_replaces_the_default_preference() {
+    let c = cluster(
+        "demo",
+        serde_json::json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "topology.kubernetes.io/zone"}]}}}),
+    );
+    let sts = builders::statefulset(&c, &Names::of(&c), &input(3, false));
+    let anti = sts
+        .spec
+        .template
+        .spec
+        .and_then(|s| s.affinity)
+        .and_then(|a| a.pod_anti_affinity)
+        .unwrap_or_default();
+    assert!(
+        anti.preferred_during_scheduling_ignored_during_execution
+            .is_none()
+    );
+    assert_eq!(
+        anti.required_during_scheduling_ignored_during_execution
+            .map(|v| v.len()),
+        Some(1)
+    );
+}
+
+/// Runs the container command under `/bin/sh` with a fake `titan-server` that
+/// prints its arguments, for each (pod, bootstrapped) case.
+#[test]
+fn startup_script_bootstraps_initial_members_and_joins_everyone_else() {
+    let c = cluster("demo", serde_json::json!({}));
+    let names = Names::of(&c);
+    let sts = builders::statefulset(&c, &names, &input(3, false));
+    let command = sts
+        .spec
+        .template
+        .spec
+        .map(|s| s.containers[0].command.clone().unwrap_or_default());
+    let script = command.and_then(|c| c.get(2).cloned()).unwrap_or_default();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let fake = dir.path().join("titan-server");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\nfor a in \"$@\"; do printf '%s\\n' \"$a\"; done\n",
+    )
+    .unwrap_or_else(|e| panic!("writing fake server: {e}"));
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&fake)
+        .status()
+        .ok();
+    let peers = "demo-0:demo-0.demo-peers.prod.svc:5001:6001,demo-1:demo-1.demo-peers.prod.svc:5001:6001,\
+demo-2:demo-2.demo-peers.prod.svc:5001:6001";
+    let cases = [
+        (
+            "demo-0",
+            "false",
+            Some(
+                "demo-1:demo-1.demo-peers.prod.svc:5001:6001,demo-2:demo-2.demo-peers.prod.svc:5001:6001",
+            ),
+        ),
+        (
+            "demo-2",
+            "false",
+            Some(
+                "demo-0:demo-0.demo-peers.prod.svc:5001:6001,demo-1:demo-1.demo-peers.prod.svc:5001:6001",
+            ),
+        ),
+        ("demo-3", "false", None),
+        ("demo-0", "true", None),
+    ];
+    for (pod, bootstrapped, want_peers) in cases {
+        let env: BTreeMap<&str, String> = BTreeMap::from([
+            ("POD_NAME", pod.to_string()),
+            ("POD_NAMESPACE", "prod".to_string()),
+            ("BOOTSTRAPPED", bootstrapped.to_string()),
+            ("INITIAL_PEERS", peers.to_string()),
+            ("PATH", format!("{}:/usr/bin:/bin", dir.path().display())),
+        ]);
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap_or_else(|e| panic!("running sh: {e}"));
+        let args: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert!(
+            out.status.success(),
+            "{pod}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let arg_after = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .cloned()
+        };
+        assert_eq!(arg_after("--id").as_deref(), Some(pod));
+        assert_eq!(
+            arg_after("--advertise-peer-addr"),
+            Some(format!("{pod}.demo-peers.prod.svc:5001"))
+        );
+        assert_eq!(
+            arg_after("--peers").as_deref(),
+            want_peers,
+            "{pod} bootstrapped={bootstrapped}"
+        );
+        assert_eq!(
+            args.iter().any(|a| a == "--join"),
+            want_peers.is_none(),
+            "{pod} bootstrapped={bootstrapped}"
+        );
+    }
+}

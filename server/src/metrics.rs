@@ -1,0 +1,203 @@
+//! Prometheus metrics (prometheus-client), served as text on `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Client operations with their own latency histogram.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+pub enum Op {
+    /// TCP or gRPC read of one key.
+    Get,
+    /// TCP SET / gRPC Put.
+    Set,
+    /// Delete of one key.
+    Delete,
+    /// TCP PING.
+    Ping,
+    /// gRPC Range.
+    Range,
+}
+
+/// Labels of the request histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    /// Which operation.
+    pub op: Op,
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of per-follower gauges.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    /// The follower's member id.
+    pub peer: u64,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs .. ~26 s.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// Every metric the server exports, plus the registry that renders them.
+pub struct Metrics {
+    /// Owns the metric descriptions for encoding.
+    registry: Registry,
+    /// Client request latency by operation and outcome.
+    pub requests: Family<OpLabels, Histogram>,
+    /// Latency of each WAL append+fsync (one per Ready batch).
+    pub wal_fsync_seconds: Histogram,
+    /// Bytes of entries appended to the WAL.
+    pub wal_bytes: Counter,
+    /// WAL segment files currently on disk.
+    pub wal_segments: Gauge,
+    /// Current Raft term.
+    pub term: Gauge,
+    /// Highest committed log index known here.
+    pub commit_index: Gauge,
+    /// Highest log index applied to the state machine.
+    pub applied_index: Gauge,
+    /// 1 when this node is the leader.
+    pub is_leader: Gauge,
+    /// Times the known leader changed.
+    pub leader_changes: Counter,
+    /// Entries each follower is behind the leader's last index (leader only).
+    pub follower_lag: Family<PeerLabels, Gauge>,
+    /// Snapshots written by this node.
+    pub snapshots: Counter,
+    /// Time to write one snapshot.
+    pub snapshot_seconds: Histogram,
+    /// Snapshots received from a leader and installed.
+    pub snapshots_installed: Counter,
+    /// Raft messages dropped because a peer's send queue was full.
+    pub peer_messages_dropped: Counter<u64, AtomicU64>,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("titan");
+        let requests = Family::<OpLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Client request latency",
+            requests.clone(),
+        );
+        let m = Metrics {
+            requests,
+            wal_fsync_seconds: latency_histogram(),
+            wal_bytes: Counter::default(),
+            wal_segments: Gauge::default(),
+            term: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            is_leader: Gauge::default(),
+            leader_changes: Counter::default(),
+            follower_lag: Family::default(),
+            snapshots: Counter::default(),
+            snapshot_seconds: latency_histogram(),
+            snapshots_installed: Counter::default(),
+            peer_messages_dropped: Counter::default(),
+            registry,
+        };
+        m.register_rest()
+    }
+
+    fn register_rest(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "wal_fsync_duration_seconds",
+            "WAL append+fsync latency per batch",
+            self.wal_fsync_seconds.clone(),
+        );
+        r.register(
+            "wal_written_bytes",
+            "Entry bytes appended to the WAL",
+            self.wal_bytes.clone(),
+        );
+        r.register(
+            "wal_segments",
+            "WAL segment files on disk",
+            self.wal_segments.clone(),
+        );
+        r.register("raft_term", "Current Raft term", self.term.clone());
+        r.register(
+            "raft_commit_index",
+            "Committed log index",
+            self.commit_index.clone(),
+        );
+        r.register(
+            "raft_applied_index",
+            "Applied log index",
+            self.applied_index.clone(),
+        );
+        r.register(
+            "raft_is_leader",
+            "1 if this node leads",
+            self.is_leader.clone(),
+        );
+        r.register(
+            "raft_leader_changes",
+            "Leader changes observed",
+            self.leader_changes.clone(),
+        );
+        r.register(
+            "raft_follower_lag_entries",
+            "Follower lag behind the leader",
+            self.follower_lag.clone(),
+        );
+        r.register("snapshots", "Snapshots written", self.snapshots.clone());
+        r.register(
+            "snapshot_duration_seconds",
+            "Snapshot write time",
+            self.snapshot_seconds.clone(),
+        );
+        r.register(
+            "snapshots_installed",
+            "Snapshots installed from a leader",
+            self.snapshots_installed.clone(),
+        );
+        r.register(
+            "peer_messages_dropped",
+            "Raft messages dropped on full peer queues",
+            self.peer_messages_dropped.clone(),
+        );
+        self
+    }
+
+    /// Records one client request.
+    pub fn observe_request(&self, op: Op, elapsed: Duration, failed: bool) {
+        let outcome = if failed { "error" } else { "ok" };
+        self.requests
+            .get_or_create(&OpLabels { op, outcome })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Gauges take i64; Raft indexes are u64 and far below i64::MAX in practice.
+pub fn gauge_value(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

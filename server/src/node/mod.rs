@@ -1,0 +1,221 @@
+//! The node: one tokio task (the [`runtime`]) owns the Raft core, the WAL and
+//! the state machine; everything else talks to it through a cloneable
+//! [`NodeHandle`] over bounded channels.
+//!
+//! Architecture invariant: only the runtime task touches `RawNode`, the WAL
+//! and the state machine. Handlers never block on IO of their own; they wait
+//! on a oneshot reply that the runtime sends after commit + apply (writes) or
+//! after `applied >= read index` (linearizable reads).
+
+mod admin;
+mod apply;
+pub mod bootstrap;
+pub mod handle;
+pub mod identity;
+pub mod log;
+pub mod reads;
+pub mod runtime;
+pub mod snapshot;
+pub mod start;
+pub mod store;
+
+pub use handle::{NodeHandle, PeerInbox};
+
+use bytes::Bytes;
+
+use crate::raft::NodeId;
+
+/// Why the node could not serve a request. `Display` is the text after `ERR `
+/// on the TCP protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NodeError {
+    /// Writes go to the leader, reachable for clients at these addresses.
+    #[error("NOT_LEADER {client_addr}")]
+    NotLeader {
+        /// The leader's advertised TCP client address.
+        client_addr: String,
+        /// The leader's advertised gRPC client address.
+        grpc_addr: String,
+    },
+    /// No leader, overload, shutdown or an unknown outcome; the text says which.
+    #[error("UNAVAILABLE {0}")]
+    Unavailable(String),
+    /// The request itself is invalid (e.g. removing an unknown member).
+    #[error("INVALID {0}")]
+    Invalid(String),
+}
+
+/// A compare-and-set precondition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Unconditional.
+    None,
+    /// The key's current version must equal this.
+    ExpectedVersion(u64),
+    /// The key must not exist.
+    MustBeAbsent,
+}
+
+/// A client write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOp {
+    /// Set `key` to `value`.
+    Put {
+        /// Key bytes.
+        key: Bytes,
+        /// Value bytes.
+        value: Bytes,
+        /// Precondition.
+        cond: Condition,
+    },
+    /// Remove `key`.
+    Delete {
+        /// Key bytes.
+        key: Bytes,
+        /// Precondition.
+        cond: Condition,
+    },
+}
+
+/// The applied result of a write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteResult {
+    /// False only when a condition failed (nothing was written).
+    pub succeeded: bool,
+    /// New version on success, current version on a failed condition.
+    pub version: u64,
+    /// Whether the key existed before.
+    pub existed: bool,
+}
+
+/// One key with its value and version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    /// Key bytes.
+    pub key: Bytes,
+    /// Value bytes.
+    pub value: Bytes,
+    /// Log index of the key's last write.
+    pub version: u64,
+}
+
+/// What a read asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadQuery {
+    /// One key.
+    Get(Bytes),
+    /// Keys in `[start, end)` (empty end = unbounded), at most `limit`.
+    Range {
+        /// Inclusive start.
+        start: Bytes,
+        /// Exclusive end; empty means no upper bound.
+        end: Bytes,
+        /// Most keys returned.
+        limit: usize,
+    },
+}
+
+/// The answer to a [`ReadQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadAnswer {
+    /// Result of [`ReadQuery::Get`].
+    Get(Option<KvEntry>),
+    /// Result of [`ReadQuery::Range`]: entries and whether more matched.
+    Range(Vec<KvEntry>, bool),
+}
+
+/// A read result with the applied index it was served at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadResult {
+    /// The data.
+    pub answer: ReadAnswer,
+    /// Applied index at the time of the read.
+    pub read_index: u64,
+}
+
+/// A cluster member as recorded in the replicated member directory.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Member {
+    /// Raft id.
+    pub id: NodeId,
+    /// Node name.
+    pub name: String,
+    /// Advertised peer (Raft/Admin) address.
+    pub peer_addr: String,
+    /// Advertised TCP client address.
+    pub client_addr: String,
+    /// Advertised gRPC client address.
+    pub grpc_addr: String,
+}
+
+/// Role as shown by Admin.Status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    /// Voter following a leader.
+    Follower,
+    /// Pre-vote phase.
+    PreCandidate,
+    /// Asking for votes.
+    Candidate,
+    /// The leader.
+    Leader,
+    /// Non-voting member.
+    Learner,
+    /// Started with --join, not yet part of a configuration.
+    Joining,
+}
+
+/// One member in a [`NodeStatus`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Directory entry.
+    pub member: Member,
+    /// Voter (true) or learner.
+    pub voter: bool,
+    /// Leader's view of the member's log (0 elsewhere).
+    pub match_index: u64,
+    /// Entries behind the leader's last index (0 elsewhere).
+    pub lag_entries: u64,
+}
+
+/// Description of the newest local snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotInfo {
+    /// Last included log index.
+    pub index: u64,
+    /// Its term.
+    pub term: u64,
+    /// When it was written (Unix ms).
+    pub unix_ms: u64,
+    /// File size.
+    pub size_bytes: u64,
+}
+
+/// A point-in-time view of the node for Admin.Status and /readyz.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeStatus {
+    /// This node's member id.
+    pub id: NodeId,
+    /// This node's name.
+    pub name: String,
+    /// The cluster this node belongs to ("" while joining).
+    pub cluster_id: String,
+    /// Current role.
+    pub role: NodeRole,
+    /// Current term.
+    pub term: u64,
+    /// Known leader (0 = none).
+    pub leader_id: NodeId,
+    /// The leader's directory entry, if known.
+    pub leader: Option<Member>,
+    /// Commit index.
+    pub commit: u64,
+    /// Applied index.
+    pub applied: u64,
+    /// Last log index.
+    pub last_index: u64,
+    /// Members with role and lag.
+    pub members: Vec<MemberStatus>,
+    /// Newest local snapshot.
+    pub last_snapshot: Option<SnapshotInfo>,
+}

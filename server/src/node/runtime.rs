@@ -1,0 +1,464 @@
+//! The runtime task: the only owner of the Raft core, the WAL and the state
+//! machine.
+//!
+//! Each loop iteration:
+//! 1. takes input (a tick, a batch of peer messages, a batch of client
+//!    requests) and feeds it to the core (`tick` / `step` / `propose` /
+//!    `read_index`);
+//! 2. if the core has a `Ready`: sends `messages` at once (the leader's
+//!    appends overlap its own fsync, Raft thesis §10.2.1), persists entries
+//!    and hard state with ONE WAL append (one fsync, off the async threads),
+//!    then sends `persisted_messages` (votes and acks only after they are
+//!    durable), applies committed entries, answers the clients waiting on
+//!    them, and calls `advance`.
+//!
+//! Inputs that arrive during the fsync queue up in the bounded channels and
+//! form the next batch: that is the group commit.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::handle::{ClientInput, LeaderView, PeerInput};
+use super::identity::Identity;
+use super::log::RawNode;
+use super::reads::{PendingRead, ReadQueue, ctx_bytes};
+use super::snapshot::SnapshotState;
+use super::store::StorageFailure;
+use super::{Member, NodeError, WriteResult};
+use crate::config::Config;
+use crate::metrics::{Metrics, gauge_value};
+use crate::node::handle::AdminReply;
+use crate::raft::{Message, NodeId, Ready, Role};
+use crate::storage::{StateMachine, Wal};
+use crate::transport::peer::PeerTransport;
+
+/// Client inputs taken per loop iteration before the core is asked for a Ready.
+const MAX_CLIENT_INPUTS_PER_BATCH: usize = 4096;
+/// Peer batches taken per loop iteration.
+const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
+/// Applied may trail commit by this much and the node still counts as ready.
+const READY_MAX_APPLY_LAG: u64 = 1000;
+/// Reads queued at most; more get `UNAVAILABLE overloaded`.
+const MAX_PENDING_READS: usize = 100_000;
+
+/// A write waiting for its entry to be applied.
+pub(super) struct PendingWrite {
+    /// Term the entry was proposed in; a different term at that index means
+    /// the entry was replaced and the write did not happen.
+    pub term: u64,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+}
+
+/// A membership change waiting to be applied.
+pub(super) struct PendingConf {
+    /// Proposal term.
+    pub term: u64,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<AdminReply, NodeError>>,
+}
+
+/// Everything the runtime task owns.
+pub struct Runtime {
+    /// Validated flags.
+    pub(super) cfg: Arc<Config>,
+    /// This node's durable identity.
+    pub(super) identity: Identity,
+    /// The Raft core.
+    pub(super) raw: RawNode,
+    /// The WAL (appends run on the blocking pool; it group-commits internally).
+    pub(super) wal: Arc<Wal>,
+    /// The replicated key-value state and member directory.
+    pub(super) sm: StateMachine,
+    /// Snapshot files and in-progress snapshot work.
+    pub(super) snap: SnapshotState,
+    /// Outbound peer streams.
+    pub(super) transport: PeerTransport,
+    /// Stamped on outbound batches; set once when a joining node is adopted.
+    pub(super) cluster_id_tx: watch::Sender<String>,
+    /// Published leader view for handles, /readyz and the admin API.
+    pub(super) leader_tx: watch::Sender<LeaderView>,
+    /// Metrics.
+    pub(super) metrics: Arc<Metrics>,
+    /// Client requests.
+    pub(super) client_rx: mpsc::Receiver<ClientInput>,
+    /// Peer traffic and internal completions.
+    pub(super) peer_rx: mpsc::Receiver<PeerInput>,
+    /// For tasks the runtime spawns (snapshot transfers) to report back.
+    pub(super) peer_tx: mpsc::Sender<PeerInput>,
+    /// Writes waiting for apply, by log index.
+    pub(super) pending_writes: BTreeMap<u64, PendingWrite>,
+    /// Membership changes waiting for apply, by log index.
+    pub(super) pending_conf: BTreeMap<u64, PendingConf>,
+    /// Linearizable reads.
+    pub(super) reads: ReadQueue,
+    /// Last known leader and role.
+    pub(super) leader: NodeId,
+    /// Last known role.
+    pub(super) role: Role,
+    /// Highest index applied to the state machine.
+    pub(super) applied: u64,
+    /// Set by SIGTERM.
+    pub(super) shutdown: watch::Receiver<bool>,
+    /// Index of the newest write proposed here (see `PendingRead::min_index`).
+    pub(super) last_proposed: u64,
+    /// Since when no leader has been known (reads fail after `leader_wait`).
+    pub(super) leaderless_since: Option<Instant>,
+}
+
+impl Runtime {
+    /// Runs until shutdown completes.
+    pub async fn run(mut self) {
+        let mut ticker = tokio::time::interval(self.cfg.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.sync_peers_from_directory();
+        self.publish_view();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.changed() => break,
+                _ = ticker.tick() => self.on_tick(),
+                Some(input) = self.peer_rx.recv() => self.on_peer_inputs(input),
+                Some(input) = self.client_rx.recv() => self.on_client_inputs(input),
+            }
+            if !self.drive().await {
+                return;
+            }
+        }
+        self.graceful_shutdown(&mut ticker).await;
+    }
+
+    /// Issues pending read batches and processes every available Ready.
+    /// Returns false when the node must stop (fatal storage error).
+    async fn drive(&mut self) -> bool {
+        self.start_read_batch();
+        while self.raw.has_ready() {
+            let rd = self.raw.ready();
+            if let Err(e) = self.handle_ready(rd).await {
+                tracing::error!(error = %e, "fatal storage error; stopping the node");
+                self.fail_everything(&NodeError::Unavailable("storage failure".into()));
+                return false;
+            }
+        }
+        self.answer_reads();
+        self.maybe_snapshot();
+        self.publish_view();
+        true
+    }
+
+    fn on_tick(&mut self) {
+        self.raw.tick();
+        let retry_after = self.cfg.tick * self.cfg.election_ticks;
+        let now = Instant::now();
+        self.reads.retry_stale(now, retry_after, false);
+        self.fail_reads_without_leader(now);
+        self.update_progress_metrics();
+    }
+
+    /// Linearizable reads cannot be served without a leader; after
+    /// `leader_wait` they fail instead of hanging.
+    fn fail_reads_without_leader(&mut self, now: Instant) {
+        if self.leader != 0 {
+            self.leaderless_since = None;
+            return;
+        }
+        let since = *self.leaderless_since.get_or_insert(now);
+        if now.duration_since(since) >= self.cfg.leader_wait() && !self.reads.is_empty() {
+            self.reads
+                .fail_all(&NodeError::Unavailable("no leader".into()));
+        }
+    }
+
+    fn on_peer_inputs(&mut self, first: PeerInput) {
+        self.on_peer_input(first);
+        for _ in 0..MAX_PEER_INPUTS_PER_BATCH {
+            match self.peer_rx.try_recv() {
+                Ok(i) => self.on_peer_input(i),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn on_peer_input(&mut self, input: PeerInput) {
+        match input {
+            PeerInput::Messages {
+                msgs,
+                sender_addr,
+                cluster_id,
+            } => {
+                if !self.accept_cluster(&cluster_id) {
+                    return;
+                }
+                for m in msgs {
+                    if !self.transport.has_peer(m.from) && !sender_addr.is_empty() {
+                        self.transport.set_peer(m.from, &sender_addr);
+                    }
+                    self.step(m);
+                }
+            }
+            PeerInput::Snapshot {
+                msg,
+                cluster_id,
+                done,
+            } => {
+                if !self.accept_cluster(&cluster_id) {
+                    let _ = done.send(Err("cluster id mismatch".into()));
+                    return;
+                }
+                let result = self.stage_received_snapshot(msg);
+                let _ = done.send(result);
+            }
+            PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
+            PeerInput::SnapshotWritten(result) => self.on_snapshot_written(result),
+        }
+    }
+
+    /// Checks a peer's cluster id; a joining node adopts the first one it sees.
+    fn accept_cluster(&mut self, cluster_id: &str) -> bool {
+        if self.identity.cluster_id == cluster_id {
+            return true;
+        }
+        if self.identity.cluster_id.is_empty() && !cluster_id.is_empty() {
+            info!(cluster = %cluster_id, "joined cluster");
+            self.identity.cluster_id = cluster_id.to_string();
+            if let Err(e) = self.identity.save(&self.cfg.data_dir) {
+                warn!(error = %e, "could not persist the adopted cluster id");
+            }
+            self.cluster_id_tx.send_replace(cluster_id.to_string());
+            return true;
+        }
+        warn!(ours = %self.identity.cluster_id, theirs = %cluster_id, "dropping traffic from another cluster");
+        false
+    }
+
+    pub(super) fn step(&mut self, m: Message) {
+        if let Err(e) = self.raw.step(m) {
+            tracing::debug!(error = %e, "step rejected a message");
+        }
+    }
+
+    fn on_client_inputs(&mut self, first: ClientInput) {
+        self.on_client_input(first);
+        for _ in 0..MAX_CLIENT_INPUTS_PER_BATCH {
+            match self.client_rx.try_recv() {
+                Ok(i) => self.on_client_input(i),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn on_client_input(&mut self, input: ClientInput) {
+        match input {
+            ClientInput::Propose { op, reply } => self.propose_write(op, reply),
+            ClientInput::Read {
+                query,
+                linearizable,
+                reply,
+            } => {
+                let read = PendingRead {
+                    query,
+                    reply,
+                    min_index: self.last_proposed,
+                };
+                if !linearizable {
+                    self.answer_read(self.applied, read);
+                } else if self.reads.len() >= MAX_PENDING_READS {
+                    let _ = read
+                        .reply
+                        .send(Err(NodeError::Unavailable("overloaded".into())));
+                } else {
+                    self.reads.push(read);
+                }
+            }
+            ClientInput::Admin { cmd, reply } => self.on_admin(cmd, reply),
+        }
+    }
+
+    fn start_read_batch(&mut self) {
+        if self.leader == 0 {
+            return;
+        }
+        if let Some(ctx) = self.reads.start_batch(Instant::now())
+            && let Err(e) = self.raw.read_index(ctx_bytes(ctx))
+        {
+            tracing::debug!(error = %e, "read_index refused; will retry");
+            self.reads.abort_batch(ctx);
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        for (_, read) in self.reads.take_ready(self.applied) {
+            self.answer_read(self.applied, read);
+        }
+    }
+
+    /// Processes one Ready in the documented order.
+    async fn handle_ready(&mut self, mut rd: Ready) -> Result<(), StorageFailure> {
+        if let Some(ss) = rd.soft_state.take() {
+            self.on_soft_state(ss.leader, ss.role);
+        }
+        self.send_all(std::mem::take(&mut rd.messages));
+        if let Some(meta) = rd.snapshot.clone() {
+            self.install_snapshot(&meta)?;
+        }
+        self.persist(&rd).await?;
+        self.send_all(std::mem::take(&mut rd.persisted_messages));
+        // `advance` reads `committed_entries`, `entries` and `snapshot`, so
+        // they stay in the Ready; entries are applied by reference.
+        let committed = std::mem::take(&mut rd.committed_entries);
+        for e in &committed {
+            self.apply_entry(e);
+        }
+        rd.committed_entries = committed;
+        for rs in std::mem::take(&mut rd.read_states) {
+            self.reads.confirm(&rs.context, rs.index);
+        }
+        self.raw.advance(rd);
+        Ok(())
+    }
+
+    /// One WAL append (one fsync) for the whole Ready, on the blocking pool.
+    async fn persist(&mut self, rd: &Ready) -> Result<(), StorageFailure> {
+        if rd.entries.is_empty() && rd.hard_state.is_none() {
+            return Ok(());
+        }
+        let wal = self.wal.clone();
+        let entries = rd.entries.clone();
+        let hs = rd.hard_state;
+        let bytes: usize = entries.iter().map(|e| e.size_bytes()).sum();
+        let joined = tokio::task::spawn_blocking(move || wal.append(&entries, hs)).await;
+        joined.map_err(StorageFailure::other)??;
+        self.metrics.wal_bytes.inc_by(bytes as u64);
+        self.raw_storage_append(rd);
+        Ok(())
+    }
+
+    fn on_soft_state(&mut self, leader: NodeId, role: Role) {
+        if leader != self.leader {
+            self.metrics.leader_changes.inc();
+            info!(leader, ?role, "leader changed");
+            // A ReadIndex request sent to the old leader may be lost.
+            self.reads.retry_stale(Instant::now(), Duration::ZERO, true);
+        }
+        let was_leader = self.role == Role::Leader;
+        self.leader = leader;
+        self.role = role;
+        self.metrics.is_leader.set(i64::from(role == Role::Leader));
+        if was_leader && role != Role::Leader {
+            self.fail_pending_writes("leadership lost; outcome unknown");
+        }
+    }
+
+    /// Fails writes whose entries may never commit under this node.
+    pub(super) fn fail_pending_writes(&mut self, why: &str) {
+        for (_, w) in std::mem::take(&mut self.pending_writes) {
+            let _ = w.reply.send(Err(NodeError::Unavailable(why.to_string())));
+        }
+        for (_, c) in std::mem::take(&mut self.pending_conf) {
+            let _ = c.reply.send(Err(NodeError::Unavailable(why.to_string())));
+        }
+    }
+
+    fn fail_everything(&mut self, err: &NodeError) {
+        self.fail_pending_writes(&err.to_string());
+        self.reads.fail_all(err);
+        self.leader_tx.send_modify(|v| v.stopping = true);
+    }
+
+    /// Routes outbound messages: snapshots go through a streaming transfer,
+    /// everything else onto the peer's queue.
+    pub(super) fn send_all(&mut self, msgs: Vec<Message>) {
+        for m in msgs {
+            if m.msg_type == crate::raft::MessageType::Snapshot {
+                self.send_snapshot(m);
+                continue;
+            }
+            let to = m.to;
+            if !self.transport.send(m) {
+                self.raw.report_unreachable(to);
+            }
+        }
+    }
+
+    /// Publishes the leader view when it changed.
+    pub(super) fn publish_view(&mut self) {
+        let status = self.raw.status();
+        let leader = self.member(self.leader);
+        let member = status.conf.contains(self.identity.id);
+        let ready = member
+            && self.leader != 0
+            && status.commit.saturating_sub(self.applied) <= READY_MAX_APPLY_LAG;
+        let view = LeaderView {
+            leader_id: self.leader,
+            is_self: self.leader == self.identity.id && self.role == Role::Leader,
+            leader,
+            ready,
+            stopping: *self.shutdown.borrow() && self.leader_tx.borrow().stopping,
+        };
+        self.leader_tx.send_if_modified(|v| {
+            let changed = *v != view;
+            if changed {
+                *v = view;
+            }
+            changed
+        });
+        self.metrics.term.set(gauge_value(status.term));
+        self.metrics.commit_index.set(gauge_value(status.commit));
+        self.metrics.applied_index.set(gauge_value(self.applied));
+    }
+
+    fn update_progress_metrics(&mut self) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let status = self.raw.status();
+        for (id, p) in &status.progress {
+            let lag = status.last_index.saturating_sub(p.match_index);
+            self.metrics
+                .follower_lag
+                .get_or_create(&crate::metrics::PeerLabels { peer: *id })
+                .set(gauge_value(lag));
+        }
+    }
+
+    /// A member's directory entry.
+    pub(super) fn member(&self, id: NodeId) -> Option<Member> {
+        if id == 0 {
+            return None;
+        }
+        self.directory().remove(&id)
+    }
+
+    /// SIGTERM: a leader hands over first, then the loop keeps serving
+    /// in-flight work until the grace period ends or nothing is pending.
+    async fn graceful_shutdown(&mut self, ticker: &mut tokio::time::Interval) {
+        info!("shutting down");
+        let deadline = Instant::now() + self.cfg.shutdown_grace;
+        if self.role == Role::Leader
+            && let Some(target) = self.best_transfer_target()
+        {
+            info!(target, "transferring leadership before exit");
+            let _ = self.raw.transfer_leader(target);
+        }
+        while Instant::now() < deadline {
+            let handed_over = self.role != Role::Leader || self.best_transfer_target().is_none();
+            if handed_over && self.pending_writes.is_empty() {
+                break;
+            }
+            tokio::select! {
+                _ = ticker.tick() => self.on_tick(),
+                Some(input) = self.peer_rx.recv() => self.on_peer_inputs(input),
+            }
+            if !self.drive().await {
+                break;
+            }
+        }
+        self.fail_everything(&NodeError::Unavailable("node is shutting down".into()));
+        info!("runtime stopped");
+    }
+}

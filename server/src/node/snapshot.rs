@@ -1,0 +1,239 @@
+//! Snapshot orchestration: taking snapshots (automatically past the
+//! threshold and on demand), compacting the log behind them, streaming them
+//! to followers that fell behind the log, and installing received ones.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use super::handle::{AdminReply, PeerInput};
+use super::runtime::Runtime;
+use super::store::{self as adapter, SnapshotFiles, StorageFailure};
+use super::{NodeError, SnapshotInfo};
+use crate::raft::{Message, NodeId, SnapshotMeta};
+use crate::transport::snapshot::{SnapshotTransfer, send_snapshot};
+
+/// Entries kept in the log behind a snapshot so slightly slow followers can
+/// still catch up from the log instead of needing a snapshot.
+pub const LOG_MARGIN_ENTRIES: u64 = 1000;
+
+/// Snapshot bookkeeping owned by the runtime.
+pub struct SnapshotState {
+    /// The snapshot files on disk.
+    pub files: SnapshotFiles,
+    /// A snapshot is being written on a background thread.
+    pub in_progress: bool,
+    /// When the in-progress snapshot started (for the duration metric).
+    pub started: Option<Instant>,
+    /// Admin callers waiting for the in-progress snapshot.
+    pub waiters: Vec<oneshot::Sender<Result<AdminReply, NodeError>>>,
+    /// Index of the newest snapshot (0 = none).
+    pub last_index: u64,
+    /// Newest snapshot's description.
+    pub latest: Option<SnapshotInfo>,
+    /// Followers currently receiving a snapshot.
+    pub sending: HashSet<NodeId>,
+    /// Entries between automatic snapshots.
+    pub threshold_entries: u64,
+}
+
+impl SnapshotState {
+    /// Wraps the snapshot files found at boot.
+    pub fn new(files: SnapshotFiles, threshold_entries: u64) -> Self {
+        let latest = files.latest_info();
+        SnapshotState {
+            last_index: latest.map(|l| l.index).unwrap_or(0),
+            latest,
+            files,
+            in_progress: false,
+            started: None,
+            waiters: Vec::new(),
+            sending: HashSet::new(),
+            threshold_entries,
+        }
+    }
+
+    /// The newest snapshot, for Admin.Status.
+    pub fn latest_info(&self) -> Option<SnapshotInfo> {
+        self.latest
+    }
+}
+
+impl Runtime {
+    /// Starts an automatic snapshot once enough entries were applied.
+    pub(super) fn maybe_snapshot(&mut self) {
+        let due = self.applied.saturating_sub(self.snap.last_index) >= self.snap.threshold_entries;
+        if due && !self.snap.in_progress {
+            self.start_snapshot();
+        }
+    }
+
+    /// Admin.TakeSnapshot: joins the running snapshot or starts one.
+    pub(super) fn snapshot_on_demand(
+        &mut self,
+        reply: oneshot::Sender<Result<AdminReply, NodeError>>,
+    ) {
+        if !self.snap.in_progress
+            && self.applied == self.snap.last_index
+            && let Some(info) = self.snap.latest
+        {
+            let _ = reply.send(Ok(AdminReply::Snapshot(info)));
+            return;
+        }
+        self.snap.waiters.push(reply);
+        if !self.snap.in_progress {
+            self.start_snapshot();
+        }
+    }
+
+    fn start_snapshot(&mut self) {
+        let index = self.applied;
+        if index == 0 {
+            self.finish_waiters(Err(NodeError::Unavailable("nothing applied yet".into())));
+            return;
+        }
+        let term = self.raw_storage_term(index);
+        let meta = SnapshotMeta {
+            index,
+            term,
+            conf: self.raw.status().conf,
+        };
+        self.snap.in_progress = true;
+        self.snap.started = Some(Instant::now());
+        let pending = adapter::start_snapshot(&self.snap.files, &self.sm, meta);
+        let tx = self.peer_tx.clone();
+        tokio::spawn(async move {
+            let result = pending.await;
+            let _ = tx.send(PeerInput::SnapshotWritten(result)).await;
+        });
+    }
+
+    /// The background write finished: compact and answer waiters.
+    pub(super) fn on_snapshot_written(
+        &mut self,
+        result: Result<(SnapshotMeta, crate::storage::SnapshotFile), String>,
+    ) {
+        self.snap.in_progress = false;
+        if let Some(started) = self.snap.started.take() {
+            self.metrics
+                .snapshot_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
+        match result {
+            Ok((meta, file)) => {
+                let info = self.snap.files.set_latest(file);
+                self.metrics.snapshots.inc();
+                info!(
+                    index = info.index,
+                    bytes = info.size_bytes,
+                    "snapshot written"
+                );
+                self.snap.last_index = info.index;
+                self.snap.latest = Some(info);
+                self.compact_behind(&meta);
+                self.finish_waiters(Ok(AdminReply::Snapshot(info)));
+            }
+            Err(e) => {
+                warn!(error = %e, "snapshot failed");
+                self.finish_waiters(Err(NodeError::Unavailable(format!("snapshot failed: {e}"))));
+            }
+        }
+    }
+
+    fn finish_waiters(&mut self, result: Result<AdminReply, NodeError>) {
+        for w in self.snap.waiters.drain(..) {
+            let _ = w.send(result.clone());
+        }
+    }
+
+    /// Drops log entries the snapshot covers, minus a margin for slow followers.
+    fn compact_behind(&mut self, meta: &SnapshotMeta) {
+        let keep_from = meta.index.saturating_sub(LOG_MARGIN_ENTRIES);
+        if keep_from > 0 {
+            self.raw_storage_compact(keep_from);
+        }
+        // The WAL keeps the same margin itself (`compact_margin_entries`).
+        if let Err(e) = self.wal.compact(meta.index, meta.term) {
+            warn!(error = %e, "WAL compaction failed; segments stay on disk");
+        }
+        self.metrics
+            .wal_segments
+            .set(adapter::wal_segments(&self.wal));
+    }
+
+    /// The core wants `m.to` to get a snapshot: stream the newest file.
+    pub(super) fn send_snapshot(&mut self, m: Message) {
+        let to = m.to;
+        if self.snap.sending.contains(&to) {
+            return;
+        }
+        let newest = self.snap.files.store.newest().ok().flatten();
+        let (Some(addr), Some((file, header))) = (self.transport.peer_addr(to), newest) else {
+            self.raw.report_snapshot(to, false);
+            return;
+        };
+        // The file on disk is what the follower will load; describe exactly it.
+        let mut m = m;
+        m.snapshot = Some(header.meta);
+        let file = file.path;
+        self.snap.sending.insert(to);
+        info!(
+            to,
+            index = m.snapshot.as_ref().map(|s| s.index),
+            "streaming snapshot to follower"
+        );
+        let transfer = SnapshotTransfer {
+            addr,
+            msg: m,
+            file,
+            cluster_id: self.identity.cluster_id.clone(),
+        };
+        let tx = self.peer_tx.clone();
+        tokio::spawn(async move {
+            let result = send_snapshot(transfer).await;
+            if let Err(e) = &result {
+                warn!(to, error = %e, "snapshot transfer failed");
+            }
+            let _ = tx
+                .send(PeerInput::SnapshotSent {
+                    to,
+                    ok: result.is_ok(),
+                })
+                .await;
+        });
+    }
+
+    /// A transfer finished.
+    pub(super) fn on_snapshot_sent(&mut self, to: NodeId, ok: bool) {
+        self.snap.sending.remove(&to);
+        self.raw.report_snapshot(to, ok);
+    }
+
+    /// A complete, validated snapshot file arrived from the leader and sits
+    /// in the store; the core decides whether to use it (it may be stale).
+    pub(super) fn stage_received_snapshot(&mut self, msg: Message) -> Result<(), String> {
+        if msg.snapshot.is_none() {
+            return Err("snapshot message without metadata".into());
+        }
+        self.step(msg);
+        Ok(())
+    }
+
+    /// The core accepted a snapshot: load it as the new state.
+    pub(super) fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageFailure> {
+        let sm = adapter::load_snapshot(&mut self.snap.files, meta)?;
+        self.sm = sm;
+        self.applied = meta.index;
+        self.raw_storage_apply_snapshot(meta);
+        // The marker makes entries after the snapshot consecutive in the WAL.
+        self.wal.compact(meta.index, meta.term)?;
+        self.snap.last_index = meta.index;
+        self.snap.latest = self.snap.files.latest_info();
+        self.metrics.snapshots_installed.inc();
+        self.sync_peers_from_directory();
+        info!(index = meta.index, "installed snapshot from leader");
+        Ok(())
+    }
+}

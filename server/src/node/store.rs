@@ -1,0 +1,311 @@
+//! The node's adapter over the storage layer: maps node-level types
+//! (`WriteOp`, `Member`, `KvEntry`) to the storage crate's (`Command`,
+//! `MemberInfo`, `Versioned`), boots storage, and wraps the snapshot store
+//! with what the runtime needs (newest file, async background writes).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::{Condition, KvEntry, Member, SnapshotInfo, WriteOp, WriteResult};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::raft::{Entry, NodeId, SnapshotMeta};
+use crate::storage::{
+    self, ApplyOutcome, BootOptions, Command, MemberInfo, SnapshotFile, SnapshotStore,
+    StateMachine, Wal,
+};
+
+/// A storage failure the runtime cannot recover from (the node stops).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct StorageFailure(pub String);
+
+impl StorageFailure {
+    /// Wraps any error text.
+    pub fn other(e: impl ToString) -> Self {
+        StorageFailure(e.to_string())
+    }
+}
+
+impl From<storage::WalError> for StorageFailure {
+    fn from(e: storage::WalError) -> Self {
+        StorageFailure(e.to_string())
+    }
+}
+
+impl From<storage::SnapshotError> for StorageFailure {
+    fn from(e: storage::SnapshotError) -> Self {
+        StorageFailure(e.to_string())
+    }
+}
+
+fn cond_to_storage(c: Condition) -> storage::Condition {
+    match c {
+        Condition::None => storage::Condition::None,
+        Condition::ExpectedVersion(v) => storage::Condition::ExpectedVersion(v),
+        Condition::MustBeAbsent => storage::Condition::MustBeAbsent,
+    }
+}
+
+/// Encodes a client write as a Normal entry payload.
+pub fn encode_write(op: &WriteOp) -> Vec<u8> {
+    let cmd = match op {
+        WriteOp::Put { key, value, cond } => Command::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            cond: cond_to_storage(*cond),
+        },
+        WriteOp::Delete { key, cond } => Command::Delete {
+            key: key.to_vec(),
+            cond: cond_to_storage(*cond),
+        },
+    };
+    cmd.encode()
+}
+
+/// Applies one entry; for Normal entries returns the write's result.
+pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, String> {
+    match sm.apply(e) {
+        ApplyOutcome::Write(w) => Ok(WriteResult {
+            succeeded: w.succeeded,
+            version: w.version,
+            existed: w.existed,
+        }),
+        ApplyOutcome::Rejected(err) => Err(err.to_string()),
+        ApplyOutcome::Noop | ApplyOutcome::ConfChange(_) => Ok(WriteResult {
+            succeeded: true,
+            version: e.index,
+            existed: false,
+        }),
+    }
+}
+
+/// Reads one key.
+pub fn get(sm: &StateMachine, key: &[u8]) -> Option<KvEntry> {
+    sm.get(key).map(|v| KvEntry {
+        key: Bytes::copy_from_slice(key),
+        value: Bytes::copy_from_slice(&v.value),
+        version: v.version,
+    })
+}
+
+/// Reads `[start, end)` (empty end = unbounded), at most `limit` keys, and
+/// whether more matched.
+pub fn range(sm: &StateMachine, start: &[u8], end: &[u8], limit: usize) -> (Vec<KvEntry>, bool) {
+    let end = (!end.is_empty()).then_some(end);
+    let mut kvs: Vec<KvEntry> = sm
+        .range(start, end, limit.saturating_add(1))
+        .into_iter()
+        .map(|(k, v)| KvEntry {
+            key: Bytes::copy_from_slice(&k),
+            value: Bytes::copy_from_slice(&v.value),
+            version: v.version,
+        })
+        .collect();
+    let more = kvs.len() > limit;
+    kvs.truncate(limit);
+    (kvs, more)
+}
+
+/// The member directory as node-level members.
+pub fn directory(sm: &StateMachine) -> BTreeMap<NodeId, Member> {
+    sm.members()
+        .iter()
+        .map(|(id, m)| (*id, member_from_info(*id, m)))
+        .collect()
+}
+
+fn member_from_info(id: NodeId, m: &MemberInfo) -> Member {
+    Member {
+        id,
+        name: m.name.clone(),
+        peer_addr: m.peer_addr.clone(),
+        client_addr: m.client_addr.clone(),
+        grpc_addr: m.grpc_addr.clone(),
+    }
+}
+
+/// Encodes a member as a ConfChange context.
+pub fn encode_member(m: &Member) -> Vec<u8> {
+    MemberInfo {
+        name: m.name.clone(),
+        peer_addr: m.peer_addr.clone(),
+        client_addr: m.client_addr.clone(),
+        grpc_addr: m.grpc_addr.clone(),
+    }
+    .encode()
+}
+
+/// The snapshot directory plus what the runtime remembers about it.
+pub struct SnapshotFiles {
+    /// The storage layer's store (cheap to clone).
+    pub store: SnapshotStore,
+    /// Newest file written or installed.
+    latest: Option<(SnapshotFile, SnapshotInfo)>,
+}
+
+fn info_for(file: &SnapshotFile) -> SnapshotInfo {
+    let md = std::fs::metadata(&file.path).ok();
+    let unix_ms = md
+        .as_ref()
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    SnapshotInfo {
+        index: file.index,
+        term: file.term,
+        unix_ms,
+        size_bytes: md.map(|m| m.len()).unwrap_or(0),
+    }
+}
+
+impl SnapshotFiles {
+    /// Wraps the store, finding the newest file on disk.
+    pub fn new(store: SnapshotStore) -> Self {
+        let latest = store
+            .list()
+            .ok()
+            .and_then(|l| l.into_iter().next())
+            .map(|f| {
+                let info = info_for(&f);
+                (f, info)
+            });
+        SnapshotFiles { store, latest }
+    }
+
+    /// Newest snapshot's description.
+    pub fn latest_info(&self) -> Option<SnapshotInfo> {
+        self.latest.as_ref().map(|(_, i)| *i)
+    }
+
+    /// Newest snapshot's file.
+    pub fn latest_path(&self) -> Option<PathBuf> {
+        self.latest.as_ref().map(|(f, _)| f.path.clone())
+    }
+
+    /// Records a newly written or installed file.
+    pub fn set_latest(&mut self, file: SnapshotFile) -> SnapshotInfo {
+        let info = info_for(&file);
+        self.latest = Some((file, info));
+        info
+    }
+}
+
+/// Writes a snapshot of an O(1) copy of `sm` on the blocking pool.
+pub fn start_snapshot(
+    files: &SnapshotFiles,
+    sm: &StateMachine,
+    meta: SnapshotMeta,
+) -> impl Future<Output = Result<(SnapshotMeta, SnapshotFile), String>> + Send + 'static {
+    let store = files.store.clone();
+    let view = sm.snapshot_view();
+    async move {
+        let written =
+            tokio::task::spawn_blocking(move || store.write(&meta, &view).map(|f| (meta, f)))
+                .await
+                .map_err(|e| e.to_string())?;
+        written.map_err(|e| e.to_string())
+    }
+}
+
+/// Loads the snapshot file matching `meta`.
+pub fn load_snapshot(
+    files: &mut SnapshotFiles,
+    meta: &SnapshotMeta,
+) -> Result<StateMachine, StorageFailure> {
+    let file = files
+        .store
+        .list()?
+        .into_iter()
+        .find(|f| f.index == meta.index && f.term == meta.term)
+        .ok_or_else(|| {
+            StorageFailure(format!(
+                "no snapshot file for index {} term {}",
+                meta.index, meta.term
+            ))
+        })?;
+    let (_, sm) = tokio::task::block_in_place(|| files.store.load(&file.path))?;
+    files.set_latest(file);
+    Ok(sm)
+}
+
+/// WAL segment count as a gauge value.
+pub fn wal_segments(wal: &Wal) -> i64 {
+    i64::try_from(wal.stats().segment_count).unwrap_or(i64::MAX)
+}
+
+/// What storage recovered at boot.
+pub struct Booted {
+    /// The open WAL.
+    pub wal: Arc<Wal>,
+    /// Snapshot files.
+    pub files: SnapshotFiles,
+    /// Recovered state.
+    pub sm: StateMachine,
+    /// The newest snapshot's meta (default if none).
+    pub snapshot_meta: SnapshotMeta,
+    /// Recovered hard state.
+    pub hard_state: crate::raft::HardState,
+    /// Log entries after the snapshot.
+    pub entries: Vec<Entry>,
+    /// Last applied index.
+    pub applied: u64,
+}
+
+impl Booted {
+    /// True for a brand-new data dir (no log, no snapshot, no vote).
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.snapshot_meta.index == 0 && self.hard_state.term == 0
+    }
+}
+
+/// Opens the WAL and snapshots under the data dir and replays them.
+pub fn boot(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Booted, String> {
+    let mut opts = BootOptions::default();
+    let m = metrics.clone();
+    opts.wal.fsync_observer = Some(Arc::new(move |d| {
+        m.wal_fsync_seconds.observe(d.as_secs_f64())
+    }));
+    opts.wal.compact_margin_entries = super::snapshot::LOG_MARGIN_ENTRIES;
+    let b = storage::boot(&cfg.data_dir, opts).map_err(|e| e.to_string())?;
+    if b.dropped_tail_bytes > 0 {
+        tracing::warn!(bytes = b.dropped_tail_bytes, "truncated a torn WAL tail");
+    }
+    metrics.wal_segments.set(wal_segments(&b.wal));
+    Ok(Booted {
+        wal: Arc::new(b.wal),
+        files: SnapshotFiles::new(b.snapshots),
+        sm: b.state_machine,
+        snapshot_meta: b.snapshot_meta,
+        hard_state: b.hard_state,
+        entries: b.entries,
+        applied: b.applied_index,
+    })
+}
+
+/// Makes the initial configuration durable: the bootstrap entries (one
+/// AddLearner + Promote pair per member, as the core defines them) and hard state.
+pub fn write_bootstrap(booted: &mut Booted, members: &[Member]) -> Result<(), String> {
+    let voters: Vec<(NodeId, Vec<u8>)> = members.iter().map(|m| (m.id, encode_member(m))).collect();
+    let (entries, hs) = crate::raft::bootstrap_entries(&voters);
+    booted
+        .wal
+        .append(&entries, Some(hs))
+        .map_err(|e| e.to_string())?;
+    booted.entries = entries.to_vec();
+    booted.hard_state = hs;
+    Ok(())
+}
+
+/// Unix ms now (for logs and status).
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

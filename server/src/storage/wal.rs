@@ -1,0 +1,648 @@
+//! The write-ahead log: segmented, CRC-framed, group-committed.
+//!
+//! Writers encode their batch and `write(2)` it under a short lock, then wait
+//! for durability. One waiter at a time becomes the syncer: it notes the
+//! newest written batch, fsyncs without holding the write lock, and wakes
+//! everyone that batch covers. N writers arriving during one fsync are made
+//! durable by the next, so they share about one fsync between them.
+//!
+//! Every segment starts with a header and a *preamble* (the current hard
+//! state and snapshot marker), so deleting older segments never loses the
+//! newest hard state. See [`super::wal_record`] for the byte layout.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::wal_fs::{StdFs, WalFile, WalFs};
+use super::wal_record::{SEGMENT_HEADER_BYTES, SegmentHeader, WalRecord};
+use super::wal_recovery::{Recovered, recover_dir, segment_name};
+use crate::raft::{Entry, HardState};
+
+/// A callback that observes every fsync's latency (for a metrics histogram).
+pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
+/// WAL tunables.
+#[derive(Clone)]
+pub struct WalOptions {
+    /// A segment is rotated once appending would take it past this size.
+    pub segment_bytes: u64,
+    /// Largest accepted record frame body; bounds every read during recovery.
+    pub max_record_bytes: u32,
+    /// Largest accepted append batch in bytes (bounds one write and one torn tail).
+    pub max_batch_bytes: u64,
+    /// Entries kept behind a snapshot when compacting, for slow followers.
+    pub compact_margin_entries: u64,
+    /// Largest tail scanned (held in memory) to tell a torn tail from corruption.
+    pub max_tail_scan_bytes: u64,
+    /// The file layer (real files by default; a simulator in tests).
+    pub fs: Arc<dyn WalFs>,
+    /// Called with the duration of every fsync.
+    pub fsync_observer: Option<FsyncObserver>,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+            max_record_bytes: 16 << 20,
+            max_batch_bytes: 64 << 20,
+            compact_margin_entries: 10_000,
+            max_tail_scan_bytes: 64 << 20,
+            fs: Arc::new(StdFs),
+            fsync_observer: None,
+        }
+    }
+}
+
+impl fmt::Debug for WalOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WalOptions")
+            .field("segment_bytes", &self.segment_bytes)
+            .field("max_record_bytes", &self.max_record_bytes)
+            .field("max_batch_bytes", &self.max_batch_bytes)
+            .field("compact_margin_entries", &self.compact_margin_entries)
+            .field("max_tail_scan_bytes", &self.max_tail_scan_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// WAL failures. Callers branch on `Corrupt` (stop the node) versus the
+/// programming errors (`Gap`, `NotConsecutive`, `TruncateCompacted`).
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    /// An operating-system error on a named file.
+    #[error("WAL I/O error on {path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// Damaged data that is not a torn tail. The node must stop.
+    #[error("WAL corrupt: {path} at byte offset {offset}: {reason}")]
+    Corrupt {
+        /// The damaged segment.
+        path: PathBuf,
+        /// Byte offset of the bad record or header.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Segment numbers are not consecutive: a middle segment is missing.
+    #[error("WAL segment {seq} is missing from {dir}")]
+    MissingSegment {
+        /// The WAL directory.
+        dir: PathBuf,
+        /// The missing sequence number.
+        seq: u64,
+    },
+    /// The batch's first index is past `last + 1`.
+    #[error("append at index {first} leaves a gap after last index {last}")]
+    Gap {
+        /// First index of the batch.
+        first: u64,
+        /// Last index in the log.
+        last: u64,
+    },
+    /// Entries in one batch must have consecutive indexes.
+    #[error("batch entries are not consecutive at index {index}")]
+    NotConsecutive {
+        /// The first out-of-place index.
+        index: u64,
+    },
+    /// A suffix truncation would remove entries a snapshot already covers.
+    #[error("cannot truncate from index {from_index}: a snapshot covers up to {snapshot_index}")]
+    TruncateCompacted {
+        /// Requested truncation point.
+        from_index: u64,
+        /// Index covered by the newest snapshot marker.
+        snapshot_index: u64,
+    },
+    /// The encoded batch or one record exceeds the configured limits.
+    #[error(
+        "batch too large: {bytes} bytes (max_batch_bytes {max_batch_bytes}, max_record_bytes {max_record_bytes})"
+    )]
+    TooLarge {
+        /// Encoded size of the offending batch or record.
+        bytes: u64,
+        /// Configured batch limit.
+        max_batch_bytes: u64,
+        /// Configured record limit.
+        max_record_bytes: u32,
+    },
+    /// An earlier write or fsync failed; durability of later data is unknown.
+    #[error("WAL is unusable after an earlier write or fsync failure; restart the node")]
+    Poisoned,
+}
+
+impl WalError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        WalError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+    pub(crate) fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> Self {
+        WalError::Corrupt {
+            path: path.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What [`Wal::open`] recovered.
+#[derive(Debug, Clone, Default)]
+pub struct WalRecovery {
+    /// The newest durable hard state (default if none was ever written).
+    pub hard_state: HardState,
+    /// Live log entries, consecutive, after truncation records are applied.
+    /// May start before the snapshot marker (the compaction margin).
+    pub entries: Vec<Entry>,
+    /// The newest snapshot marker `(index, term)` written by [`Wal::compact`].
+    pub snapshot: Option<(u64, u64)>,
+    /// Bytes cut from a torn tail of the last segment.
+    pub dropped_tail_bytes: u64,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WalStats {
+    /// Segment files currently on disk.
+    pub segment_count: u64,
+    /// Total bytes across segment files.
+    pub total_bytes: u64,
+    /// Fsyncs issued since open.
+    pub fsync_count: u64,
+    /// Sum of fsync durations in microseconds since open.
+    pub fsync_total_micros: u64,
+    /// Append batches made durable since open.
+    pub batches: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+}
+
+/// One segment on disk.
+#[derive(Debug)]
+struct Segment {
+    seq: u64,
+    path: PathBuf,
+    bytes: u64,
+    /// Highest entry index written (0 if none); decides compaction.
+    max_entry_index: u64,
+}
+
+/// State guarded by the write lock.
+struct Inner {
+    /// Oldest first; the last one is the active segment.
+    segments: Vec<Segment>,
+    active: Arc<dyn WalFile>,
+    /// Highest index covered: last live entry or the snapshot marker.
+    last_index: u64,
+    hard_state: HardState,
+    snapshot: Option<(u64, u64)>,
+    /// Sequence number of the newest batch written (not necessarily synced).
+    written_seq: u64,
+    /// Reused encode buffer.
+    buf: Vec<u8>,
+    poisoned: bool,
+}
+
+/// Group-commit bookkeeping.
+#[derive(Default)]
+struct SyncState {
+    synced_seq: u64,
+    syncing: bool,
+    poisoned: bool,
+}
+
+/// The write-ahead log. `Send + Sync`; share it behind an `Arc`.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    inner: Mutex<Inner>,
+    sync: Mutex<SyncState>,
+    synced: Condvar,
+    fsync_count: AtomicU64,
+    fsync_total_micros: AtomicU64,
+}
+
+impl fmt::Debug for Wal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Wal {
+    /// Opens (or creates) the WAL in `dir`, recovering its contents. A torn
+    /// tail of the last segment is cut off and logged; any other damage is
+    /// a [`WalError::Corrupt`] naming the file and offset.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, WalRecovery), WalError> {
+        let fs = opts.fs.clone();
+        fs.create_dir_all(dir).map_err(|e| WalError::io(dir, e))?;
+        let rec = recover_dir(fs.as_ref(), dir, &opts)?;
+        let recovery = WalRecovery {
+            hard_state: rec.state.hard_state,
+            entries: Vec::new(),
+            snapshot: rec.state.snapshot,
+            dropped_tail_bytes: rec.dropped_tail_bytes,
+        };
+        let (inner, entries) = Self::resume(dir, &opts, rec)?;
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            inner: Mutex::new(inner),
+            sync: Mutex::new(SyncState::default()),
+            synced: Condvar::new(),
+            fsync_count: AtomicU64::new(0),
+            fsync_total_micros: AtomicU64::new(0),
+        };
+        Ok((
+            wal,
+            WalRecovery {
+                entries,
+                ..recovery
+            },
+        ))
+    }
+
+    /// Builds the writer state from what recovery found, cutting the torn
+    /// tail and recreating a last segment whose header was torn.
+    fn resume(
+        dir: &Path,
+        opts: &WalOptions,
+        rec: Recovered,
+    ) -> Result<(Inner, Vec<Entry>), WalError> {
+        let fs = opts.fs.as_ref();
+        let mut inner = Inner {
+            segments: Vec::new(),
+            active: Arc::new(NullFile),
+            last_index: rec.state.last_index(),
+            hard_state: rec.state.hard_state,
+            snapshot: rec.state.snapshot,
+            written_seq: 0,
+            buf: Vec::new(),
+            poisoned: false,
+        };
+        let mut next_seq = 1;
+        for seg in rec.segments {
+            next_seq = seg.seq + 1;
+            if seg.scan.header_torn {
+                next_seq = seg.seq;
+                break;
+            }
+            inner.segments.push(Segment {
+                seq: seg.seq,
+                path: seg.path,
+                bytes: seg.scan.valid_bytes,
+                max_entry_index: seg.scan.max_entry_index,
+            });
+        }
+        match inner.segments.last() {
+            Some(last) if next_seq == last.seq + 1 => {
+                inner.active = fs
+                    .open_append_at(&last.path, last.bytes)
+                    .map_err(|e| WalError::io(&last.path, e))?;
+            }
+            _ => inner.create_segment(dir, fs, next_seq)?,
+        }
+        Ok((inner, rec.state.entries))
+    }
+
+    /// Appends `entries` (and the hard state, if given) as one batch and
+    /// returns once it is durable. If `entries[0].index <= last_index`, the
+    /// conflicting suffix is truncated first, in the same durable batch.
+    pub fn append(&self, entries: &[Entry], hard_state: Option<HardState>) -> Result<(), WalError> {
+        if entries.is_empty() && hard_state.is_none() {
+            return Ok(());
+        }
+        let seq = self.write_batch(entries, hard_state)?;
+        self.wait_durable(seq)
+    }
+
+    /// Encodes and writes one batch; returns its sequence number.
+    fn write_batch(&self, entries: &[Entry], hs: Option<HardState>) -> Result<u64, WalError> {
+        check_consecutive(entries)?;
+        let mut inner = lock(&self.inner);
+        if inner.poisoned {
+            return Err(WalError::Poisoned);
+        }
+        let mut buf = std::mem::take(&mut inner.buf);
+        buf.clear();
+        let encoded = inner.encode_batch(entries, hs, &self.opts, &mut buf);
+        let result = encoded.and_then(|()| self.write_encoded(&mut inner, &buf, entries, hs));
+        inner.buf = buf;
+        result
+    }
+
+    fn write_encoded(
+        &self,
+        inner: &mut Inner,
+        buf: &[u8],
+        entries: &[Entry],
+        hs: Option<HardState>,
+    ) -> Result<u64, WalError> {
+        let active_bytes = inner.segments.last().map_or(0, |s| s.bytes);
+        if active_bytes + buf.len() as u64 > self.opts.segment_bytes
+            && active_bytes > self.preamble_bytes(inner)
+        {
+            self.rotate(inner)?;
+        }
+        if let Err(e) = inner.active.append(buf) {
+            return Err(self.poison(inner, e));
+        }
+        let seg = inner.segments.last_mut().ok_or(WalError::Poisoned)?;
+        seg.bytes += buf.len() as u64;
+        if let Some(last) = entries.last() {
+            seg.max_entry_index = seg.max_entry_index.max(last.index);
+            inner.last_index = last.index;
+        }
+        if let Some(hs) = hs {
+            inner.hard_state = hs;
+        }
+        inner.written_seq += 1;
+        Ok(inner.written_seq)
+    }
+
+    fn preamble_bytes(&self, inner: &Inner) -> u64 {
+        let mut buf = Vec::new();
+        inner.encode_preamble(&mut buf);
+        (SEGMENT_HEADER_BYTES + buf.len()) as u64
+    }
+
+    /// Marks the WAL unusable after a failed write or fsync.
+    fn poison(&self, inner: &mut Inner, e: io::Error) -> WalError {
+        inner.poisoned = true;
+        lock(&self.sync).poisoned = true;
+        self.synced.notify_all();
+        let path = inner
+            .segments
+            .last()
+            .map_or(self.dir.clone(), |s| s.path.clone());
+        tracing::error!(file = %path.display(), error = %e, "WAL write failed; WAL poisoned");
+        WalError::io(&path, e)
+    }
+
+    /// Fsyncs the active segment, starts a new one and fsyncs the directory.
+    fn rotate(&self, inner: &mut Inner) -> Result<(), WalError> {
+        let old = inner.active.clone();
+        if let Err(e) = self.timed_sync(old.as_ref()) {
+            return Err(self.poison(inner, e));
+        }
+        {
+            let mut st = lock(&self.sync);
+            st.synced_seq = st.synced_seq.max(inner.written_seq);
+        }
+        self.synced.notify_all();
+        let next = inner.segments.last().map_or(1, |s| s.seq + 1);
+        inner.create_segment(&self.dir, self.opts.fs.as_ref(), next)
+    }
+
+    fn timed_sync(&self, file: &dyn WalFile) -> io::Result<()> {
+        let start = Instant::now();
+        let result = file.sync_data();
+        let elapsed = start.elapsed();
+        self.fsync_count.fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.fsync_total_micros.fetch_add(micros, Ordering::Relaxed);
+        if let Some(observer) = &self.opts.fsync_observer {
+            observer(elapsed);
+        }
+        result
+    }
+
+    /// Blocks until batch `seq` is durable, becoming the syncer if nobody is.
+    fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
+        let mut st = lock(&self.sync);
+        loop {
+            if st.synced_seq >= seq {
+                return Ok(());
+            }
+            if st.poisoned {
+                return Err(WalError::Poisoned);
+            }
+            if st.syncing {
+                st = self.synced.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.syncing = true;
+            drop(st);
+            let (file, target) = {
+                let inner = lock(&self.inner);
+                (inner.active.clone(), inner.written_seq)
+            };
+            let result = self.timed_sync(file.as_ref());
+            st = lock(&self.sync);
+            st.syncing = false;
+            match result {
+                Ok(()) => st.synced_seq = st.synced_seq.max(target),
+                Err(e) => {
+                    st.poisoned = true;
+                    drop(st);
+                    let mut inner = lock(&self.inner);
+                    inner.poisoned = true;
+                    self.synced.notify_all();
+                    tracing::error!(error = %e, "WAL fsync failed; WAL poisoned");
+                    let path = inner
+                        .segments
+                        .last()
+                        .map_or(self.dir.clone(), |s| s.path.clone());
+                    return Err(WalError::io(&path, e));
+                }
+            }
+            self.synced.notify_all();
+        }
+    }
+
+    /// Records that a snapshot covers the log up to `snapshot_index`, then
+    /// deletes the oldest segments whose entries all lie at or below
+    /// `snapshot_index - compact_margin_entries`. The marker is durable
+    /// before any file is removed, and files are removed oldest first, so a
+    /// crash at any point leaves a consecutive, readable log.
+    pub fn compact(&self, snapshot_index: u64, snapshot_term: u64) -> Result<(), WalError> {
+        let record = WalRecord::Snapshot {
+            index: snapshot_index,
+            term: snapshot_term,
+        };
+        let mut buf = Vec::new();
+        record.encode_into(&mut buf);
+        let seq = {
+            let mut inner = lock(&self.inner);
+            if inner.poisoned {
+                return Err(WalError::Poisoned);
+            }
+            let seq = self.write_encoded(&mut inner, &buf, &[], None)?;
+            inner.snapshot = Some((snapshot_index, snapshot_term));
+            inner.last_index = inner.last_index.max(snapshot_index);
+            seq
+        };
+        self.wait_durable(seq)?;
+        let keep_from = snapshot_index.saturating_sub(self.opts.compact_margin_entries);
+        self.remove_covered_segments(keep_from)
+    }
+
+    fn remove_covered_segments(&self, keep_from: u64) -> Result<(), WalError> {
+        let mut inner = lock(&self.inner);
+        let fs = self.opts.fs.as_ref();
+        let mut removed = 0;
+        while inner.segments.len() > 1 && inner.segments[0].max_entry_index <= keep_from {
+            let seg = inner.segments.remove(0);
+            fs.remove(&seg.path)
+                .map_err(|e| WalError::io(&seg.path, e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            fs.sync_dir(&self.dir)
+                .map_err(|e| WalError::io(&self.dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> WalStats {
+        let (segment_count, total_bytes, batches, last_index) = {
+            let inner = lock(&self.inner);
+            let bytes = inner.segments.iter().map(|s| s.bytes).sum();
+            (
+                inner.segments.len() as u64,
+                bytes,
+                inner.written_seq,
+                inner.last_index,
+            )
+        };
+        WalStats {
+            segment_count,
+            total_bytes,
+            fsync_count: self.fsync_count.load(Ordering::Relaxed),
+            fsync_total_micros: self.fsync_total_micros.load(Ordering::Relaxed),
+            batches,
+            last_index,
+        }
+    }
+
+    /// Last index the log covers (last entry, or the snapshot marker).
+    pub fn last_index(&self) -> u64 {
+        lock(&self.inner).last_index
+    }
+
+    /// The WAL directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn check_consecutive(entries: &[Entry]) -> Result<(), WalError> {
+    for pair in entries.windows(2) {
+        if pair[1].index != pair[0].index + 1 {
+            return Err(WalError::NotConsecutive {
+                index: pair[1].index,
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// Encodes a batch, prefixed by a truncation record when it overwrites
+    /// a suffix. Validates continuity and size limits.
+    fn encode_batch(
+        &self,
+        entries: &[Entry],
+        hs: Option<HardState>,
+        opts: &WalOptions,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), WalError> {
+        if let Some(first) = entries.first().map(|e| e.index) {
+            let snapshot_index = self.snapshot.map_or(0, |s| s.0);
+            if first > self.last_index + 1 {
+                return Err(WalError::Gap {
+                    first,
+                    last: self.last_index,
+                });
+            }
+            if first <= snapshot_index {
+                return Err(WalError::TruncateCompacted {
+                    from_index: first,
+                    snapshot_index,
+                });
+            }
+            if first <= self.last_index {
+                WalRecord::Truncate { from_index: first }.encode_into(buf);
+            }
+        }
+        let too_large = |bytes: u64| WalError::TooLarge {
+            bytes,
+            max_batch_bytes: opts.max_batch_bytes,
+            max_record_bytes: opts.max_record_bytes,
+        };
+        for e in entries {
+            let frame = WalRecord::entry_frame_bytes(e) as u64;
+            if frame > u64::from(opts.max_record_bytes) {
+                return Err(too_large(frame));
+            }
+            WalRecord::Entry(e.clone()).encode_into(buf);
+        }
+        if let Some(hs) = hs {
+            WalRecord::HardState(hs).encode_into(buf);
+        }
+        if buf.len() as u64 > opts.max_batch_bytes {
+            return Err(too_large(buf.len() as u64));
+        }
+        Ok(())
+    }
+
+    /// The records every segment starts with: hard state and snapshot marker.
+    fn encode_preamble(&self, buf: &mut Vec<u8>) {
+        WalRecord::HardState(self.hard_state).encode_into(buf);
+        if let Some((index, term)) = self.snapshot {
+            WalRecord::Snapshot { index, term }.encode_into(buf);
+        }
+    }
+
+    /// Creates segment `seq` with header and preamble, fsyncs it and the
+    /// directory, and makes it the active segment.
+    fn create_segment(&mut self, dir: &Path, fs: &dyn WalFs, seq: u64) -> Result<(), WalError> {
+        let path = dir.join(segment_name(seq));
+        let header = SegmentHeader {
+            seq,
+            first_index: self.last_index + 1,
+        };
+        let mut buf = header.encode().to_vec();
+        self.encode_preamble(&mut buf);
+        let file = fs.create(&path).map_err(|e| WalError::io(&path, e))?;
+        file.append(&buf)
+            .and_then(|()| file.sync_data())
+            .and_then(|()| fs.sync_dir(dir))
+            .map_err(|e| WalError::io(&path, e))?;
+        self.active = file;
+        self.segments.push(Segment {
+            seq,
+            path,
+            bytes: buf.len() as u64,
+            max_entry_index: 0,
+        });
+        Ok(())
+    }
+}
+
+/// Placeholder active file before the first segment is opened.
+struct NullFile;
+
+impl WalFile for NullFile {
+    fn append(&self, _buf: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("no active WAL segment"))
+    }
+    fn sync_data(&self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,180 @@
+//! `titan.v1.Admin` on the peer port: status, membership, leadership
+//! transfer and snapshots, all forwarded to the runtime as [`AdminCmd`]s.
+
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+
+use titan_proto::v1 as pb;
+use titan_proto::v1::admin_server::Admin;
+
+use super::status_from_error;
+use crate::node::handle::{AdminCmd, AdminReply};
+use crate::node::{Member, MemberStatus, NodeHandle, NodeRole, NodeStatus, SnapshotInfo};
+
+/// How long TransferLeadership waits for the target to take over.
+const TRANSFER_WAIT: Duration = Duration::from_secs(3);
+
+/// Implements `titan.v1.Admin`.
+pub struct AdminService {
+    /// The local node.
+    node: NodeHandle,
+}
+
+impl AdminService {
+    /// Serves `node`.
+    pub fn new(node: NodeHandle) -> Self {
+        AdminService { node }
+    }
+
+    async fn run(&self, cmd: AdminCmd) -> Result<AdminReply, Status> {
+        self.node.admin(cmd).await.map_err(status_from_error)
+    }
+
+    async fn membership(&self, cmd: AdminCmd) -> Result<Response<pb::MembershipResponse>, Status> {
+        match self.run(cmd).await? {
+            AdminReply::Membership(members, index) => Ok(Response::new(pb::MembershipResponse {
+                members: members.iter().map(member_to_pb).collect(),
+                index,
+            })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+fn role_to_pb(role: NodeRole) -> pb::Role {
+    match role {
+        NodeRole::Follower => pb::Role::Follower,
+        NodeRole::PreCandidate => pb::Role::PreCandidate,
+        NodeRole::Candidate => pb::Role::Candidate,
+        NodeRole::Leader => pb::Role::Leader,
+        NodeRole::Learner => pb::Role::Learner,
+        NodeRole::Joining => pb::Role::Joining,
+    }
+}
+
+fn member_to_pb(m: &MemberStatus) -> pb::Member {
+    pb::Member {
+        id: m.member.id,
+        name: m.member.name.clone(),
+        peer_addr: m.member.peer_addr.clone(),
+        client_addr: m.member.client_addr.clone(),
+        grpc_addr: m.member.grpc_addr.clone(),
+        voter: m.voter,
+        match_index: m.match_index,
+        lag_entries: m.lag_entries,
+    }
+}
+
+fn snapshot_to_pb(s: &SnapshotInfo) -> pb::SnapshotInfo {
+    pb::SnapshotInfo {
+        index: s.index,
+        term: s.term,
+        unix_ms: s.unix_ms,
+        size_bytes: s.size_bytes,
+    }
+}
+
+/// Renders a [`NodeStatus`] as the protobuf response.
+pub fn status_to_pb(s: &NodeStatus) -> pb::StatusResponse {
+    let leader = s.leader.clone().unwrap_or_default();
+    pb::StatusResponse {
+        id: s.id,
+        name: s.name.clone(),
+        role: role_to_pb(s.role) as i32,
+        term: s.term,
+        leader_id: s.leader_id,
+        leader_client_addr: leader.client_addr,
+        leader_peer_addr: leader.peer_addr,
+        commit_index: s.commit,
+        applied_index: s.applied,
+        last_index: s.last_index,
+        members: s.members.iter().map(member_to_pb).collect(),
+        last_snapshot: s.last_snapshot.as_ref().map(snapshot_to_pb),
+        cluster_id: s.cluster_id.clone(),
+        leader_grpc_addr: leader.grpc_addr,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn status(
+        &self,
+        _: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        match self.run(AdminCmd::Status).await? {
+            AdminReply::Status(s) => Ok(Response::new(status_to_pb(&s))),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        if r.id == 0 || r.peer_addr.is_empty() {
+            return Err(Status::invalid_argument("id and peer_addr are required"));
+        }
+        let member = Member {
+            id: r.id,
+            name: r.name,
+            peer_addr: r.peer_addr,
+            client_addr: r.client_addr,
+            grpc_addr: r.grpc_addr,
+        };
+        self.membership(AdminCmd::AddMember(member)).await
+    }
+
+    async fn promote_member(
+        &self,
+        req: Request<pb::PromoteMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.membership(AdminCmd::Promote(req.into_inner().id))
+            .await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.membership(AdminCmd::Remove(req.into_inner().id)).await
+    }
+
+    async fn transfer_leadership(
+        &self,
+        req: Request<pb::TransferLeadershipRequest>,
+    ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        let mut leader = self.node.watch_leader();
+        let target = match self
+            .run(AdminCmd::TransferLeader(req.into_inner().target_id))
+            .await?
+        {
+            AdminReply::TransferStarted(t) => t,
+            other => return Err(Status::internal(format!("unexpected reply {other:?}"))),
+        };
+        let done =
+            tokio::time::timeout(TRANSFER_WAIT, leader.wait_for(|v| v.leader_id == target)).await;
+        match done {
+            Ok(Ok(_)) => Ok(Response::new(pb::TransferLeadershipResponse {
+                leader_id: target,
+            })),
+            _ => Err(Status::deadline_exceeded(format!(
+                "member {target} did not take over in time"
+            ))),
+        }
+    }
+
+    async fn take_snapshot(
+        &self,
+        _: Request<pb::TakeSnapshotRequest>,
+    ) -> Result<Response<pb::TakeSnapshotResponse>, Status> {
+        match self.run(AdminCmd::TakeSnapshot).await? {
+            AdminReply::Snapshot(s) => Ok(Response::new(pb::TakeSnapshotResponse {
+                snapshot: Some(snapshot_to_pb(&s)),
+            })),
+            other => Err(Status::internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+}

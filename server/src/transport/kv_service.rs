@@ -1,0 +1,191 @@
+//! `titan.v1.KV` on the client gRPC port: versioned reads and
+//! compare-and-set writes over the same [`NodeHandle`] the TCP API uses.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tonic::{Request, Response, Status};
+
+use titan_proto::v1 as pb;
+use titan_proto::v1::kv_server::Kv;
+
+use super::status_from_error;
+use crate::metrics::{Metrics, Op};
+use crate::node::{Condition, KvEntry, NodeHandle, ReadAnswer, ReadQuery, WriteOp};
+
+/// Range results returned when the request gives no limit.
+const DEFAULT_RANGE_LIMIT: usize = 1000;
+/// Hard cap on range results per call.
+const MAX_RANGE_LIMIT: usize = 10_000;
+
+/// Implements `titan.v1.KV`.
+pub struct KvService {
+    /// The local node.
+    node: NodeHandle,
+    /// Request latency histograms.
+    metrics: Arc<Metrics>,
+}
+
+impl KvService {
+    /// Serves `node`.
+    pub fn new(node: NodeHandle, metrics: Arc<Metrics>) -> Self {
+        KvService { node, metrics }
+    }
+
+    fn observe<T>(&self, op: Op, started: Instant, r: &Result<T, Status>) {
+        self.metrics
+            .observe_request(op, started.elapsed(), r.is_err());
+    }
+}
+
+fn cond_from_pb(c: Option<pb::Condition>) -> Condition {
+    match c.and_then(|c| c.kind) {
+        Some(pb::condition::Kind::ExpectedVersion(v)) => Condition::ExpectedVersion(v),
+        Some(pb::condition::Kind::MustBeAbsent(true)) => Condition::MustBeAbsent,
+        _ => Condition::None,
+    }
+}
+
+fn kv_to_pb(e: KvEntry) -> pb::KeyValue {
+    pb::KeyValue {
+        key: e.key.to_vec(),
+        value: e.value.to_vec(),
+        version: e.version,
+    }
+}
+
+fn linearizable(c: i32) -> bool {
+    c != pb::Consistency::Serializable as i32
+}
+
+/// The smallest key greater than every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    Vec::new()
+}
+
+impl KvService {
+    async fn do_range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
+        let (start, end) = if r.prefix.is_empty() {
+            (r.start, r.end)
+        } else {
+            let end = prefix_end(&r.prefix);
+            (r.prefix, end)
+        };
+        let limit = match r.limit as usize {
+            0 => DEFAULT_RANGE_LIMIT,
+            n => n.min(MAX_RANGE_LIMIT),
+        };
+        let query = ReadQuery::Range {
+            start: Bytes::from(start),
+            end: Bytes::from(end),
+            limit,
+        };
+        let res = self
+            .node
+            .read(query, linearizable(r.consistency))
+            .await
+            .map_err(status_from_error)?;
+        match res.answer {
+            ReadAnswer::Range(kvs, more) => Ok(pb::RangeResponse {
+                kvs: kvs.into_iter().map(kv_to_pb).collect(),
+                more,
+                read_index: res.read_index,
+            }),
+            ReadAnswer::Get(_) => Err(Status::internal("wrong read answer")),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let res = self
+            .node
+            .get(Bytes::from(r.key), linearizable(r.consistency))
+            .await
+            .map(|g| pb::GetResponse {
+                kv: g.value.map(kv_to_pb),
+                read_index: g.read_index,
+            })
+            .map_err(status_from_error);
+        self.observe(Op::Get, started, &res);
+        res.map(Response::new)
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let op = WriteOp::Put {
+            key: Bytes::from(r.key),
+            value: Bytes::from(r.value),
+            cond: cond_from_pb(r.condition),
+        };
+        let res = self
+            .node
+            .write(op)
+            .await
+            .map(|w| pb::PutResponse {
+                succeeded: w.succeeded,
+                version: w.version,
+            })
+            .map_err(status_from_error);
+        self.observe(Op::Set, started, &res);
+        res.map(Response::new)
+    }
+
+    async fn delete(
+        &self,
+        req: Request<pb::DeleteRequest>,
+    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let started = Instant::now();
+        let r = req.into_inner();
+        let op = WriteOp::Delete {
+            key: Bytes::from(r.key),
+            cond: cond_from_pb(r.condition),
+        };
+        let res = self
+            .node
+            .write(op)
+            .await
+            .map(|w| pb::DeleteResponse {
+                succeeded: w.succeeded,
+                existed: w.existed,
+                version: w.version,
+            })
+            .map_err(status_from_error);
+        self.observe(Op::Delete, started, &res);
+        res.map(Response::new)
+    }
+
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let started = Instant::now();
+        let res = self.do_range(req.into_inner()).await;
+        self.observe(Op::Range, started, &res);
+        res.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix_space() {
+        assert_eq!(prefix_end(b"ab"), b"ac".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff\xff"), Vec::<u8>::new());
+    }
+}

@@ -1,0 +1,151 @@
+//! Crash faults: `kill -9` of the leader under load, restart and catch-up
+//! from the log and from a snapshot after compaction, graceful SIGTERM.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::load::{Writers, read, verify_all};
+use common::{Cluster, wait_for};
+
+fn ports(c: &Cluster) -> Arc<Vec<u16>> {
+    Arc::new(c.nodes.iter().map(|n| n.client_port).collect())
+}
+
+#[test]
+fn killed_leader_is_replaced_and_every_acked_write_survives() {
+    let mut cluster = Cluster::start(3, &[]);
+    let writers = Writers::start(ports(&cluster), 3, 50);
+    wait_for(Duration::from_secs(10), "some acked writes", || {
+        (writers.acked() > 50).then_some(())
+    });
+    let old = cluster.wait_leader(Duration::from_secs(5));
+    let killed_at = Instant::now();
+    cluster.nodes[old].kill();
+    let new = cluster.wait_leader(Duration::from_secs(10));
+    let elected_after = killed_at.elapsed();
+    assert_ne!(new, old);
+    let acked_before = writers.acked();
+    wait_for(Duration::from_secs(10), "writes on the new leader", || {
+        (writers.acked() > acked_before + 50).then_some(())
+    });
+    let ledger = writers.stop();
+    let first_ack_after_kill = ledger
+        .ack_times
+        .iter()
+        .find(|t| **t > killed_at)
+        .map(|t| t.duration_since(killed_at));
+    eprintln!(
+        "failover: new leader visible after {elected_after:?}, first acked write after {first_ack_after_kill:?}"
+    );
+    verify_all(&cluster, &ledger);
+    // The killed node restarts and catches up from the log.
+    cluster.nodes[old].start();
+    let probe_key = ledger.keys.keys().next().cloned().unwrap_or_default();
+    wait_for(Duration::from_secs(20), "restarted node answers", || {
+        read(cluster.nodes[old].client_port, &probe_key).ok()
+    });
+    verify_all(&cluster, &ledger);
+}
+
+#[test]
+fn restarted_follower_catches_up_through_snapshot_install_after_compaction() {
+    let mut cluster = Cluster::start(3, &["--snapshot-threshold=200"]);
+    let leader = cluster.wait_leader(Duration::from_secs(5));
+    let follower = (leader + 1) % 3;
+    cluster.nodes[follower].kill();
+    let mut c = cluster.nodes[leader].client();
+    // Enough entries for a snapshot plus the retained log margin, pipelined.
+    let total = 3000;
+    let mut batch = String::new();
+    for i in 0..total {
+        batch.push_str(&format!("SET s{i} value-{i}\n"));
+    }
+    c.send_raw(batch.as_bytes()).unwrap();
+    for i in 0..total {
+        assert_eq!(c.read_line().unwrap(), "OK", "SET s{i}");
+    }
+    let status = cluster.nodes[leader].status().expect("leader status");
+    let snap = status.last_snapshot.expect("leader took a snapshot");
+    assert!(snap.index >= 1000, "snapshot index {}", snap.index);
+    cluster.nodes[follower].start();
+    let port = cluster.nodes[follower].client_port;
+    wait_for(Duration::from_secs(30), "follower caught up", || {
+        (read(port, &format!("s{}", total - 1)).ok()? == Some(format!("value-{}", total - 1)))
+            .then_some(())
+    });
+    for i in (0..total).step_by(97) {
+        assert_eq!(
+            read(port, &format!("s{i}")).unwrap(),
+            Some(format!("value-{i}"))
+        );
+    }
+    let metrics = http_get(cluster.nodes[follower].http_port, "/metrics");
+    let installed = metrics
+        .lines()
+        .find(|l| l.starts_with("titan_snapshots_installed_total"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        installed >= 1.0,
+        "follower installed no snapshot:\n{metrics}"
+    );
+}
+
+#[test]
+fn sigterm_on_leader_hands_over_leadership_and_exits_zero() {
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(5));
+    assert!(cluster.set("before", "1"));
+    let code = cluster.nodes[leader].terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let new = cluster.wait_leader(Duration::from_secs(5));
+    assert_ne!(new, leader);
+    assert!(cluster.set("after", "2"));
+}
+
+#[test]
+fn http_endpoints_report_health_readiness_and_metrics() {
+    let cluster = Cluster::start(3, &[]);
+    assert!(cluster.set("m", "1"));
+    for n in &cluster.nodes {
+        assert!(http_get(n.http_port, "/healthz").starts_with("HTTP/1.1 200"));
+        wait_for(Duration::from_secs(5), "ready", || {
+            http_get(n.http_port, "/readyz")
+                .starts_with("HTTP/1.1 200")
+                .then_some(())
+        });
+    }
+    let leader = cluster.wait_leader(Duration::from_secs(5));
+    let m = http_get(cluster.nodes[leader].http_port, "/metrics");
+    for name in [
+        "titan_request_duration_seconds_bucket",
+        "titan_wal_fsync_duration_seconds",
+        "titan_raft_term",
+        "titan_raft_commit_index",
+        "titan_raft_applied_index",
+        "titan_raft_leader_changes_total",
+        "titan_raft_follower_lag_entries",
+        "titan_snapshots_total",
+    ] {
+        assert!(m.contains(name), "missing {name} in\n{m}");
+    }
+}
+
+/// A minimal HTTP/1.1 GET returning the raw response.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}

@@ -1,0 +1,326 @@
+//! Process-level test support: real `titan-server` binaries on loopback with
+//! free ports, a line-protocol client, Admin status queries and a
+//! fault-injecting TCP proxy placed on every peer link.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+pub mod load;
+pub mod proxy;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use titan_proto::v1 as pb;
+use titan_proto::v1::admin_client::AdminClient;
+
+pub use proxy::Proxy;
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking line-protocol client.
+pub struct Client {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Client {
+    /// Connects to `127.0.0.1:port`.
+    pub fn connect(port: u16) -> std::io::Result<Client> {
+        let s = TcpStream::connect(("127.0.0.1", port))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.set_nodelay(true)?;
+        Ok(Client {
+            reader: BufReader::new(s.try_clone()?),
+            writer: s,
+        })
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes)
+    }
+
+    /// Reads one reply line without its newline.
+    pub fn read_line(&mut self) -> std::io::Result<String> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed",
+            ));
+        }
+        Ok(line.trim_end_matches('\n').to_string())
+    }
+
+    /// Sends one request line and reads one reply.
+    pub fn cmd(&mut self, line: &str) -> std::io::Result<String> {
+        self.send_raw(format!("{line}\n").as_bytes())?;
+        self.read_line()
+    }
+}
+
+/// One `titan-server` process slot.
+pub struct Node {
+    pub name: String,
+    pub peer_port: u16,
+    pub client_port: u16,
+    pub grpc_port: u16,
+    pub http_port: u16,
+    pub data_dir: PathBuf,
+    pub args: Vec<String>,
+    pub child: Option<Child>,
+}
+
+impl Node {
+    /// A slot with fresh ports under `root`.
+    pub fn new(root: &std::path::Path, name: &str) -> Node {
+        Node {
+            name: name.to_string(),
+            peer_port: free_port(),
+            client_port: free_port(),
+            grpc_port: free_port(),
+            http_port: free_port(),
+            data_dir: root.join(name),
+            args: Vec::new(),
+            child: None,
+        }
+    }
+
+    /// Starts the process with its base flags plus `self.args`.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.with_extension("log"))
+            .expect("open node log");
+        let child = Command::new(env!("CARGO_BIN_EXE_titan-server"))
+            .arg(format!("-id={}", self.name))
+            .arg(format!("-port={}", self.peer_port))
+            .arg(format!("-client-port={}", self.client_port))
+            .arg(format!("--grpc-port={}", self.grpc_port))
+            .arg(format!("--http-port={}", self.http_port))
+            .arg("--listen-addr=127.0.0.1")
+            .arg(format!(
+                "-advertise-client-addr=127.0.0.1:{}",
+                self.client_port
+            ))
+            .arg(format!(
+                "--advertise-grpc-addr=127.0.0.1:{}",
+                self.grpc_port
+            ))
+            .arg(format!("--data-dir={}", self.data_dir.display()))
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn titan-server");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                let _ = c.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is running.
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A fresh TCP client.
+    pub fn client(&self) -> Client {
+        wait_for(Duration::from_secs(10), "client port", || {
+            Client::connect(self.client_port).ok()
+        })
+    }
+
+    /// Admin.Status over gRPC (None if unreachable).
+    pub fn status(&self) -> Option<pb::StatusResponse> {
+        let addr = format!("http://127.0.0.1:{}", self.peer_port);
+        rt().block_on(async move {
+            let call = async {
+                let mut c = AdminClient::connect(addr).await.ok()?;
+                c.status(pb::StatusRequest {})
+                    .await
+                    .ok()
+                    .map(|r| r.into_inner())
+            };
+            tokio::time::timeout(Duration::from_secs(2), call)
+                .await
+                .ok()
+                .flatten()
+        })
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A shared current-thread runtime for gRPC calls from blocking tests.
+pub fn rt() -> &'static tokio::runtime::Runtime {
+    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+    })
+}
+
+/// A set of nodes that were bootstrapped together.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    /// Per-link proxies `proxies[(from, to)]` when built with [`Cluster::with_proxies`].
+    pub proxies: std::collections::HashMap<(usize, usize), Proxy>,
+    pub root: tempfile::TempDir,
+}
+
+/// Flags every test cluster uses: fast ticks, small snapshot threshold off by default.
+pub fn base_args() -> Vec<String> {
+    vec![
+        "--tick-ms=10".into(),
+        "--election-timeout-ms=300".into(),
+        "--heartbeat-ms=50".into(),
+    ]
+}
+
+impl Cluster {
+    /// `n` nodes bootstrapped with `-peers`, direct links.
+    pub fn start(n: usize, extra: &[&str]) -> Cluster {
+        Self::build(n, extra, false)
+    }
+
+    /// `n` nodes whose peer traffic goes through one proxy per directed link.
+    pub fn with_proxies(n: usize, extra: &[&str]) -> Cluster {
+        Self::build(n, extra, true)
+    }
+
+    fn build(n: usize, extra: &[&str], proxied: bool) -> Cluster {
+        let root = tempfile::tempdir().expect("tempdir");
+        let mut nodes: Vec<Node> = (0..n)
+            .map(|i| Node::new(root.path(), &format!("node{}", i + 1)))
+            .collect();
+        let mut proxies = std::collections::HashMap::new();
+        for i in 0..n {
+            let mut peers = Vec::new();
+            for j in (0..n).filter(|&j| j != i) {
+                let port = if proxied {
+                    let p = Proxy::start(nodes[j].peer_port);
+                    let port = p.port();
+                    proxies.insert((i, j), p);
+                    port
+                } else {
+                    nodes[j].peer_port
+                };
+                peers.push(format!(
+                    "{}:127.0.0.1:{}:{}",
+                    nodes[j].name, port, nodes[j].client_port
+                ));
+            }
+            let node = &mut nodes[i];
+            node.args = base_args();
+            node.args.push(format!(
+                "--advertise-peer-addr=127.0.0.1:{}",
+                node.peer_port
+            ));
+            if !peers.is_empty() {
+                node.args.push(format!("-peers={}", peers.join(",")));
+            }
+            node.args.extend(extra.iter().map(|s| s.to_string()));
+        }
+        for node in &mut nodes {
+            node.start();
+        }
+        let c = Cluster {
+            nodes,
+            proxies,
+            root,
+        };
+        c.wait_leader(Duration::from_secs(20));
+        c
+    }
+
+    /// Index of the node that every running node agrees leads, waiting for one.
+    pub fn wait_leader(&self, timeout: Duration) -> usize {
+        wait_for(timeout, "a leader", || self.current_leader())
+    }
+
+    /// The leader's index if a running node reports itself as leader.
+    pub fn current_leader(&self) -> Option<usize> {
+        self.nodes.iter().position(|n| {
+            n.is_running()
+                && n.status()
+                    .is_some_and(|s| s.role == pb::Role::Leader as i32)
+        })
+    }
+
+    /// Sets a value through the leader, following redirects; returns true on OK.
+    pub fn set(&self, key: &str, value: &str) -> bool {
+        let Some(l) = self.current_leader() else {
+            return false;
+        };
+        Client::connect(self.nodes[l].client_port)
+            .and_then(|mut c| c.cmd(&format!("SET {key} {value}")))
+            .is_ok_and(|r| r == "OK")
+    }
+
+    /// Cuts (or restores) every link to and from node `i`.
+    pub fn isolate(&self, i: usize, cut: bool) {
+        for ((from, to), p) in &self.proxies {
+            if *from == i || *to == i {
+                p.set_blocked(cut);
+            }
+        }
+    }
+}
