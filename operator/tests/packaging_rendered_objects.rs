@@ -20,6 +20,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
+use titan_operator::crd::TitanCluster;
 
 /// The objects of `manifests/operator.yaml`, each parsed into its k8s-openapi type.
 struct OperatorManifest {
@@ -221,27 +222,42 @@ fn operator_probes_and_resources_use_the_declared_metrics_port() {
     assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
 }
 
+/// The downward-API field path that feeds env variable `name`, if any.
+fn env_field_path(container: &Container, name: &str) -> Option<String> {
+    let env = container.env.clone().unwrap_or_default();
+    env.into_iter()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value_from)
+        .and_then(|v| v.field_ref)
+        .map(|f| f.field_path)
+}
+
 #[test]
-fn operator_runs_the_controller_with_leader_election_and_its_namespace() {
+fn operator_runs_the_controller_with_its_lease_in_its_own_namespace() {
     let m = operator_manifest();
     let c = operator_container(&m.deployment);
     assert_eq!(
         c.command,
         Some(vec!["/usr/local/bin/titan-operator".to_string()])
     );
-    let args = c.args.unwrap_or_default();
+    let args = c.args.clone().unwrap_or_default();
     assert_eq!(args.first().map(String::as_str), Some("run"));
-    assert!(
-        args.iter().any(|a| a == "--leader-election=true"),
-        "{args:?}"
+    let port = c.ports.clone().unwrap_or_default()[0].container_port;
+    for expected in [
+        format!("--http-addr=0.0.0.0:{port}"),
+        "--lease-name=titan-operator-leader".to_string(),
+    ] {
+        assert!(args.contains(&expected), "{expected} missing from {args:?}");
+    }
+    // The operator reads the Lease namespace and its holder identity from these.
+    assert_eq!(
+        env_field_path(&c, "POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
     );
-    let env = c.env.unwrap_or_default();
-    let pod_ns = env.iter().find(|e| e.name == "POD_NAMESPACE");
-    let field = pod_ns
-        .and_then(|e| e.value_from.as_ref())
-        .and_then(|v| v.field_ref.as_ref())
-        .map(|f| f.field_path.as_str());
-    assert_eq!(field, Some("metadata.namespace"));
+    assert_eq!(
+        env_field_path(&c, "POD_NAME").as_deref(),
+        Some("metadata.name")
+    );
 }
 
 #[test]
@@ -367,6 +383,61 @@ fn rbac_rules_are_least_privilege_without_wildcards_or_secrets() {
     );
 }
 
+/// The operator's single RBAC source, `manifests/rbac.yaml`, parsed.
+struct RbacSource {
+    service_account: ServiceAccount,
+    cluster_role: ClusterRole,
+    cluster_role_binding: ClusterRoleBinding,
+    role: Role,
+    role_binding: RoleBinding,
+}
+
+fn rbac_source() -> RbacSource {
+    let docs = documents(&read_repo_file("manifests/rbac.yaml"));
+    RbacSource {
+        service_account: only(&docs, "ServiceAccount"),
+        cluster_role: only(&docs, "ClusterRole"),
+        cluster_role_binding: only(&docs, "ClusterRoleBinding"),
+        role: only(&docs, "Role"),
+        role_binding: only(&docs, "RoleBinding"),
+    }
+}
+
+#[test]
+fn rendered_rbac_rules_equal_the_operators_rbac_source() {
+    let m = operator_manifest();
+    let source = rbac_source();
+    assert_eq!(m.cluster_role.rules, source.cluster_role.rules);
+    assert_eq!(m.role.rules, source.role.rules);
+}
+
+/// With default values the chart names its RBAC objects exactly like
+/// `manifests/rbac.yaml`, so applying both never creates a second, diverging set.
+#[test]
+fn rendered_rbac_objects_have_the_names_of_the_rbac_source() {
+    let m = operator_manifest();
+    let s = rbac_source();
+    let pairs = [
+        (&m.service_account.metadata, &s.service_account.metadata),
+        (&m.cluster_role.metadata, &s.cluster_role.metadata),
+        (
+            &m.cluster_role_binding.metadata,
+            &s.cluster_role_binding.metadata,
+        ),
+        (&m.role.metadata, &s.role.metadata),
+        (&m.role_binding.metadata, &s.role_binding.metadata),
+    ];
+    for (rendered, source) in pairs {
+        assert_eq!(rendered.name, source.name);
+        assert_eq!(rendered.namespace, source.namespace);
+    }
+    assert_eq!(m.role_binding.role_ref, s.role_binding.role_ref);
+    assert_eq!(
+        m.cluster_role_binding.subjects,
+        s.cluster_role_binding.subjects
+    );
+}
+
 fn crd() -> CustomResourceDefinition {
     let docs = documents(&read_repo_file("manifests/crd.yaml"));
     assert_eq!(docs.len(), 1, "manifests/crd.yaml holds one CRD");
@@ -434,20 +505,22 @@ fn undeclared_fields(value: &Value, schema: &JSONSchemaProps, path: &str, out: &
 fn example_cluster_is_three_members_1gi_snapshotting_every_ten_minutes() {
     let docs = documents(&read_repo_file("manifests/examples/titancluster.yaml"));
     assert_eq!(docs.len(), 1);
-    let tc = &docs[0];
     assert_eq!(
-        tc.get("apiVersion").and_then(Value::as_str),
+        docs[0].get("apiVersion").and_then(Value::as_str),
         Some("titan.dev/v1alpha1")
     );
-    assert_eq!(kind_of(tc), "TitanCluster");
-    let spec = tc.get("spec").cloned().unwrap_or(Value::Null);
-    assert_eq!(spec.get("replicas").and_then(Value::as_i64), Some(3));
-    let storage = spec.get("storage").cloned().unwrap_or(Value::Null);
-    assert_eq!(storage.get("size").and_then(Value::as_str), Some("1Gi"));
-    let snapshot = spec.get("snapshot").cloned().unwrap_or(Value::Null);
-    assert_eq!(
-        snapshot.get("intervalSeconds").and_then(Value::as_i64),
-        Some(600)
+    let tc: TitanCluster = serde_yaml::from_value(docs[0].clone())
+        .unwrap_or_else(|e| panic!("the example is not a TitanCluster: {e}"));
+    assert_eq!(tc.spec.replicas, 3);
+    assert_eq!(tc.spec.storage.size, "1Gi");
+    assert_eq!(tc.spec.snapshot.interval_seconds, 600);
+    assert_eq!(tc.spec.validate(), Ok(()));
+    assert!(
+        tc.spec
+            .image
+            .ends_with(concat!(":", env!("CARGO_PKG_VERSION"))),
+        "the example runs the image of this version: {}",
+        tc.spec.image
     );
 }
 

@@ -9,7 +9,7 @@
 #   5. generated files equal what they are generated from:
 #        manifests/crd.yaml                  = `titan-operator crd`
 #        charts/titan-operator/crds/*.yaml   = manifests/crd.yaml
-#        charts/titan-operator/files/rbac-rules.yaml = the operator's RBAC source
+#        charts/titan-operator/files/rbac.yaml = manifests/rbac.yaml (the operator's RBAC source)
 #        manifests/operator.yaml             = the chart rendered with default values
 #   6. when KUBEBUILDER_ASSETS names a kube-apiserver + etcd (see
 #      scripts/ci/kube-apiserver.sh), the rendered manifests pass
@@ -25,11 +25,11 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 CHART_DIR="${ROOT}/charts/titan-operator"
 CRD_FILE="${ROOT}/manifests/crd.yaml"
 CHART_CRD_FILE="${CHART_DIR}/crds/titanclusters.titan.dev.yaml"
-CHART_RBAC_FILE="${CHART_DIR}/files/rbac-rules.yaml"
+CHART_RBAC_FILE="${CHART_DIR}/files/rbac.yaml"
 OPERATOR_MANIFEST="${ROOT}/manifests/operator.yaml"
 EXAMPLE_CLUSTER="${ROOT}/manifests/examples/titancluster.yaml"
 # The operator's single source of truth for its RBAC rules.
-OPERATOR_RBAC_SOURCE="${ROOT}/operator/rbac/rules.yaml"
+OPERATOR_RBAC_SOURCE="${ROOT}/manifests/rbac.yaml"
 # Release name and namespace that manifests/operator.yaml is rendered with.
 RELEASE_NAME="titan-operator"
 RELEASE_NAMESPACE="titan-system"
@@ -122,11 +122,9 @@ update_generated() {
     generate_crd >"${CRD_FILE}"
   fi
   cp "${CRD_FILE}" "${CHART_CRD_FILE}"
-  if [ -f "${OPERATOR_RBAC_SOURCE}" ]; then
-    cp "${OPERATOR_RBAC_SOURCE}" "${CHART_RBAC_FILE}"
-  fi
+  cp "${OPERATOR_RBAC_SOURCE}" "${CHART_RBAC_FILE}"
   render_operator_manifest >"${OPERATOR_MANIFEST}"
-  log "regenerated: manifests/crd.yaml, chart crds/, chart files/rbac-rules.yaml, manifests/operator.yaml"
+  log "regenerated: manifests/crd.yaml, chart crds/, chart files/rbac.yaml, manifests/operator.yaml"
 }
 
 # -------------------------------------------------------------------- checks
@@ -383,11 +381,7 @@ main() {
     step "manifests/crd.yaml equals \`titan-operator crd\`" check_crd_generated
   fi
   step "chart crds/ equals manifests/crd.yaml" check_chart_crd
-  if [ -f "${OPERATOR_RBAC_SOURCE}" ]; then
-    step "chart RBAC rules equal the operator's RBAC source" check_chart_rbac
-  else
-    skip "chart RBAC vs ${OPERATOR_RBAC_SOURCE#"${ROOT}"/} (source not present)"
-  fi
+  step "chart files/rbac.yaml equals manifests/rbac.yaml" check_chart_rbac
   step "manifests/operator.yaml equals the rendered chart" check_operator_manifest
   if [ -n "${KUBEBUILDER_ASSETS:-}" ] && [ -x "${KUBEBUILDER_ASSETS}/kube-apiserver" ]; then
     step "kubectl apply --dry-run=server against kube-apiserver" check_apiserver_apply

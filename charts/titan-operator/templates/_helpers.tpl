@@ -57,5 +57,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* Name of the leader-election Lease (namespaced, in the release namespace). */}}
 {{- define "titan-operator.leaseName" -}}
+{{- if .Values.leaderElection.leaseName }}
+{{- .Values.leaderElection.leaseName }}
+{{- else }}
 {{- printf "%s-leader" (include "titan-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
 {{- end }}
