@@ -156,6 +156,9 @@ pub enum DegradedReason {
     NoLeader,
     /// The configuration holds a member that is not one of our pods.
     ForeignMember(String),
+    /// The pod of this ordinal has not become Ready within the grace period
+    /// while being added (never joined, or the learner never caught up).
+    Stalled(u32),
 }
 
 /// The single next step.
@@ -424,10 +427,7 @@ impl<'a> ClusterView<'a> {
             return Some(self.remove(slot, Phase::Scaling));
         }
         if !(slot.healthy() && self.caught_up(slot)) {
-            return Some(Plan::new(
-                Action::Wait(WaitReason::CatchingUp(slot.ordinal)),
-                Phase::Scaling,
-            ));
+            return Some(self.wait_or_stalled(slot.ordinal, WaitReason::CatchingUp(slot.ordinal)));
         }
         Some(match self.quorum_after(None, 1) {
             Ok(()) => Plan::new(
@@ -527,8 +527,22 @@ impl<'a> ClusterView<'a> {
                 },
                 Phase::Scaling,
             ),
-            _ => Plan::new(Action::Wait(WaitReason::PodStarting(next)), Phase::Scaling),
+            _ => self.wait_or_stalled(next, WaitReason::PodStarting(next)),
         })
+    }
+
+    /// Waits on the pod of `ordinal`, or reports it Stalled once it has been
+    /// not Ready for longer than the grace period. A missing pod cannot be aged: wait.
+    fn wait_or_stalled(&self, ordinal: u32, reason: WaitReason) -> Plan {
+        let unready_secs = self.obs.pods.get(&ordinal).map_or(0, |p| p.unready_secs);
+        if unready_secs > self.cfg.unhealthy_grace_secs {
+            Plan::new(
+                Action::Degraded(DegradedReason::Stalled(ordinal)),
+                Phase::Degraded,
+            )
+        } else {
+            Plan::new(Action::Wait(reason), Phase::Scaling)
+        }
     }
 
     /// First unhealthy or lagging member: a wait within the grace period, Degraded after it.
@@ -765,6 +779,28 @@ mod tests {
         );
         edit_members(&mut obs, |m| m.iter_mut().for_each(|x| x.voter = true));
         assert_eq!(run(&obs), Action::ScaleStatefulSet(5));
+    }
+
+    #[test]
+    fn joiner_or_learner_that_never_gets_ready_is_reported_stalled() {
+        let mut obs = cluster(3, 0);
+        obs.desired_replicas = 4;
+        obs.statefulset_replicas = Some(4);
+        let mut stuck = joining(3);
+        stuck.node = None;
+        stuck.unready_secs = 10_000;
+        obs.pods.insert(3, stuck);
+        assert_eq!(run(&obs), Action::Degraded(DegradedReason::Stalled(3)));
+        add_learner(&mut obs, 3, 9_000);
+        if let Some(p) = obs.pods.get_mut(&3) {
+            p.ready = false;
+            p.unready_secs = 10;
+        }
+        assert_eq!(run(&obs), Action::Wait(WaitReason::CatchingUp(3)));
+        if let Some(p) = obs.pods.get_mut(&3) {
+            p.unready_secs = 10_000;
+        }
+        assert_eq!(run(&obs), Action::Degraded(DegradedReason::Stalled(3)));
     }
 
     #[test]

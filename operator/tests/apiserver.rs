@@ -247,6 +247,7 @@ async fn real_apiserver_tier() {
     reconcile_applies_objects_with_ssa_and_patches_status(&admin, "ssa", 3).await;
     kubectl_scale_updates_spec_replicas(&env).await;
     operator_service_account_rbac_suffices(&env).await;
+    operator_process_leads_reconciles_and_shuts_down_gracefully(&env, &admin).await;
 }
 
 async fn crd_installs_with_schema_defaults_and_validation(env: &TestEnv, client: &Client) {
@@ -290,20 +291,8 @@ async fn crd_installs_with_schema_defaults_and_validation(env: &TestEnv, client:
     println!("ok: CRD installs; defaults and replicas bound enforced by the API server");
 }
 
-async fn reconcile_applies_objects_with_ssa_and_patches_status(
-    client: &Client,
-    ns: &str,
-    replicas: i32,
-) {
-    let api: Api<TitanCluster> = Api::namespaced(client.clone(), ns);
-    let ctx = context(client.clone());
-    // First pass adds the finalizer; the second reconciles.
-    for _ in 0..2 {
-        let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
-        reconcile::reconcile(Arc::new(cluster), ctx.clone())
-            .await
-            .unwrap_or_else(|e| panic!("reconcile: {e}"));
-    }
+/// StatefulSet, Services and ConfigMap exist, applied by the `titan-operator` field manager.
+async fn assert_children_applied(client: &Client, ns: &str, replicas: i32) {
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
     let sts = sts
         .get("demo")
@@ -348,6 +337,23 @@ async fn reconcile_applies_objects_with_ssa_and_patches_status(
             .map(String::as_str),
         Some("false")
     );
+}
+
+async fn reconcile_applies_objects_with_ssa_and_patches_status(
+    client: &Client,
+    ns: &str,
+    replicas: i32,
+) {
+    let api: Api<TitanCluster> = Api::namespaced(client.clone(), ns);
+    let ctx = context(client.clone());
+    // First pass adds the finalizer; the second reconciles.
+    for _ in 0..2 {
+        let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
+        reconcile::reconcile(Arc::new(cluster), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("reconcile: {e}"));
+    }
+    assert_children_applied(client, ns, replicas).await;
     let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
     let status = cluster.status.unwrap_or_default();
     assert_eq!(
@@ -466,4 +472,123 @@ async fn operator_service_account_rbac_suffices(env: &TestEnv) {
     println!(
         "ok: operator ServiceAccount reconciles, holds the lease, and has no more than it needs"
     );
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+async fn wait_until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// `titan-operator run` as a process: takes the Lease, reconciles a new
+/// TitanCluster, serves /healthz and /metrics, and on SIGTERM exits 0 and
+/// releases the Lease.
+async fn operator_process_leads_reconciles_and_shuts_down_gracefully(
+    env: &TestEnv,
+    client: &Client,
+) {
+    env.kubectl(&["create", "namespace", "proc"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let http_port = free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_titan-operator"))
+        .args([
+            "run",
+            "--lease-namespace",
+            "titan-system",
+            "--identity",
+            "proc-test",
+        ])
+        .arg(format!("--http-addr=127.0.0.1:{http_port}"))
+        .env("KUBECONFIG", &env.kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn operator: {e}"));
+    let cluster: TitanCluster = serde_json::from_value(json!({"apiVersion": "titan.dev/v1alpha1",
+        "kind": "TitanCluster", "metadata": {"name": "live"}, "spec": {"replicas": 3}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let api: Api<TitanCluster> = Api::namespaced(client.clone(), "proc");
+    api.create(&PostParams::default(), &cluster)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "proc");
+    wait_until("the running operator to create the StatefulSet", || async {
+        sts.get_opt("live").await.ok().flatten()
+    })
+    .await;
+    wait_until("status written by the running operator", || async {
+        api.get("live")
+            .await
+            .ok()
+            .and_then(|c| c.status)
+            .and_then(|s| s.phase)
+    })
+    .await;
+    let health = http_get(http_port, "/healthz").unwrap_or_default();
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = http_get(http_port, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.contains("titan_operator_reconciliations_total"),
+        "{metrics}"
+    );
+    assert_eq!(lease_holder(env), "proc-test");
+    let code = terminate(&mut child);
+    assert_eq!(code, Some(0), "graceful shutdown exits 0");
+    assert_eq!(lease_holder(env), "", "lease released on shutdown");
+    println!(
+        "ok: titan-operator run took the lease, reconciled, served /healthz + /metrics, exited 0 on SIGTERM"
+    );
+}
+
+/// SIGTERM, then the exit code (killed and failed after 30 s).
+fn terminate(child: &mut std::process::Child) -> Option<i32> {
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = child.kill();
+            panic!("operator did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn lease_holder(env: &TestEnv) -> String {
+    env.kubectl(&[
+        "-n",
+        "titan-system",
+        "get",
+        "lease",
+        "titan-operator-leader",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+    .unwrap_or_else(|e| panic!("{e}"))
+    .trim()
+    .to_string()
 }

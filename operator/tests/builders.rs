@@ -193,6 +193,40 @@ fn user_pod_anti_affinity_replaces_the_default_preference() {
     );
 }
 
+/// Runs the start-up script for `pod` under `/bin/sh`; returns the fake server's argv.
+fn run_script(
+    script: &str,
+    bin_dir: &std::path::Path,
+    pod: &str,
+    bootstrapped: &str,
+    peers: &str,
+) -> Vec<String> {
+    let env: BTreeMap<&str, String> = BTreeMap::from([
+        ("POD_NAME", pod.to_string()),
+        ("POD_NAMESPACE", "prod".to_string()),
+        ("BOOTSTRAPPED", bootstrapped.to_string()),
+        ("INITIAL_PEERS", peers.to_string()),
+        ("PATH", format!("{}:/usr/bin:/bin", bin_dir.display())),
+    ]);
+    let out = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap_or_else(|e| panic!("running sh: {e}"));
+    let args: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert!(
+        out.status.success(),
+        "{pod}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    args
+}
+
 /// Runs the container command under `/bin/sh` with a fake `titan-server` that
 /// prints its arguments, for each (pod, bootstrapped) case.
 #[test]
@@ -239,29 +273,7 @@ demo-2:demo-2.demo-peers.prod.svc:5001:6001";
         ("demo-0", "true", None),
     ];
     for (pod, bootstrapped, want_peers) in cases {
-        let env: BTreeMap<&str, String> = BTreeMap::from([
-            ("POD_NAME", pod.to_string()),
-            ("POD_NAMESPACE", "prod".to_string()),
-            ("BOOTSTRAPPED", bootstrapped.to_string()),
-            ("INITIAL_PEERS", peers.to_string()),
-            ("PATH", format!("{}:/usr/bin:/bin", dir.path().display())),
-        ]);
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&script)
-            .env_clear()
-            .envs(env)
-            .output()
-            .unwrap_or_else(|e| panic!("running sh: {e}"));
-        let args: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        assert!(
-            out.status.success(),
-            "{pod}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args = run_script(&script, dir.path(), pod, bootstrapped, peers);
         let arg_after = |flag: &str| {
             args.iter()
                 .position(|a| a == flag)

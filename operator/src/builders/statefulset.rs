@@ -137,6 +137,7 @@ host="${{POD_NAME}}.{peers_svc}.${{POD_NAMESPACE}}.svc"
 set -- --id "${{POD_NAME}}" --port {PEER_PORT} --client-port {CLIENT_PORT} --grpc-port {GRPC_PORT} \
   --http-port {HTTP_PORT} --data-dir {DATA_DIR} \
   --advertise-peer-addr "${{host}}:{PEER_PORT}" --advertise-client-addr "${{host}}:{CLIENT_PORT}" \
+  --advertise-grpc-addr "${{host}}:{GRPC_PORT}" \
   --election-timeout-ms {election} --heartbeat-ms {heartbeat} --snapshot-threshold {threshold}
 if [ "${{BOOTSTRAPPED}}" != "true" ]; then
   member=no; others=""

@@ -134,10 +134,23 @@ pub async fn reconcile(cluster: Arc<TitanCluster>, ctx: Arc<Context>) -> Result<
     result
 }
 
-/// Logs, counts the failure by reason and retries later.
+/// Logs, counts the failure by reason, records a Warning event and retries later.
 pub fn error_policy(cluster: Arc<TitanCluster>, error: &Error, ctx: Arc<Context>) -> Requeue {
     tracing::warn!(cluster = %cluster.name_any(), %error, "reconcile failed");
     ctx.metrics.count_failure(error.reason());
+    let note = error.to_string();
+    // error_policy is synchronous; the event is best-effort and must not delay the requeue.
+    tokio::spawn(async move {
+        publish(
+            &ctx,
+            &cluster,
+            EventType::Warning,
+            "ReconcileFailed",
+            "Reconcile",
+            note,
+        )
+        .await;
+    });
     Requeue::requeue(Duration::from_secs(15))
 }
 
@@ -192,11 +205,7 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
             invalid.to_string(),
         )
         .await;
-        let plan = Plan {
-            action: Action::Wait(WaitReason::Paused),
-            phase: Phase::Degraded,
-        };
-        write_invalid_status(ctx, cluster, &names, &plan, &invalid.to_string(), now).await?;
+        write_invalid_status(ctx, cluster, &names, &invalid.to_string(), now).await?;
         return Ok(Requeue::await_change());
     }
     if cluster.spec.paused {
@@ -281,12 +290,11 @@ async fn write_invalid_status(
     ctx: &Context,
     cluster: &TitanCluster,
     names: &Names,
-    plan: &Plan,
     message: &str,
     now: Timestamp,
 ) -> Result<(), Error> {
     let mut next = cluster.status.clone().unwrap_or_default();
-    next.phase = Some(plan.phase);
+    next.phase = Some(Phase::Degraded);
     next.selector = Some(names.selector_string());
     let generation = cluster.meta().generation;
     status::set_condition(

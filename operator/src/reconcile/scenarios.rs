@@ -317,3 +317,47 @@ async fn snapshot_request_annotation_is_answered_and_echoed_in_status() {
     run(cluster, admin.clone(), expects).await;
     assert_eq!(admin.recorded().len(), 3, "every member snapshots");
 }
+
+#[tokio::test]
+async fn invalid_spec_is_reported_and_nothing_is_applied() {
+    let cluster =
+        fixtures::cluster(json!({"raft": {"electionTimeoutMs": 100, "heartbeatMs": 100}}));
+    let expects = vec![
+        Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "InvalidSpec");
+        }),
+        status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Degraded");
+            assert_eq!(condition(b, "Degraded")["reason"], "InvalidSpec");
+        }),
+    ];
+    let requeue = run(cluster, Arc::new(FakeAdmin::default()), expects).await;
+    assert_eq!(requeue, Requeue::await_change());
+}
+
+#[tokio::test]
+async fn error_policy_counts_the_failure_records_a_warning_and_requeues() {
+    let cluster = Arc::new(fixtures::cluster(json!({})));
+    let (ctx, handle) = fixtures::context(Arc::new(FakeAdmin::default()));
+    let expects = vec![
+        Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "ReconcileFailed");
+        }),
+    ];
+    let server = tokio::spawn(fixtures::serve(handle, expects));
+    let error = super::Error::MissingField("namespace");
+    let requeue = super::error_policy(cluster, &error, ctx.clone());
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(15)));
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => panic!("no event published"),
+    }
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains("titan_operator_reconcile_failures_total{reason=\"invalid_object\"} 1"),
+        "{metrics}"
+    );
+}
