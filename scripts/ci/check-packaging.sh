@@ -202,9 +202,28 @@ check_helm_template() {
       return 1
     }
   done
-  # Values that the schema must reject.
-  if helm template x "${CHART_DIR}" --set cluster.replicas=10 >/dev/null 2>&1; then
-    log "values.schema.json accepted cluster.replicas=10"
+  check_helm_rejects "cluster.replicas=10" --set cluster.replicas=10 || return 1
+  check_helm_rejects "an unknown value" --set clusterr.create=true || return 1
+  check_helm_rejects "renewal slower than the lease" \
+    --set leaderElection.renewIntervalMilliseconds=20000 || return 1
+  check_helm_rejects "serviceAccount.create=false without a name" \
+    --set serviceAccount.create=false || return 1
+  # An existing ServiceAccount: none rendered, the pods and bindings use it.
+  helm template x "${CHART_DIR}" --set serviceAccount.create=false \
+    --set serviceAccount.name=existing >"${WORK}/existing-sa.yaml" || return 1
+  if grep -qx 'kind: ServiceAccount' "${WORK}/existing-sa.yaml" ||
+    [ "$(grep -cE '^ *(serviceAccountName|name): existing$' "${WORK}/existing-sa.yaml")" -ne 3 ]; then
+    log "serviceAccount.name=existing is not used by the Deployment and both bindings"
+    return 1
+  fi
+}
+
+# Fails unless `helm template` refuses the given values.
+check_helm_rejects() {
+  local what="$1"
+  shift
+  if helm template x "${CHART_DIR}" "$@" >/dev/null 2>&1; then
+    log "the chart accepted ${what}"
     return 1
   fi
 }
