@@ -103,7 +103,7 @@ fn default_replicas() -> i32 {
 }
 
 fn default_image() -> String {
-    "titan-server:0.1.0".to_string()
+    "ghcr.io/titan-dev/titan:0.1.0".to_string()
 }
 
 /// Image pull policy, restricted to the values Kubernetes accepts.
