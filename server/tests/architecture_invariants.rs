@@ -59,7 +59,11 @@ fn raft_core_does_no_io_and_reads_no_clock_or_os_randomness() {
         "println!",
     ];
     let hits = offending_lines(&src("src/raft"), &needles, &[]);
-    assert!(hits.is_empty(), "raft/ must stay sans-IO:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "raft/ must stay sans-IO:\n{}",
+        hits.join("\n")
+    );
 }
 
 #[test]
@@ -78,5 +82,9 @@ fn nothing_outside_the_operator_knows_kube() {
     let needles = ["kube::", "k8s_openapi"];
     let mut hits = offending_lines(&src("src"), &needles, &[]);
     hits.extend(offending_lines(&src("../client/src"), &needles, &[]));
-    assert!(hits.is_empty(), "kube outside operator/:\n{}", hits.join("\n"));
+    assert!(
+        hits.is_empty(),
+        "kube outside operator/:\n{}",
+        hits.join("\n")
+    );
 }

@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use titan_proto::v1::admin_server::AdminServer;
 use titan_proto::v1::kv_server::KvServer;
