@@ -5,7 +5,7 @@
 use crate::backoff::{Backoff, jitter_seed};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
-use crate::pool::{ChannelPool, parse_endpoint};
+use crate::pool::ChannelPool;
 use crate::redirect::{Failure, classify};
 use std::future::Future;
 use std::time::Instant;
@@ -26,16 +26,7 @@ pub struct AdminClient {
 impl AdminClient {
     /// Validates the config; dials nothing yet.
     pub fn connect(config: ClientConfig) -> Result<Self> {
-        if config.endpoints.is_empty() {
-            return Err(Error::NoEndpoints);
-        }
-        if config.tls.is_some() {
-            return Err(Error::TlsUnsupported);
-        }
-        for endpoint in &config.endpoints {
-            parse_endpoint(endpoint)?;
-        }
-        let pool = ChannelPool::new(&config);
+        let pool = ChannelPool::for_config(&config)?;
         Ok(AdminClient { config, pool })
     }
 

@@ -3,7 +3,7 @@
 use crate::backoff::{Backoff, jitter_seed};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
-use crate::pool::{ChannelPool, parse_endpoint};
+use crate::pool::ChannelPool;
 use crate::redirect::{Failure, classify};
 use crate::types::{CasResult, Consistency, DeleteResult, KeyValue, RangePage, RangeQuery};
 use std::future::Future;
@@ -56,16 +56,7 @@ impl Client {
     /// Validates the config and returns a client. Dials nothing yet: the first
     /// request connects to the leader (or a seed) on demand.
     pub fn connect(config: ClientConfig) -> Result<Client> {
-        if config.endpoints.is_empty() {
-            return Err(Error::NoEndpoints);
-        }
-        if config.tls.is_some() {
-            return Err(Error::TlsUnsupported);
-        }
-        for endpoint in &config.endpoints {
-            parse_endpoint(endpoint)?;
-        }
-        let pool = ChannelPool::new(&config);
+        let pool = ChannelPool::for_config(&config)?;
         Ok(Client {
             inner: Arc::new(Inner {
                 config,

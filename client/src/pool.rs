@@ -23,6 +23,21 @@ pub struct ChannelPool {
 }
 
 impl ChannelPool {
+    /// Checks `config` (at least one well-formed endpoint, no TLS yet) and
+    /// returns an empty pool for it. Shared by every client type.
+    pub fn for_config(config: &ClientConfig) -> Result<Self, Error> {
+        if config.endpoints.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        if config.tls.is_some() {
+            return Err(Error::TlsUnsupported);
+        }
+        for endpoint in &config.endpoints {
+            parse_endpoint(endpoint)?;
+        }
+        Ok(ChannelPool::new(config))
+    }
+
     /// An empty pool using the config's connect timeout.
     pub fn new(config: &ClientConfig) -> Self {
         ChannelPool {

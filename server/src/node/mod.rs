@@ -45,16 +45,9 @@ pub enum NodeError {
     Invalid(String),
 }
 
-/// A compare-and-set precondition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    /// Unconditional.
-    None,
-    /// The key's current version must equal this.
-    ExpectedVersion(u64),
-    /// The key must not exist.
-    MustBeAbsent,
-}
+/// A compare-and-set precondition (the state machine's own type: a write
+/// carries it unchanged into the log).
+pub use crate::storage::Condition;
 
 /// A client write.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{Condition, KvEntry, Member, SnapshotInfo, WriteOp, WriteResult};
+use super::{KvEntry, Member, SnapshotInfo, WriteOp, WriteResult};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::{Entry, NodeId, SnapshotMeta};
@@ -43,25 +43,17 @@ impl From<storage::SnapshotError> for StorageFailure {
     }
 }
 
-fn cond_to_storage(c: Condition) -> storage::Condition {
-    match c {
-        Condition::None => storage::Condition::None,
-        Condition::ExpectedVersion(v) => storage::Condition::ExpectedVersion(v),
-        Condition::MustBeAbsent => storage::Condition::MustBeAbsent,
-    }
-}
-
 /// Encodes a client write as a Normal entry payload.
 pub fn encode_write(op: &WriteOp) -> Vec<u8> {
     let cmd = match op {
         WriteOp::Put { key, value, cond } => Command::Put {
             key: key.to_vec(),
             value: value.to_vec(),
-            cond: cond_to_storage(*cond),
+            cond: *cond,
         },
         WriteOp::Delete { key, cond } => Command::Delete {
             key: key.to_vec(),
-            cond: cond_to_storage(*cond),
+            cond: *cond,
         },
     };
     cmd.encode()
