@@ -6,15 +6,8 @@
 # State lives in ${TITAN_CLUSTER_DIR:-./.titan-cluster} (data dirs, logs, pids).
 set -euo pipefail
 
-# One request/reply over bash's /dev/tcp (works without nc installed).
-send() { # $1 = port, $2 = request line
-  local reply=""
-  { exec 3<>"/dev/tcp/127.0.0.1/$1"; } 2>/dev/null || return 1
-  printf '%s\n' "$2" >&3
-  IFS= read -r -t 5 reply <&3 || true
-  exec 3>&-
-  printf '%s' "$reply"
-}
+# shellcheck source=scripts/lib/send.sh
+source "$(dirname "$0")/lib/send.sh"
 
 DIR="${TITAN_CLUSTER_DIR:-./.titan-cluster}"
 BIN="${TITAN_BIN:-./target/release/titan-server}"

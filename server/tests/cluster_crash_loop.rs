@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::load::{Writers, verify_all};
@@ -25,13 +24,7 @@ fn next(state: &mut u64) -> u64 {
 #[test]
 fn twenty_random_kill_nine_rounds_lose_no_acknowledged_write() {
     let mut cluster = Cluster::start(3, &["--snapshot-threshold=500"]);
-    let ports = Arc::new(
-        cluster
-            .nodes
-            .iter()
-            .map(|n| n.client_port)
-            .collect::<Vec<_>>(),
-    );
+    let ports = cluster.client_ports();
     let writers = Writers::start(ports, 4, 25);
     let mut rng = SEED;
     for round in 0..ROUNDS {

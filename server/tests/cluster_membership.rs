@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::load::{Writers, verify_all};
@@ -61,13 +60,7 @@ fn grow_to_five_transfer_leadership_and_shrink_to_three_while_writing() {
         n.start();
         cluster.nodes.push(n);
     }
-    let ports = Arc::new(
-        cluster
-            .nodes
-            .iter()
-            .map(|n| n.client_port)
-            .collect::<Vec<_>>(),
-    );
+    let ports = cluster.client_ports();
     let writers = Writers::start(ports, 2, 20);
     wait_writes(&writers, 10);
     for i in 3..5 {

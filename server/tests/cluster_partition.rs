@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::load::{Writers, read, verify_all};
@@ -13,13 +12,7 @@ use titan_proto::v1 as pb;
 fn isolated_leader_steps_down_majority_elects_and_no_stale_read_is_served() {
     let cluster = Cluster::with_proxies(3, &[]);
     let old = cluster.wait_leader(Duration::from_secs(10));
-    let ports = Arc::new(
-        cluster
-            .nodes
-            .iter()
-            .map(|n| n.client_port)
-            .collect::<Vec<_>>(),
-    );
+    let ports = cluster.client_ports();
     let writers = Writers::start(ports, 2, 20);
     wait_for(Duration::from_secs(10), "acked writes", || {
         (writers.acked() > 20).then_some(())

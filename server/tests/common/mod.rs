@@ -327,6 +327,11 @@ impl Cluster {
     }
 
     /// Index of the node that every running node agrees leads, waiting for one.
+    /// The client ports of every node, shared with writer threads.
+    pub fn client_ports(&self) -> std::sync::Arc<Vec<u16>> {
+        std::sync::Arc::new(self.nodes.iter().map(|n| n.client_port).collect())
+    }
+
     pub fn wait_leader(&self, timeout: Duration) -> usize {
         wait_for(timeout, "a leader", || self.current_leader())
     }
