@@ -96,23 +96,13 @@ impl Workload {
         self.next_op += 1;
         let call = self.tick_clock();
         let at = c.put(node, op_id, key).ok()?;
-        let slot = self.history.len();
-        self.history.push(Op {
+        let op = Op {
             key,
             kind: OpKind::Put { value: op_id },
             call,
             ret: None,
-        });
-        self.in_flight.insert(
-            op_id,
-            InFlight {
-                slot,
-                node,
-                started_at: c.now,
-                put_at: Some(at),
-            },
-        );
-        self.owner.insert(client, op_id);
+        };
+        self.record_start(c, client, op_id, op, node, Some(at));
         Some(op_id)
     }
 
@@ -127,20 +117,34 @@ impl Workload {
         {
             return;
         }
-        let slot = self.history.len();
-        self.history.push(Op {
+        let op = Op {
             key,
             kind: OpKind::Get { value: None },
             call,
             ret: None,
-        });
+        };
+        self.record_start(c, client, op_id, op, node, None);
+    }
+
+    /// Records a started operation in the history and as in flight for `client`.
+    fn record_start(
+        &mut self,
+        c: &Cluster,
+        client: usize,
+        op_id: u64,
+        op: Op,
+        node: NodeId,
+        put_at: Option<(u64, u64)>,
+    ) {
+        let slot = self.history.len();
+        self.history.push(op);
         self.in_flight.insert(
             op_id,
             InFlight {
                 slot,
                 node,
                 started_at: c.now,
-                put_at: None,
+                put_at,
             },
         );
         self.owner.insert(client, op_id);
