@@ -22,14 +22,24 @@ have_assets() {
   [[ -x "${ASSETS_DIR}/kube-apiserver" && -x "${ASSETS_DIR}/etcd" && -x "${ASSETS_DIR}/kubectl" ]]
 }
 
-install_packages() {
-  local src_list=/etc/apt/sources.list.d/titan-bookworm-src.sources
-  if [[ ! -f "${src_list}" ]]; then
-    # deb822 form with the same Signed-By as the stock entry, or apt refuses it.
-    printf '%s\n' "Types: deb-src" "URIs: http://deb.debian.org/debian" \
-      "Suites: bookworm" "Components: main" \
-      "Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg" >"${src_list}"
+# Writes a deb-src twin of the machine's own deb822 apt sources, so the source
+# package comes from whatever mirror this machine is configured to use. No
+# mirror host is named here.
+write_src_list() {
+  local src_list=/etc/apt/sources.list.d/titan-src.sources
+  [[ -f "${src_list}" ]] && return 0
+  local stock
+  stock="$(find /etc/apt/sources.list.d -maxdepth 1 -name '*.sources' ! -name 'titan-*' | sort)"
+  if [[ -z "${stock}" ]]; then
+    log "no deb822 apt sources in /etc/apt/sources.list.d; add a deb-src entry for the kubernetes source package by hand"
+    return 1
   fi
+  # shellcheck disable=SC2086  # one path per line, none with spaces
+  sed -e 's/^Types:.*$/Types: deb-src/' ${stock} >"${src_list}"
+}
+
+install_packages() {
+  write_src_list
   log "installing build packages (apt)"
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
