@@ -6,6 +6,10 @@ pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod node;
-pub mod raft;
 pub mod storage;
 pub mod transport;
+
+/// The Raft core lives in its own crate (`titan-raft`) so that its dependency
+/// list proves it does no IO; re-exported here so `crate::raft::...` paths
+/// read the same everywhere in the server.
+pub use titan_raft as raft;

@@ -1,6 +1,7 @@
-//! Enforces the ARCHITECTURE.md invariants that the compiler cannot:
-//! `raft/` does no IO, only `transport/` knows tonic and the protos, and
-//! nothing but the operator knows kube.
+//! Enforces the ARCHITECTURE.md invariants that the compiler cannot check on
+//! its own: the `titan-raft` crate depends on nothing that can do IO and uses
+//! no clock, thread, env or file API from std; only `transport/` knows tonic
+//! and the protos; nothing but the operator knows kube.
 
 use std::path::{Path, PathBuf};
 
@@ -58,11 +59,33 @@ fn raft_core_does_no_io_and_reads_no_clock_or_os_randomness() {
         "Instant::",
         "println!",
     ];
-    let hits = offending_lines(&src("src/raft"), &needles, &[]);
+    let hits = offending_lines(&src("../raft/src"), &needles, &[]);
     assert!(
         hits.is_empty(),
         "raft/ must stay sans-IO:\n{}",
         hits.join("\n")
+    );
+}
+
+/// The crate boundary is the real guarantee: `titan-raft` may depend on
+/// nothing but `thiserror`, so no runtime, socket or file crate can reach it.
+#[test]
+fn raft_crate_depends_only_on_thiserror() {
+    let manifest =
+        std::fs::read_to_string(src("../raft/Cargo.toml")).expect("read raft/Cargo.toml");
+    let deps: Vec<&str> = manifest
+        .split("[dependencies]")
+        .nth(1)
+        .and_then(|rest| rest.split("\n[").next())
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    assert_eq!(
+        deps,
+        ["thiserror.workspace = true"],
+        "titan-raft must stay IO-free"
     );
 }
 

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
-use titan_server::raft::rng::SplitMix64;
-use titan_server::raft::{Message, MessageType, NodeId};
+use titan_raft::rng::SplitMix64;
+use titan_raft::{Message, MessageType, NodeId};
 
 use super::kv::Kv;
 

@@ -6,7 +6,7 @@ mod sim;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sim::cluster::{Cluster, Event};
-use titan_server::raft::{
+use titan_raft::{
     ConfChange, ConfChangeType, Config, Message, MessageType, NodeId, RaftError, Role, Storage,
 };
 
@@ -21,7 +21,7 @@ fn cluster3() -> Cluster {
     Cluster::new(3, 3, 1, |_: &mut Config| {})
 }
 
-fn status(c: &Cluster, id: NodeId) -> titan_server::raft::Status {
+fn status(c: &Cluster, id: NodeId) -> titan_raft::Status {
     c.node(id).raw().status()
 }
 

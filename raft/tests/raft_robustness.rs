@@ -2,8 +2,8 @@
 //! of seeded random (often nonsensical) messages into a leader and a
 //! follower and keep driving the Ready loop.
 
-use titan_server::raft::rng::SplitMix64;
-use titan_server::raft::{
+use titan_raft::rng::SplitMix64;
+use titan_raft::{
     ConfState, Config, Entry, EntryKind, MemStorage, Message, MessageType, RawNode, SnapshotMeta,
 };
 

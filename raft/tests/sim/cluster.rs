@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use titan_server::raft::rng::SplitMix64;
-use titan_server::raft::{
+use titan_raft::rng::SplitMix64;
+use titan_raft::{
     ConfState, Config, Entry, EntryKind, HardState, MemStorage, MessageType, NodeId, RawNode,
     ReadState, Ready, Role, SnapshotMeta, Storage,
 };
@@ -324,7 +324,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn send(&mut self, m: titan_server::raft::Message) {
+    fn send(&mut self, m: titan_raft::Message) {
         let from = m.from;
         let snap = (m.msg_type == MessageType::Snapshot).then(|| {
             let node = self.node(from);

@@ -1,6 +1,6 @@
 //! The Ready contract and start-up rules, checked on bare `RawNode`s.
 
-use titan_server::raft::{
+use titan_raft::{
     ConfChange, ConfChangeType, Config, EntryKind, MemStorage, Message, MessageType, RawNode, Role,
     Storage, bootstrap_entries,
 };
@@ -110,7 +110,7 @@ fn committed_entries_are_never_handed_out_before_they_are_durable_locally() {
     m.index = 4;
     m.log_term = 1;
     m.commit = 5;
-    m.entries = vec![titan_server::raft::Entry {
+    m.entries = vec![titan_raft::Entry {
         index: 5,
         term: 2,
         kind: EntryKind::Noop,
@@ -185,7 +185,7 @@ fn invalid_configs_are_refused_with_a_typed_error() {
     cfg.election_tick_max = cfg.election_tick_min;
     assert!(matches!(
         RawNode::new(&cfg, MemStorage::new()),
-        Err(titan_server::raft::RaftError::InvalidConfig(_))
+        Err(titan_raft::RaftError::InvalidConfig(_))
     ));
     assert!(RawNode::new(&Config::new(0), MemStorage::new()).is_err());
 }
@@ -193,8 +193,5 @@ fn invalid_configs_are_refused_with_a_typed_error() {
 #[test]
 fn storage_term_errors_are_typed() {
     let s = MemStorage::new();
-    assert_eq!(
-        s.term(3),
-        Err(titan_server::raft::StorageError::Unavailable)
-    );
+    assert_eq!(s.term(3), Err(titan_raft::StorageError::Unavailable));
 }

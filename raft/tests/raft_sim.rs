@@ -17,8 +17,8 @@ use sim::cluster::Cluster;
 use sim::linearizability::{self, Verdict};
 use sim::network::Faults;
 use sim::workload::Workload;
-use titan_server::raft::rng::SplitMix64;
-use titan_server::raft::{
+use titan_raft::rng::SplitMix64;
+use titan_raft::{
     ConfChange, ConfChangeType, ConfState, EntryKind, NodeId, Role, Storage, apply_change,
 };
 

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use titan_server::raft::NodeId;
+use titan_raft::NodeId;
 
 use super::cluster::{Cluster, Event};
 use super::kv::{Put, read_ctx};

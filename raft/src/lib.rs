@@ -28,6 +28,51 @@
 //!    committed ones applied. Only now does the leader count its own log
 //!    toward the commit index, and only now may `ready()` be called again.
 //!
+//! # A drive loop
+//!
+//! A one-member cluster, driven to commit one proposal. A real node does the
+//! same with a WAL instead of `MemStorage`, a network instead of dropping
+//! messages, and a timer calling `tick`:
+//!
+//! ```
+//! use titan_raft::{Config, EntryKind, MemStorage, RawNode, Role};
+//!
+//! let storage = MemStorage::new_bootstrapped(&[(1, b"addr-of-1".to_vec())]);
+//! let mut node = RawNode::new(&Config::new(1), storage).expect("valid config");
+//! node.campaign();
+//! let mut proposed = false;
+//! let mut applied = Vec::new();
+//! for _ in 0..100 {
+//!     if node.status().role == Role::Leader && !proposed {
+//!         node.propose(b"hello".to_vec()).expect("leader accepts");
+//!         proposed = true;
+//!     }
+//!     if !node.has_ready() {
+//!         node.tick();
+//!         continue;
+//!     }
+//!     let rd = node.ready();
+//!     // 1. Persist (here: in memory; a real node fsyncs when must_sync).
+//!     if let Some(hs) = rd.hard_state.clone() {
+//!         node.storage_mut().set_hard_state(hs);
+//!     }
+//!     node.storage_mut().append(&rd.entries).expect("contiguous");
+//!     // 1b. Only now may `rd.persisted_messages` leave (none: one member).
+//!     // 2. Apply committed entries in order.
+//!     for e in &rd.committed_entries {
+//!         if e.kind == EntryKind::Normal && !e.data.is_empty() {
+//!             applied.push(e.data.clone());
+//!         }
+//!     }
+//!     // 3. Answer reads in rd.read_states once applied; 4. advance.
+//!     node.advance(rd);
+//!     if !applied.is_empty() {
+//!         break;
+//!     }
+//! }
+//! assert_eq!(applied, vec![b"hello".to_vec()]);
+//! ```
+//!
 //! # Membership
 //!
 //! Single-server changes (`AddLearner`, `PromoteLearner`, `RemoveNode`),

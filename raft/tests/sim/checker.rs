@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use titan_server::raft::{Entry, MemStorage, NodeId, Role, Storage};
+use titan_raft::{Entry, MemStorage, NodeId, Role, Storage};
 
 use super::cluster::SimNode;
 

@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use titan_server::raft::{Config, MemStorage, Message, NodeId, RawNode, Role, Storage};
+use titan_raft::{Config, MemStorage, Message, NodeId, RawNode, Role, Storage};
 
 /// Proposals per batch.
 const BATCH: usize = 64;
