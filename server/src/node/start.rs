@@ -177,7 +177,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         peer_tx,
         pending_writes: BTreeMap::new(),
         pending_conf: BTreeMap::new(),
-        reads: ReadQueue::default(),
+        reads: ReadQueue::new(super::reads::random_incarnation()),
         leader: 0,
         role: Role::Follower,
         applied: parts.applied,
