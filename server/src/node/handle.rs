@@ -90,7 +90,7 @@ pub(crate) enum PeerInput {
     Snapshot {
         msg: Message,
         cluster_id: String,
-        staged: crate::storage::StagedSnapshot,
+        staged: Box<crate::storage::StagedSnapshot>,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// A snapshot transfer to `to` finished.
@@ -136,7 +136,7 @@ impl PeerInbox {
         let input = PeerInput::Snapshot {
             msg,
             cluster_id,
-            staged,
+            staged: Box::new(staged),
             done,
         };
         self.tx

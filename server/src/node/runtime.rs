@@ -215,7 +215,7 @@ impl Runtime {
                     let _ = done.send(Err("cluster id mismatch".into()));
                     return;
                 }
-                let result = self.stage_received_snapshot(msg, staged);
+                let result = self.stage_received_snapshot(msg, *staged);
                 let _ = done.send(result);
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
