@@ -143,6 +143,27 @@ impl RaftService {
     }
 }
 
+/// Decodes a batch from a peer stream, dropping undecodable messages and
+/// Snapshot messages: only InstallSnapshot brings the staged file a
+/// Snapshot message needs, so one arriving here could make the core accept
+/// a snapshot the node cannot install.
+fn decode_batch(msgs: Vec<pb::RaftMessage>) -> Vec<Message> {
+    let mut out = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        match message_from_pb(m) {
+            Ok(m) if m.msg_type == MessageType::Snapshot => {
+                warn!(
+                    from = m.from,
+                    "dropping a snapshot message sent outside InstallSnapshot"
+                );
+            }
+            Ok(m) => out.push(m),
+            Err(e) => warn!(error = %e, "dropping undecodable raft message"),
+        }
+    }
+    out
+}
+
 /// Refuses a snapshot stamped with another cluster's id before any byte of
 /// it is kept. A node that has no cluster id yet (joining) takes any; the
 /// runtime adopts or refuses the id when the snapshot is handed over.
@@ -174,13 +195,7 @@ impl Raft for RaftService {
         let mut stream = request.into_inner();
         while let Some(batch) = stream.message().await? {
             let sender = sender_of(&batch);
-            let mut msgs = Vec::with_capacity(batch.msgs.len());
-            for m in batch.msgs {
-                match message_from_pb(m) {
-                    Ok(m) => msgs.push(m),
-                    Err(e) => warn!(error = %e, "dropping undecodable raft message"),
-                }
-            }
+            let msgs = decode_batch(batch.msgs);
             if !self.inbox.deliver(msgs, sender, batch.cluster_id).await {
                 return Err(Status::unavailable("node stopped"));
             }
@@ -338,6 +353,22 @@ mod tests {
         assert_eq!(err.map(|e| e.code()), Some(tonic::Code::ResourceExhausted));
         assert!(files_in(&f.dir).is_empty());
         drop(held);
+    }
+
+    /// A Snapshot message in an ordinary batch has no staged file behind it;
+    /// it is dropped so the core never accepts what the node cannot install.
+    #[test]
+    fn snapshot_message_outside_install_snapshot_is_dropped() {
+        let mut snap = Message::new(MessageType::Snapshot, 1, 2, 3);
+        snap.snapshot = Some(meta());
+        let beat = Message::new(MessageType::Heartbeat, 1, 2, 3);
+        let batch = vec![
+            super::super::convert::message_to_pb(&snap),
+            super::super::convert::message_to_pb(&beat),
+        ];
+        let got = decode_batch(batch);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].msg_type, MessageType::Heartbeat);
     }
 
     /// A valid snapshot from our cluster reaches the runtime staged: it is
