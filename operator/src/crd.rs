@@ -52,9 +52,11 @@ pub const SNAPSHOT_REQUEST_ANNOTATION: &str = "titan.dev/snapshot-request";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TitanClusterSpec {
-    /// Number of Raft members (voters) the cluster should have.
+    /// Number of Raft members (voters) the cluster should have: 1, or 3 to
+    /// 9. Not 2: two voters tolerate no failure (a majority of 2 is 2), so
+    /// restarting either pod stops writes; use 1 or 3+.
     #[serde(default = "default_replicas")]
-    #[schemars(range(min = 1, max = 9))]
+    #[schemars(range(min = 1, max = 9), extend("not" = {"enum": [2]}))]
     pub replicas: i32,
     /// Container image of `titan-server`. The image must provide `/bin/sh`.
     #[serde(default = "default_image")]
@@ -227,6 +229,11 @@ pub enum SpecError {
     /// Replicas outside 1..=9 (only possible when the schema was bypassed).
     #[error("replicas must be between 1 and {MAX_REPLICAS}, got {0}")]
     ReplicasOutOfRange(i32),
+    /// Two voters tolerate no failure; a rolling update would drop quorum.
+    #[error(
+        "replicas must not be 2: two Raft voters tolerate no failure (a majority of 2 is 2), so restarting either pod, as a rolling update does, stops all writes; use 1 or 3 or more"
+    )]
+    TwoVotersTolerateNoFailure,
 }
 
 impl TitanClusterSpec {
@@ -234,6 +241,9 @@ impl TitanClusterSpec {
     pub fn validate(&self) -> Result<(), SpecError> {
         if !(1..=MAX_REPLICAS).contains(&self.replicas) {
             return Err(SpecError::ReplicasOutOfRange(self.replicas));
+        }
+        if self.replicas == 2 {
+            return Err(SpecError::TwoVotersTolerateNoFailure);
         }
         if self.raft.heartbeat_ms >= self.raft.election_timeout_ms {
             return Err(SpecError::HeartbeatNotBelowElection {
@@ -379,6 +389,34 @@ mod tests {
                 Err(SpecError::ReplicasOutOfRange(replicas))
             );
         }
+    }
+
+    /// Issue #11 finding 8: a 2-voter cluster loses quorum on every pod
+    /// restart, so `replicas: 2` is refused with the reason; table of the
+    /// boundary values around it.
+    #[test]
+    fn two_replicas_are_refused_because_two_voters_tolerate_no_failure() {
+        let table = [
+            (1, Ok(())),
+            (2, Err(SpecError::TwoVotersTolerateNoFailure)),
+            (3, Ok(())),
+            (4, Ok(())),
+            (9, Ok(())),
+        ];
+        for (replicas, want) in table {
+            let mut spec = spec();
+            spec.replicas = replicas;
+            assert_eq!(spec.validate(), want, "replicas {replicas}");
+        }
+        let msg = SpecError::TwoVotersTolerateNoFailure.to_string();
+        assert!(msg.contains("tolerate no failure") && msg.contains("use 1 or 3"));
+        let crd = serde_json::to_value(TitanCluster::crd()).unwrap_or_default();
+        let replicas = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["replicas"];
+        assert_eq!(
+            replicas["not"]["enum"][0], 2,
+            "schema must refuse 2: {replicas}"
+        );
     }
 
     #[test]

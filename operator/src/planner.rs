@@ -16,7 +16,9 @@
 //! - replacement: a pod that is a member by name but reports another (or no)
 //!   identity is removed under the old id, then re-added as a learner;
 //! - rolling update: followers from the highest ordinal down, leader last after
-//!   a transfer, each only when every member is healthy and caught up.
+//!   a transfer, each only when every member is healthy and caught up and the
+//!   other healthy voters still form a majority without the restarted pod (so
+//!   2 voters are never rolled: one of two is no majority; issue #11 finding 8).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -399,6 +401,23 @@ impl<'a> ClusterView<'a> {
         }
     }
 
+    /// Would the healthy voters other than `down` still be a majority of the
+    /// unchanged configuration while `down`'s pod restarts?
+    fn quorum_while_down(&self, down: u64) -> Result<(), DegradedReason> {
+        let voters = u32::try_from(self.voters().count()).unwrap_or(u32::MAX);
+        let healthy = u32::try_from(
+            self.voters()
+                .filter(|s| s.member.id != down && s.healthy())
+                .count(),
+        )
+        .unwrap_or(0);
+        if voters > 0 && healthy > voters / 2 {
+            Ok(())
+        } else {
+            Err(DegradedReason::QuorumAtRisk { healthy, voters })
+        }
+    }
+
     fn remove(&self, slot: &Slot<'_>, phase: Phase) -> Plan {
         let removed = slot.member.voter.then_some(slot.member.id);
         match self.quorum_after(removed, 0) {
@@ -574,6 +593,11 @@ impl<'a> ClusterView<'a> {
             return Some(Plan::new(gate.action, Phase::Updating));
         }
         if let Some(follower) = outdated.iter().find(|s| s.member.id != self.leader_id) {
+            if follower.member.voter
+                && let Err(reason) = self.quorum_while_down(follower.member.id)
+            {
+                return Some(Plan::new(Action::Degraded(reason), Phase::Degraded));
+            }
             return Some(Plan::new(
                 Action::DeletePod(follower.ordinal),
                 Phase::Updating,
@@ -929,6 +953,24 @@ mod tests {
         unhealthy(&mut obs, 2, 30);
         assert_eq!(run(&obs), Action::Wait(WaitReason::MemberUnhealthy(2)));
         unhealthy(&mut obs, 2, 3000);
+        assert_eq!(plan(&obs, &CFG, &ordinal).phase, Phase::Degraded);
+    }
+
+    /// Issue #11 finding 8: with 2 voters the rolling update deleted the
+    /// follower's pod, leaving 1 of 2 voters: no majority, no writes.
+    #[test]
+    fn two_voter_rolling_update_never_deletes_a_pod_and_drops_quorum() {
+        let mut obs = cluster(2, 0);
+        for p in obs.pods.values_mut() {
+            p.up_to_date = false;
+        }
+        assert_eq!(
+            run(&obs),
+            Action::Degraded(DegradedReason::QuorumAtRisk {
+                healthy: 1,
+                voters: 2
+            })
+        );
         assert_eq!(plan(&obs, &CFG, &ordinal).phase, Phase::Degraded);
     }
 

@@ -14,7 +14,7 @@ use super::{
 };
 
 /// `Message::context` of Vote/PreVote requests sent because of a leadership
-/// transfer: receivers skip the leader-lease check for them.
+/// transfer: receivers skip the leader-stickiness check (`in_lease`) for them.
 pub const CAMPAIGN_TRANSFER: &[u8] = b"transfer";
 
 /// Terms and indexes above this are treated as corrupt or hostile: a real
@@ -59,18 +59,10 @@ pub(crate) struct Raft<S: Storage> {
     pub heartbeat_elapsed: u32,
     /// This term's election timeout, drawn from `[min, max)`.
     pub randomized_election_tick: u32,
-    /// Monotonic tick counter; stamps heartbeats for lease reads.
-    pub ticks: u64,
     /// Leader only: target of an in-progress leadership transfer.
     pub transferee: NodeId,
     /// Ticks since the transfer started (abandoned at `election_tick_min`).
     pub transfer_elapsed: u32,
-    /// A TimeoutNow went out this term: a delayed one may still force an
-    /// election, so lease reads are off until the next term.
-    pub lease_broken: bool,
-    /// Right after start-up with lease reads on, refuse votes for one
-    /// minimum election timeout: we may have promised a lease before a crash.
-    pub boot_quiet: bool,
     /// Leader only: bytes of proposals appended but not yet handed out as committed.
     pub uncommitted_bytes: usize,
     /// Leader only: proposals appended since the last broadcast.
@@ -105,11 +97,8 @@ impl<S: Storage> Raft<S> {
             election_elapsed: 0,
             heartbeat_elapsed: 0,
             randomized_election_tick: cfg.election_tick_min,
-            ticks: 0,
             transferee: NO_NODE,
             transfer_elapsed: 0,
-            lease_broken: false,
-            boot_quiet: cfg.lease_read,
             uncommitted_bytes: 0,
             pending_bcast: false,
             rng: SplitMix64::new(cfg.seed),
@@ -181,7 +170,6 @@ impl<S: Storage> Raft<S> {
         if term != self.term {
             self.term = term;
             self.vote = NO_NODE;
-            self.lease_broken = false;
         }
         self.leader = NO_NODE;
         self.reset_timers();
@@ -237,7 +225,6 @@ impl<S: Storage> Raft<S> {
 
     /// Advances time by one tick.
     pub fn tick(&mut self) {
-        self.ticks += 1;
         if self.role == Role::Leader {
             self.tick_leader();
         } else {
@@ -247,9 +234,6 @@ impl<S: Storage> Raft<S> {
 
     fn tick_election(&mut self) {
         self.election_elapsed += 1;
-        if self.election_elapsed >= self.cfg.election_tick_min {
-            self.boot_quiet = false;
-        }
         if self.promotable() && self.election_elapsed >= self.randomized_election_tick {
             self.election_elapsed = 0;
             self.hup(false);
@@ -295,12 +279,11 @@ impl<S: Storage> Raft<S> {
     }
 
     /// A follower that heard from a leader less than a minimum election
-    /// timeout ago ignores (pre-)vote requests (thesis §4.2.3), which also
-    /// makes leases sound.
+    /// timeout ago ignores (pre-)vote requests (thesis §4.2.3).
     pub fn in_lease(&self) -> bool {
         self.cfg.check_quorum
             && self.election_elapsed < self.cfg.election_tick_min
-            && (self.leader != NO_NODE || self.boot_quiet)
+            && self.leader != NO_NODE
     }
 
     /// Entry point for every message from a peer.
@@ -415,9 +398,6 @@ fn validate(cfg: &Config) -> Result<(), RaftError> {
     }
     if cfg.max_inflight_msgs == 0 || cfg.max_msg_entries == 0 {
         return bad("max_inflight_msgs and max_msg_entries must be positive");
-    }
-    if cfg.lease_read && !cfg.check_quorum {
-        return bad("lease_read requires check_quorum");
     }
     Ok(())
 }

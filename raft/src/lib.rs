@@ -110,10 +110,9 @@
 //! read's `ReadState { index: commit at round start }` follows. On a follower
 //! the request goes to the leader (ReadIndex / ReadIndexResp). Reads are
 //! dropped, not failed, on leader change or message loss: the node must time
-//! them out. With `lease_read` (requires `check_quorum`) the leader answers at
-//! once while a majority acknowledged a heartbeat sent less than
-//! `election_tick_min - 2` ticks ago; this assumes tick rates of members
-//! differ by less than two ticks per election timeout.
+//! them out. There are no lease reads: ticks stall while the node blocks on
+//! an fsync or a snapshot load, so a tick-based lease cannot bound real time
+//! and every linearizable read pays for one heartbeat round.
 //!
 //! # Message fields by type
 //!
@@ -123,7 +122,7 @@
 //! | PreVoteResp/VoteResp | | | | `reject` | |
 //! | Append | previous index/term | new entries | leader commit | | |
 //! | AppendResp | last matched (or rejected prev) index | | | hint index/term | |
-//! | Heartbeat(Resp) | leader tick stamp (lease) | | min(match, commit) | | read round id |
+//! | Heartbeat(Resp) | | | min(match, commit) | | read round id |
 //! | Snapshot | snapshot index/term | | | | (`snapshot` set) |
 //! | ReadIndex(Resp) | read index (resp) | | | | caller's read id |
 //!
@@ -131,7 +130,7 @@
 //!
 //! `core.rs` roles, ticks, term rules and dispatch; `election.rs` PreVote,
 //! Vote, TimeoutNow; `replication.rs` proposals, Append/Heartbeat, flow
-//! control, commit rule, snapshots; `read_only.rs` ReadIndex and leases;
+//! control, commit rule, snapshots; `read_only.rs` ReadIndex rounds;
 //! `membership.rs` conf changes, bootstrap, leadership transfer; `log.rs`
 //! storage plus unstable suffix; `progress.rs` per-peer replication state;
 //! `quorum.rs` majority math; `raw_node.rs` the `RawNode`/`Ready` API;
@@ -180,8 +179,6 @@ pub struct Config {
     pub max_uncommitted_bytes: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
-    /// Lease-based reads (assumes bounded clock drift; see module docs).
-    pub lease_read: bool,
     /// Seed of the core's deterministic RNG (election timeouts).
     pub seed: u64,
 }
@@ -201,7 +198,6 @@ impl Config {
             max_uncommitted_bytes: 64 << 20,
             pre_vote: true,
             check_quorum: true,
-            lease_read: false,
             seed: id,
         }
     }

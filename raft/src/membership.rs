@@ -217,7 +217,6 @@ impl<S: Storage> Raft<S> {
             .get(&from)
             .is_some_and(|p| p.match_index == self.log.last_index());
         if caught_up {
-            self.lease_broken = true;
             let m = Message::new(MessageType::TimeoutNow, self.id, from, self.term);
             self.send(m);
         }

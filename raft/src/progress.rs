@@ -99,8 +99,6 @@ pub struct Progress {
     pub pending_snapshot: u64,
     /// Heard from since the last CheckQuorum round.
     pub recent_active: bool,
-    /// Highest leader tick stamp echoed in a heartbeat response (lease reads).
-    pub lease_stamp: u64,
     /// Learners receive the log but do not vote or count toward commit.
     pub learner: bool,
     /// Pipelining window.
@@ -117,7 +115,6 @@ impl Progress {
             probe_sent: false,
             pending_snapshot: 0,
             recent_active: false,
-            lease_stamp: 0,
             learner,
             inflights: Inflights::new(max_msgs, max_bytes),
         }

@@ -4,7 +4,7 @@
 use super::core::Raft;
 use super::{
     ConfChange, Config, EntryKind, HardState, Message, NodeId, PeerProgress, RaftError, Ready,
-    SoftState, Status, Storage, progress::ProgressState,
+    SnapshotMeta, SoftState, Status, Storage, progress::ProgressState,
 };
 
 /// Bound on the bytes of committed entries handed out in one `Ready`.
@@ -112,6 +112,12 @@ impl<S: Storage> RawNode<S> {
     /// The transport could not reach `to`: stop pipelining to it.
     pub fn report_unreachable(&mut self, to: NodeId) {
         self.raft.report_unreachable(to);
+    }
+
+    /// A received snapshot the core accepted and has not handed out in a
+    /// `Ready` yet (the node keeps its file until then).
+    pub fn pending_snapshot(&self) -> Option<&SnapshotMeta> {
+        self.raft.log.unstable.snapshot.as_ref()
     }
 
     /// Whether `ready()` would return anything.

@@ -1,6 +1,8 @@
 //! Linearizable reads (Raft thesis §6.4): ReadIndex confirmed by one
 //! heartbeat round shared by every read waiting when the round starts,
-//! follower reads that ask the leader, and optional lease reads.
+//! and follower reads that ask the leader. Lease reads were removed: ticks
+//! stall while the node blocks on fsync or a snapshot load, so a lease
+//! counted in ticks does not bound real time.
 
 use std::collections::{BTreeSet, VecDeque};
 
@@ -9,10 +11,6 @@ use super::{Message, MessageType, NO_NODE, NodeId, RaftError, ReadState, Role, S
 
 /// Bound on reads queued at the leader; more are refused with `ProposalDropped`.
 pub const MAX_PENDING_READS: usize = 4096;
-
-/// Ticks subtracted from a lease to absorb clock drift between members
-/// during one election timeout.
-const LEASE_DRIFT_MARGIN_TICKS: u64 = 2;
 
 /// One read waiting for confirmation.
 #[derive(Debug, Clone)]
@@ -73,11 +71,6 @@ impl<S: Storage> Raft<S> {
     }
 
     fn leader_read(&mut self, req: ReadRequest) -> Result<(), RaftError> {
-        if self.committed_in_term() && self.lease_valid() {
-            let index = self.log.committed;
-            self.release_read(req, index);
-            return Ok(());
-        }
         if self.reads.waiting.len() >= MAX_PENDING_READS {
             return Err(RaftError::ProposalDropped);
         }
@@ -157,27 +150,6 @@ impl<S: Storage> Raft<S> {
         m.index = index;
         m.context = req.ctx;
         self.send(m);
-    }
-
-    /// Lease reads: valid while a majority acknowledged a heartbeat sent less
-    /// than `election_tick_min - margin` ticks ago. Those followers ignore
-    /// votes for `election_tick_min` ticks after hearing from us, so no other
-    /// leader can exist yet — assuming tick rates differ by less than the margin.
-    fn lease_valid(&self) -> bool {
-        if !self.cfg.lease_read || self.lease_broken || self.transferee != NO_NODE {
-            return false;
-        }
-        let id = self.id;
-        let ticks = self.ticks;
-        let stamp = quorum::committed_index(&self.conf.voters, |v| {
-            if v == id {
-                ticks
-            } else {
-                self.progress.get(&v).map_or(0, |p| p.lease_stamp)
-            }
-        });
-        let lease = u64::from(self.cfg.election_tick_min).saturating_sub(LEASE_DRIFT_MARGIN_TICKS);
-        stamp > 0 && ticks < stamp.saturating_add(lease)
     }
 
     /// Leader: a follower asks for a read index.

@@ -170,7 +170,6 @@ impl<S: Storage> Raft<S> {
             // Never tell a follower to commit past what it is known to hold.
             m.commit = pr.match_index.min(self.log.committed);
             m.context = ctx.clone();
-            m.index = self.ticks;
             self.send(m);
         }
     }
@@ -301,7 +300,6 @@ impl<S: Storage> Raft<S> {
             return;
         };
         pr.recent_active = true;
-        pr.lease_stamp = pr.lease_stamp.max(m.index);
         pr.probe_sent = false;
         if pr.state == ProgressState::Replicate && pr.inflights.full() {
             pr.inflights.free_first_one();

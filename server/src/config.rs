@@ -86,6 +86,14 @@ pub struct Cli {
         default_value_t = 10_000
     )]
     pub snapshot_threshold: u64,
+    /// Largest snapshot accepted from a leader; a bigger install stream is
+    /// refused as soon as it passes this size.
+    #[arg(
+        long = "max-snapshot-bytes",
+        env = "TITAN_MAX_SNAPSHOT_BYTES",
+        default_value_t = crate::storage::snapshot::DEFAULT_MAX_INSTALL_BYTES
+    )]
+    pub max_snapshot_bytes: u64,
     /// Raft tick length.
     #[arg(long = "tick-ms", env = "TITAN_TICK_MS", default_value_t = 10)]
     pub tick_ms: u64,
@@ -176,6 +184,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Entries applied between automatic snapshots.
     pub snapshot_threshold_entries: u64,
+    /// Largest snapshot accepted from a leader.
+    pub max_snapshot_bytes: u64,
     /// Length of one Raft tick.
     pub tick: Duration,
     /// Minimum election timeout in ticks.
@@ -320,6 +330,7 @@ impl Cli {
             join: self.join,
             data_dir,
             snapshot_threshold_entries: self.snapshot_threshold.max(1),
+            max_snapshot_bytes: self.max_snapshot_bytes.max(1),
             tick: Duration::from_millis(tick_ms),
             election_ticks: u32::try_from(election_ticks).unwrap_or(u32::MAX),
             heartbeat_ticks: heartbeat_ticks as u32,

@@ -181,3 +181,40 @@ fn wiped_node_comes_back_under_a_new_identity_instead_of_rebootstrapping() {
     let members = cluster.nodes[leader].status().expect("status").members;
     assert!(members.iter().any(|m| m.id == old_id));
 }
+
+/// Issue #11 finding 3: when the wiped member was the leader, the new
+/// leader reports match index 0 for it and the followers report 0 for
+/// everyone, so the old probe found no trace of it and it bootstrapped again
+/// under its old id, having forgotten its votes and log. Restarted with the
+/// same flags it must refuse and wait to be added as a new member.
+#[test]
+fn wiped_leader_restarted_with_the_same_flags_never_bootstraps_under_its_old_id() {
+    let mut cluster = Cluster::start(3, &[]);
+    assert!(cluster.set("k", "v"));
+    let old_leader = cluster.wait_leader(Duration::from_secs(5));
+    let old_id = cluster.nodes[old_leader].status().expect("status").id;
+    cluster.nodes[old_leader].kill();
+    std::fs::remove_dir_all(&cluster.nodes[old_leader].data_dir).expect("wipe data dir");
+    // The leader changes while the wiped node is down.
+    let new_leader = cluster.wait_leader(Duration::from_secs(10));
+    assert_ne!(new_leader, old_leader);
+    cluster.nodes[old_leader].start();
+    let fresh = wait_for(Duration::from_secs(15), "wiped node status", || {
+        cluster.nodes[old_leader].status()
+    });
+    assert_ne!(
+        fresh.id, old_id,
+        "a wiped leader bootstrapped again under its old identity"
+    );
+    assert_eq!(fresh.role, titan_proto::v1::Role::Joining as i32);
+    let log = std::fs::read_to_string(cluster.nodes[old_leader].data_dir.with_extension("log"))
+        .unwrap_or_default();
+    assert!(
+        log.contains("REFUSING TO BOOTSTRAP"),
+        "no clear message in the log:\n{log}"
+    );
+    // The cluster is unaffected and still lists the old id until removed.
+    assert!(cluster.set("k2", "v2"));
+    let members = cluster.nodes[new_leader].status().expect("status").members;
+    assert!(members.iter().any(|m| m.id == old_id));
+}

@@ -211,8 +211,15 @@ fn installed_snapshot_is_validated_before_it_is_published() {
     for chunk in bytes.chunks(777) {
         good.write_chunk(chunk).unwrap();
     }
-    let (installed, header) = good.finish().unwrap();
-    assert_eq!(header.meta.index, 200);
+    let staged = good.finish().unwrap();
+    assert_eq!(staged.header().meta.index, 200);
+    // Staged, not loadable: publishing is the runtime's step once the core
+    // accepted it and the WAL marker is durable (issue #11 finding 1).
+    assert!(
+        follower.list().unwrap().is_empty(),
+        "loadable before acceptance"
+    );
+    let installed = staged.publish().unwrap();
     let (_, loaded) = follower.load(&installed.path).unwrap();
     assert_eq!(pairs(&loaded), pairs(&sm));
 }

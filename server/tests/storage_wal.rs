@@ -173,8 +173,9 @@ fn random_garbage_or_zeroes_after_the_last_record_are_dropped() {
 }
 
 /// Offset of the first entry record in a fresh segment: header (32) plus
-/// the preamble hard-state frame (8 + 1 + 24).
-const FIRST_RECORD_OFFSET: u64 = 65;
+/// the preamble's hard-state frame (8 + 1 + 24) and, since format version
+/// 2, its nonce frame (8 + 17).
+const FIRST_RECORD_OFFSET: u64 = 90;
 
 #[test]
 fn flipped_byte_in_an_earlier_segment_is_an_error_naming_file_and_offset() {
@@ -252,7 +253,8 @@ fn oversized_length_field_is_rejected_without_allocating() {
         .copy_from_slice(&u32::MAX.to_le_bytes());
     fs::write(&seg, &data).unwrap();
     let err = Wal::open(dir.path(), WalOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("byte offset 65"), "{err}");
+    let at = format!("byte offset {FIRST_RECORD_OFFSET}");
+    assert!(err.to_string().contains(&at), "{err}");
 }
 
 #[test]
@@ -547,4 +549,151 @@ fn torn_header_of_a_freshly_rotated_segment_is_dropped_and_rewritten() {
         assert_eq!(rec.entries.len(), 61, "torn header {torn:?}");
         assert_eq!(rec.hard_state, hs(1, 60));
     }
+}
+
+// ---- Issue #11 finding 7: torn tails that contain valid-looking frames ----
+
+use titan_server::storage::wal_record::{WalRecord, decode_frame};
+
+/// The segment's nonce and durable length, read from the trailer that
+/// ends the last acknowledged batch.
+fn last_trailer(data: &[u8]) -> (u64, u64) {
+    let trailer = &data[data.len() - 25..];
+    match decode_frame(trailer, u32::MAX) {
+        Ok((WalRecord::Synced { nonce, .. }, _)) => (nonce, data.len() as u64),
+        other => panic!("no batch trailer at the end: {other:?}"),
+    }
+}
+
+/// One batch as the writer lays it out: the entry, then the trailer.
+fn batch(e: &Entry, nonce: u64, synced_bytes: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    WalRecord::Entry(e.clone()).encode_into(&mut out);
+    WalRecord::Synced {
+        nonce,
+        synced_bytes,
+    }
+    .encode_into(&mut out);
+    out
+}
+
+/// Two batches written in one fsync window; the power fails and the pages
+/// of the first one are lost while the second one persisted (pages of an
+/// unsynced write reach the disk in any order). The old rule saw a valid
+/// frame after a bad one and refused to boot.
+#[test]
+fn torn_batch_followed_by_a_complete_unsynced_batch_is_a_torn_tail_not_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, _) = write_single_segment(dir.path(), 4);
+    let mut data = fs::read(&seg).unwrap();
+    let (nonce, durable) = last_trailer(&data);
+    let mut fifth = batch(&entry(5, 1, 300), nonce, durable);
+    let sixth = batch(&entry(6, 1, 40), nonce, durable);
+    for b in &mut fifth[40..200] {
+        *b = 0;
+    }
+    let tail = (fifth.len() + sixth.len()) as u64;
+    data.extend_from_slice(&fifth);
+    data.extend_from_slice(&sixth);
+    fs::write(&seg, &data).unwrap();
+    let (wal, rec) = Wal::open(dir.path(), WalOptions::default())
+        .unwrap_or_else(|e| panic!("a legitimate torn tail was refused: {e}"));
+    let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert_eq!(rec.dropped_tail_bytes, tail);
+    wal.append(&[entry(5, 2, 10)], None).unwrap();
+    drop(wal);
+    let (_, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(rec.entries.len(), 5);
+}
+
+/// A client value can embed bytes that form valid frames, including a
+/// forged durability claim (it cannot know the segment's random nonce).
+/// When the write carrying it is torn, recovery must still cut the tail.
+#[test]
+fn torn_batch_whose_value_embeds_valid_frames_is_a_torn_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    for i in 1..=3 {
+        wal.append(&[entry(i, 1, 40)], Some(hs(1, i))).unwrap();
+    }
+    let seg = segments(dir.path()).pop().unwrap();
+    let before = fs::metadata(&seg).unwrap().len();
+    let mut value = vec![b'x'; 64];
+    WalRecord::Entry(entry(99, 9, 16)).encode_into(&mut value);
+    let forged = WalRecord::Synced {
+        nonce: 0x5eed_5eed_5eed_5eed,
+        synced_bytes: u64::MAX >> 1,
+    };
+    forged.encode_into(&mut value);
+    value.extend_from_slice(&[b'y'; 64]);
+    let evil = Entry {
+        index: 4,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: value,
+    };
+    wal.append(&[evil], None).unwrap();
+    drop(wal);
+    let full = fs::read(&seg).unwrap();
+    // Torn inside the trailing 'y' bytes: the embedded frames persisted.
+    let cut = full.len() - 25 - 30;
+    fs::write(&seg, &full[..cut]).unwrap();
+    let (_, rec) = Wal::open(dir.path(), WalOptions::default())
+        .unwrap_or_else(|e| panic!("embedded frames made a torn tail look corrupt: {e}"));
+    let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+    assert_eq!(got, vec![1, 2, 3]);
+    assert_eq!(rec.dropped_tail_bytes, cut as u64 - before);
+}
+
+/// Damage to a batch that was durable (a later batch's trailer says so)
+/// is still mid-log corruption: refused, naming the file and offset.
+#[test]
+fn damage_to_a_durable_batch_followed_by_more_batches_is_refused_with_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let (seg, _) = write_single_segment(dir.path(), 5);
+    let mut data = fs::read(&seg).unwrap();
+    data[FIRST_RECORD_OFFSET as usize + 20] ^= 0x40;
+    fs::write(&seg, &data).unwrap();
+    match Wal::open(dir.path(), WalOptions::default()) {
+        Err(WalError::Corrupt {
+            path,
+            offset,
+            reason,
+        }) => {
+            assert_eq!((path, offset), (seg, FIRST_RECORD_OFFSET));
+            assert!(reason.contains("as durable"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}
+
+/// A segment written before format version 2 (no nonce, no trailers) is
+/// still read, and writing continues in a new version 2 segment.
+#[test]
+fn version_1_segment_is_still_read_and_writing_continues_in_a_new_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut data = Vec::new();
+    data.extend_from_slice(b"TITANWAL");
+    data.extend_from_slice(&1u32.to_le_bytes());
+    data.extend_from_slice(&1u64.to_le_bytes());
+    data.extend_from_slice(&1u64.to_le_bytes());
+    let crc = crc32fast::hash(&data);
+    data.extend_from_slice(&crc.to_le_bytes());
+    WalRecord::HardState(hs(1, 0)).encode_into(&mut data);
+    for i in 1..=3 {
+        WalRecord::Entry(entry(i, 1, 20)).encode_into(&mut data);
+    }
+    WalRecord::HardState(hs(1, 3)).encode_into(&mut data);
+    fs::write(dir.path().join("00000000000000000001.wal"), &data).unwrap();
+    let (wal, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    assert_eq!(rec.entries.len(), 3);
+    assert_eq!(rec.hard_state, hs(1, 3));
+    wal.append(&[entry(4, 1, 20)], Some(hs(1, 4))).unwrap();
+    drop(wal);
+    assert_eq!(segments(dir.path()).len(), 2, "continued in a new segment");
+    let (_, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+    let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+    assert_eq!(got, vec![1, 2, 3, 4]);
+    assert_eq!(rec.hard_state, hs(1, 4));
 }

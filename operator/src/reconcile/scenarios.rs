@@ -198,7 +198,7 @@ async fn scale_up_step_adds_the_joining_pod_as_learner_on_the_leader() {
 
 #[tokio::test]
 async fn scale_down_step_transfers_leadership_away_from_the_leaving_leader() {
-    let cluster = fixtures::cluster(json!({"replicas": 2}));
+    let cluster = fixtures::cluster(json!({"replicas": 1}));
     let admin = Arc::new(FakeAdmin {
         statuses: fixtures::healthy_statuses(3, 2),
         ..FakeAdmin::default()

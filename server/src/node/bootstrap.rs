@@ -5,7 +5,18 @@
 //! dir. A node whose data dir was wiped must not bootstrap again under the
 //! name-derived bootstrap id (it would have forgotten its votes and log), so
 //! before bootstrapping it asks the listed peers whether a cluster already
-//! runs that knows it; if so it starts in join mode with a new random id.
+//! runs; if so it refuses to bootstrap and starts in join mode with a new
+//! random id, logging what to do (add it as a new member, remove the old id).
+//!
+//! "Already runs" must rest on facts that hold whoever led: a leader's match
+//! index is no such fact (followers report 0 for everyone, and a new leader
+//! starts at 0 for a member that was down; issue #11 finding 3). A peer
+//! proves the cluster ran past its bootstrap if it reports a term above 1
+//! (bootstrap writes term 1, so some election happened, in which this member
+//! may have voted or led, and every acknowledgement carries such a term), a
+//! leader, or a log or commit index beyond the bootstrap entries. The cost
+//! is that an initial member that starts only after the others elected a
+//! leader also joins as a new member: it cannot tell that it never ran.
 
 use std::time::Duration;
 
@@ -16,7 +27,7 @@ use super::identity::{
     Identity, IdentityError, Origin, bootstrap_cluster_id, bootstrap_id, random_id,
 };
 use crate::config::Config;
-use crate::transport::admin_service::probe_status;
+use crate::transport::admin_service::{PeerView, probe_status};
 
 /// How the node starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +80,15 @@ pub async fn decide(cfg: &Config) -> Result<StartMode, IdentityError> {
         join_mode(cfg)
     } else if cfg.peers.is_empty() {
         bootstrap_mode(cfg)
-    } else if let Some(existing) = probe_existing_cluster(cfg).await {
+    } else if let Some((existing, reason)) = probe_existing_cluster(cfg).await {
         warn!(
             cluster = %existing,
-            "data dir is empty but the listed peers already run a cluster that knew this node; \
-             joining under a NEW identity (add it with Admin.AddMember)"
+            reason = %reason,
+            old_id = bootstrap_id(&cfg.name),
+            "REFUSING TO BOOTSTRAP: the data dir is empty but the listed peers already run a \
+             cluster, and a member that lost its votes and log must never rejoin as itself. \
+             Starting as a NEW member that waits to be added: add it with Admin.AddMember \
+             (titanctl members add), then remove the old id (titanctl members remove)"
         );
         join_mode(cfg)
     } else {
@@ -107,23 +122,116 @@ fn bootstrap_mode(cfg: &Config) -> StartMode {
     StartMode::Bootstrap(identity, members)
 }
 
-/// Asks every listed peer for its status; returns the cluster id if one of
-/// them shows that this node's bootstrap identity already took part (the
-/// leader has replicated to it) or that the cluster no longer lists it.
-async fn probe_existing_cluster(cfg: &Config) -> Option<String> {
+/// Asks every listed peer for its status; returns the cluster id and the
+/// reason if any answer proves the cluster already ran (see module docs).
+async fn probe_existing_cluster(cfg: &Config) -> Option<(String, String)> {
     let my_id = bootstrap_id(&cfg.name);
+    let bootstrap_entries = 2 * (cfg.peers.len() as u64 + 1);
     let probes = cfg
         .peers
         .iter()
         .map(|p| probe_status(p.peer_addr(), PROBE_TIMEOUT));
     let answers = futures::future::join_all(probes).await;
     answers.into_iter().flatten().find_map(|s| {
-        if s.cluster_id.is_empty() || s.id == 0 {
-            return None;
-        }
-        let me = s.members.iter().find(|(id, _)| *id == my_id);
-        let knew_me = me.is_some_and(|(_, match_index)| *match_index > 0);
-        let removed_me = me.is_none() && !s.members.is_empty();
-        (knew_me || removed_me).then_some(s.cluster_id)
+        let reason = cluster_ran(&s, my_id, bootstrap_entries)?;
+        Some((s.cluster_id, reason))
     })
+}
+
+/// Why `peer`'s status proves its cluster ran past bootstrap, or `None`.
+pub(crate) fn cluster_ran(peer: &PeerView, my_id: u64, bootstrap_entries: u64) -> Option<String> {
+    if peer.cluster_id.is_empty() || peer.id == 0 {
+        return None;
+    }
+    let me = peer.members.iter().find(|(id, _)| *id == my_id);
+    if me.is_some_and(|(_, match_index)| *match_index > 0) {
+        return Some("its leader has replicated to this member".into());
+    }
+    if me.is_none() && !peer.members.is_empty() {
+        return Some("its configuration no longer lists this member".into());
+    }
+    if peer.term > 1 {
+        return Some(format!(
+            "it is at term {}: an election already happened",
+            peer.term
+        ));
+    }
+    if peer.leader_id != 0 {
+        return Some(format!("it follows leader {}", peer.leader_id));
+    }
+    if peer.last_index > bootstrap_entries || peer.commit_index > bootstrap_entries {
+        return Some(format!(
+            "its log reaches index {} beyond the {bootstrap_entries} bootstrap entries",
+            peer.last_index.max(peer.commit_index)
+        ));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: u64 = 7;
+    /// Three initial members: six bootstrap entries.
+    const BOOT: u64 = 6;
+
+    fn fresh_peer() -> PeerView {
+        PeerView {
+            cluster_id: "c".into(),
+            id: 8,
+            members: vec![(7, 0), (8, 0), (9, 0)],
+            term: 1,
+            leader_id: 0,
+            commit_index: BOOT,
+            last_index: BOOT,
+        }
+    }
+
+    /// Issue #11 finding 3: the old rule trusted the leader's match index,
+    /// which followers report as 0 for everyone and a new leader reports as
+    /// 0 for a member that was down, so a wiped leader bootstrapped again
+    /// under its old id. Every fact that proves the cluster ran counts.
+    #[test]
+    fn wiped_member_refuses_to_bootstrap_whenever_a_peer_proves_the_cluster_ran() {
+        type Edit = fn(&mut PeerView);
+        let table: [(&str, Edit, bool); 9] = [
+            ("peer fresh from bootstrap", |_| {}, false),
+            ("peer without identity", |p| p.id = 0, false),
+            ("peer without cluster id", |p| p.cluster_id.clear(), false),
+            (
+                "follower after an election, match 0 for all",
+                |p| p.term = 3,
+                true,
+            ),
+            (
+                "new leader that never reached the wiped member",
+                |p| {
+                    p.term = 4;
+                    p.leader_id = 8;
+                },
+                true,
+            ),
+            ("peer follows a leader", |p| p.leader_id = 9, true),
+            ("log beyond bootstrap", |p| p.last_index = BOOT + 1, true),
+            (
+                "leader replicated to this member",
+                |p| p.members[0].1 = 12,
+                true,
+            ),
+            (
+                "member removed from the configuration",
+                |p| {
+                    p.members.remove(0);
+                },
+                true,
+            ),
+        ];
+        for (case, edit, refuse) in table {
+            let mut peer = fresh_peer();
+            edit(&mut peer);
+            let got = cluster_ran(&peer, ME, BOOT);
+            assert_eq!(got.is_some(), refuse, "{case}: {got:?}");
+        }
+    }
 }

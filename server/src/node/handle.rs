@@ -85,11 +85,12 @@ pub(crate) enum PeerInput {
         sender: Member,
         cluster_id: String,
     },
-    /// A complete snapshot received from the leader and published in the
-    /// snapshot store (the message is the first chunk's).
+    /// A complete snapshot received from the leader, validated and staged
+    /// (not loadable until accepted; the message is the first chunk's).
     Snapshot {
         msg: Message,
         cluster_id: String,
+        staged: Box<crate::storage::StagedSnapshot>,
         done: oneshot::Sender<Result<(), String>>,
     },
     /// A snapshot transfer to `to` finished.
@@ -103,6 +104,8 @@ pub(crate) enum PeerInput {
 pub struct PeerInbox {
     /// Bounded: a full queue makes the peer stream wait (TCP back-pressure).
     pub(crate) tx: mpsc::Sender<PeerInput>,
+    /// This node's cluster id (empty until a joining node adopts one).
+    pub(crate) cluster_id: watch::Receiver<String>,
 }
 
 impl PeerInbox {
@@ -116,13 +119,24 @@ impl PeerInbox {
         self.tx.send(input).await.is_ok()
     }
 
-    /// Hands a fully received snapshot file to the runtime and waits for the
-    /// install result.
-    pub async fn install_snapshot(&self, msg: Message, cluster_id: String) -> Result<(), String> {
+    /// This node's cluster id right now (empty while joining).
+    pub fn cluster_id(&self) -> String {
+        self.cluster_id.borrow().clone()
+    }
+
+    /// Hands a fully received, staged snapshot to the runtime and waits for
+    /// the core's verdict.
+    pub async fn install_snapshot(
+        &self,
+        msg: Message,
+        cluster_id: String,
+        staged: crate::storage::StagedSnapshot,
+    ) -> Result<(), String> {
         let (done, rx) = oneshot::channel();
         let input = PeerInput::Snapshot {
             msg,
             cluster_id,
+            staged: Box::new(staged),
             done,
         };
         self.tx

@@ -52,12 +52,6 @@ impl Runtime {
         }
     }
 
-    /// Term of the entry at `index` (0 if unknown).
-    pub(super) fn raw_storage_term(&self, index: u64) -> u64 {
-        use crate::raft::Storage;
-        self.raw.storage().term(index).unwrap_or(0)
-    }
-
     /// Drops in-memory entries before `index`.
     pub(super) fn raw_storage_compact(&mut self, index: u64) {
         if let Err(e) = self.raw.storage_mut().compact(index) {

@@ -2,6 +2,12 @@
 //! arrives while no ReadIndex request is outstanding joins the next batch,
 //! one `read_index(ctx)` covers the whole batch, and the batch is answered
 //! once the state machine has applied the returned index.
+//!
+//! Contexts are unique across restarts: the high 32 bits are a random
+//! per-process incarnation, so a late ReadIndexResp meant for a previous
+//! incarnation of this node never matches a batch of this one (issue #11
+//! finding 5: numbering from 1 in every process let an old reply confirm a
+//! new read at an old index).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,7 +38,7 @@ struct Inflight {
 }
 
 /// Bookkeeping for ReadIndex batches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ReadQueue {
     /// Reads not yet covered by a ReadIndex request.
     waiting: Vec<PendingRead>,
@@ -40,8 +46,14 @@ pub struct ReadQueue {
     inflight: HashMap<u64, Inflight>,
     /// Confirmed batches waiting for `applied >= index`.
     confirmed: BTreeMap<u64, Vec<PendingRead>>,
-    /// Next context number.
+    /// Last context handed out: incarnation in the high 32 bits, a counter
+    /// in the low 32 bits.
     next_ctx: u64,
+}
+
+/// A random incarnation number for this process (OS-seeded).
+pub fn random_incarnation() -> u32 {
+    (super::identity::random_id() >> 32) as u32
 }
 
 /// Encodes a batch context for `read_index`.
@@ -54,6 +66,17 @@ fn ctx_from_bytes(b: &[u8]) -> Option<u64> {
 }
 
 impl ReadQueue {
+    /// An empty queue whose contexts start in `incarnation`'s range; pass
+    /// [`random_incarnation`] so each process start gets its own range.
+    pub fn new(incarnation: u32) -> Self {
+        ReadQueue {
+            waiting: Vec::new(),
+            inflight: HashMap::new(),
+            confirmed: BTreeMap::new(),
+            next_ctx: u64::from(incarnation) << 32,
+        }
+    }
+
     /// Queues a read for the next batch.
     pub fn push(&mut self, read: PendingRead) {
         self.waiting.push(read);
@@ -75,7 +98,7 @@ impl ReadQueue {
         if self.waiting.is_empty() || !self.inflight.is_empty() {
             return None;
         }
-        self.next_ctx += 1;
+        self.next_ctx = self.next_ctx.wrapping_add(1);
         let reads = std::mem::take(&mut self.waiting);
         self.inflight
             .insert(self.next_ctx, Inflight { reads, issued: now });
@@ -160,7 +183,7 @@ mod tests {
 
     #[test]
     fn reads_are_released_only_once_applied_reaches_the_read_index() {
-        let mut q = ReadQueue::default();
+        let mut q = ReadQueue::new(1);
         let now = Instant::now();
         q.push(read().0);
         q.push(read().0);
@@ -176,7 +199,7 @@ mod tests {
 
     #[test]
     fn lost_batches_are_reissued_and_unknown_contexts_ignored() {
-        let mut q = ReadQueue::default();
+        let mut q = ReadQueue::new(1);
         let now = Instant::now();
         q.push(read().0);
         let ctx = q.start_batch(now).expect("batch");
@@ -186,5 +209,27 @@ mod tests {
         q.confirm(&ctx_bytes(again), 5);
         assert_eq!(q.take_ready(5).len(), 1);
         assert!(q.is_empty());
+    }
+
+    /// Issue #11 finding 5: a restarted node numbered its ReadIndex contexts
+    /// from 1 again, so the leader's late reply to the previous process's
+    /// context 1 (carrying an old read index) confirmed the new batch 1.
+    #[test]
+    fn late_read_index_reply_for_a_previous_incarnation_never_confirms_a_new_read() {
+        let now = Instant::now();
+        let mut before_crash = ReadQueue::new(random_incarnation());
+        before_crash.push(read().0);
+        let old_ctx = before_crash.start_batch(now).expect("batch");
+        let mut after_restart = ReadQueue::new(random_incarnation());
+        after_restart.push(read().0);
+        let new_ctx = after_restart.start_batch(now).expect("batch");
+        assert_ne!(old_ctx, new_ctx, "contexts repeat across incarnations");
+        after_restart.confirm(&ctx_bytes(old_ctx), 3);
+        assert!(
+            after_restart.take_ready(u64::MAX - 1).is_empty(),
+            "a reply meant for the previous incarnation confirmed a new read"
+        );
+        after_restart.confirm(&ctx_bytes(new_ctx), 7);
+        assert_eq!(after_restart.take_ready(7).len(), 1);
     }
 }

@@ -208,13 +208,14 @@ impl Runtime {
             PeerInput::Snapshot {
                 msg,
                 cluster_id,
+                staged,
                 done,
             } => {
                 if !self.accept_cluster(&cluster_id) {
                     let _ = done.send(Err("cluster id mismatch".into()));
                     return;
                 }
-                let result = self.stage_received_snapshot(msg);
+                let result = self.stage_received_snapshot(msg, *staged);
                 let _ = done.send(result);
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),

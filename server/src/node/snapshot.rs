@@ -1,6 +1,11 @@
 //! Snapshot orchestration: taking snapshots (automatically past the
 //! threshold and on demand), compacting the log behind them, streaming them
 //! to followers that fell behind the log, and installing received ones.
+//!
+//! A received snapshot arrives staged (not loadable). It is kept only if
+//! the core accepts it (a stale one is deleted at once) and published as a
+//! loadable `snap-*.snap` only after the WAL's snapshot marker is durable,
+//! so a crash at any point leaves a bootable node (issue #11 finding 1).
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -9,10 +14,12 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::handle::{AdminReply, PeerInput};
+use super::log::RawNode;
 use super::runtime::Runtime;
 use super::store::{self as adapter, SnapshotFiles, StorageFailure};
 use super::{NodeError, SnapshotInfo};
-use crate::raft::{Message, NodeId, SnapshotMeta};
+use crate::raft::{Message, NodeId, SnapshotMeta, Storage};
+use crate::storage::StagedSnapshot;
 use crate::transport::snapshot::{SnapshotTransfer, send_snapshot};
 
 /// Entries kept in the log behind a snapshot so slightly slow followers can
@@ -35,6 +42,8 @@ pub struct SnapshotState {
     pub latest: Option<SnapshotInfo>,
     /// Followers currently receiving a snapshot.
     pub sending: HashSet<NodeId>,
+    /// A received snapshot the core accepted, waiting for its Ready.
+    pub staged: Option<StagedSnapshot>,
     /// Entries between automatic snapshots.
     pub threshold_entries: u64,
 }
@@ -51,6 +60,7 @@ impl SnapshotState {
             started: None,
             waiters: Vec::new(),
             sending: HashSet::new(),
+            staged: None,
             threshold_entries,
         }
     }
@@ -58,6 +68,20 @@ impl SnapshotState {
     /// The newest snapshot, for Admin.Status.
     pub fn latest_info(&self) -> Option<SnapshotInfo> {
         self.latest
+    }
+}
+
+/// What a snapshot of the state applied through `index` records: its term
+/// and the membership as of `index` (snapshot conf plus the log's conf
+/// changes up to it). Never `status().conf`: membership takes effect when
+/// appended, so that may include a change that is not committed and may
+/// still be truncated (issue #11 finding 4).
+pub(super) fn snapshot_meta_at(raw: &RawNode, index: u64) -> SnapshotMeta {
+    let storage = raw.storage();
+    SnapshotMeta {
+        index,
+        term: storage.term(index).unwrap_or(0),
+        conf: storage.conf_at(index),
     }
 }
 
@@ -94,12 +118,7 @@ impl Runtime {
             self.finish_waiters(Err(NodeError::Unavailable("nothing applied yet".into())));
             return;
         }
-        let term = self.raw_storage_term(index);
-        let meta = SnapshotMeta {
-            index,
-            term,
-            conf: self.raw.status().conf,
-        };
+        let meta = snapshot_meta_at(&self.raw, index);
         self.snap.in_progress = true;
         self.snap.started = Some(Instant::now());
         let pending = adapter::start_snapshot(&self.snap.files, &self.sm, meta);
@@ -211,29 +230,97 @@ impl Runtime {
         self.raw.report_snapshot(to, ok);
     }
 
-    /// A complete, validated snapshot file arrived from the leader and sits
-    /// in the store; the core decides whether to use it (it may be stale).
-    pub(super) fn stage_received_snapshot(&mut self, msg: Message) -> Result<(), String> {
+    /// A complete, validated snapshot arrived from the leader, staged; the
+    /// core decides whether to use it. A stale one is deleted at once.
+    pub(super) fn stage_received_snapshot(
+        &mut self,
+        msg: Message,
+        staged: StagedSnapshot,
+    ) -> Result<(), String> {
         if msg.snapshot.is_none() {
             return Err("snapshot message without metadata".into());
         }
+        let index = staged.header().meta.index;
         self.step(msg);
+        if self.raw.pending_snapshot().map(|m| m.index) == Some(index) {
+            self.snap.staged = Some(staged);
+        } else {
+            info!(index, "received snapshot not needed (stale); discarded");
+        }
         Ok(())
     }
 
-    /// The core accepted a snapshot: load it as the new state.
+    /// The core accepted a snapshot: load it as the new state. The staged
+    /// file becomes loadable only after the WAL marker is durable.
     pub(super) fn install_snapshot(&mut self, meta: &SnapshotMeta) -> Result<(), StorageFailure> {
-        let sm = adapter::load_snapshot(&mut self.snap.files, meta)?;
+        let staged = self
+            .snap
+            .staged
+            .take()
+            .filter(|s| s.header().meta.index == meta.index && s.header().meta.term == meta.term)
+            .ok_or_else(|| {
+                StorageFailure(format!(
+                    "no staged snapshot for index {} term {}",
+                    meta.index, meta.term
+                ))
+            })?;
+        let sm = tokio::task::block_in_place(|| staged.load())?;
+        // The marker makes entries after the snapshot consecutive in the WAL.
+        self.wal.compact(meta.index, meta.term)?;
+        let file = tokio::task::block_in_place(|| staged.publish())?;
         self.sm = sm;
         self.applied = meta.index;
         self.raw_storage_apply_snapshot(meta);
-        // The marker makes entries after the snapshot consecutive in the WAL.
-        self.wal.compact(meta.index, meta.term)?;
+        self.snap.latest = Some(self.snap.files.set_latest(file));
         self.snap.last_index = meta.index;
-        self.snap.latest = self.snap.files.latest_info();
         self.metrics.snapshots_installed.inc();
         self.sync_peers_from_directory();
         info!(index = meta.index, "installed snapshot from leader");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{
+        ConfChange, ConfChangeType, Config, Entry, EntryKind, HardState, MemStorage,
+        bootstrap_entries,
+    };
+
+    /// Issue #11 finding 4: snapshots stored the current configuration,
+    /// which includes an appended but uncommitted membership change.
+    #[test]
+    fn snapshot_records_membership_at_the_applied_index_not_an_uncommitted_change() {
+        let voters: Vec<(NodeId, Vec<u8>)> = (1..=3).map(|id| (id, Vec::new())).collect();
+        let (mut entries, hs) = bootstrap_entries(&voters);
+        let applied = hs.commit;
+        let add = ConfChange {
+            change: ConfChangeType::AddLearner,
+            node_id: 4,
+            context: Vec::new(),
+        };
+        entries.push(Entry {
+            index: applied + 1,
+            term: 1,
+            kind: EntryKind::ConfChange,
+            data: add.encode(),
+        });
+        let hs = HardState {
+            commit: applied,
+            ..hs
+        };
+        let mem = MemStorage::from_parts(hs, SnapshotMeta::default(), entries)
+            .unwrap_or_else(|e| panic!("log: {e}"));
+        let raw = RawNode::new(&Config::new(1), mem).unwrap_or_else(|e| panic!("core: {e}"));
+        assert!(
+            raw.status().conf.learners.contains(&4),
+            "precondition: the uncommitted change is in effect"
+        );
+        let meta = snapshot_meta_at(&raw, applied);
+        assert_eq!(meta.index, applied);
+        assert_eq!(meta.term, 1);
+        assert!(!meta.conf.contains(4), "snapshot recorded {:?}", meta.conf);
+        assert_eq!(meta.conf.voters, (1..=3).collect());
     }
 }

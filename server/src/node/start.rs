@@ -152,6 +152,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
     };
     let inbox = PeerInbox {
         tx: peer_tx.clone(),
+        cluster_id: cluster_id_rx.clone(),
     };
     let snapshots = booted.files.store.clone();
     let parts = super::log::into_parts(booted, &raft_config(&cfg, identity.id))
@@ -177,7 +178,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         peer_tx,
         pending_writes: BTreeMap::new(),
         pending_conf: BTreeMap::new(),
-        reads: ReadQueue::default(),
+        reads: ReadQueue::new(super::reads::random_incarnation()),
         leader: 0,
         role: Role::Follower,
         applied: parts.applied,

@@ -205,27 +205,6 @@ pub fn start_snapshot(
     }
 }
 
-/// Loads the snapshot file matching `meta`.
-pub fn load_snapshot(
-    files: &mut SnapshotFiles,
-    meta: &SnapshotMeta,
-) -> Result<StateMachine, StorageFailure> {
-    let file = files
-        .store
-        .list()?
-        .into_iter()
-        .find(|f| f.index == meta.index && f.term == meta.term)
-        .ok_or_else(|| {
-            StorageFailure(format!(
-                "no snapshot file for index {} term {}",
-                meta.index, meta.term
-            ))
-        })?;
-    let (_, sm) = tokio::task::block_in_place(|| files.store.load(&file.path))?;
-    files.set_latest(file);
-    Ok(sm)
-}
-
 /// WAL segment count as a gauge value.
 pub fn wal_segments(wal: &Wal) -> i64 {
     i64::try_from(wal.stats().segment_count).unwrap_or(i64::MAX)
@@ -264,6 +243,7 @@ pub fn boot(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Booted, String> {
         m.wal_fsync_seconds.observe(d.as_secs_f64())
     }));
     opts.wal.compact_margin_entries = super::snapshot::LOG_MARGIN_ENTRIES;
+    opts.snapshot.max_install_bytes = cfg.max_snapshot_bytes;
     let b = storage::boot(&cfg.data_dir, opts).map_err(|e| e.to_string())?;
     if b.dropped_tail_bytes > 0 {
         tracing::warn!(bytes = b.dropped_tail_bytes, "truncated a torn WAL tail");

@@ -3,6 +3,8 @@
 //! the log to Raft.
 //!
 //! Layout under the data directory: `wal/` (segments) and `snap/` (snapshots).
+//! Staged received snapshots are settled first: the one the WAL's newest
+//! snapshot marker names is published, every other one deleted.
 
 use std::path::{Path, PathBuf};
 
@@ -91,6 +93,8 @@ pub struct Boot {
 pub fn boot(data_dir: &Path, opts: BootOptions) -> Result<Boot, BootError> {
     let snapshots = SnapshotStore::open(&data_dir.join(SNAP_DIR), opts.snapshot)?;
     let (wal, recovery) = Wal::open(&data_dir.join(WAL_DIR), opts.wal)?;
+    // A received snapshot becomes loadable only if the WAL accepted it.
+    snapshots.settle_staged(recovery.snapshot)?;
     let NewestSnapshot { loaded, skipped } = snapshots.load_newest()?;
     let (mut sm, meta) = match loaded {
         Some(l) => (l.state_machine, l.header.meta),

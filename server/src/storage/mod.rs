@@ -34,7 +34,7 @@ pub mod wal_recovery;
 
 pub use boot::{Boot, BootError, BootOptions, boot};
 pub use snapshot::{
-    SnapshotError, SnapshotFile, SnapshotInstaller, SnapshotOptions, SnapshotStore,
+    SnapshotError, SnapshotFile, SnapshotInstaller, SnapshotOptions, SnapshotStore, StagedSnapshot,
 };
 pub use snapshot_codec::{SnapshotHeader, SnapshotLimits};
 pub use state_machine::{

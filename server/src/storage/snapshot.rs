@@ -1,10 +1,18 @@
 //! The snapshot directory: atomic writes, keeping the newest two, loading
-//! the newest valid one, and installing a snapshot received from a leader.
+//! the newest valid one, and staging a snapshot received from a leader.
 //!
 //! Files are named `snap-{index:020}-{term:020}.snap`, so name order is
 //! log order. A write goes to a `.tmp` file that is fsynced, renamed into
 //! place, and then the directory is fsynced: a crash at any point leaves the
 //! previous snapshots intact (leftover `.tmp` files are deleted on open).
+//!
+//! A received snapshot is never loadable on arrival (issue #11 finding 1):
+//! it is validated and fsynced as `staged-{index:020}-{term:020}.{unique}.staged`,
+//! which boot neither loads, prunes with nor streams. The node publishes it
+//! as `snap-*.snap` only after the Raft core accepted it and the WAL's
+//! snapshot marker is durable; boot promotes a staged file whose index and
+//! term equal the WAL's newest marker (a crash between marker and rename)
+//! and deletes every other staged file.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Write};
@@ -22,6 +30,11 @@ use crate::raft::SnapshotMeta;
 const SNAP_PREFIX: &str = "snap-";
 const SNAP_EXT: &str = ".snap";
 const TMP_EXT: &str = ".tmp";
+const STAGED_PREFIX: &str = "staged-";
+const STAGED_EXT: &str = ".staged";
+
+/// Default bound on one received snapshot (`--max-snapshot-bytes`).
+pub const DEFAULT_MAX_INSTALL_BYTES: u64 = 8 << 30;
 
 /// Snapshot store tunables.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +52,7 @@ impl Default for SnapshotOptions {
         Self {
             limits: SnapshotLimits::default(),
             keep_count: 2,
-            max_install_bytes: 64 << 30,
+            max_install_bytes: DEFAULT_MAX_INSTALL_BYTES,
         }
     }
 }
@@ -129,7 +142,16 @@ pub struct SnapshotStore {
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn parse_name(name: &str) -> Option<(u64, u64)> {
-    let stem = name.strip_prefix(SNAP_PREFIX)?.strip_suffix(SNAP_EXT)?;
+    parse_index_term(name.strip_prefix(SNAP_PREFIX)?.strip_suffix(SNAP_EXT)?)
+}
+
+fn parse_staged_name(name: &str) -> Option<(u64, u64)> {
+    let body = name.strip_prefix(STAGED_PREFIX)?.strip_suffix(STAGED_EXT)?;
+    let (stem, _unique) = body.split_once('.')?;
+    parse_index_term(stem)
+}
+
+fn parse_index_term(stem: &str) -> Option<(u64, u64)> {
     let (index, term) = stem.split_once('-')?;
     if index.len() != 20 || term.len() != 20 {
         return None;
@@ -160,11 +182,23 @@ impl SnapshotStore {
 
     /// Snapshot files, newest first.
     pub fn list(&self) -> Result<Vec<SnapshotFile>, SnapshotError> {
+        self.list_by(parse_name)
+    }
+
+    /// Staged (received, not yet accepted) snapshot files, newest first.
+    pub fn list_staged(&self) -> Result<Vec<SnapshotFile>, SnapshotError> {
+        self.list_by(parse_staged_name)
+    }
+
+    fn list_by(
+        &self,
+        parse: fn(&str) -> Option<(u64, u64)>,
+    ) -> Result<Vec<SnapshotFile>, SnapshotError> {
         let mut files = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(io_err(&self.dir))? {
             let path = entry.map_err(io_err(&self.dir))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if let Some((index, term)) = parse_name(name) {
+            if let Some((index, term)) = parse(name) {
                 files.push(SnapshotFile { path, index, term });
             }
         }
@@ -172,9 +206,42 @@ impl SnapshotStore {
         Ok(files)
     }
 
+    /// Boot: publishes the staged snapshot whose `(index, term)` equals the
+    /// WAL's newest snapshot marker when no published snapshot reaches it
+    /// (the node crashed after the marker became durable, before the
+    /// rename), and deletes every other staged file. Returns the promoted
+    /// file, if any.
+    pub fn settle_staged(
+        &self,
+        wal_marker: Option<(u64, u64)>,
+    ) -> Result<Option<SnapshotFile>, SnapshotError> {
+        let newest_published = self.list()?.first().map_or(0, |f| f.index);
+        let mut promoted = None;
+        for staged in self.list_staged()? {
+            let accepted = wal_marker == Some((staged.index, staged.term));
+            if accepted && promoted.is_none() && staged.index > newest_published {
+                tracing::warn!(file = %staged.path.display(), "publishing a received snapshot the WAL had already accepted");
+                promoted = Some(self.publish(&staged.path, staged.index, staged.term)?);
+            } else {
+                fs::remove_file(&staged.path).map_err(io_err(&staged.path))?;
+            }
+        }
+        sync_dir(&self.dir).map_err(io_err(&self.dir))?;
+        Ok(promoted)
+    }
+
     fn final_path(&self, index: u64, term: u64) -> PathBuf {
         self.dir
             .join(format!("{SNAP_PREFIX}{index:020}-{term:020}{SNAP_EXT}"))
+    }
+
+    /// Unique per receive, so two transfers of one snapshot never share a file.
+    fn staged_path(&self, index: u64, term: u64) -> PathBuf {
+        let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        self.dir.join(format!(
+            "{STAGED_PREFIX}{index:020}-{term:020}.{pid}-{n}{STAGED_EXT}"
+        ))
     }
 
     fn temp_path(&self) -> PathBuf {
@@ -295,6 +362,11 @@ impl SnapshotStore {
         Ok(Some((file, header)))
     }
 
+    /// The largest snapshot [`SnapshotStore::begin_install`] accepts.
+    pub fn max_install_bytes(&self) -> u64 {
+        self.opts.max_install_bytes
+    }
+
     /// Starts receiving a snapshot from a leader, chunk by chunk.
     pub fn begin_install(&self) -> Result<SnapshotInstaller, SnapshotError> {
         let tmp = self.temp_path();
@@ -313,7 +385,7 @@ impl SnapshotStore {
 }
 
 /// A snapshot being received. Chunks go to a temp file; [`finish`] fsyncs
-/// it, validates it completely and only then renames it into place.
+/// it, validates it completely and stages it (not loadable yet).
 /// Dropping an unfinished installer deletes the temp file.
 ///
 /// [`finish`]: SnapshotInstaller::finish
@@ -343,9 +415,9 @@ impl SnapshotInstaller {
         Ok(())
     }
 
-    /// Fsyncs, validates and publishes the received snapshot. Returns the
-    /// file and its header; load it with [`SnapshotStore::load`].
-    pub fn finish(mut self) -> Result<(SnapshotFile, SnapshotHeader), SnapshotError> {
+    /// Fsyncs and validates the received snapshot and stages it durably
+    /// under a name boot never loads; see [`StagedSnapshot`].
+    pub fn finish(mut self) -> Result<StagedSnapshot, SnapshotError> {
         let w = self.writer.take().ok_or_else(|| SnapshotError::Io {
             path: self.tmp.clone(),
             source: io::Error::other("installer already finished"),
@@ -363,11 +435,68 @@ impl SnapshotInstaller {
                 source,
             }
         })?;
-        let file = self
-            .store
-            .publish(&self.tmp, header.meta.index, header.meta.term)?;
+        let (index, term) = (header.meta.index, header.meta.term);
+        let path = self.store.staged_path(index, term);
+        fs::rename(&self.tmp, &path).map_err(io_err(&path))?;
         self.tmp = PathBuf::new();
-        Ok((file, header))
+        let file = SnapshotFile { path, index, term };
+        let staged = StagedSnapshot {
+            store: self.store.clone(),
+            file: Some(file),
+            header,
+        };
+        sync_dir(&self.store.dir).map_err(io_err(&self.store.dir))?;
+        Ok(staged)
+    }
+}
+
+/// A received, validated, fsynced snapshot that is not loadable yet.
+/// [`publish`] it once the Raft core accepted it and the WAL's snapshot
+/// marker is durable; dropping it unpublished deletes the file.
+///
+/// [`publish`]: StagedSnapshot::publish
+#[derive(Debug)]
+pub struct StagedSnapshot {
+    store: SnapshotStore,
+    /// `None` once published.
+    file: Option<SnapshotFile>,
+    header: SnapshotHeader,
+}
+
+impl StagedSnapshot {
+    /// The validated header (meta and member directory).
+    pub fn header(&self) -> &SnapshotHeader {
+        &self.header
+    }
+
+    /// Loads and validates the staged state.
+    pub fn load(&self) -> Result<StateMachine, SnapshotError> {
+        let file = self.staged_file()?;
+        self.store.load(&file.path).map(|(_, sm)| sm)
+    }
+
+    /// Renames the file to its loadable `snap-*.snap` name, fsyncs the
+    /// directory and prunes older snapshots.
+    pub fn publish(mut self) -> Result<SnapshotFile, SnapshotError> {
+        let file = self.staged_file()?.clone();
+        let published = self.store.publish(&file.path, file.index, file.term)?;
+        self.file = None;
+        Ok(published)
+    }
+
+    fn staged_file(&self) -> Result<&SnapshotFile, SnapshotError> {
+        self.file.as_ref().ok_or_else(|| SnapshotError::Io {
+            path: self.store.dir.clone(),
+            source: io::Error::other("staged snapshot already published"),
+        })
+    }
+}
+
+impl Drop for StagedSnapshot {
+    fn drop(&mut self) {
+        if let Some(f) = self.file.take() {
+            let _ = fs::remove_file(&f.path);
+        }
     }
 }
 

@@ -210,6 +210,10 @@ struct Inner {
     snapshot: Option<(u64, u64)>,
     /// Sequence number of the newest batch written (not necessarily synced).
     written_seq: u64,
+    /// The active segment's random nonce (stamped on its `Synced` records).
+    nonce: u64,
+    /// Bytes of the active segment known durable (never an overestimate).
+    synced_bytes: u64,
     /// Reused encode buffer.
     buf: Vec<u8>,
     poisoned: bool,
@@ -294,15 +298,19 @@ impl Wal {
             hard_state: rec.state.hard_state,
             snapshot: rec.state.snapshot,
             written_seq: 0,
+            nonce: 0,
+            synced_bytes: 0,
             buf: Vec::new(),
             poisoned: false,
         };
         let mut torn_seq = None;
+        let mut last_nonce = None;
         for seg in rec.segments {
             if seg.scan.header_torn {
                 torn_seq = Some(seg.seq);
                 break;
             }
+            last_nonce = seg.scan.nonce;
             inner.segments.push(Segment {
                 seq: seg.seq,
                 path: seg.path,
@@ -312,9 +320,19 @@ impl Wal {
         }
         match (torn_seq, inner.segments.last()) {
             (None, Some(last)) => {
-                inner.active = fs
-                    .open_append_at(&last.path, last.bytes)
-                    .map_err(|e| WalError::io(&last.path, e))?;
+                let (path, bytes, seq) = (last.path.clone(), last.bytes, last.seq);
+                let file = fs
+                    .open_append_at(&path, bytes)
+                    .map_err(|e| WalError::io(&path, e))?;
+                // What recovery kept is made durable before any batch claims it.
+                file.sync_data().map_err(|e| WalError::io(&path, e))?;
+                inner.active = file;
+                inner.synced_bytes = bytes;
+                match last_nonce {
+                    Some(nonce) => inner.nonce = nonce,
+                    // A version 1 segment: continue in a version 2 one.
+                    None => inner.create_segment(dir, fs, seq + 1)?,
+                }
             }
             (Some(seq), _) => inner.create_segment(dir, fs, seq)?,
             (None, None) => inner.create_segment(dir, fs, 1)?,
@@ -390,11 +408,23 @@ impl Wal {
         {
             self.rotate(inner)?;
         }
-        if let Err(e) = inner.active.append(buf) {
+        // The trailer tells recovery how much of the segment was durable
+        // when this batch was written (see `wal_record`).
+        let mut trailer = Vec::with_capacity(32);
+        WalRecord::Synced {
+            nonce: inner.nonce,
+            synced_bytes: inner.synced_bytes,
+        }
+        .encode_into(&mut trailer);
+        if let Err(e) = inner
+            .active
+            .append(buf)
+            .and_then(|()| inner.active.append(&trailer))
+        {
             return Err(self.poison(inner, e));
         }
         let seg = inner.segments.last_mut().ok_or(WalError::Poisoned)?;
-        seg.bytes += buf.len() as u64;
+        seg.bytes += (buf.len() + trailer.len()) as u64;
         if let Some(last) = entries.last() {
             seg.max_entry_index = seg.max_entry_index.max(last.index);
             inner.last_index = last.index;
@@ -453,6 +483,15 @@ impl Wal {
         result
     }
 
+    /// After an fsync: `(segment seq, bytes)` of the active segment are durable.
+    fn note_synced(&self, segment: Option<(u64, u64)>) {
+        let Some((seq, bytes)) = segment else { return };
+        let mut inner = lock(&self.inner);
+        if inner.segments.last().map(|s| s.seq) == Some(seq) {
+            inner.synced_bytes = inner.synced_bytes.max(bytes);
+        }
+    }
+
     /// Blocks until batch `seq` is durable, becoming the syncer if nobody is.
     fn wait_durable(&self, seq: u64) -> Result<(), WalError> {
         let mut st = lock(&self.sync);
@@ -469,11 +508,15 @@ impl Wal {
             }
             st.syncing = true;
             drop(st);
-            let (file, target) = {
+            let (file, target, segment) = {
                 let inner = lock(&self.inner);
-                (inner.active.clone(), inner.written_seq)
+                let segment = inner.segments.last().map(|s| (s.seq, s.bytes));
+                (inner.active.clone(), inner.written_seq, segment)
             };
             let result = self.timed_sync(file.as_ref());
+            if result.is_ok() {
+                self.note_synced(segment);
+            }
             st = lock(&self.sync);
             st.syncing = false;
             match result {
@@ -573,6 +616,19 @@ impl Wal {
     }
 }
 
+/// A fresh random segment nonce (OS-seeded hasher, time and a counter).
+fn random_nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    h.write_u128(nanos);
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.finish()
+}
+
 fn check_consecutive(entries: &[Entry]) -> Result<(), WalError> {
     for pair in entries.windows(2) {
         if pair[1].index != pair[0].index + 1 {
@@ -633,12 +689,19 @@ impl Inner {
         Ok(())
     }
 
-    /// The records every segment starts with: hard state and snapshot marker.
+    /// The records every segment starts with: hard state, snapshot marker,
+    /// and the `Synced` record that sets the segment's nonce (and ends the
+    /// preamble as a batch).
     fn encode_preamble(&self, buf: &mut Vec<u8>) {
         WalRecord::HardState(self.hard_state).encode_into(buf);
         if let Some((index, term)) = self.snapshot {
             WalRecord::Snapshot { index, term }.encode_into(buf);
         }
+        WalRecord::Synced {
+            nonce: self.nonce,
+            synced_bytes: 0,
+        }
+        .encode_into(buf);
     }
 
     /// Creates segment `seq` with header and preamble, fsyncs it and the
@@ -649,6 +712,7 @@ impl Inner {
             seq,
             first_index: self.last_index + 1,
         };
+        self.nonce = random_nonce();
         let mut buf = header.encode().to_vec();
         self.encode_preamble(&mut buf);
         let file = fs.create(&path).map_err(|e| WalError::io(&path, e))?;
@@ -657,6 +721,7 @@ impl Inner {
             .and_then(|()| fs.sync_dir(dir))
             .map_err(|e| WalError::io(&path, e))?;
         self.active = file;
+        self.synced_bytes = buf.len() as u64;
         self.segments.push(Segment {
             seq,
             path,

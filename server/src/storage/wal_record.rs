@@ -8,16 +8,31 @@
 //! HardState  (type 2):   term u64 | vote u64 | commit u64
 //! Truncate   (type 3):   from_index u64   (drop entries >= from_index)
 //! Snapshot   (type 4):   index u64 | term u64 (a snapshot covers the log up to index)
+//! Synced     (type 5):   nonce u64 | synced_bytes u64
 //! ```
 //! All integers are little-endian. Decoding never panics and never allocates
 //! more than the record's checked length.
+//!
+//! Format version 2 (issue #11 finding 7): every segment's preamble ends
+//! with a `Synced` record carrying a random per-segment nonce, and every
+//! write batch ends with a `Synced` record: "when this batch was written,
+//! the first `synced_bytes` bytes of this segment were durable". A batch
+//! counts only once its trailer is read (a torn batch is dropped whole).
+//! Recovery uses these claims, and only those with the segment's nonce (a client
+//! value cannot forge one), to tell a torn unsynced tail (no claim covers
+//! the bad frame: truncate) from damage to durable data (refuse). Version 1
+//! segments (no nonce) are still read with the old, stricter rule, and
+//! writing continues in a new version 2 segment. Version 1 binaries refuse
+//! version 2 segments ("unsupported format version"): no downgrade.
 
 use crate::raft::{Entry, EntryKind, HardState};
 
 /// Segment file magic.
 pub const SEGMENT_MAGIC: &[u8; 8] = b"TITANWAL";
 /// Segment format version written by this code.
-pub const SEGMENT_VERSION: u32 = 1;
+pub const SEGMENT_VERSION: u32 = 2;
+/// Oldest segment format version this code still reads.
+pub const MIN_READABLE_SEGMENT_VERSION: u32 = 1;
 /// Size of the segment header in bytes.
 pub const SEGMENT_HEADER_BYTES: usize = 32;
 /// Size of a record frame header (`len` + `crc`) in bytes.
@@ -27,6 +42,9 @@ const TYPE_ENTRY: u8 = 1;
 const TYPE_HARD_STATE: u8 = 2;
 const TYPE_TRUNCATE: u8 = 3;
 const TYPE_SNAPSHOT: u8 = 4;
+const TYPE_SYNCED: u8 = 5;
+/// Body length of a `Synced` record (type + nonce + synced_bytes).
+pub const SYNCED_BODY_BYTES: u32 = 17;
 
 /// One logical WAL record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +65,14 @@ pub enum WalRecord {
         index: u64,
         /// Term of that entry.
         term: u64,
+    },
+    /// Ends every batch (and starts every segment): the first
+    /// `synced_bytes` bytes of this segment were durable when it was written.
+    Synced {
+        /// The segment's random nonce (set by its preamble record).
+        nonce: u64,
+        /// Durable length of the segment at write time (0 in the preamble).
+        synced_bytes: u64,
     },
 }
 
@@ -150,6 +176,14 @@ impl WalRecord {
                 out.extend_from_slice(&index.to_le_bytes());
                 out.extend_from_slice(&term.to_le_bytes());
             }
+            WalRecord::Synced {
+                nonce,
+                synced_bytes,
+            } => {
+                out.push(TYPE_SYNCED);
+                out.extend_from_slice(&nonce.to_le_bytes());
+                out.extend_from_slice(&synced_bytes.to_le_bytes());
+            }
         }
     }
 
@@ -250,7 +284,11 @@ fn decode_body(body: &[u8]) -> Result<WalRecord, FrameError> {
         },
         TYPE_SNAPSHOT => WalRecord::Snapshot {
             index: r.u64().ok_or(short.clone())?,
-            term: r.u64().ok_or(short)?,
+            term: r.u64().ok_or(short.clone())?,
+        },
+        TYPE_SYNCED => WalRecord::Synced {
+            nonce: r.u64().ok_or(short.clone())?,
+            synced_bytes: r.u64().ok_or(short)?,
         },
         _ => return Err(FrameError::Malformed("unknown record type")),
     };
@@ -310,8 +348,10 @@ impl SegmentHeader {
         if crc != crc32fast::hash(&buf[0..28]) {
             return Err(HeaderError::Invalid("checksum mismatch"));
         }
-        if version != SEGMENT_VERSION {
-            return Err(HeaderError::Invalid("unsupported format version"));
+        if !(MIN_READABLE_SEGMENT_VERSION..=SEGMENT_VERSION).contains(&version) {
+            return Err(HeaderError::Invalid(
+                "unsupported format version (written by a newer titan-server?)",
+            ));
         }
         Ok(Self { seq, first_index })
     }
@@ -342,6 +382,10 @@ mod tests {
             }),
             WalRecord::Truncate { from_index: 5 },
             WalRecord::Snapshot { index: 4, term: 2 },
+            WalRecord::Synced {
+                nonce: 0xfeed,
+                synced_bytes: 4096,
+            },
         ]
     }
 

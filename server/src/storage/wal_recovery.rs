@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use super::wal::{WalError, WalOptions};
 use super::wal_fs::{ReadSeek, WalFs};
 use super::wal_record::{
-    FRAME_HEADER_BYTES, FrameError, HeaderError, SEGMENT_HEADER_BYTES, SegmentHeader, WalRecord,
-    decode_frame, frame_body_len,
+    FRAME_HEADER_BYTES, FrameError, HeaderError, SEGMENT_HEADER_BYTES, SYNCED_BODY_BYTES,
+    SegmentHeader, WalRecord, decode_frame, frame_body_len,
 };
 use crate::raft::{Entry, HardState};
 
@@ -87,6 +87,8 @@ impl ReplayState {
                     self.entries.clear();
                 }
             }
+            // Durability claims matter only to torn-tail detection.
+            WalRecord::Synced { .. } => {}
         }
         Ok(())
     }
@@ -110,6 +112,9 @@ pub(crate) struct SegmentScan {
     pub dropped_bytes: u64,
     /// Whether the header itself was torn (the segment must be recreated).
     pub header_torn: bool,
+    /// The segment's nonce (first `Synced` record); `None` in a version 1
+    /// segment, whose tail is judged by the old, stricter rule.
+    pub nonce: Option<u64>,
 }
 
 /// Where a bad frame was found and why.
@@ -137,6 +142,7 @@ pub(crate) fn scan_segment(
         max_entry_index: 0,
         dropped_bytes: 0,
         header_torn: false,
+        nonce: None,
     };
     let bad = match read_header(&mut reader, file_len, seq) {
         Ok(()) => scan_records(&mut reader, path, file_len, opts, state, &mut scan)?,
@@ -147,7 +153,12 @@ pub(crate) fn scan_segment(
         }
     };
     if let Some(bad) = bad {
-        resolve_bad_frame(path, is_last, file_len, opts, bad, reader.into_inner())?;
+        let tail = TailCheck {
+            is_last,
+            file_len,
+            nonce: scan.nonce,
+        };
+        resolve_bad_frame(path, tail, opts, bad, reader.into_inner())?;
         scan.dropped_bytes = file_len - scan.valid_bytes;
     }
     Ok(scan)
@@ -170,7 +181,10 @@ fn read_header(reader: &mut impl Read, file_len: u64, seq: u64) -> Result<(), St
     }
 }
 
-/// Reads records until EOF or the first bad frame (returned).
+/// Reads records until EOF or the first bad frame (returned). Once the
+/// segment's nonce is known (format version 2), records count only when the
+/// `Synced` trailer that ends their batch is read, so a torn batch is
+/// dropped whole and `valid_bytes` always ends at a batch boundary.
 fn scan_records(
     reader: &mut impl Read,
     path: &Path,
@@ -181,27 +195,65 @@ fn scan_records(
 ) -> Result<Option<BadFrame>, WalError> {
     let mut buf = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES as u64;
+    let mut pending: Vec<WalRecord> = Vec::new();
     while offset < file_len {
+        let bad = move |reason: String| Ok(Some(BadFrame { offset, reason }));
         let rec = match read_frame(reader, file_len - offset, opts.max_record_bytes, &mut buf) {
             Ok(Ok((rec, _))) => rec,
-            Ok(Err(e)) => {
-                return Ok(Some(BadFrame {
-                    offset,
-                    reason: e.to_string(),
-                }));
-            }
+            Ok(Err(e)) => return bad(e.to_string()),
             Err(e) => return Err(WalError::io(path, e)),
         };
-        if let WalRecord::Entry(e) = &rec {
-            scan.max_entry_index = scan.max_entry_index.max(e.index);
-        }
-        state
-            .apply(rec)
-            .map_err(|reason| WalError::corrupt(path, offset, reason))?;
         offset += buf.len() as u64;
-        scan.valid_bytes = offset;
+        let ends_batch = match (&rec, scan.nonce) {
+            (WalRecord::Synced { nonce, .. }, None) => {
+                scan.nonce = Some(*nonce);
+                true
+            }
+            (WalRecord::Synced { nonce, .. }, Some(ours)) if *nonce != ours => {
+                return bad(format!(
+                    "batch trailer carries nonce {nonce:#x}, not the segment's"
+                ));
+            }
+            (WalRecord::Synced { .. }, Some(_)) => true,
+            (_, None) => {
+                apply_record(rec, path, offset, state, scan)?;
+                scan.valid_bytes = offset;
+                continue;
+            }
+            (_, Some(_)) => false,
+        };
+        if ends_batch {
+            for r in pending.drain(..) {
+                apply_record(r, path, offset, state, scan)?;
+            }
+            scan.valid_bytes = offset;
+        } else {
+            pending.push(rec);
+        }
+    }
+    if !pending.is_empty() {
+        let reason = "the last batch has no trailer (torn write)".to_string();
+        return Ok(Some(BadFrame {
+            offset: scan.valid_bytes,
+            reason,
+        }));
     }
     Ok(None)
+}
+
+fn apply_record(
+    rec: WalRecord,
+    path: &Path,
+    offset: u64,
+    state: &mut ReplayState,
+    scan: &mut SegmentScan,
+) -> Result<(), WalError> {
+    if let WalRecord::Entry(e) = &rec {
+        scan.max_entry_index = scan.max_entry_index.max(e.index);
+    }
+    state
+        .apply(rec)
+        .map_err(|reason| WalError::corrupt(path, offset, reason))
 }
 
 type FrameResult = Result<(WalRecord, usize), FrameError>;
@@ -236,22 +288,32 @@ fn read_frame(
     Ok(decode_frame(buf, max_record_bytes))
 }
 
-/// Decides whether a bad frame is a torn tail (`Ok`) or corruption (`Err`).
-/// It is a torn tail only in the last segment and only if no valid record
-/// starts anywhere after it: a valid record after a bad one means data that
-/// was once durable is damaged, and the node must stop rather than skip it.
-fn resolve_bad_frame(
-    path: &Path,
+/// What the torn-tail decision needs to know about the segment.
+struct TailCheck {
     is_last: bool,
     file_len: u64,
+    nonce: Option<u64>,
+}
+
+/// Decides whether a bad frame is a torn tail (`Ok`) or corruption (`Err`).
+/// Only the last segment can have a torn tail. In a version 2 segment the
+/// bad frame is corruption only if a later `Synced` record with the
+/// segment's nonce claims bytes past it were durable: then data that was
+/// once fsynced is damaged. Otherwise it lies in the unsynced tail, where a
+/// valid-looking frame after it proves nothing (pages of an unsynced write
+/// persist in any order, and a client value can embed a frame). A version 1
+/// segment (no nonce) keeps the old rule: any valid frame after it refuses.
+fn resolve_bad_frame(
+    path: &Path,
+    seg: TailCheck,
     opts: &WalOptions,
     bad: BadFrame,
     mut reader: Box<dyn ReadSeek>,
 ) -> Result<(), WalError> {
-    if !is_last {
+    if !seg.is_last {
         return Err(WalError::corrupt(path, bad.offset, bad.reason));
     }
-    let tail_len = file_len - bad.offset;
+    let tail_len = seg.file_len - bad.offset;
     if tail_len > opts.max_tail_scan_bytes {
         let reason = format!(
             "{}; the {tail_len}-byte tail exceeds max_tail_scan_bytes {}",
@@ -264,15 +326,52 @@ fn resolve_bad_frame(
         .seek(SeekFrom::Start(bad.offset))
         .and_then(|_| reader.take(tail_len).read_to_end(&mut tail));
     read.map_err(|e| WalError::io(path, e))?;
-    if let Some(pos) = first_valid_frame_after(&tail, opts.max_record_bytes) {
-        let reason = format!(
-            "{}; a valid record follows at offset {}",
-            bad.reason,
-            bad.offset + pos as u64
-        );
-        return Err(WalError::corrupt(path, bad.offset, reason));
+    let at = |pos: usize| bad.offset + pos as u64;
+    let evidence = match seg.nonce {
+        Some(nonce) => {
+            durable_claim_after(&tail, nonce, bad.offset, opts.max_record_bytes).map(|(pos, n)| {
+                format!(
+                    "a later batch at offset {} records {n} bytes as durable",
+                    at(pos)
+                )
+            })
+        }
+        None => first_valid_frame_after(&tail, opts.max_record_bytes)
+            .map(|pos| format!("a valid record follows at offset {}", at(pos))),
+    };
+    match evidence {
+        Some(evidence) => {
+            let reason = format!("{}; {evidence}", bad.reason);
+            Err(WalError::corrupt(path, bad.offset, reason))
+        }
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The first `Synced` record inside `tail` (which starts at segment offset
+/// `bad_offset`) that carries `nonce` and claims bytes past `bad_offset`
+/// were durable: `(position in tail, synced_bytes)`.
+pub(crate) fn durable_claim_after(
+    tail: &[u8],
+    nonce: u64,
+    bad_offset: u64,
+    max_record_bytes: u32,
+) -> Option<(usize, u64)> {
+    // A Synced frame's length field is always the same; skip other offsets cheaply.
+    let synced_len = SYNCED_BODY_BYTES.to_le_bytes();
+    let starts = (1..tail.len()).filter(|&pos| tail[pos..].starts_with(&synced_len));
+    starts
+        .into_iter()
+        .find_map(|pos| match decode_frame(&tail[pos..], max_record_bytes) {
+            Ok((
+                WalRecord::Synced {
+                    nonce: n,
+                    synced_bytes,
+                },
+                _,
+            )) if n == nonce && synced_bytes > bad_offset => Some((pos, synced_bytes)),
+            _ => None,
+        })
 }
 
 /// The offset (> 0) of the first well-formed frame inside `tail`, if any.

@@ -21,6 +21,14 @@ pub struct PeerView {
     pub id: u64,
     /// Members the peer knows, with the leader's match index (0 on followers).
     pub members: Vec<(u64, u64)>,
+    /// The peer's current term (1 right after bootstrap, before any election).
+    pub term: u64,
+    /// The leader the peer follows (0 if none).
+    pub leader_id: u64,
+    /// The peer's commit index.
+    pub commit_index: u64,
+    /// The peer's last log index.
+    pub last_index: u64,
 }
 
 /// Asks the node at `addr` for its status; `None` if it does not answer
@@ -40,6 +48,10 @@ pub async fn probe_status(addr: String, timeout: Duration) -> Option<PeerView> {
         cluster_id: s.cluster_id,
         id: s.id,
         members: s.members.iter().map(|m| (m.id, m.match_index)).collect(),
+        term: s.term,
+        leader_id: s.leader_id,
+        commit_index: s.commit_index,
+        last_index: s.last_index,
     })
 }
 
