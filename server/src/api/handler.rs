@@ -14,7 +14,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{oneshot, watch};
 
 use super::connection::{Frame, FrameReader};
-use super::protocol::{Reply, Request};
+use super::protocol::{ParseError, Reply, Request};
 use super::server::ListenerConfig;
 use crate::metrics::{Metrics, Op};
 use crate::node::handle::{GetResult, get_result};
@@ -112,8 +112,8 @@ impl Handler {
                 let metrics = self.metrics.clone();
                 Box::pin(execute(node, metrics, req, Order { prev, submitted }))
             }
-            Frame::Malformed(e) => Box::pin(std::future::ready(Reply::Err(e.to_string()))),
-            Frame::TooLong => Box::pin(std::future::ready(Reply::Err("line too long".into()))),
+            Frame::Malformed(e) => Box::pin(std::future::ready(malformed_reply(&e))),
+            Frame::TooLong => Box::pin(std::future::ready(too_long_reply())),
         }
     }
 }
@@ -168,13 +168,29 @@ async fn execute(node: NodeHandle, metrics: Arc<Metrics>, req: Request, order: O
     reply
 }
 
+/// `ERR <text>` for a request the node refused or failed. Every error text
+/// is written once, by the error's `Display` (see `node::reason`).
+fn error_reply(e: &NodeError) -> Reply {
+    Reply::Err(e.to_string())
+}
+
+/// `ERR <text>` for a line that did not parse.
+fn malformed_reply(e: &ParseError) -> Reply {
+    Reply::Err(e.to_string())
+}
+
+/// `ERR line too long` for a line over `--max-line-bytes` (discarded).
+fn too_long_reply() -> Reply {
+    Reply::Err("line too long".into())
+}
+
 fn get_reply(result: Result<GetResult, NodeError>) -> Reply {
     match result {
         Ok(read) => match read.value {
             Some(kv) => Reply::Value(kv.value),
             None => Reply::NotFound,
         },
-        Err(e) => Reply::Err(e.to_string()),
+        Err(e) => error_reply(&e),
     }
 }
 
@@ -187,6 +203,95 @@ async fn write(node: &NodeHandle, op: WriteOp, submitted: oneshot::Sender<()>) -
     };
     match result {
         Ok(_) => Reply::Ok,
-        Err(e) => Reply::Err(e.to_string()),
+        Err(e) => error_reply(&e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::protocol::parse;
+    use crate::node::limits::{MAX_KEY_BYTES, MAX_VALUE_BYTES};
+    use crate::node::reason;
+
+    fn line(r: &Reply) -> String {
+        let mut out = Vec::new();
+        r.encode(&mut out);
+        String::from_utf8(out).expect("error replies are UTF-8")
+    }
+
+    fn malformed(input: &str) -> Reply {
+        malformed_reply(&parse(input.as_bytes()).expect_err("malformed"))
+    }
+
+    /// Every error reply the TCP protocol can send, with its exact line.
+    fn every_error_reply() -> Vec<(Reply, String)> {
+        let not_leader = NodeError::NotLeader {
+            client_addr: "node3:6003".into(),
+            grpc_addr: "node3:7003".into(),
+        };
+        let too_large = |what, max_bytes| NodeError::TooLarge { what, max_bytes };
+        let mut cases = vec![
+            (too_long_reply(), "ERR line too long".to_string()),
+            (malformed("FLY k"), "ERR unknown command 'FLY'".into()),
+            (
+                malformed("GET"),
+                "ERR wrong number of arguments for 'get'".into(),
+            ),
+            (
+                malformed("SET k"),
+                "ERR wrong number of arguments for 'set'".into(),
+            ),
+            (
+                malformed("DELETE"),
+                "ERR wrong number of arguments for 'delete'".into(),
+            ),
+            (
+                malformed("PING x"),
+                "ERR wrong number of arguments for 'ping'".into(),
+            ),
+            (malformed("GET k\x01"), "ERR invalid key".into()),
+            (malformed("SET k v\x00"), "ERR invalid value".into()),
+            (malformed(""), "ERR empty command".into()),
+            (error_reply(&not_leader), "ERR NOT_LEADER node3:6003".into()),
+            (
+                error_reply(&NodeError::Invalid("unknown member 9".into())),
+                "ERR INVALID unknown member 9".into(),
+            ),
+            (
+                error_reply(&too_large("value", MAX_VALUE_BYTES)),
+                format!("ERR value too large (max {MAX_VALUE_BYTES} bytes)"),
+            ),
+            (
+                error_reply(&too_large("key", MAX_KEY_BYTES)),
+                format!("ERR key too large (max {MAX_KEY_BYTES} bytes)"),
+            ),
+        ];
+        for r in reason::ALL {
+            let e = NodeError::unavailable(r);
+            cases.push((error_reply(&e), format!("ERR UNAVAILABLE {r}")));
+        }
+        cases
+    }
+
+    #[test]
+    fn every_tcp_error_reply_is_one_line_written_once_without_a_doubled_word() {
+        for (reply, want) in every_error_reply() {
+            let got = line(&reply);
+            assert_eq!(got, format!("{want}\n"));
+            let words: Vec<&str> = got.split_whitespace().collect();
+            for pair in words.windows(2) {
+                assert_ne!(pair[0], pair[1], "doubled word in {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_storage_failure_reply_names_the_unknown_outcome_once() {
+        let e = NodeError::unavailable(reason::STORAGE_FAILURE);
+        assert_eq!(
+            line(&error_reply(&e)),
+            "ERR UNAVAILABLE storage failure; node is stopping; outcome unknown\n"
+        );
     }
 }

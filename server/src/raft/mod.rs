@@ -133,6 +133,12 @@ pub struct Config {
     pub max_msg_bytes: usize,
     /// Proposals are refused once this many bytes are appended but uncommitted.
     pub max_uncommitted_bytes: usize,
+    /// Most entry bytes ([`Entry::size_bytes`], i.e. WAL record bytes) handed
+    /// out to persist in one `Ready` (at least one entry is always handed
+    /// out). The node sets it from the WAL's batch limit minus the records a
+    /// batch adds besides entries, so no `Ready` can build a batch the WAL
+    /// refuses, whatever was proposed or received.
+    pub max_ready_entry_bytes: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
     /// Lease-based reads (assumes bounded clock drift; see module docs).
@@ -154,6 +160,7 @@ impl Config {
             max_msg_entries: 1024,
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
+            max_ready_entry_bytes: 32 << 20,
             pre_vote: true,
             check_quorum: true,
             lease_read: false,

@@ -18,6 +18,9 @@ use crate::node::{Condition, KvEntry, NodeHandle, ReadAnswer, ReadQuery, WriteOp
 const DEFAULT_RANGE_LIMIT: usize = 1000;
 /// Hard cap on range results per call.
 const MAX_RANGE_LIMIT: usize = 10_000;
+/// Byte budget (keys plus values) of one Range answer; a longer result is
+/// cut (at least one pair is returned) and reported with `more = true`.
+pub const MAX_RANGE_REPLY_BYTES: usize = 32 << 20;
 
 /// Implements `titan.v1.KV`.
 pub struct KvService {
@@ -87,6 +90,7 @@ impl KvService {
             start: Bytes::from(start),
             end: Bytes::from(end),
             limit,
+            max_bytes: MAX_RANGE_REPLY_BYTES,
         };
         let res = self
             .node
