@@ -11,9 +11,9 @@ use futures::{FutureExt, StreamExt};
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, oneshot, watch};
 
-use super::connection::{Frame, FrameReader};
+use super::connection::{Frame, FrameReader, MemoryBudget, charge_more};
 use super::protocol::{ParseError, Reply, Request};
 use super::server::ListenerConfig;
 use crate::metrics::{Metrics, Op};
@@ -21,6 +21,10 @@ use crate::node::handle::{GetResult, get_result};
 use crate::node::{Condition, NodeError, NodeHandle, ReadQuery, WriteOp};
 
 type ReplyFuture = Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// Replies encoded into one write before it is flushed (bounds the per-
+/// connection encode buffer when many large values are ready at once).
+const MAX_REPLY_BATCH_BYTES: usize = 1 << 20;
 
 /// Serves one connection.
 pub struct Handler {
@@ -38,6 +42,8 @@ pub struct Handler {
     shutdown: watch::Receiver<bool>,
     /// Signalled when the newest request reached the runtime (see [`Order`]).
     prev_submitted: Option<oneshot::Receiver<()>>,
+    /// Server-wide bound on request bytes held by all connections.
+    budget: MemoryBudget,
 }
 
 impl Handler {
@@ -47,11 +53,12 @@ impl Handler {
         config: ListenerConfig,
         node: NodeHandle,
         metrics: Arc<Metrics>,
-        shutdown: watch::Receiver<bool>,
+        (shutdown, budget): (watch::Receiver<bool>, MemoryBudget),
     ) -> Self {
         let (r, w) = socket.into_split();
         Handler {
-            reader: FrameReader::new(r, config.max_line_bytes),
+            reader: FrameReader::new(r, config.max_line_bytes).with_budget(budget.clone()),
+            budget,
             writer: BufWriter::new(w),
             config,
             node,
@@ -78,7 +85,10 @@ impl Handler {
                     }
                 }
                 frame = self.reader.read_frame(), if reading && room => match frame {
-                    Ok(Some(frame)) => pending.push_back(self.dispatch(frame)),
+                    Ok(Some(frame)) => {
+                        let reply = self.admit(frame);
+                        pending.push_back(reply);
+                    }
                     Ok(None) | Err(_) => reading = false,
                 },
                 _ = self.shutdown.changed(), if reading => reading = false,
@@ -96,11 +106,35 @@ impl Handler {
     ) -> std::io::Result<()> {
         let mut out = Vec::with_capacity(64);
         first.encode(&mut out);
-        while let Some(Some(reply)) = pending.next().now_or_never() {
+        while out.len() < MAX_REPLY_BATCH_BYTES
+            && let Some(Some(reply)) = pending.next().now_or_never()
+        {
             reply.encode(&mut out);
         }
         self.writer.write_all(&out).await?;
         self.writer.flush().await
+    }
+
+    /// Charges the request's bytes to the server-wide budget (the reader
+    /// already charged a long line's growth) and dispatches it; the charge
+    /// is held until the reply is ready. Over budget: `ERR UNAVAILABLE
+    /// overloaded`, nothing executed.
+    fn admit(&mut self, frame: Frame) -> ReplyFuture {
+        let mut charge = self.reader.take_charge();
+        let have = charge.as_ref().map_or(0, OwnedSemaphorePermit::num_permits);
+        let need = match &frame {
+            Frame::Request(req) => request_bytes(req),
+            _ => 0,
+        };
+        if need > have && !charge_more(&self.budget, &mut charge, need - have) {
+            return self.dispatch(Frame::Overloaded);
+        }
+        let reply = self.dispatch(frame);
+        Box::pin(async move {
+            let r = reply.await;
+            drop(charge);
+            r
+        })
     }
 
     fn dispatch(&mut self, frame: Frame) -> ReplyFuture {
@@ -114,7 +148,21 @@ impl Handler {
             }
             Frame::Malformed(e) => Box::pin(std::future::ready(malformed_reply(&e))),
             Frame::TooLong => Box::pin(std::future::ready(too_long_reply())),
+            Frame::Overloaded => {
+                self.metrics.refused("tcp_memory");
+                let e = NodeError::unavailable(crate::node::reason::OVERLOADED);
+                Box::pin(std::future::ready(error_reply(&e)))
+            }
         }
+    }
+}
+
+/// Bytes a parsed request holds (key plus value).
+fn request_bytes(req: &Request) -> usize {
+    match req {
+        Request::Get { key } | Request::Delete { key } => key.len(),
+        Request::Set { key, value } => key.len() + value.len(),
+        Request::Ping => 0,
     }
 }
 

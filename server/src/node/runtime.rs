@@ -45,6 +45,10 @@ const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 const READY_MAX_APPLY_LAG: u64 = 1000;
 /// Peers whose self-advertised addresses are remembered.
 const MAX_OBSERVED_PEERS: usize = 1024;
+/// Outbound streams opened for senders that are not in the member directory
+/// (e.g. a leader a joining node has not learnt yet). Each is a task with a
+/// queue, so a flood of made-up sender ids must not open one each.
+const MAX_UNKNOWN_PEER_LINKS: usize = 8;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
 
@@ -246,7 +250,21 @@ impl Runtime {
     /// gRPC port) for redirects.
     fn observe_sender(&mut self, from: NodeId, sender: Member) {
         if !self.transport.has_peer(from) && !sender.peer_addr.is_empty() {
-            self.transport.set_peer(from, &sender.peer_addr);
+            let dir = self.directory();
+            let unknown = self
+                .transport
+                .peer_ids()
+                .into_iter()
+                .filter(|id| !dir.contains_key(id))
+                .count();
+            if dir.contains_key(&from) || unknown < MAX_UNKNOWN_PEER_LINKS {
+                self.transport.set_peer(from, &sender.peer_addr);
+            } else {
+                tracing::debug!(
+                    from,
+                    "not dialling back another unknown sender: MAX_UNKNOWN_PEER_LINKS reached"
+                );
+            }
         }
         if self.observed.len() < MAX_OBSERVED_PEERS || self.observed.contains_key(&from) {
             self.observed.insert(from, sender);

@@ -28,6 +28,10 @@ use titan_proto::v1::raft_server::RaftServer;
 use crate::metrics::Metrics;
 use crate::node::{NodeError, NodeHandle, PeerInbox};
 
+/// HTTP/2 streams one client connection may have open on the client gRPC
+/// port (the service also bounds requests in total).
+const MAX_GRPC_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Largest inbound peer frame (a batch of appends).
 const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -127,6 +131,7 @@ pub async fn serve_grpc(
         vec!["", kv_name],
     ));
     Server::builder()
+        .max_concurrent_streams(MAX_GRPC_STREAMS_PER_CONNECTION)
         .add_service(health_svc)
         .add_service(
             KvServer::new(kv_service::KvService::new(node, metrics))
