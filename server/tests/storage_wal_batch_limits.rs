@@ -151,3 +151,53 @@ fn drive(node: &mut RawNode<MemStorage>, wal: &Wal) -> usize {
     }
     with_entries
 }
+
+/// A follower handed more than one Ready's worth of entries persists them
+/// over several Readys; its ack waits for the last one, and the durable
+/// commit index never points past what is durable.
+#[test]
+fn a_follower_acks_a_large_append_only_after_every_entry_is_handed_out() {
+    use titan_server::raft::{Message, MessageType};
+    let mut cfg = Config::new(2);
+    cfg.max_ready_entry_bytes = 100 << 10;
+    let storage = MemStorage::new_bootstrapped(&[(1, vec![]), (2, vec![])]);
+    let mut node = RawNode::new(&cfg, storage).unwrap();
+    let last = node.storage().last_index();
+    let last_term = node.storage().term(last).unwrap();
+    let term = last_term + 1;
+    let mut append = Message::new(MessageType::Append, 1, 2, term);
+    append.index = last;
+    append.log_term = last_term;
+    append.entries = (1..=4)
+        .map(|i| Entry {
+            index: last + i,
+            term,
+            kind: EntryKind::Normal,
+            data: vec![1; 40 << 10],
+        })
+        .collect();
+    append.commit = last + 4;
+    node.step(append).unwrap();
+    let rd = node.ready();
+    assert_eq!(rd.entries.len(), 2, "two 40 KiB entries fit 100 KiB");
+    assert!(
+        rd.persisted_messages.is_empty(),
+        "no ack before all are durable"
+    );
+    let commit = rd.hard_state.map_or(0, |h| h.commit);
+    assert!(
+        commit <= last + 2,
+        "durable commit {commit} past durable entries"
+    );
+    node.storage_mut().append(&rd.entries).unwrap();
+    node.advance(rd);
+    let rd = node.ready();
+    assert_eq!(rd.entries.last().map(|e| e.index), Some(last + 4));
+    let ack = rd
+        .persisted_messages
+        .iter()
+        .find(|m| m.msg_type == MessageType::AppendResp)
+        .expect("ack once the rest is handed out");
+    assert_eq!((ack.index, ack.reject), (last + 4, false));
+    assert_eq!(rd.hard_state.map(|h| h.commit), Some(last + 4));
+}

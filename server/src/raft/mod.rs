@@ -19,7 +19,12 @@
 //!    vote), Append acknowledgements — go out **only after** the write is
 //!    durable: each one is a promise that the state it reflects survives a
 //!    crash, and breaking it loses acknowledged entries or lets a node vote
-//!    twice in a term.
+//!    twice in a term. `entries` holds at most `Config::max_ready_entry_bytes`
+//!    (counted with [`entry_record_bytes`], the WAL's own record size; at
+//!    least one entry), so one Ready always fits one WAL batch. When that
+//!    cuts the unstable log short, `persisted_messages` wait for the Ready
+//!    that hands out its last entry and `hard_state.commit` is clamped to the
+//!    entries handed out.
 //! 2. **Apply** `committed_entries` in order. They are always durable locally
 //!    (the core never hands out a committed entry it has not seen persisted).
 //! 3. **Reads**: answer each `read_states` entry once the applied index is
