@@ -80,14 +80,14 @@ pub struct Metrics {
     pub peer_messages_dropped: Counter<u64, AtomicU64>,
     /// 1 once a fatal storage error stopped the node (it exits right after).
     pub storage_fatal: Gauge,
-    /// Client requests refused because a size or concurrency bound was hit.
+    /// Client requests refused because a memory or concurrency bound was hit.
     pub requests_refused: Family<RefusedLabels, Counter>,
 }
 
 /// Labels of [`Metrics::requests_refused`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    /// Which bound: `key_size`, `value_size`, `grpc_concurrency`, `tcp_memory`.
+    /// Which bound: `grpc_concurrency` or `tcp_memory`.
     pub bound: &'static str,
 }
 

@@ -73,6 +73,17 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     head.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The body of `GET path` (HTTP/1.0, read to EOF), or None.
+fn http_body(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
 #[test]
 fn a_value_with_newlines_written_over_grpc_never_splits_tcp_replies() {
     let root = tempfile::tempdir().unwrap();
@@ -174,7 +185,8 @@ fn value_for(i: usize) -> String {
 #[test]
 fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
     let root = tempfile::tempdir().unwrap();
-    let Some(_disk) = Tmpfs::mount(root.path().join("small"), "8m") else {
+    // The data dir itself is the small disk; the node's log sits beside it.
+    let Some(_disk) = Tmpfs::mount(root.path().join("small/solo"), "8m") else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
@@ -187,11 +199,16 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
     // Unhealthy at once, then a non-zero exit after a short drain.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut saw_unhealthy = false;
+    let mut saw_metric = false;
     let code = loop {
         if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
             break status.code();
         }
-        saw_unhealthy |= http_status(node.http_port, "/healthz").is_some_and(|s| s != 200);
+        if http_status(node.http_port, "/healthz").is_some_and(|s| s != 200) {
+            saw_unhealthy = true;
+            saw_metric |= http_body(node.http_port, "/metrics")
+                .is_some_and(|m| m.contains("titan_storage_fatal 1"));
+        }
         assert!(
             Instant::now() < deadline,
             "the node still runs after a full disk"
@@ -203,6 +220,12 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
     assert!(
         saw_unhealthy,
         "/healthz failed during the drain before exit"
+    );
+    assert!(saw_metric, "titan_storage_fatal was 1 during the drain");
+    let log = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap();
+    assert!(
+        log.contains("fatal storage error") && log.contains("No space left on device"),
+        "the log says what failed and where:\n{log}"
     );
     // Restart with space: every acknowledged write is there.
     let roomy = root.path().join("roomy");
