@@ -80,6 +80,8 @@ pub struct Metrics {
     pub peer_messages_dropped: Counter<u64, AtomicU64>,
     /// 1 once a fatal storage error stopped the node (it exits right after).
     pub storage_fatal: Gauge,
+    /// Outbound peer streams open (members plus a bounded few unknown senders).
+    pub peer_links: Gauge,
     /// Client requests refused because a memory or concurrency bound was hit.
     pub requests_refused: Family<RefusedLabels, Counter>,
 }
@@ -119,6 +121,7 @@ impl Metrics {
             snapshots_installed: Counter::default(),
             peer_messages_dropped: Counter::default(),
             storage_fatal: Gauge::default(),
+            peer_links: Gauge::default(),
             requests_refused: Family::default(),
             registry,
         };
@@ -188,6 +191,11 @@ impl Metrics {
             "storage_fatal",
             "1 once a fatal storage error stopped the node; the log names the file",
             self.storage_fatal.clone(),
+        );
+        r.register(
+            "peer_links",
+            "Outbound peer streams open",
+            self.peer_links.clone(),
         );
         r.register(
             "requests_refused",

@@ -246,3 +246,49 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
         assert_eq!(got, format!("VALUE {}", value_for(i)), "{key} lost");
     }
 }
+
+/// Finding 6: every batch from an unknown sender id used to open an outbound
+/// stream (a task and a queue) to the address it claimed. Now at most
+/// `MAX_UNKNOWN_PEER_LINKS` (8) are opened for non-members.
+#[test]
+fn messages_from_many_unknown_senders_open_a_bounded_number_of_peer_links() {
+    use titan_proto::v1::raft_client::RaftClient;
+    let root = tempfile::tempdir().unwrap();
+    let node = single_node(root.path(), &[]);
+    let status = node.status().expect("admin status");
+    let batches: Vec<pb::MessageBatch> = (0..40u64)
+        .map(|i| pb::MessageBatch {
+            cluster_id: status.cluster_id.clone(),
+            msgs: vec![pb::RaftMessage {
+                msg_type: 7, // Heartbeat, from a stale term: ignored by the core.
+                from: 1000 + i,
+                to: status.id,
+                ..Default::default()
+            }],
+            sender_addr: format!("127.0.0.1:{}", 1 + i),
+            ..Default::default()
+        })
+        .collect();
+    let addr = format!("http://127.0.0.1:{}", node.peer_port);
+    rt().block_on(async move {
+        let mut c = RaftClient::connect(addr).await.expect("raft connect");
+        c.send(tokio_stream::iter(batches)).await.expect("send");
+    });
+    let links = || {
+        let m = http_body(node.http_port, "/metrics")?;
+        let line = m.lines().find(|l| l.starts_with("titan_peer_links "))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    common::wait_for(Duration::from_secs(5), "8 peer links", || {
+        links().filter(|&n| n >= 8)
+    });
+    // Every batch was delivered before `send` returned; give the runtime time.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        links(),
+        Some(8),
+        "one link per unknown sender up to the bound"
+    );
+    let mut c = node.client();
+    assert_eq!(c.cmd("SET after unknown").unwrap(), "OK");
+}
