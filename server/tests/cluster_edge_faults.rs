@@ -84,6 +84,31 @@ fn http_body(port: u16, path: &str) -> Option<String> {
     Some(out)
 }
 
+/// The overall gRPC health status (1 = SERVING, 2 = NOT_SERVING), or None.
+fn grpc_health(port: u16) -> Option<i32> {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let addr = format!("http://127.0.0.1:{port}");
+    rt().block_on(async move {
+        let call = async {
+            let channel = tonic::transport::Endpoint::from_shared(addr)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut c = HealthClient::new(channel);
+            let req = HealthCheckRequest {
+                service: String::new(),
+            };
+            c.check(req).await.ok().map(|r| r.into_inner().status)
+        };
+        tokio::time::timeout(Duration::from_millis(300), call)
+            .await
+            .ok()
+            .flatten()
+    })
+}
+
 #[test]
 fn a_value_with_newlines_written_over_grpc_never_splits_tcp_replies() {
     let root = tempfile::tempdir().unwrap();
@@ -200,6 +225,7 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut saw_unhealthy = false;
     let mut saw_metric = false;
+    let mut saw_grpc_not_serving = false;
     let code = loop {
         if let Some(status) = node.child.as_mut().unwrap().try_wait().unwrap() {
             break status.code();
@@ -208,6 +234,11 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
             saw_unhealthy = true;
             saw_metric |= http_body(node.http_port, "/metrics")
                 .is_some_and(|m| m.contains("titan_storage_fatal 1"));
+            // Any gRPC health answer after the failure must be NOT_SERVING.
+            if let Some(serving) = grpc_health(node.grpc_port) {
+                assert_ne!(serving, 1, "gRPC health still SERVING after a fatal error");
+                saw_grpc_not_serving = true;
+            }
         }
         assert!(
             Instant::now() < deadline,
@@ -222,6 +253,10 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
         "/healthz failed during the drain before exit"
     );
     assert!(saw_metric, "titan_storage_fatal was 1 during the drain");
+    assert!(
+        saw_grpc_not_serving,
+        "gRPC health answered NOT_SERVING during the drain"
+    );
     let log = std::fs::read_to_string(node.data_dir.with_extension("log")).unwrap();
     assert!(
         log.contains("fatal storage error") && log.contains("No space left on device"),
