@@ -155,6 +155,10 @@ fn an_oversize_value_is_refused_at_the_edge_and_the_node_keeps_serving() {
     )
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    // Past the largest request storage accepts, tonic refuses the message
+    // from its length prefix, before buffering the body (OUT_OF_RANGE).
+    let err = grpc_put(node.grpc_port, b"huge", vec![b'x'; 17 << 20]).unwrap_err();
+    assert_eq!(err.code(), tonic::Code::OutOfRange, "{err:?}");
     let big = grpc_put(node.grpc_port, b"big", vec![b'y'; MAX_VALUE_BYTES]).expect("max-size put");
     assert!(big.succeeded);
     assert_eq!(http_status(node.http_port, "/healthz"), Some(200));
