@@ -28,7 +28,9 @@ fn main() -> anyhow::Result<()> {
             () = server.handle.fatal() => start::exit_after_fatal().await,
         }
         tracing::info!("signal received; shutting down");
-        server.shutdown().await;
+        if server.shutdown().await {
+            start::exit_after_fatal().await;
+        }
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

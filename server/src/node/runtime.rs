@@ -170,11 +170,13 @@ impl Runtime {
             "fatal storage error: cannot persist; failing every waiter, marking unhealthy and exiting"
         );
         self.metrics.storage_fatal.set(1);
-        self.fail_everything(&NodeError::unavailable(reason::STORAGE_FAILURE));
+        // `failed` first: a request that sees `stopping` must read why.
         self.leader_tx.send_modify(|v| {
             v.failed = true;
             v.ready = false;
+            v.stopping = true;
         });
+        self.fail_everything(&NodeError::unavailable(reason::STORAGE_FAILURE));
     }
 
     fn on_tick(&mut self) {
@@ -457,7 +459,7 @@ impl Runtime {
             leader,
             ready,
             stopping: *self.shutdown.borrow() && self.leader_tx.borrow().stopping,
-            failed: false,
+            failed: self.leader_tx.borrow().failed,
         };
         self.leader_tx.send_if_modified(|v| {
             let changed = *v != view;

@@ -86,8 +86,10 @@ pub struct Server {
 
 impl Server {
     /// Stops accepting clients, lets the runtime hand over leadership and
-    /// finish, then stops the listeners.
-    pub async fn shutdown(self) {
+    /// finish, then stops the listeners. Returns whether a fatal storage
+    /// error stopped the node meanwhile (the process must then exit non-zero).
+    pub async fn shutdown(self) -> bool {
+        let handle = self.handle.clone();
         let _ = self.shutdown_tx.send(true);
         let budget = self.grace + std::time::Duration::from_secs(1);
         if tokio::time::timeout(budget, self.runtime).await.is_err() {
@@ -96,6 +98,7 @@ impl Server {
         for l in self.listeners {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(500), l).await;
         }
+        handle.leader_view().failed
     }
 }
 
