@@ -76,11 +76,12 @@ pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, String> {
     }
 }
 
-/// Reads one key.
+/// Reads one key. The value is shared with the map, not copied inside the
+/// runtime task.
 pub fn get(sm: &StateMachine, key: &[u8]) -> Option<KvEntry> {
     sm.get(key).map(|v| KvEntry {
         key: Bytes::copy_from_slice(key),
-        value: Bytes::copy_from_slice(&v.value),
+        value: Bytes::from_owner(v.value.clone()),
         version: v.version,
     })
 }
