@@ -30,6 +30,9 @@ pub const NOT_EXECUTED_MARKERS: &[&str] = &[
     "membership change is in progress",
     "not applied",
 ];
+/// Substring of the server's `RESOURCE_EXHAUSTED` for a key or value over
+/// the size limit (`key too large (max N bytes)`): permanent, never retried.
+pub const TOO_LARGE_MARKER: &str = "too large (max ";
 /// Substring with which the server flags an `UNAVAILABLE` whose write may
 /// have applied.
 pub const OUTCOME_UNKNOWN_MARKER: &str = "outcome unknown";
@@ -64,6 +67,11 @@ pub fn classify(status: &tonic::Status) -> Failure {
         // A server-generated UNAVAILABLE carries no transport source.
         Code::Unavailable if status.source().is_none() && server_did_not_execute(&message) => {
             Failure::NotExecuted(describe(status))
+        }
+        // The server refused an oversize key or value before Raft: nothing
+        // was executed, and resending the same request cannot help.
+        Code::ResourceExhausted if message.contains(TOO_LARGE_MARKER) => {
+            Failure::Permanent(Code::ResourceExhausted, message)
         }
         Code::ResourceExhausted => Failure::NotExecuted(describe(status)),
         Code::Unavailable
@@ -174,6 +182,17 @@ mod tests {
     }
 
     #[test]
+    fn an_oversize_request_is_permanent_and_never_retried() {
+        let status = Status::resource_exhausted("value too large (max 16711640 bytes)");
+        assert!(matches!(
+            classify(&status),
+            Failure::Permanent(Code::ResourceExhausted, _)
+        ));
+        let busy = Status::resource_exhausted("too many concurrent requests");
+        assert!(matches!(classify(&busy), Failure::NotExecuted(_)));
+    }
+
+    #[test]
     fn server_unavailable_is_classified_by_its_message() {
         // Messages titan-server sends today (server/src/node/*.rs on `node`).
         let cases: &[(&str, bool)] = &[
@@ -189,6 +208,10 @@ mod tests {
             ("UNAVAILABLE request timed out; outcome unknown", false),
             ("UNAVAILABLE leadership lost; outcome unknown", false),
             ("UNAVAILABLE node is shutting down", false),
+            (
+                "UNAVAILABLE storage failure; node is stopping; outcome unknown",
+                false,
+            ),
             ("UNAVAILABLE something new", false),
         ];
         for (message, not_executed) in cases {

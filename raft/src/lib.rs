@@ -19,7 +19,12 @@
 //!    vote), Append acknowledgements — go out **only after** the write is
 //!    durable: each one is a promise that the state it reflects survives a
 //!    crash, and breaking it loses acknowledged entries or lets a node vote
-//!    twice in a term.
+//!    twice in a term. `entries` holds at most `Config::max_ready_entry_bytes`
+//!    (counted with [`entry_record_bytes`], the WAL's own record size; at
+//!    least one entry), so one Ready always fits one WAL batch. When that
+//!    cuts the unstable log short, `persisted_messages` wait for the Ready
+//!    that hands out its last entry and `hard_state.commit` is clamped to the
+//!    entries handed out.
 //! 2. **Apply** `committed_entries` in order. They are always durable locally
 //!    (the core never hands out a committed entry it has not seen persisted).
 //! 3. **Reads**: answer each `read_states` entry once the applied index is
@@ -177,6 +182,12 @@ pub struct Config {
     pub max_msg_bytes: usize,
     /// Proposals are refused once this many bytes are appended but uncommitted.
     pub max_uncommitted_bytes: usize,
+    /// Most entry bytes ([`Entry::size_bytes`], i.e. WAL record bytes) handed
+    /// out to persist in one `Ready` (at least one entry is always handed
+    /// out). The node sets it from the WAL's batch limit minus the records a
+    /// batch adds besides entries, so no `Ready` can build a batch the WAL
+    /// refuses, whatever was proposed or received.
+    pub max_ready_entry_bytes: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
     /// Seed of the core's deterministic RNG (election timeouts).
@@ -196,6 +207,7 @@ impl Config {
             max_msg_entries: 1024,
             max_msg_bytes: 1 << 20,
             max_uncommitted_bytes: 64 << 20,
+            max_ready_entry_bytes: 32 << 20,
             pre_vote: true,
             check_quorum: true,
             seed: id,

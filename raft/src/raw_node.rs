@@ -162,7 +162,13 @@ impl<S: Storage> RawNode<S> {
                 .sum();
             r.uncommitted_bytes = r.uncommitted_bytes.saturating_sub(bytes);
         }
-        let entries = r.log.unstable.entries.clone();
+        let entries = entries_to_persist(&r.log.unstable.entries, r.cfg.max_ready_entry_bytes);
+        let all_handed = entries.len() == r.log.unstable.entries.len();
+        let hard = if all_handed {
+            hard
+        } else {
+            clamp_commit(hard, self.prev_hard, entries.last().map_or(0, |e| e.index))
+        };
         let snapshot = r.log.unstable.snapshot.clone();
         let hard_changed = hard != self.prev_hard;
         let must_sync = !entries.is_empty()
@@ -175,7 +181,13 @@ impl<S: Storage> RawNode<S> {
             entries,
             snapshot,
             messages: std::mem::take(&mut r.msgs),
-            persisted_messages: std::mem::take(&mut r.msgs_after_persist),
+            // Acks may cover the whole unstable suffix: they wait until
+            // the Ready that hands out its last entry.
+            persisted_messages: if all_handed {
+                std::mem::take(&mut r.msgs_after_persist)
+            } else {
+                Vec::new()
+            },
             committed_entries,
             read_states: std::mem::take(&mut r.read_states),
             must_sync,
@@ -248,5 +260,29 @@ impl<S: Storage> RawNode<S> {
             .progress
             .get(&id)
             .is_some_and(|p| p.state == ProgressState::Snapshot)
+    }
+}
+
+/// The longest prefix of `unstable` within `max_bytes` (at least one entry):
+/// one `Ready` never asks the node to persist more than one WAL batch holds.
+fn entries_to_persist(unstable: &[super::Entry], max_bytes: usize) -> Vec<super::Entry> {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for e in unstable {
+        bytes = bytes.saturating_add(e.size_bytes());
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    unstable[..n].to_vec()
+}
+
+/// While only part of the unstable log is handed out, the durable commit
+/// index must not point past the entries made durable with it.
+fn clamp_commit(hard: HardState, prev: HardState, last_handed: u64) -> HardState {
+    HardState {
+        commit: hard.commit.min(last_handed.max(prev.commit)),
+        ..hard
     }
 }

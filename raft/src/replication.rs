@@ -16,7 +16,10 @@ impl<S: Storage> Raft<S> {
         if datas.is_empty() {
             return Err(RaftError::ProposalDropped);
         }
-        let bytes: usize = datas.iter().map(|d| d.len() + 24).sum();
+        let bytes: usize = datas
+            .iter()
+            .map(|d| super::entry_record_bytes(d.len()))
+            .sum();
         if self.uncommitted_bytes > 0
             && self.uncommitted_bytes + bytes > self.cfg.max_uncommitted_bytes
         {

@@ -41,10 +41,27 @@ pub struct Entry {
     pub data: Vec<u8>,
 }
 
+/// Fixed bytes one entry adds to a WAL batch on top of its data: frame header
+/// (length + CRC, 8), record type (1), index (8), term (8), kind (1).
+///
+/// This is the single source of truth for entry sizes: the WAL encoder
+/// (`storage::wal_record`) is tested to produce exactly
+/// `data.len() + ENTRY_RECORD_OVERHEAD_BYTES` bytes per entry, and the core's
+/// byte accounting (uncommitted bytes, Append sizes, the per-Ready cap) uses
+/// the same number, so the core can never hand the node a batch the WAL
+/// refuses.
+pub const ENTRY_RECORD_OVERHEAD_BYTES: usize = 26;
+
+/// Bytes an entry with `data_len` bytes of data occupies in the WAL.
+pub const fn entry_record_bytes(data_len: usize) -> usize {
+    data_len.saturating_add(ENTRY_RECORD_OVERHEAD_BYTES)
+}
+
 impl Entry {
-    /// Bytes this entry counts against size limits (payload plus fixed overhead).
+    /// Bytes this entry counts against size limits: exactly its WAL record
+    /// size (see [`ENTRY_RECORD_OVERHEAD_BYTES`]).
     pub fn size_bytes(&self) -> usize {
-        self.data.len() + 24
+        entry_record_bytes(self.data.len())
     }
 }
 

@@ -25,6 +25,9 @@ pub enum ConfigError {
     /// `-peers` and `--join` ask for opposite things.
     #[error("-peers and --join are mutually exclusive")]
     PeersAndJoin,
+    /// A size flag outside what the edge and storage can honour.
+    #[error("{0}")]
+    BadSize(String),
 }
 
 /// Raw flags, as clap parses them.
@@ -287,6 +290,7 @@ pub fn default_host() -> String {
 impl Cli {
     /// Validates the flags and fills in derived defaults.
     pub fn into_config(self) -> Result<Config, ConfigError> {
+        check_size_limits(self.max_line_bytes)?;
         let peers = parse_peers(&self.peers)?;
         if self.join && !peers.is_empty() {
             return Err(ConfigError::PeersAndJoin);
@@ -341,9 +345,46 @@ impl Cli {
     }
 }
 
+// ---- Size limits (issue #11: every size limit checked at the edge). ----
+// Key and value limits come from the WAL (`node::limits`), never from a flag,
+// so no flag value can make the edge accept what storage refuses. The line
+// limit only bounds TCP buffering; it must leave room for the largest request
+// storage accepts beyond the TCP memory budget's reach.
+
+/// Largest `--max-line-bytes`: four times the largest request storage
+/// accepts, and far inside the server-wide TCP memory budget.
+pub const MAX_LINE_BYTES_LIMIT: usize = 64 << 20;
+// Compile-time facts the cap relies on.
+const _: () = assert!(MAX_LINE_BYTES_LIMIT <= crate::api::server::MAX_TCP_BUFFERED_BYTES / 8);
+const _: () = assert!(crate::node::limits::MAX_GRPC_REQUEST_BYTES < MAX_LINE_BYTES_LIMIT);
+
+fn check_size_limits(max_line_bytes: usize) -> Result<(), ConfigError> {
+    if max_line_bytes > MAX_LINE_BYTES_LIMIT {
+        return Err(ConfigError::BadSize(format!(
+            "--max-line-bytes {max_line_bytes} is above {MAX_LINE_BYTES_LIMIT}; \
+             values over {} bytes are refused whatever the line limit",
+            crate::node::limits::MAX_VALUE_BYTES
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn line_limits_beyond_the_cap_are_refused_and_never_raise_the_value_limit() {
+        let big = format!("--max-line-bytes={}", MAX_LINE_BYTES_LIMIT + 1);
+        let cli = parse(&["t", &big, "--advertise-client-addr=x:1"]);
+        assert!(matches!(cli.into_config(), Err(ConfigError::BadSize(_))));
+        let at_cap = format!("--max-line-bytes={MAX_LINE_BYTES_LIMIT}");
+        let cli = parse(&["t", &at_cap, "--advertise-client-addr=x:1"]);
+        assert_eq!(
+            cli.into_config().map(|c| c.max_line_bytes),
+            Ok(MAX_LINE_BYTES_LIMIT)
+        );
+    }
 
     fn parse(args: &[&str]) -> Cli {
         let argv = normalize_args(args.iter().map(OsString::from));

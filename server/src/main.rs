@@ -23,9 +23,14 @@ fn main() -> anyhow::Result<()> {
         .context("building the tokio runtime")?;
     runtime.block_on(async move {
         let server = start::launch(cfg).await?;
-        wait_for_signal().await?;
+        tokio::select! {
+            r = wait_for_signal() => r?,
+            () = server.handle.fatal() => start::exit_after_fatal().await,
+        }
         tracing::info!("signal received; shutting down");
-        server.shutdown().await;
+        if server.shutdown().await {
+            start::exit_after_fatal().await;
+        }
         anyhow::Ok(())
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -78,6 +78,19 @@ pub struct Metrics {
     pub snapshots_installed: Counter,
     /// Raft messages dropped because a peer's send queue was full.
     pub peer_messages_dropped: Counter<u64, AtomicU64>,
+    /// 1 once a fatal storage error stopped the node (it exits right after).
+    pub storage_fatal: Gauge,
+    /// Outbound peer streams open (members plus a bounded few unknown senders).
+    pub peer_links: Gauge,
+    /// Client requests refused because a memory or concurrency bound was hit.
+    pub requests_refused: Family<RefusedLabels, Counter>,
+}
+
+/// Labels of [`Metrics::requests_refused`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// Which bound: `grpc_concurrency` or `tcp_memory`.
+    pub bound: &'static str,
 }
 
 impl Metrics {
@@ -107,6 +120,9 @@ impl Metrics {
             snapshot_seconds: latency_histogram(),
             snapshots_installed: Counter::default(),
             peer_messages_dropped: Counter::default(),
+            storage_fatal: Gauge::default(),
+            peer_links: Gauge::default(),
+            requests_refused: Family::default(),
             registry,
         };
         m.register_rest()
@@ -171,7 +187,29 @@ impl Metrics {
             "Raft messages dropped on full peer queues",
             self.peer_messages_dropped.clone(),
         );
+        r.register(
+            "storage_fatal",
+            "1 once a fatal storage error stopped the node; the log names the file",
+            self.storage_fatal.clone(),
+        );
+        r.register(
+            "peer_links",
+            "Outbound peer streams open",
+            self.peer_links.clone(),
+        );
+        r.register(
+            "requests_refused",
+            "Client requests refused at the edge by a named bound",
+            self.requests_refused.clone(),
+        );
         self
+    }
+
+    /// Counts one request refused by `bound`.
+    pub fn refused(&self, bound: &'static str) {
+        self.requests_refused
+            .get_or_create(&RefusedLabels { bound })
+            .inc();
     }
 
     /// Records one client request.

@@ -1,5 +1,6 @@
-//! HTTP endpoints: Prometheus `/metrics`, liveness `/healthz`, readiness
-//! `/readyz` (a member, a leader is known, applied close to commit).
+//! HTTP endpoints: Prometheus `/metrics`, liveness `/healthz` (fails once a
+//! fatal storage error stopped the node), readiness `/readyz` (a member, a
+//! leader is known, applied close to commit).
 
 use std::sync::Arc;
 
@@ -29,12 +30,22 @@ async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Alive means able to serve: after a fatal storage error this fails at
+/// once (the process exits right after), so Kubernetes restarts the pod.
+async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if s.node.leader_view().failed {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage failure; the node is exiting\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.node.leader_view().ready {
+    let view = s.node.leader_view();
+    if view.ready && !view.failed {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -2,6 +2,13 @@
 //! where the next line ends without consuming anything, [`parse`] turns one
 //! complete line into a [`Request`], and [`Reply::encode`] renders replies.
 //! No IO lives here, so the fuzz target and table tests drive it directly.
+//!
+//! **Values the line protocol cannot carry.** Values are arbitrary bytes on
+//! gRPC (and will be on the etcd API), so a stored value may contain `\n` or
+//! `\r`. Such a value is never written raw: it is sent as
+//! `VALUE_B64 <standard base64 with padding>` on one line. A value without
+//! CR or LF is sent exactly as before, `VALUE <value>`. So every reply is
+//! exactly one line, whatever was stored.
 
 use bytes::Bytes;
 
@@ -175,7 +182,7 @@ fn sanitize(s: &str) -> String {
 /// One reply line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// `VALUE <value>`.
+    /// `VALUE <value>`, or `VALUE_B64 <base64>` when the value holds CR or LF.
     Value(Bytes),
     /// `NOT_FOUND`.
     NotFound,
@@ -191,6 +198,10 @@ impl Reply {
     /// Appends the reply line, with its `\n`, to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
+            Reply::Value(v) if v.iter().any(|&b| b == b'\n' || b == b'\r') => {
+                out.extend_from_slice(b"VALUE_B64 ");
+                base64_into(v, out);
+            }
             Reply::Value(v) => {
                 out.extend_from_slice(b"VALUE ");
                 out.extend_from_slice(v);
@@ -210,9 +221,70 @@ impl Reply {
     }
 }
 
+const BASE64_ALPHABET: &[u8; 64] =
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 (RFC 4648 §4) with `=` padding, appended to `out`.
+pub fn base64_into(data: &[u8], out: &mut Vec<u8>) {
+    out.reserve(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(BASE64_ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]);
+            } else {
+                out.push(b'=');
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_matches_rfc4648_test_vectors() {
+        for (plain, encoded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ] {
+            let mut out = Vec::new();
+            base64_into(plain.as_bytes(), &mut out);
+            assert_eq!(out, encoded.as_bytes(), "{plain:?}");
+        }
+    }
+
+    #[test]
+    fn values_with_cr_or_lf_are_sent_as_one_base64_line() {
+        let cases: &[(&[u8], &str)] = &[
+            (
+                b"a\nOK\nVALUE pwned",
+                "VALUE_B64 YQpPSwpWQUxVRSBwd25lZA==\n",
+            ),
+            (b"x\r", "VALUE_B64 eA0=\n"),
+            (b"\r\n", "VALUE_B64 DQo=\n"),
+            (b"plain value\twith tab", "VALUE plain value\twith tab\n"),
+            (b"\xff\x00bin", "VALUE \u{fffd}\u{0}bin\n"),
+        ];
+        for (value, want) in cases {
+            let mut out = Vec::new();
+            Reply::Value(Bytes::copy_from_slice(value)).encode(&mut out);
+            assert_eq!(String::from_utf8_lossy(&out), *want, "{value:?}");
+            assert_eq!(out.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert!(!out.contains(&b'\r'));
+        }
+    }
 
     fn b(s: &str) -> Bytes {
         Bytes::copy_from_slice(s.as_bytes())

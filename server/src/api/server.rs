@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tracing::{info, warn};
 
+use super::connection::MemoryBudget;
 use super::handler::Handler;
 use crate::metrics::Metrics;
 use crate::node::NodeHandle;
@@ -38,7 +39,15 @@ pub struct Listener {
     metrics: Arc<Metrics>,
     /// Flips to `true` when the server shuts down.
     shutdown: watch::Receiver<bool>,
+    /// Shared by every connection (`MAX_TCP_BUFFERED_BYTES`).
+    budget: MemoryBudget,
 }
+
+/// Request bytes all TCP connections together may buffer or have in flight
+/// (long lines while they stream in, parsed requests until answered). Each
+/// connection also holds one 16 KiB read chunk outside this budget. A line
+/// that does not fit is discarded with `ERR UNAVAILABLE overloaded`.
+pub const MAX_TCP_BUFFERED_BYTES: usize = 512 << 20;
 
 /// Longest pause after a failed `accept` (e.g. out of file descriptors).
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -59,6 +68,7 @@ impl Listener {
             node,
             metrics,
             shutdown,
+            budget: Arc::new(Semaphore::new(MAX_TCP_BUFFERED_BYTES)),
         }
     }
 
@@ -86,7 +96,7 @@ impl Listener {
                         self.config.clone(),
                         self.node.clone(),
                         self.metrics.clone(),
-                        self.shutdown.clone(),
+                        (self.shutdown.clone(), self.budget.clone()),
                     );
                     tokio::spawn(async move {
                         handler.run().await;

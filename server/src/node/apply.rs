@@ -9,7 +9,9 @@ use tokio::sync::oneshot;
 use super::reads::PendingRead;
 use super::runtime::{PendingWrite, Runtime};
 use super::store as adapter;
-use super::{KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult};
+use super::{
+    KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult, reason,
+};
 use crate::raft::{Entry, EntryKind, NodeId, RaftError};
 
 impl Runtime {
@@ -40,15 +42,11 @@ impl Runtime {
                     client_addr: m.client_addr,
                     grpc_addr: m.grpc_addr,
                 },
-                _ => NodeError::Unavailable("no leader".into()),
+                _ => NodeError::unavailable(reason::NO_LEADER),
             },
-            RaftError::TooManyUncommitted => NodeError::Unavailable("overloaded".into()),
-            RaftError::TransferInProgress => {
-                NodeError::Unavailable("leadership transfer in progress".into())
-            }
-            RaftError::ConfChangePending => {
-                NodeError::Unavailable("a membership change is in progress".into())
-            }
+            RaftError::TooManyUncommitted => NodeError::unavailable(reason::OVERLOADED),
+            RaftError::TransferInProgress => NodeError::unavailable(reason::TRANSFERRING),
+            RaftError::ConfChangePending => NodeError::unavailable(reason::MEMBERSHIP_CHANGE),
             RaftError::InvalidConfChange(s) => NodeError::Invalid(s),
             other => NodeError::Unavailable(other.to_string()),
         }
@@ -75,9 +73,7 @@ impl Runtime {
             let result = if at == index && w.term == term {
                 outcome.clone().map_err(NodeError::Invalid)
             } else {
-                Err(NodeError::Unavailable(
-                    "entry was overwritten by a new leader; not applied".into(),
-                ))
+                Err(NodeError::unavailable(reason::OVERWRITTEN))
             };
             let _ = w.reply.send(result);
         }
@@ -104,9 +100,14 @@ impl Runtime {
     pub(super) fn answer_read(&self, read_index: u64, read: PendingRead) {
         let answer = match read.query {
             ReadQuery::Get(key) => ReadAnswer::Get(adapter::get(&self.sm, &key)),
-            ReadQuery::Range { start, end, limit } => {
+            ReadQuery::Range {
+                start,
+                end,
+                limit,
+                max_bytes,
+            } => {
                 let (kvs, more): (Vec<KvEntry>, bool) =
-                    adapter::range(&self.sm, &start, &end, limit);
+                    adapter::range(&self.sm, &start, &end, (limit, max_bytes));
                 ReadAnswer::Range(kvs, more)
             }
         };

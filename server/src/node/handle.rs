@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use super::{
     Member, MemberStatus, NodeError, NodeStatus, ReadAnswer, ReadQuery, ReadResult, SnapshotInfo,
-    WriteOp, WriteResult,
+    WriteOp, WriteResult, reason,
 };
 use crate::raft::{Message, NodeId, SnapshotMeta};
 
@@ -26,6 +26,9 @@ pub struct LeaderView {
     pub ready: bool,
     /// Set once shutdown started; requests fail fast.
     pub stopping: bool,
+    /// Set once a fatal storage error stopped the runtime: `/healthz`,
+    /// `/readyz` and gRPC health fail at once and the process exits.
+    pub failed: bool,
 }
 
 /// Administrative commands.
@@ -160,11 +163,29 @@ pub struct NodeHandle {
     pub(crate) request_timeout: Duration,
 }
 
-fn stopped() -> NodeError {
-    NodeError::Unavailable("node is shutting down".into())
+/// Why requests fail once the runtime stopped (or is stopping).
+fn stopped_error(view: &LeaderView) -> NodeError {
+    if view.failed {
+        NodeError::unavailable(reason::STORAGE_FAILURE)
+    } else {
+        NodeError::unavailable(reason::SHUTTING_DOWN)
+    }
 }
 
 impl NodeHandle {
+    fn stopped(&self) -> NodeError {
+        stopped_error(&self.leader.borrow())
+    }
+
+    /// Resolves once a fatal storage error stopped the runtime (never
+    /// otherwise): `main` then drains briefly and exits non-zero.
+    pub async fn fatal(&self) {
+        let mut rx = self.leader.clone();
+        if rx.wait_for(|v| v.failed).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// The latest leader view.
     pub fn leader_view(&self) -> LeaderView {
         self.leader.borrow().clone()
@@ -182,10 +203,10 @@ impl NodeHandle {
             tokio::time::timeout_at(deadline, rx.wait_for(|v| v.leader_id != 0 || v.stopping))
                 .await;
         match waited {
-            Ok(Ok(v)) if v.stopping => Err(stopped()),
+            Ok(Ok(v)) if v.stopping => Err(stopped_error(&v)),
             Ok(Ok(v)) => Ok(v.clone()),
-            Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(NodeError::Unavailable("no leader elected".into())),
+            Ok(Err(_)) => Err(self.stopped()),
+            Err(_) => Err(NodeError::unavailable(reason::NO_LEADER_ELECTED)),
         }
     }
 
@@ -198,6 +219,7 @@ impl NodeHandle {
     /// waiting for the outcome. Callers that need per-connection order
     /// submit one request after the other and await the [`Waiter`]s later.
     pub async fn submit_write(&self, op: WriteOp) -> Result<Waiter<WriteResult>, NodeError> {
+        super::limits::check_write(&op)?;
         let deadline = Instant::now() + self.leader_wait;
         let view = self.wait_for_leader(deadline).await?;
         if !view.is_self {
@@ -235,6 +257,7 @@ impl NodeHandle {
         query: ReadQuery,
         linearizable: bool,
     ) -> Result<Waiter<ReadResult>, NodeError> {
+        super::limits::check_read(&query)?;
         if linearizable {
             self.wait_for_leader(Instant::now() + self.leader_wait)
                 .await?;
@@ -266,12 +289,13 @@ impl NodeHandle {
         rx: oneshot::Receiver<Result<T, NodeError>>,
     ) -> Result<Waiter<T>, NodeError> {
         if self.leader.borrow().stopping {
-            return Err(stopped());
+            return Err(self.stopped());
         }
-        self.tx.send(input).await.map_err(|_| stopped())?;
+        self.tx.send(input).await.map_err(|_| self.stopped())?;
         Ok(Waiter {
             rx,
             timeout: self.request_timeout,
+            leader: self.leader.clone(),
         })
     }
 }
@@ -283,6 +307,8 @@ pub struct Waiter<T> {
     rx: oneshot::Receiver<Result<T, NodeError>>,
     /// Give up after this long (the outcome of a write is then unknown).
     timeout: Duration,
+    /// Tells a fatal stop from a shutdown when the runtime drops the reply.
+    leader: watch::Receiver<LeaderView>,
 }
 
 impl<T> Waiter<T> {
@@ -290,10 +316,8 @@ impl<T> Waiter<T> {
     pub async fn wait(self) -> Result<T, NodeError> {
         match tokio::time::timeout(self.timeout, self.rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(stopped()),
-            Err(_) => Err(NodeError::Unavailable(
-                "request timed out; outcome unknown".into(),
-            )),
+            Ok(Err(_)) => Err(stopped_error(&self.leader.borrow())),
+            Err(_) => Err(NodeError::unavailable(reason::TIMED_OUT)),
         }
     }
 }

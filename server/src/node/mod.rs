@@ -12,6 +12,7 @@ mod apply;
 pub mod bootstrap;
 pub mod handle;
 pub mod identity;
+pub mod limits;
 pub mod log;
 pub mod reads;
 pub mod runtime;
@@ -37,12 +38,68 @@ pub enum NodeError {
         /// The leader's advertised gRPC client address.
         grpc_addr: String,
     },
-    /// No leader, overload, shutdown or an unknown outcome; the text says which.
+    /// No leader, overload, shutdown or an unknown outcome; the text (one of
+    /// [`reason`] where the node writes it) says which.
     #[error("UNAVAILABLE {0}")]
     Unavailable(String),
     /// The request itself is invalid (e.g. removing an unknown member).
     #[error("INVALID {0}")]
     Invalid(String),
+    /// A key, value or request larger than storage can hold, refused at the
+    /// edge before it reaches Raft (see [`limits`]).
+    #[error("{what} too large (max {max_bytes} bytes)")]
+    TooLarge {
+        /// What was too large: `key`, `value` or `request`.
+        what: &'static str,
+        /// The limit.
+        max_bytes: usize,
+    },
+}
+
+impl NodeError {
+    /// `UNAVAILABLE <reason>`.
+    pub fn unavailable(reason: &str) -> Self {
+        NodeError::Unavailable(reason.to_string())
+    }
+}
+
+/// Every reason the node itself writes after `UNAVAILABLE`, each written
+/// once here (the TCP error table test walks [`reason::ALL`]). A reason is
+/// lower-case prose and never repeats the code word.
+pub mod reason {
+    /// No leader is known (a read or proposal found none).
+    pub const NO_LEADER: &str = "no leader";
+    /// No leader appeared within the leader wait.
+    pub const NO_LEADER_ELECTED: &str = "no leader elected";
+    /// SIGTERM: the node is draining.
+    pub const SHUTTING_DOWN: &str = "node is shutting down";
+    /// A fatal storage error: the node fails every waiter and exits.
+    pub const STORAGE_FAILURE: &str = "storage failure; node is stopping; outcome unknown";
+    /// The request timed out; a write may or may not have happened.
+    pub const TIMED_OUT: &str = "request timed out; outcome unknown";
+    /// A queue or the uncommitted-bytes bound is full.
+    pub const OVERLOADED: &str = "overloaded";
+    /// The leader stepped down with the write in flight.
+    pub const LEADERSHIP_LOST: &str = "leadership lost; outcome unknown";
+    /// A new leader replaced the write's entry; it did not happen.
+    pub const OVERWRITTEN: &str = "entry was overwritten by a new leader; not applied";
+    /// Leadership is being handed over; retry shortly.
+    pub const TRANSFERRING: &str = "leadership transfer in progress";
+    /// Another membership change is pending.
+    pub const MEMBERSHIP_CHANGE: &str = "a membership change is in progress";
+    /// Every reason above.
+    pub const ALL: &[&str] = &[
+        NO_LEADER,
+        NO_LEADER_ELECTED,
+        SHUTTING_DOWN,
+        STORAGE_FAILURE,
+        TIMED_OUT,
+        OVERLOADED,
+        LEADERSHIP_LOST,
+        OVERWRITTEN,
+        TRANSFERRING,
+        MEMBERSHIP_CHANGE,
+    ];
 }
 
 /// A compare-and-set precondition (the state machine's own type: a write
@@ -97,7 +154,9 @@ pub struct KvEntry {
 pub enum ReadQuery {
     /// One key.
     Get(Bytes),
-    /// Keys in `[start, end)` (empty end = unbounded), at most `limit`.
+    /// Keys in `[start, end)` (empty end = unbounded), at most `limit` keys
+    /// and `max_bytes` of keys plus values (at least one pair); `more` in the
+    /// answer reports a truncated result.
     Range {
         /// Inclusive start.
         start: Bytes,
@@ -105,6 +164,8 @@ pub enum ReadQuery {
         end: Bytes,
         /// Most keys returned.
         limit: usize,
+        /// Byte budget of one answer.
+        max_bytes: usize,
     },
 }
 

@@ -46,6 +46,8 @@ pub struct ReadQueue {
     inflight: HashMap<u64, Inflight>,
     /// Confirmed batches waiting for `applied >= index`.
     confirmed: BTreeMap<u64, Vec<PendingRead>>,
+    /// Reads in `confirmed` (they count against the bound too).
+    confirmed_reads: usize,
     /// Last context handed out: incarnation in the high 32 bits, a counter
     /// in the low 32 bits.
     next_ctx: u64,
@@ -73,6 +75,7 @@ impl ReadQueue {
             waiting: Vec::new(),
             inflight: HashMap::new(),
             confirmed: BTreeMap::new(),
+            confirmed_reads: 0,
             next_ctx: u64::from(incarnation) << 32,
         }
     }
@@ -82,9 +85,11 @@ impl ReadQueue {
         self.waiting.push(read);
     }
 
-    /// Reads queued or in flight (for bounding).
+    /// Reads queued, in flight or waiting for apply (for bounding).
     pub fn len(&self) -> usize {
-        self.waiting.len() + self.inflight.values().map(|i| i.reads.len()).sum::<usize>()
+        self.waiting.len()
+            + self.inflight.values().map(|i| i.reads.len()).sum::<usize>()
+            + self.confirmed_reads
     }
 
     /// Whether nothing is queued.
@@ -118,6 +123,7 @@ impl ReadQueue {
         let Some(i) = ctx_from_bytes(ctx).and_then(|c| self.inflight.remove(&c)) else {
             return;
         };
+        self.confirmed_reads += i.reads.len();
         for r in i.reads {
             self.confirmed
                 .entry(index.max(r.min_index))
@@ -130,6 +136,8 @@ impl ReadQueue {
     pub fn take_ready(&mut self, applied: u64) -> Vec<(u64, PendingRead)> {
         let later = self.confirmed.split_off(&(applied + 1));
         let ready = std::mem::replace(&mut self.confirmed, later);
+        let taken: usize = ready.values().map(Vec::len).sum();
+        self.confirmed_reads = self.confirmed_reads.saturating_sub(taken);
         ready
             .into_iter()
             .flat_map(|(idx, reads)| reads.into_iter().map(move |r| (idx, r)))
@@ -155,6 +163,7 @@ impl ReadQueue {
     pub fn fail_all(&mut self, err: &NodeError) {
         let inflight = self.inflight.drain().flat_map(|(_, i)| i.reads);
         let confirmed = std::mem::take(&mut self.confirmed).into_values().flatten();
+        self.confirmed_reads = 0;
         for r in self.waiting.drain(..).chain(inflight).chain(confirmed) {
             let _ = r.reply.send(Err(err.clone()));
         }
@@ -195,6 +204,19 @@ mod tests {
         assert_eq!(q.take_ready(10).len(), 2);
         let ctx2 = q.start_batch(now).expect("second batch");
         assert_ne!(ctx, ctx2);
+    }
+
+    #[test]
+    fn reads_waiting_for_apply_count_against_the_bound() {
+        let mut q = ReadQueue::new(1);
+        let now = Instant::now();
+        q.push(read().0);
+        q.push(read().0);
+        let ctx = q.start_batch(now).expect("batch");
+        q.confirm(&ctx_bytes(ctx), 10);
+        assert_eq!(q.len(), 2, "confirmed but unapplied reads still count");
+        assert_eq!(q.take_ready(10).len(), 2);
+        assert_eq!(q.len(), 0);
     }
 
     #[test]

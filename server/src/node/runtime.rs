@@ -29,7 +29,7 @@ use super::log::RawNode;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
-use super::{Member, NodeError, WriteResult};
+use super::{Member, NodeError, WriteResult, reason};
 use crate::config::Config;
 use crate::metrics::{Metrics, gauge_value};
 use crate::node::handle::AdminReply;
@@ -45,6 +45,10 @@ const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 const READY_MAX_APPLY_LAG: u64 = 1000;
 /// Peers whose self-advertised addresses are remembered.
 const MAX_OBSERVED_PEERS: usize = 1024;
+/// Outbound streams opened for senders that are not in the member directory
+/// (e.g. a leader a joining node has not learnt yet). Each is a task with a
+/// queue, so a flood of made-up sender ids must not open one each.
+const MAX_UNKNOWN_PEER_LINKS: usize = 8;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
 
@@ -144,8 +148,7 @@ impl Runtime {
         while self.raw.has_ready() {
             let rd = self.raw.ready();
             if let Err(e) = self.handle_ready(rd).await {
-                tracing::error!(error = %e, "fatal storage error; stopping the node");
-                self.fail_everything(&NodeError::Unavailable("storage failure".into()));
+                self.on_fatal_storage_error(&e);
                 return false;
             }
         }
@@ -153,6 +156,27 @@ impl Runtime {
         self.maybe_snapshot();
         self.publish_view();
         true
+    }
+
+    /// The node can no longer persist (a batch the WAL refused, ENOSPC, an
+    /// fsync error, a poisoned WAL). Nothing is retried: an fsync that failed
+    /// once may have dropped dirty pages, so the only safe answer is to stop.
+    /// Every waiter learns the outcome is unknown, health fails at once, and
+    /// `main` exits non-zero after a short drain so the pod restarts.
+    fn on_fatal_storage_error(&mut self, e: &StorageFailure) {
+        tracing::error!(
+            error = %e,
+            data_dir = %self.cfg.data_dir.display(),
+            "fatal storage error: cannot persist; failing every waiter, marking unhealthy and exiting"
+        );
+        self.metrics.storage_fatal.set(1);
+        // `failed` first: a request that sees `stopping` must read why.
+        self.leader_tx.send_modify(|v| {
+            v.failed = true;
+            v.ready = false;
+            v.stopping = true;
+        });
+        self.fail_everything(&NodeError::unavailable(reason::STORAGE_FAILURE));
     }
 
     fn on_tick(&mut self) {
@@ -174,7 +198,7 @@ impl Runtime {
         let since = *self.leaderless_since.get_or_insert(now);
         if now.duration_since(since) >= self.cfg.leader_wait() && !self.reads.is_empty() {
             self.reads
-                .fail_all(&NodeError::Unavailable("no leader".into()));
+                .fail_all(&NodeError::unavailable(reason::NO_LEADER));
         }
     }
 
@@ -229,7 +253,21 @@ impl Runtime {
     /// gRPC port) for redirects.
     fn observe_sender(&mut self, from: NodeId, sender: Member) {
         if !self.transport.has_peer(from) && !sender.peer_addr.is_empty() {
-            self.transport.set_peer(from, &sender.peer_addr);
+            let dir = self.directory();
+            let unknown = self
+                .transport
+                .peer_ids()
+                .into_iter()
+                .filter(|id| !dir.contains_key(id))
+                .count();
+            if dir.contains_key(&from) || unknown < MAX_UNKNOWN_PEER_LINKS {
+                self.transport.set_peer(from, &sender.peer_addr);
+            } else {
+                tracing::debug!(
+                    from,
+                    "not dialling back another unknown sender: MAX_UNKNOWN_PEER_LINKS reached"
+                );
+            }
         }
         if self.observed.len() < MAX_OBSERVED_PEERS || self.observed.contains_key(&from) {
             self.observed.insert(from, sender);
@@ -288,7 +326,7 @@ impl Runtime {
                 } else if self.reads.len() >= MAX_PENDING_READS {
                     let _ = read
                         .reply
-                        .send(Err(NodeError::Unavailable("overloaded".into())));
+                        .send(Err(NodeError::unavailable(reason::OVERLOADED)));
                 } else {
                     self.reads.push(read);
                 }
@@ -337,7 +375,7 @@ impl Runtime {
         if stepped_down {
             // After applying: a leader that removed itself still answers the
             // removal it committed in this Ready.
-            self.fail_pending_writes("leadership lost; outcome unknown");
+            self.fail_pending_writes(&NodeError::unavailable(reason::LEADERSHIP_LOST));
         }
         for rs in std::mem::take(&mut rd.read_states) {
             self.reads.confirm(&rs.context, rs.index);
@@ -378,17 +416,17 @@ impl Runtime {
     }
 
     /// Fails writes whose entries may never commit under this node.
-    pub(super) fn fail_pending_writes(&mut self, why: &str) {
+    pub(super) fn fail_pending_writes(&mut self, err: &NodeError) {
         for (_, w) in std::mem::take(&mut self.pending_writes) {
-            let _ = w.reply.send(Err(NodeError::Unavailable(why.to_string())));
+            let _ = w.reply.send(Err(err.clone()));
         }
         for (_, c) in std::mem::take(&mut self.pending_conf) {
-            let _ = c.reply.send(Err(NodeError::Unavailable(why.to_string())));
+            let _ = c.reply.send(Err(err.clone()));
         }
     }
 
     fn fail_everything(&mut self, err: &NodeError) {
-        self.fail_pending_writes(&err.to_string());
+        self.fail_pending_writes(err);
         self.reads.fail_all(err);
         self.leader_tx.send_modify(|v| v.stopping = true);
     }
@@ -422,6 +460,7 @@ impl Runtime {
             leader,
             ready,
             stopping: *self.shutdown.borrow() && self.leader_tx.borrow().stopping,
+            failed: self.leader_tx.borrow().failed,
         };
         self.leader_tx.send_if_modified(|v| {
             let changed = *v != view;
@@ -493,7 +532,7 @@ impl Runtime {
                 break;
             }
         }
-        self.fail_everything(&NodeError::Unavailable("node is shutting down".into()));
+        self.fail_everything(&NodeError::unavailable(reason::SHUTTING_DOWN));
         info!("runtime stopped");
     }
 }

@@ -27,6 +27,24 @@ use crate::transport::{self, peer::PeerConfig, peer::PeerTransport};
 const MAX_QUEUED_CLIENT_REQUESTS: usize = 16_384;
 /// Peer batches queued for the runtime before peer streams wait.
 const MAX_QUEUED_PEER_INPUTS: usize = 4096;
+/// How long a node that hit a fatal storage error keeps answering (every
+/// request fails, `/healthz` reports the failure) before it exits.
+pub const FATAL_DRAIN: std::time::Duration = std::time::Duration::from_millis(500);
+/// Exit status after a fatal storage error.
+pub const FATAL_EXIT_CODE: i32 = 3;
+
+/// After a fatal storage error: a short bounded drain so replies and the
+/// failing `/healthz` get out, then exit non-zero without waiting for
+/// blocking tasks (one may be stuck in a failing fsync).
+pub async fn exit_after_fatal() -> ! {
+    tokio::time::sleep(FATAL_DRAIN).await;
+    tracing::error!(
+        code = FATAL_EXIT_CODE,
+        "exiting after a fatal storage error"
+    );
+    std::process::exit(FATAL_EXIT_CODE)
+}
+
 /// Requests read ahead per TCP connection.
 const MAX_PIPELINED_REQUESTS: usize = 256;
 
@@ -68,8 +86,10 @@ pub struct Server {
 
 impl Server {
     /// Stops accepting clients, lets the runtime hand over leadership and
-    /// finish, then stops the listeners.
-    pub async fn shutdown(self) {
+    /// finish, then stops the listeners. Returns whether a fatal storage
+    /// error stopped the node meanwhile (the process must then exit non-zero).
+    pub async fn shutdown(self) -> bool {
+        let handle = self.handle.clone();
         let _ = self.shutdown_tx.send(true);
         let budget = self.grace + std::time::Duration::from_secs(1);
         if tokio::time::timeout(budget, self.runtime).await.is_err() {
@@ -78,6 +98,7 @@ impl Server {
         for l in self.listeners {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(500), l).await;
         }
+        handle.leader_view().failed
     }
 }
 
@@ -93,6 +114,9 @@ fn raft_config(cfg: &Config, id: u64) -> raft::Config {
     rc.election_tick_min = cfg.election_ticks;
     rc.election_tick_max = cfg.election_ticks * 2;
     rc.heartbeat_tick = cfg.heartbeat_ticks;
+    // One Ready must always fit one WAL batch (finding 2): same limits, same
+    // size function.
+    rc.max_ready_entry_bytes = crate::storage::WalOptions::default().max_entry_bytes_per_batch();
     rc
 }
 

@@ -76,31 +76,42 @@ pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, String> {
     }
 }
 
-/// Reads one key.
+/// Reads one key. The value is shared with the map, not copied inside the
+/// runtime task.
 pub fn get(sm: &StateMachine, key: &[u8]) -> Option<KvEntry> {
     sm.get(key).map(|v| KvEntry {
         key: Bytes::copy_from_slice(key),
-        value: Bytes::copy_from_slice(&v.value),
+        value: Bytes::from_owner(v.value.clone()),
         version: v.version,
     })
 }
 
-/// Reads `[start, end)` (empty end = unbounded), at most `limit` keys, and
-/// whether more matched.
-pub fn range(sm: &StateMachine, start: &[u8], end: &[u8], limit: usize) -> (Vec<KvEntry>, bool) {
+/// Reads `[start, end)` (empty end = unbounded), at most `limit` keys and
+/// about `max_bytes` of keys plus values (always at least one pair), and
+/// whether more matched. Values are shared with the map, not copied, so the
+/// runtime task spends time only on the pairs it returns.
+pub fn range(
+    sm: &StateMachine,
+    start: &[u8],
+    end: &[u8],
+    (limit, max_bytes): (usize, usize),
+) -> (Vec<KvEntry>, bool) {
     let end = (!end.is_empty()).then_some(end);
-    let mut kvs: Vec<KvEntry> = sm
-        .range(start, end, limit.saturating_add(1))
-        .into_iter()
-        .map(|(k, v)| KvEntry {
-            key: Bytes::copy_from_slice(&k),
-            value: Bytes::copy_from_slice(&v.value),
+    let found = sm.range(start, end, limit.saturating_add(1));
+    let mut kvs = Vec::with_capacity(found.len().min(limit));
+    let mut bytes = 0usize;
+    for (k, v) in &found {
+        bytes = bytes.saturating_add(k.len() + v.value.len());
+        if kvs.len() == limit || (!kvs.is_empty() && bytes > max_bytes) {
+            return (kvs, true);
+        }
+        kvs.push(KvEntry {
+            key: Bytes::copy_from_slice(k),
+            value: Bytes::from_owner(v.value.clone()),
             version: v.version,
-        })
-        .collect();
-    let more = kvs.len() > limit;
-    kvs.truncate(limit);
-    (kvs, more)
+        });
+    }
+    (kvs, false)
 }
 
 /// The member directory as node-level members.
@@ -280,4 +291,55 @@ pub fn now_unix_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::EntryKind;
+    use crate::storage::Condition;
+
+    fn sm_with(values: &[(&str, usize)]) -> StateMachine {
+        let mut sm = StateMachine::new();
+        for (i, (key, len)) in values.iter().enumerate() {
+            let op = WriteOp::Put {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::from(vec![b'v'; *len]),
+                cond: Condition::None,
+            };
+            let e = Entry {
+                index: i as u64 + 1,
+                term: 1,
+                kind: EntryKind::Normal,
+                data: encode_write(&op),
+            };
+            apply(&mut sm, &e).expect("put applies");
+        }
+        sm
+    }
+
+    #[test]
+    fn range_stops_at_its_byte_budget_and_reports_more() {
+        let sm = sm_with(&[("a", 400), ("b", 400), ("c", 400)]);
+        let (kvs, more) = range(&sm, b"", b"", (100, 1000));
+        assert_eq!(kvs.len(), 2, "two pairs of 401 bytes fit 1000");
+        assert!(more);
+        let (kvs, more) = range(&sm, b"", b"", (100, 10_000));
+        assert_eq!((kvs.len(), more), (3, false));
+    }
+
+    #[test]
+    fn range_returns_one_oversize_pair_rather_than_nothing() {
+        let sm = sm_with(&[("a", 5000), ("b", 1)]);
+        let (kvs, more) = range(&sm, b"", b"", (100, 10));
+        assert_eq!((kvs.len(), more), (1, true));
+        assert_eq!(kvs[0].value.len(), 5000);
+    }
+
+    #[test]
+    fn range_limit_still_counts_keys() {
+        let sm = sm_with(&[("a", 1), ("b", 1), ("c", 1)]);
+        assert!(range(&sm, b"", b"", (2, usize::MAX)).1);
+        assert!(!range(&sm, b"b", b"", (2, usize::MAX)).1);
+    }
 }

@@ -18,12 +18,23 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::wal_fs::{StdFs, WalFile, WalFs};
-use super::wal_record::{SEGMENT_HEADER_BYTES, SegmentHeader, WalRecord};
+use super::wal_record::{
+    HARD_STATE_FRAME_BYTES, SEGMENT_HEADER_BYTES, SegmentHeader, TRUNCATE_FRAME_BYTES, WalRecord,
+};
 use super::wal_recovery::{Recovered, recover_dir, segment_name};
 use crate::raft::{Entry, HardState};
 
 /// Largest encode buffer kept between appends (a bigger one is freed).
 const MAX_RETAINED_BUF_BYTES: usize = 4 << 20;
+
+/// Default (and the node's) largest record frame: every client write must fit
+/// one entry record this size, so the edge derives its key/value limits from it.
+pub const DEFAULT_MAX_RECORD_BYTES: u32 = 16 << 20;
+/// Default (and the node's) largest append batch.
+pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 << 20;
+/// Bytes one batch can carry besides its entry records: a Truncate record
+/// (when the batch replaces a suffix) and a HardState record.
+pub const BATCH_NON_ENTRY_BYTES: usize = TRUNCATE_FRAME_BYTES + HARD_STATE_FRAME_BYTES;
 
 /// A callback that observes every fsync's latency (for a metrics histogram).
 pub type FsyncObserver = Arc<dyn Fn(Duration) + Send + Sync>;
@@ -51,13 +62,29 @@ impl Default for WalOptions {
     fn default() -> Self {
         Self {
             segment_bytes: 64 << 20,
-            max_record_bytes: 16 << 20,
-            max_batch_bytes: 64 << 20,
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             compact_margin_entries: 10_000,
             max_tail_scan_bytes: 64 << 20,
             fs: Arc::new(StdFs),
             fsync_observer: None,
         }
+    }
+}
+
+impl WalOptions {
+    /// Largest entry data (a Raft entry payload) one record can hold.
+    pub fn max_entry_data_bytes(&self) -> usize {
+        (self.max_record_bytes as usize).saturating_sub(crate::raft::ENTRY_RECORD_OVERHEAD_BYTES)
+    }
+
+    /// Most entry-record bytes ([`Entry::size_bytes`]) one batch can hold
+    /// whatever else it carries: the node gives this to the Raft core as
+    /// `max_ready_entry_bytes`, so a `Ready` always fits one batch.
+    pub fn max_entry_bytes_per_batch(&self) -> usize {
+        usize::try_from(self.max_batch_bytes)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(BATCH_NON_ENTRY_BYTES)
     }
 }
 

@@ -38,6 +38,10 @@ pub const SEGMENT_HEADER_BYTES: usize = 32;
 /// Size of a record frame header (`len` + `crc`) in bytes.
 pub const FRAME_HEADER_BYTES: usize = 8;
 
+/// Encoded frame size of a Truncate record (header, type, index).
+pub const TRUNCATE_FRAME_BYTES: usize = FRAME_HEADER_BYTES + 1 + 8;
+/// Encoded frame size of a HardState record (header, type, term, vote, commit).
+pub const HARD_STATE_FRAME_BYTES: usize = FRAME_HEADER_BYTES + 1 + 24;
 const TYPE_ENTRY: u8 = 1;
 const TYPE_HARD_STATE: u8 = 2;
 const TYPE_TRUNCATE: u8 = 3;
@@ -187,9 +191,11 @@ impl WalRecord {
         }
     }
 
-    /// Encoded frame size of an entry record (for segment rotation decisions).
+    /// Encoded frame size of an entry record: the shared
+    /// [`crate::raft::entry_record_bytes`], which a test checks against
+    /// this encoder.
     pub fn entry_frame_bytes(e: &Entry) -> usize {
-        FRAME_HEADER_BYTES + 1 + 17 + e.data.len()
+        e.size_bytes()
     }
 }
 
@@ -359,6 +365,29 @@ impl SegmentHeader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frame_size_constants_match_the_encoder() {
+        use crate::raft::{ENTRY_RECORD_OVERHEAD_BYTES, EntryKind, HardState};
+        for len in [0usize, 1, 1000] {
+            let e = Entry {
+                index: u64::MAX,
+                term: 7,
+                kind: EntryKind::Normal,
+                data: vec![9; len],
+            };
+            let mut out = Vec::new();
+            WalRecord::encode_entry_into(&e, &mut out);
+            assert_eq!(out.len(), len + ENTRY_RECORD_OVERHEAD_BYTES);
+            assert_eq!(out.len(), WalRecord::entry_frame_bytes(&e));
+        }
+        let mut out = Vec::new();
+        WalRecord::Truncate { from_index: 1 }.encode_into(&mut out);
+        assert_eq!(out.len(), TRUNCATE_FRAME_BYTES);
+        out.clear();
+        WalRecord::HardState(HardState::default()).encode_into(&mut out);
+        assert_eq!(out.len(), HARD_STATE_FRAME_BYTES);
+    }
+
     use super::*;
 
     fn samples() -> Vec<WalRecord> {

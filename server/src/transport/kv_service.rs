@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Request, Response, Status};
 
 use titan_proto::v1 as pb;
@@ -18,6 +19,13 @@ use crate::node::{Condition, KvEntry, NodeHandle, ReadAnswer, ReadQuery, WriteOp
 const DEFAULT_RANGE_LIMIT: usize = 1000;
 /// Hard cap on range results per call.
 const MAX_RANGE_LIMIT: usize = 10_000;
+/// Byte budget (keys plus values) of one Range answer; a longer result is
+/// cut (at least one pair is returned) and reported with `more = true`.
+pub const MAX_RANGE_REPLY_BYTES: usize = 32 << 20;
+
+/// Requests served at once on the client gRPC port; more get
+/// `RESOURCE_EXHAUSTED` at once instead of queueing without bound.
+pub const MAX_GRPC_INFLIGHT_REQUESTS: usize = 4096;
 
 /// Implements `titan.v1.KV`.
 pub struct KvService {
@@ -25,12 +33,36 @@ pub struct KvService {
     node: NodeHandle,
     /// Request latency histograms.
     metrics: Arc<Metrics>,
+    /// One permit per request in progress (`MAX_GRPC_INFLIGHT_REQUESTS`).
+    inflight: Arc<Semaphore>,
 }
 
 impl KvService {
     /// Serves `node`.
     pub fn new(node: NodeHandle, metrics: Arc<Metrics>) -> Self {
-        KvService { node, metrics }
+        Self::with_inflight_limit(node, metrics, MAX_GRPC_INFLIGHT_REQUESTS)
+    }
+
+    /// Serves `node` with at most `max_inflight` requests at once.
+    pub fn with_inflight_limit(
+        node: NodeHandle,
+        metrics: Arc<Metrics>,
+        max_inflight: usize,
+    ) -> Self {
+        KvService {
+            node,
+            metrics,
+            inflight: Arc::new(Semaphore::new(max_inflight)),
+        }
+    }
+
+    /// A permit for one request, or `RESOURCE_EXHAUSTED` when the port is
+    /// at its concurrency bound.
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Status> {
+        self.inflight.clone().try_acquire_owned().map_err(|_| {
+            self.metrics.refused("grpc_concurrency");
+            Status::resource_exhausted("too many concurrent requests; retry with backoff")
+        })
     }
 
     fn observe<T>(&self, op: Op, started: Instant, r: &Result<T, Status>) {
@@ -87,6 +119,7 @@ impl KvService {
             start: Bytes::from(start),
             end: Bytes::from(end),
             limit,
+            max_bytes: MAX_RANGE_REPLY_BYTES,
         };
         let res = self
             .node
@@ -107,6 +140,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+        let _permit = self.admit()?;
         let started = Instant::now();
         let r = req.into_inner();
         let res = self
@@ -123,6 +157,7 @@ impl Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let _permit = self.admit()?;
         let started = Instant::now();
         let r = req.into_inner();
         let op = WriteOp::Put {
@@ -147,6 +182,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::DeleteRequest>,
     ) -> Result<Response<pb::DeleteResponse>, Status> {
+        let _permit = self.admit()?;
         let started = Instant::now();
         let r = req.into_inner();
         let op = WriteOp::Delete {
@@ -171,6 +207,7 @@ impl Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let _permit = self.admit()?;
         let started = Instant::now();
         let res = self.do_range(req.into_inner()).await;
         self.observe(Op::Range, started, &res);
@@ -180,7 +217,78 @@ impl Kv for KvService {
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_end;
+    use super::*;
+    use crate::node::handle::LeaderView;
+    use titan_proto::v1::kv_server::Kv;
+
+    type Stuck = (
+        NodeHandle,
+        tokio::sync::mpsc::Receiver<crate::node::handle::ClientInput>,
+        tokio::sync::watch::Sender<LeaderView>,
+    );
+
+    /// A handle whose runtime never answers: every admitted request hangs.
+    fn stuck_node() -> Stuck {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let view = LeaderView {
+            leader_id: 1,
+            is_self: true,
+            ..LeaderView::default()
+        };
+        let (leader_tx, leader) = tokio::sync::watch::channel(view);
+        let handle = NodeHandle {
+            tx,
+            leader,
+            leader_wait: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(30),
+        };
+        (handle, rx, leader_tx)
+    }
+
+    fn put_req(key: &str) -> Request<pb::PutRequest> {
+        Request::new(pb::PutRequest {
+            key: key.into(),
+            value: b"v".to_vec(),
+            condition: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn requests_over_the_grpc_concurrency_bound_are_refused_not_queued() {
+        let (node, _rx, _view) = stuck_node();
+        let svc = Arc::new(KvService::with_inflight_limit(
+            node,
+            Arc::new(Metrics::new()),
+            2,
+        ));
+        let mut hung = Vec::new();
+        for k in ["a", "b"] {
+            let svc = svc.clone();
+            hung.push(tokio::spawn(async move { svc.put(put_req(k)).await }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let err = svc.put(put_req("c")).await.expect_err("over the bound");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        for h in hung {
+            h.abort();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(svc.inflight.available_permits(), 2, "permits come back");
+    }
+
+    #[tokio::test]
+    async fn an_oversize_put_is_resource_exhausted_before_the_runtime() {
+        let (node, mut rx, _view) = stuck_node();
+        let svc = KvService::new(node, Arc::new(Metrics::new()));
+        let req = Request::new(pb::PutRequest {
+            key: b"k".to_vec(),
+            value: vec![0; crate::node::limits::MAX_VALUE_BYTES + 1],
+            condition: None,
+        });
+        let err = svc.put(req).await.expect_err("too large");
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(rx.try_recv().is_err(), "nothing reached the runtime");
+    }
 
     #[test]
     fn prefix_end_is_the_next_key_after_the_prefix_space() {

@@ -28,6 +28,10 @@ use titan_proto::v1::raft_server::RaftServer;
 use crate::metrics::Metrics;
 use crate::node::{NodeError, NodeHandle, PeerInbox};
 
+/// HTTP/2 streams one client connection may have open on the client gRPC
+/// port (the service also bounds requests in total).
+const MAX_GRPC_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Largest inbound peer frame (a batch of appends).
 const MAX_PEER_MESSAGE_BYTES: usize = 64 << 20;
 
@@ -51,6 +55,22 @@ pub fn status_from_error(e: NodeError) -> Status {
         }
         NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
         NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        NodeError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+    }
+}
+
+/// Flips every service of `reporter` to NOT_SERVING once a fatal storage
+/// error stopped the node (the process exits shortly after).
+async fn not_serving_on_fatal(
+    reporter: tonic_health::server::HealthReporter,
+    node: NodeHandle,
+    services: Vec<&'static str>,
+) {
+    node.fatal().await;
+    for s in services {
+        reporter
+            .set_service_status(s, tonic_health::ServingStatus::NotServing)
+            .await;
     }
 }
 
@@ -77,6 +97,12 @@ pub async fn serve_peer(
     health
         .set_serving::<RaftServer<raft_service::RaftService>>()
         .await;
+    let raft_name = <RaftServer<raft_service::RaftService> as tonic::server::NamedService>::NAME;
+    tokio::spawn(not_serving_on_fatal(
+        health,
+        node.clone(),
+        vec!["", raft_name],
+    ));
     let raft = RaftServer::new(raft_service::RaftService::new(inbox, snapshots))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
     Server::builder()
@@ -98,9 +124,19 @@ pub async fn serve_grpc(
     health
         .set_serving::<KvServer<kv_service::KvService>>()
         .await;
+    let kv_name = <KvServer<kv_service::KvService> as tonic::server::NamedService>::NAME;
+    tokio::spawn(not_serving_on_fatal(
+        health,
+        node.clone(),
+        vec!["", kv_name],
+    ));
     Server::builder()
+        .max_concurrent_streams(MAX_GRPC_STREAMS_PER_CONNECTION)
         .add_service(health_svc)
-        .add_service(KvServer::new(kv_service::KvService::new(node, metrics)))
+        .add_service(
+            KvServer::new(kv_service::KvService::new(node, metrics))
+                .max_decoding_message_size(crate::node::limits::MAX_GRPC_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }

@@ -137,6 +137,11 @@ impl PeerTransport {
                 task,
             },
         );
+        self.metrics.peer_links.set(self.links());
+    }
+
+    fn links(&self) -> i64 {
+        i64::try_from(self.peers.len()).unwrap_or(i64::MAX)
     }
 
     /// Whether a stream to `id` exists.
@@ -154,6 +159,7 @@ impl PeerTransport {
         if let Some(p) = self.peers.remove(&id) {
             p.task.abort();
         }
+        self.metrics.peer_links.set(self.links());
     }
 
     /// Ids with a stream.
