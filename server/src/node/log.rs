@@ -39,17 +39,26 @@ pub fn into_parts(b: Booted, config: &raft::Config) -> Result<CoreParts, Storage
 }
 
 impl Runtime {
-    /// Mirrors a persisted Ready into the core's log.
-    pub(super) fn raw_storage_append(&mut self, rd: &Ready) {
+    /// Mirrors a persisted Ready into the core's log. The WAL already made
+    /// these entries durable, so a refusal here means the two copies of the
+    /// log disagree: an internal invariant is broken and the node must stop
+    /// rather than carry on with a core that no longer sees what is on disk.
+    pub(super) fn raw_storage_append(&mut self, rd: &Ready) -> Result<(), StorageFailure> {
         let mem = self.raw.storage_mut();
-        if !rd.entries.is_empty()
-            && let Err(e) = mem.append(&rd.entries)
-        {
-            tracing::error!(error = %e, "in-memory log rejected persisted entries");
+        if !rd.entries.is_empty() {
+            mem.append(&rd.entries).map_err(|e| {
+                StorageFailure(format!(
+                    "internal invariant broken: the in-memory log refused entries {}..={} \
+                     that the WAL made durable: {e}",
+                    rd.entries[0].index,
+                    rd.entries[rd.entries.len() - 1].index
+                ))
+            })?;
         }
         if let Some(hs) = rd.hard_state {
             mem.set_hard_state(hs);
         }
+        Ok(())
     }
 
     /// Drops in-memory entries before `index`.
@@ -59,10 +68,22 @@ impl Runtime {
         }
     }
 
-    /// Replaces the in-memory log with a received snapshot.
-    pub(super) fn raw_storage_apply_snapshot(&mut self, meta: &SnapshotMeta) {
-        if let Err(e) = self.raw.storage_mut().apply_snapshot(meta.clone()) {
-            tracing::error!(error = %e, "in-memory log rejected the snapshot");
-        }
+    /// Replaces the in-memory log with a received snapshot the node has
+    /// already made durable; a refusal is a broken invariant (see
+    /// [`Self::raw_storage_append`]) and stops the node.
+    pub(super) fn raw_storage_apply_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+    ) -> Result<(), StorageFailure> {
+        self.raw
+            .storage_mut()
+            .apply_snapshot(meta.clone())
+            .map_err(|e| {
+                StorageFailure(format!(
+                    "internal invariant broken: the in-memory log refused the installed \
+                     snapshot at index {} term {}: {e}",
+                    meta.index, meta.term
+                ))
+            })
     }
 }

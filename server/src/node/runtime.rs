@@ -396,8 +396,7 @@ impl Runtime {
         let joined = tokio::task::spawn_blocking(move || wal.append(&entries, hs)).await;
         joined.map_err(StorageFailure::other)??;
         self.metrics.wal_bytes.inc_by(bytes as u64);
-        self.raw_storage_append(rd);
-        Ok(())
+        self.raw_storage_append(rd)
     }
 
     /// Records a leader/role change; returns whether this node stopped leading.

@@ -270,7 +270,7 @@ impl Runtime {
         let file = tokio::task::block_in_place(|| staged.publish())?;
         self.sm = sm;
         self.applied = meta.index;
-        self.raw_storage_apply_snapshot(meta);
+        self.raw_storage_apply_snapshot(meta)?;
         self.snap.latest = Some(self.snap.files.set_latest(file));
         self.snap.last_index = meta.index;
         self.metrics.snapshots_installed.inc();
