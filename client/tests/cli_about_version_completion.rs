@@ -62,7 +62,14 @@ fn completion_scripts_cover_every_subcommand_for_each_shell() {
         let (ok, script) = run(TITANCTL, &["completion", shell]);
         assert!(ok, "titanctl completion {shell}");
         assert!(script.contains(marker), "{shell}: no {marker:?}");
-        for sub in ["get", "set", "status", "members", "transfer-leader", "completion"] {
+        for sub in [
+            "get",
+            "set",
+            "status",
+            "members",
+            "transfer-leader",
+            "completion",
+        ] {
             assert!(script.contains(sub), "{shell} script lacks {sub}");
         }
     }

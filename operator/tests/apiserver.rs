@@ -712,6 +712,12 @@ async fn operator_run_without_lease_namespace_uses_the_kubeconfig_namespace(
         !text.contains('\u{1b}'),
         "no ANSI colours in a file: {text}"
     );
+    for line in text
+        .lines()
+        .filter(|l| l.contains("Lease namespace") || l.contains("acquired"))
+    {
+        println!("  {line}");
+    }
     println!(
         "ok: titan-operator run without --lease-namespace used the kubeconfig namespace and reconciled"
     );
