@@ -211,3 +211,40 @@ fn taken_derived_port_fails_fast_naming_the_flag_to_change() {
         "the error names the taken port and the flag: {stderr}"
     );
 }
+
+#[test]
+fn titan_port_variables_win_over_derived_ports() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let base = free_base();
+    let (grpc, http) = (common::free_port(), common::free_port());
+    let log = root.path().join("node1.log");
+    let mut cmd = seed_command(root.path(), &seed_flags(base, 0), &log);
+    cmd.env("TITAN_GRPC_PORT", grpc.to_string())
+        .env("TITAN_HTTP_PORT", http.to_string());
+    let child = cmd.spawn().expect("spawn titan-server");
+    let (peer_port, client_port, _, _) = ports(base, 0);
+    let _node = Node {
+        name: "node1".into(),
+        peer_port,
+        client_port,
+        grpc_port: grpc,
+        http_port: http,
+        data_dir: root.path().join("data/node1"),
+        args: Vec::new(),
+        child: Some(child),
+    };
+    let line = common::wait_for(Duration::from_secs(10), "the listening line", || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.lines()
+            .find(|l| l.contains("listening"))
+            .map(str::to_string)
+    });
+    assert!(
+        line.contains(&format!("grpc={grpc}")) && line.contains(&format!("http={http}")),
+        "{line}"
+    );
+    let status = common::wait_for(Duration::from_secs(10), "/healthz", || {
+        http_status(http, "/healthz")
+    });
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+}
