@@ -18,7 +18,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib/leader.sh"
 
 DIR="${TITAN_CLUSTER_DIR:-./.titan-cluster}"
-BIN="${TITAN_BIN:-./target/release/titan-server}"
+BIN="${TITAN_BIN:-${CARGO_TARGET_DIR:-./target}/release/titan-server}"
 NODES=(1 2 3)
 # Seconds to wait for a leader after starting.
 LEADER_WAIT_S=10
