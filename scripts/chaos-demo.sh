@@ -5,6 +5,8 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib/send.sh
 source "$(dirname "$0")/lib/send.sh"
+# shellcheck source=scripts/lib/leader.sh
+source "$(dirname "$0")/lib/leader.sh"
 
 DIR="${TITAN_CLUSTER_DIR:-./.titan-cluster}"
 export TITAN_CLUSTER_DIR="$DIR"
@@ -14,13 +16,11 @@ ACKED="$DIR/acked.txt"
 "$here/cluster.sh" start
 : >"$ACKED"
 
+# Client port of the current leader, found without writing (lib/leader.sh).
 leader_port() {
-  for n in 1 2 3; do
-    if [[ $(send "600$n" 'SET __probe 1') == OK ]]; then
-      echo "600$n"; return 0
-    fi
-  done
-  return 1
+  local n
+  n=$(leader_number) || return 1
+  echo "600$n"
 }
 
 write_batch() { # $1 = first key number, $2 = count

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::admin::{GrpcAdmin, GrpcAdminConfig};
 use crate::crd::TitanCluster;
-use crate::leader::{LeaseConfig, LeaseLock};
+use crate::leader::{LeaseConfig, LeaseLock, LeaseProblem};
 use crate::metrics::Metrics;
 use crate::reconcile::{self, Context, Settings};
 
@@ -30,6 +31,10 @@ pub struct RunConfig {
     pub http_addr: SocketAddr,
     /// Leader election lease.
     pub lease: LeaseConfig,
+    /// Give up (exit non-zero) when lease requests have failed for this long;
+    /// `None` retries forever. Waiting for another replica's live lease is not
+    /// a failure.
+    pub lease_error_timeout: Option<Duration>,
     /// Admin client timeouts.
     pub admin: GrpcAdminConfig,
 }
@@ -63,9 +68,9 @@ async fn termination_signal() {
 }
 
 /// Runs until SIGTERM, or until the lease is lost (then returns an error so
-/// the process restarts and campaigns again).
-pub async fn run(config: RunConfig) -> anyhow::Result<()> {
-    let client = Client::try_default().await?;
+/// the process restarts and campaigns again), or until the lease could not be
+/// taken for `lease_error_timeout` (an error naming the fix).
+pub async fn run(client: Client, config: RunConfig) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let http_stop = wait_for(stop_rx.clone());
@@ -79,7 +84,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
     let lock = Arc::new(LeaseLock::new(client.clone(), config.lease.clone()));
-    if !campaign(&lock, stop_rx.clone()).await? {
+    if !campaign(&lock, stop_rx.clone(), config.lease_error_timeout).await? {
         return Ok(());
     }
     tracing::info!(identity = %config.lease.identity, "acquired leadership");
@@ -111,16 +116,44 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
     }
 }
 
-/// Retries until we hold the lease (`true`) or shutdown is requested (`false`).
-async fn campaign(lock: &LeaseLock, stop: watch::Receiver<bool>) -> anyhow::Result<bool> {
+/// Retries until we hold the lease (`true`) or shutdown is requested
+/// (`false`). Each kind of failure is logged once (repeats only at debug
+/// level); failures for longer than `error_timeout` end the campaign with an
+/// error that says what to fix.
+async fn campaign(
+    lock: &LeaseLock,
+    stop: watch::Receiver<bool>,
+    error_timeout: Option<Duration>,
+) -> anyhow::Result<bool> {
+    let mut failing_since: Option<Instant> = None;
+    let mut reported: Option<LeaseProblem> = None;
     loop {
         if *stop.borrow() {
             return Ok(false);
         }
         match lock.try_acquire_or_renew(Timestamp::now()).await {
             Ok(true) => return Ok(true),
-            Ok(false) => tracing::debug!("lease held by another replica"),
-            Err(error) => tracing::warn!(%error, "lease request failed"),
+            Ok(false) => {
+                failing_since = None;
+                reported = None;
+                tracing::debug!("lease held by another replica");
+            }
+            Err(error) => {
+                let problem = LeaseProblem::classify(&error, &lock.config().namespace);
+                report_once(&mut reported, &problem);
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if let Some(limit) = error_timeout
+                    && since.elapsed() >= limit
+                {
+                    let c = lock.config();
+                    anyhow::bail!(
+                        "could not take the leader-election Lease {}/{} within {}s: {problem}",
+                        c.namespace,
+                        c.name,
+                        limit.as_secs()
+                    );
+                }
+            }
         }
         let mut stop = stop.clone();
         tokio::select! {
@@ -128,6 +161,21 @@ async fn campaign(lock: &LeaseLock, stop: watch::Receiver<bool>) -> anyhow::Resu
             _ = stop.changed() => {},
         }
     }
+}
+
+/// Logs `problem` unless the same kind was the last one logged.
+fn report_once(reported: &mut Option<LeaseProblem>, problem: &LeaseProblem) {
+    let same = reported
+        .as_ref()
+        .is_some_and(|r| std::mem::discriminant(r) == std::mem::discriminant(problem));
+    if same {
+        tracing::debug!(%problem, "lease request failed again");
+    } else if problem.needs_user() {
+        tracing::error!("{problem}");
+    } else {
+        tracing::warn!("{problem}; retrying");
+    }
+    *reported = Some(problem.clone());
 }
 
 /// Renews every interval; signals `lost` when renewal has not succeeded for a

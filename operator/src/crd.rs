@@ -98,6 +98,39 @@ pub struct TitanClusterSpec {
     /// Extra annotations for the server pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Log level of the server pods (`TITAN_LOG_LEVEL`); the server's default
+    /// (`info`) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+}
+
+/// Log level of the server pods (`TITAN_LOG_LEVEL`); `info` when unset.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Errors only.
+    Error,
+    /// Errors and warnings.
+    Warn,
+    /// The default: lifecycle events, elections, snapshots.
+    Info,
+    /// Per-request and per-message detail.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl LogLevel {
+    /// The value `titan-server --log-level` expects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
 }
 
 fn default_replicas() -> i32 {
@@ -208,9 +241,12 @@ fn default_snapshot_threshold_entries() -> u64 {
 }
 
 /// The CRD as YAML, exactly what `titan-operator crd` prints and `manifests/crd.yaml` holds.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&TitanCluster::crd())
+    // Long one-line descriptions stay on one line (no folded `>-` blocks);
+    // multi-line ones become literal `|-` blocks.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    serde_saphyr::to_string_with_options(&TitanCluster::crd(), options)
 }
 
 /// A spec the schema accepts but the operator cannot run.

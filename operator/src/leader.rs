@@ -58,6 +58,120 @@ pub fn decide(lease: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Leas
     }
 }
 
+/// Where the Lease namespace came from (logged at start, so a developer sees
+/// which namespace a local run uses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamespaceSource {
+    /// `--lease-namespace` / `TITAN_OPERATOR_LEASE_NAMESPACE`.
+    Flag,
+    /// `POD_NAMESPACE` (the Deployment sets it from the downward API).
+    PodNamespace,
+    /// The client's default namespace: in a pod, the ServiceAccount's
+    /// namespace; with a kubeconfig, the current context's (else `default`).
+    Client,
+}
+
+impl std::fmt::Display for NamespaceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Flag => "--lease-namespace",
+            Self::PodNamespace => "POD_NAMESPACE",
+            Self::Client => "the namespace the operator runs in, else the kubeconfig context's",
+        })
+    }
+}
+
+/// Picks the Lease namespace: the flag, else `POD_NAMESPACE`, else the
+/// client's default namespace. Empty values count as unset.
+pub fn resolve_namespace(
+    flag: Option<&str>,
+    pod_namespace: Option<&str>,
+    client_default: &str,
+) -> (String, NamespaceSource) {
+    let given = |v: Option<&str>| {
+        v.map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    if let Some(ns) = given(flag) {
+        return (ns, NamespaceSource::Flag);
+    }
+    if let Some(ns) = given(pod_namespace) {
+        return (ns, NamespaceSource::PodNamespace);
+    }
+    (client_default.to_string(), NamespaceSource::Client)
+}
+
+/// Why a lease request failed, sorted into what the operator can tell the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseProblem {
+    /// The Lease namespace does not exist.
+    NamespaceMissing {
+        /// The namespace.
+        namespace: String,
+    },
+    /// RBAC forbids reading or writing the Lease.
+    Forbidden {
+        /// The namespace.
+        namespace: String,
+        /// The API server's message (names the user and verb).
+        message: String,
+    },
+    /// Anything else (network, API server overloaded, ...): retried.
+    Other {
+        /// The error text.
+        message: String,
+    },
+}
+
+impl LeaseProblem {
+    /// Sorts a failed lease request.
+    pub fn classify(error: &kube::Error, namespace: &str) -> Self {
+        let namespace = namespace.to_string();
+        match error {
+            kube::Error::Api(s) if s.code == 404 && is_namespace_status(s) => {
+                Self::NamespaceMissing { namespace }
+            }
+            kube::Error::Api(s) if s.code == 403 => Self::Forbidden {
+                namespace,
+                message: s.message.clone(),
+            },
+            other => Self::Other {
+                message: other.to_string(),
+            },
+        }
+    }
+
+    /// Problems the operator cannot outwait on its own: a person must act.
+    pub fn needs_user(&self) -> bool {
+        !matches!(self, Self::Other { .. })
+    }
+}
+
+fn is_namespace_status(s: &kube::core::Status) -> bool {
+    s.details.as_ref().is_some_and(|d| d.kind == "namespaces")
+        || s.message.starts_with("namespaces ")
+}
+
+impl std::fmt::Display for LeaseProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NamespaceMissing { namespace } => write!(
+                f,
+                "the leader-election Lease namespace {namespace:?} does not exist: create it \
+                 (kubectl create namespace {namespace}) or choose another with --lease-namespace"
+            ),
+            Self::Forbidden { namespace, message } => write!(
+                f,
+                "not allowed to use leases.coordination.k8s.io in namespace {namespace:?} \
+                 ({message}): grant the Role of manifests/rbac.yaml there, or choose a namespace \
+                 the operator may use with --lease-namespace"
+            ),
+            Self::Other { message } => write!(f, "lease request failed: {message}"),
+        }
+    }
+}
+
 /// Applies [`decide`] against the API server.
 pub struct LeaseLock {
     api: Api<Lease>,
@@ -173,6 +287,82 @@ mod tests {
             renew_time: Some(MicroTime(at(renewed))),
             ..LeaseSpec::default()
         }
+    }
+
+    #[test]
+    fn lease_namespace_prefers_flag_then_pod_namespace_then_client_default() {
+        let cases = [
+            (
+                Some("ops"),
+                Some("pod-ns"),
+                "ctx",
+                "ops",
+                NamespaceSource::Flag,
+            ),
+            (
+                None,
+                Some("pod-ns"),
+                "ctx",
+                "pod-ns",
+                NamespaceSource::PodNamespace,
+            ),
+            (Some(""), Some(" "), "ctx", "ctx", NamespaceSource::Client),
+            (None, None, "default", "default", NamespaceSource::Client),
+        ];
+        for (flag, pod, client, want, source) in cases {
+            assert_eq!(
+                resolve_namespace(flag, pod, client),
+                (want.to_string(), source),
+                "{flag:?} {pod:?} {client:?}"
+            );
+        }
+    }
+
+    /// An API error as the API server sends it (a `Status` object).
+    fn api_error(code: u16, message: &str, kind: Option<&str>) -> kube::Error {
+        let mut status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "code": code, "message": message});
+        if let Some(kind) = kind {
+            status["details"] = serde_json::json!({"name": "x", "kind": kind});
+        }
+        let status: kube::core::Status =
+            serde_json::from_value(status).unwrap_or_else(|e| panic!("status: {e}"));
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn lease_errors_are_sorted_into_what_the_user_must_fix() {
+        let missing = api_error(
+            404,
+            r#"namespaces "titan-system" not found"#,
+            Some("namespaces"),
+        );
+        let problem = LeaseProblem::classify(&missing, "titan-system");
+        assert!(problem.needs_user());
+        assert!(
+            problem.to_string().contains("--lease-namespace"),
+            "{problem}"
+        );
+        assert!(
+            problem
+                .to_string()
+                .contains("kubectl create namespace titan-system")
+        );
+        let forbidden = api_error(403, "leases is forbidden: User \"x\" cannot create", None);
+        let problem = LeaseProblem::classify(&forbidden, "ops");
+        assert!(matches!(problem, LeaseProblem::Forbidden { .. }));
+        assert!(
+            problem.to_string().contains("manifests/rbac.yaml"),
+            "{problem}"
+        );
+        assert!(
+            problem.to_string().contains("--lease-namespace"),
+            "{problem}"
+        );
+        let lease_missing = api_error(404, "leases \"l\" not found", Some("leases"));
+        assert!(!LeaseProblem::classify(&lease_missing, "ops").needs_user());
+        let overloaded = api_error(503, "try later", None);
+        assert!(!LeaseProblem::classify(&overloaded, "ops").needs_user());
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod crd;
 pub mod fixtures;
 pub mod http;
 pub mod leader;
+pub mod logging;
 pub mod metrics;
 pub mod planner;
 pub mod reconcile;

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use titan_operator::admin::GrpcAdminConfig;
 use titan_operator::controller::{RunConfig, run};
 use titan_operator::crd::crd_yaml;
-use titan_operator::leader::LeaseConfig;
+use titan_operator::leader::{LeaseConfig, resolve_namespace};
+use titan_operator::logging::{self, LogFormat};
 
 /// Command line of the operator.
 #[derive(Parser, Debug)]
@@ -38,9 +40,10 @@ struct RunArgs {
     /// Address of /metrics and /healthz.
     #[arg(long, env = "TITAN_OPERATOR_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     http_addr: SocketAddr,
-    /// Namespace of the leader-election Lease (the operator's own).
-    #[arg(long, env = "POD_NAMESPACE", default_value = "titan-system")]
-    lease_namespace: String,
+    /// Namespace of the leader-election Lease [default: POD_NAMESPACE, else
+    /// the namespace the operator runs in, else the kubeconfig context's].
+    #[arg(long, env = "TITAN_OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// Name of the leader-election Lease.
     #[arg(
         long,
@@ -57,6 +60,17 @@ struct RunArgs {
     /// Milliseconds between lease renewals.
     #[arg(long, default_value_t = 5000)]
     lease_renew_ms: u64,
+    /// Exit non-zero when lease requests keep failing this long (missing
+    /// namespace, RBAC, unreachable API server); 0 retries forever.
+    #[arg(long, default_value_t = 30)]
+    lease_error_timeout_secs: u64,
+    /// Log line format.
+    #[arg(long, env = "TITAN_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `info,kube=warn`) [default:
+    /// RUST_LOG if set, else info].
+    #[arg(long, env = "TITAN_LOG_LEVEL")]
+    log_level: Option<String>,
     /// Admin gRPC connect timeout.
     #[arg(long, default_value_t = 2000)]
     admin_connect_timeout_ms: u64,
@@ -74,28 +88,35 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
-                )
-                .init();
-            run(RunConfig {
+            logging::init(args.log_format, args.log_level.as_deref())?;
+            let client = kube::Client::try_default().await.context(
+                "no Kubernetes API to talk to: run in a pod, or set KUBECONFIG / ~/.kube/config",
+            )?;
+            let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+            let (namespace, source) = resolve_namespace(
+                args.lease_namespace.as_deref(),
+                pod_namespace.as_deref(),
+                client.default_namespace(),
+            );
+            tracing::info!(%namespace, from = %source, "leader-election Lease namespace");
+            let timeout = args.lease_error_timeout_secs;
+            let config = RunConfig {
                 watch_namespace: args.watch_namespace,
                 http_addr: args.http_addr,
                 lease: LeaseConfig {
                     name: args.lease_name,
-                    namespace: args.lease_namespace,
+                    namespace,
                     identity: args.identity,
                     lease_duration_secs: args.lease_duration_secs,
                     renew_interval: Duration::from_millis(args.lease_renew_ms),
                 },
+                lease_error_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
                 admin: GrpcAdminConfig {
                     connect_timeout_ms: args.admin_connect_timeout_ms,
                     request_timeout_ms: args.admin_request_timeout_ms,
                 },
-            })
-            .await
+            };
+            run(client, config).await
         }
     }
 }

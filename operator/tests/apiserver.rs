@@ -252,6 +252,9 @@ async fn real_apiserver_tier() {
     kubectl_scale_updates_spec_replicas(&env).await;
     operator_service_account_rbac_suffices(&env).await;
     operator_process_leads_reconciles_and_shuts_down_gracefully(&env, &admin).await;
+    operator_run_without_lease_namespace_uses_the_kubeconfig_namespace(&env, &admin).await;
+    operator_run_with_missing_lease_namespace_exits_naming_the_flag(&env);
+    operator_run_without_lease_rbac_exits_naming_the_fix(&env);
 }
 
 async fn crd_installs_with_schema_defaults_and_validation(env: &TestEnv, client: &Client) {
@@ -595,4 +598,196 @@ fn lease_holder(env: &TestEnv) -> String {
     .unwrap_or_else(|e| panic!("{e}"))
     .trim()
     .to_string()
+}
+
+/// A copy of the admin kubeconfig whose context names `namespace` and, when
+/// given, impersonates `user` (kubeconfig `as:`), written under `dir`.
+fn kubeconfig_variant(env: &TestEnv, dir: &Path, namespace: &str, user: Option<&str>) -> PathBuf {
+    let base = std::fs::read_to_string(&env.kubeconfig).unwrap_or_else(|e| panic!("{e}"));
+    let mut text = base.replace(
+        "    user: admin\n",
+        &format!("    user: admin\n    namespace: {namespace}\n"),
+    );
+    if let Some(user) = user {
+        text = text.replace(
+            &format!("    token: {TOKEN}\n"),
+            &format!("    token: {TOKEN}\n    as: {user}\n"),
+        );
+    }
+    assert_ne!(
+        text, base,
+        "kubeconfig layout changed; update kubeconfig_variant"
+    );
+    let path = dir.join(format!("kubeconfig-{namespace}"));
+    std::fs::write(&path, text).unwrap_or_else(|e| panic!("{e}"));
+    path
+}
+
+/// `titan-operator run` with `args` and only `kubeconfig` to tell it where it
+/// runs: no `--lease-namespace`, no POD_NAMESPACE. Output goes to `log`.
+fn spawn_operator(kubeconfig: &Path, args: &[String], log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("log: {e}"));
+    let err = out.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+    Command::new(env!("CARGO_BIN_EXE_titan-operator"))
+        .arg("run")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env_remove("POD_NAMESPACE")
+        .env_remove("TITAN_OPERATOR_LEASE_NAMESPACE")
+        .env_remove("TITAN_LOG_LEVEL")
+        .env_remove("TITAN_LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn operator: {e}"))
+}
+
+/// Waits up to `limit` for the process to exit; its exit code.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<i32> {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("operator still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Run locally the way a developer does (a kubeconfig whose context names a
+/// namespace, no `--lease-namespace`): the Lease lands in that namespace and
+/// a new TitanCluster is reconciled.
+async fn operator_run_without_lease_namespace_uses_the_kubeconfig_namespace(
+    env: &TestEnv,
+    client: &Client,
+) {
+    for ns in ["dev-lease", "devns"] {
+        env.kubectl(&["create", "namespace", ns])
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = kubeconfig_variant(env, dir.path(), "dev-lease", None);
+    let log = dir.path().join("operator.log");
+    let args = vec![
+        "--identity=dev-test".to_string(),
+        format!("--http-addr=127.0.0.1:{}", free_port()),
+    ];
+    let mut child = spawn_operator(&kubeconfig, &args, &log);
+    let cluster: TitanCluster = serde_json::from_value(json!({"apiVersion": "titan.dev/v1alpha1",
+        "kind": "TitanCluster", "metadata": {"name": "local"}, "spec": {"replicas": 1}}))
+    .unwrap_or_else(|e| panic!("{e}"));
+    let api: Api<TitanCluster> = Api::namespaced(client.clone(), "devns");
+    api.create(&PostParams::default(), &cluster)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), "devns");
+    wait_until(
+        "the locally run operator to create the StatefulSet",
+        || async { sts.get_opt("local").await.ok().flatten() },
+    )
+    .await;
+    let holder = env
+        .kubectl(&[
+            "-n",
+            "dev-lease",
+            "get",
+            "lease",
+            "titan-operator-leader",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .unwrap_or_else(|e| panic!("no Lease in the kubeconfig's namespace: {e}"));
+    assert_eq!(holder.trim(), "dev-test");
+    assert_eq!(terminate(&mut child), Some(0), "graceful shutdown exits 0");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("leader-election Lease namespace") && text.contains("dev-lease"),
+        "the log says which Lease namespace it chose: {text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "no ANSI colours in a file: {text}"
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.contains("Lease namespace") || l.contains("acquired"))
+    {
+        println!("  {line}");
+    }
+    println!(
+        "ok: titan-operator run without --lease-namespace used the kubeconfig namespace and reconciled"
+    );
+}
+
+/// The kubeconfig names a namespace that does not exist: one clear error
+/// naming the fix, then a non-zero exit within the bound.
+fn operator_run_with_missing_lease_namespace_exits_naming_the_flag(env: &TestEnv) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = kubeconfig_variant(env, dir.path(), "no-such-ns", None);
+    let log = dir.path().join("operator.log");
+    let args = vec![
+        format!("--http-addr=127.0.0.1:{}", free_port()),
+        "--lease-renew-ms=300".to_string(),
+        "--lease-error-timeout-secs=3".to_string(),
+    ];
+    let mut child = spawn_operator(&kubeconfig, &args, &log);
+    let code = exit_within(&mut child, Duration::from_secs(30));
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let reported: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ERROR") && l.contains("\"no-such-ns\" does not exist"))
+        .collect();
+    assert_eq!(reported.len(), 1, "reported once, not per retry: {text}");
+    assert!(reported[0].contains("--lease-namespace"), "{text}");
+    let last = text.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("Error: could not take the leader-election Lease no-such-ns/")
+            && last.contains("--lease-namespace"),
+        "{text}"
+    );
+    println!("ok: a missing Lease namespace is reported once with the flag, then exit {code:?}");
+}
+
+/// The operator's ServiceAccount has no Lease permission in the kubeconfig's
+/// namespace: the error names the RBAC file and the flag; JSON logs parse.
+fn operator_run_without_lease_rbac_exits_naming_the_fix(env: &TestEnv) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = kubeconfig_variant(env, dir.path(), "dev-lease", Some(OPERATOR_SA));
+    let log = dir.path().join("operator.log");
+    let args = vec![
+        format!("--http-addr=127.0.0.1:{}", free_port()),
+        "--lease-renew-ms=300".to_string(),
+        "--lease-error-timeout-secs=2".to_string(),
+        "--log-format=json".to_string(),
+    ];
+    let mut child = spawn_operator(&kubeconfig, &args, &log);
+    let code = exit_within(&mut child, Duration::from_secs(30));
+    assert!(code.is_some_and(|c| c != 0), "exit code {code:?}");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let (errors, logs): (Vec<&str>, Vec<&str>) =
+        text.lines().partition(|l| l.starts_with("Error: "));
+    for line in &logs {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(
+            parsed.is_ok(),
+            "--log-format=json writes JSON lines: {line}"
+        );
+    }
+    let reported = logs
+        .iter()
+        .filter(|l| l.contains("\"ERROR\"") && l.contains("not allowed to use leases"))
+        .count();
+    assert_eq!(reported, 1, "reported once: {text}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("manifests/rbac.yaml") && e.contains("--lease-namespace")),
+        "{text}"
+    );
+    println!("ok: missing Lease RBAC is reported once with the fix, then exit {code:?}");
 }

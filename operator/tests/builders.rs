@@ -38,11 +38,11 @@ fn input(replicas: u32, bootstrapped: bool) -> BuildInput {
 fn render_all(cluster: &TitanCluster, input: &BuildInput) -> String {
     let names = Names::of(cluster);
     let docs = [
-        serde_yaml::to_string(&builders::peers_service(cluster, &names)),
-        serde_yaml::to_string(&builders::client_service(cluster, &names)),
-        serde_yaml::to_string(&builders::configmap(cluster, &names, input)),
-        serde_yaml::to_string(&builders::statefulset(cluster, &names, input)),
-        serde_yaml::to_string(&builders::pdb(cluster, &names, input)),
+        serde_saphyr::to_string(&builders::peers_service(cluster, &names)),
+        serde_saphyr::to_string(&builders::client_service(cluster, &names)),
+        serde_saphyr::to_string(&builders::configmap(cluster, &names, input)),
+        serde_saphyr::to_string(&builders::statefulset(cluster, &names, input)),
+        serde_saphyr::to_string(&builders::pdb(cluster, &names, input)),
     ];
     docs.into_iter()
         .map(|d| d.unwrap_or_else(|e| panic!("serializing: {e}")))
@@ -87,7 +87,8 @@ fn customized_single_member_cluster_matches_golden() {
             "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
             "nodeSelector": {"disk": "ssd"},
             "podLabels": {"team": "sync", "app.kubernetes.io/name": "spoofed"},
-            "podAnnotations": {"prometheus.io/scrape": "true"}
+            "podAnnotations": {"prometheus.io/scrape": "true"},
+            "logLevel": "debug"
         }),
     );
     check_golden("custom-1", &render_all(&c, &input(1, true)));
@@ -136,6 +137,41 @@ fn operator_labels_win_over_user_pod_labels() {
         Some("titan")
     );
     assert_eq!(labels.get("team").map(String::as_str), Some("a"));
+}
+
+/// The server container's environment as (name, literal value) pairs.
+fn server_env(c: &TitanCluster) -> Vec<(String, Option<String>)> {
+    let sts = builders::statefulset(c, &Names::of(c), &input(3, false));
+    let pod = sts.spec.template.spec.unwrap_or_default();
+    pod.containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect()
+}
+
+#[test]
+fn spec_log_level_reaches_the_server_pods_only_when_set() {
+    let level = |env: &[(String, Option<String>)]| {
+        env.iter()
+            .find(|(name, _)| name == "TITAN_LOG_LEVEL")
+            .map(|(_, v)| v.clone())
+    };
+    let unset = server_env(&cluster("demo", serde_json::json!({})));
+    assert_eq!(
+        level(&unset),
+        None,
+        "no logLevel: the pod template is unchanged"
+    );
+    for want in ["error", "warn", "info", "debug", "trace"] {
+        let c = cluster("demo", serde_json::json!({"logLevel": want}));
+        assert_eq!(level(&server_env(&c)), Some(Some(want.to_string())));
+    }
+    let bad: Result<TitanClusterSpec, _> =
+        serde_json::from_value(serde_json::json!({"logLevel": "loud"}));
+    assert!(bad.is_err(), "only the five levels are accepted");
 }
 
 #[test]

@@ -19,7 +19,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_json::Value;
 use titan_operator::crd::TitanCluster;
 
 /// The objects of `manifests/operator.yaml`, each parsed into its k8s-openapi type.
@@ -48,9 +48,9 @@ fn read_repo_file(relative: &str) -> String {
 
 /// Every non-empty YAML document of a (multi-document) file.
 fn documents(text: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("bad YAML document: {e}")))
+    serde_saphyr::from_multiple::<Value>(text)
+        .unwrap_or_else(|e| panic!("bad YAML document: {e}"))
+        .into_iter()
         .filter(|doc| !doc.is_null())
         .collect()
 }
@@ -64,20 +64,19 @@ fn kind_of(doc: &Value) -> &str {
 /// Collects the paths where two YAML trees differ.
 fn differences(expected: &Value, actual: &Value, path: &str, out: &mut Vec<String>) {
     match (expected, actual) {
-        (Value::Mapping(e), Value::Mapping(a)) => {
+        (Value::Object(e), Value::Object(a)) => {
             for (key, e_val) in e {
-                let name = key.as_str().unwrap_or("?");
-                let child = format!("{path}.{name}");
+                let child = format!("{path}.{key}");
                 match a.get(key) {
                     Some(a_val) => differences(e_val, a_val, &child, out),
                     None => out.push(format!("{child} was dropped (unknown field?)")),
                 }
             }
             for key in a.keys().filter(|k| !e.contains_key(*k)) {
-                out.push(format!("{path}.{} appeared", key.as_str().unwrap_or("?")));
+                out.push(format!("{path}.{key} appeared"));
             }
         }
-        (Value::Sequence(e), Value::Sequence(a)) if e.len() == a.len() => {
+        (Value::Array(e), Value::Array(a)) if e.len() == a.len() => {
             for (i, (e_val, a_val)) in e.iter().zip(a).enumerate() {
                 differences(e_val, a_val, &format!("{path}[{i}]"), out);
             }
@@ -90,9 +89,9 @@ fn differences(expected: &Value, actual: &Value, path: &str, out: &mut Vec<Strin
 /// Parses a document into `T` and checks that serializing it back loses nothing.
 fn typed<T: DeserializeOwned + Serialize>(doc: &Value) -> T {
     let kind = kind_of(doc);
-    let parsed: T = serde_yaml::from_value(doc.clone())
+    let parsed: T = serde_json::from_value(doc.clone())
         .unwrap_or_else(|e| panic!("{kind} does not parse into its k8s-openapi type: {e}"));
-    let back = serde_yaml::to_value(&parsed)
+    let back = serde_json::to_value(&parsed)
         .unwrap_or_else(|e| panic!("{kind} does not serialize back: {e}"));
     let mut diffs = Vec::new();
     differences(doc, &back, kind, &mut diffs);
@@ -486,11 +485,11 @@ fn chart_crd_copy_is_byte_identical_to_manifests_crd() {
 
 /// Fails for every key of `value` that `schema` does not declare.
 fn undeclared_fields(value: &Value, schema: &JSONSchemaProps, path: &str, out: &mut Vec<String>) {
-    let Value::Mapping(map) = value else { return };
+    let Value::Object(map) = value else { return };
     let props: BTreeMap<String, JSONSchemaProps> = schema.properties.clone().unwrap_or_default();
     let open = schema.x_kubernetes_preserve_unknown_fields == Some(true);
     for (key, child) in map {
-        let name = key.as_str().unwrap_or("?").to_string();
+        let name = key.clone();
         match props.get(&name) {
             Some(child_schema) => {
                 undeclared_fields(child, child_schema, &format!("{path}.{name}"), out)
@@ -509,7 +508,7 @@ fn example_cluster_is_three_members_1gi_snapshotting_every_ten_minutes() {
         docs[0].get("apiVersion").and_then(Value::as_str),
         Some("titan.dev/v1alpha1")
     );
-    let tc: TitanCluster = serde_yaml::from_value(docs[0].clone())
+    let tc: TitanCluster = serde_json::from_value(docs[0].clone())
         .unwrap_or_else(|e| panic!("the example is not a TitanCluster: {e}"));
     assert_eq!(tc.spec.replicas, 3);
     assert_eq!(tc.spec.storage.size, "1Gi");

@@ -3,6 +3,12 @@
 //! The seed's single-dash flags (`-id=node1 -peers=...`) are accepted by
 //! rewriting them to the double-dash form before clap sees them
 //! ([`normalize_args`]); every flag also has a `TITAN_*` environment variable.
+//!
+//! Ports the seed command line does not name follow the client port, so that
+//! three nodes started on one host with only the seed flags do not collide
+//! ([`derived_port`]): with `-client-port=6001+k` the client gRPC port
+//! defaults to `7001+k` and the HTTP port to `8080+k`. An explicit flag or
+//! `TITAN_*` variable always wins over the derived value.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -28,6 +34,51 @@ pub enum ConfigError {
     /// A size flag outside what the edge and storage can honour.
     #[error("{0}")]
     BadSize(String),
+    /// A port derived from `--client-port` falls outside 1..=65535.
+    #[error(
+        "{flag} derived from --client-port {client_port} would be {value}, outside 1..=65535; \
+         set {flag} explicitly"
+    )]
+    DerivedPortOutOfRange {
+        /// The flag whose default was being derived.
+        flag: &'static str,
+        /// The client port it was derived from.
+        client_port: u16,
+        /// The out-of-range result.
+        value: i64,
+    },
+    /// Two of this node's listeners would share one port.
+    #[error("port {port} is given to both {first} and {second}; change {second}")]
+    PortClash {
+        /// The shared port.
+        port: u16,
+        /// The flag that claimed it first.
+        first: &'static str,
+        /// The flag to change.
+        second: &'static str,
+    },
+    /// `--log-level` is neither a level nor `target=level` directives.
+    #[error(
+        "invalid --log-level {0:?}: use error, warn, info, debug, trace or off, \
+         optionally followed by target=level directives (e.g. info,titan_server::raft=debug)"
+    )]
+    BadLogLevel(String),
+}
+
+/// Default plaintext client port (`-client-port`).
+pub const DEFAULT_CLIENT_PORT: u16 = 6001;
+/// Default client gRPC port for a node on [`DEFAULT_CLIENT_PORT`].
+pub const DEFAULT_GRPC_PORT: u16 = 7001;
+/// Default HTTP port for a node on [`DEFAULT_CLIENT_PORT`].
+pub const DEFAULT_HTTP_PORT: u16 = 8080;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 /// Raw flags, as clap parses them.
@@ -51,12 +102,13 @@ pub struct Cli {
         default_value_t = 6001
     )]
     pub client_port: u16,
-    /// Client gRPC (KV service) port.
-    #[arg(long = "grpc-port", env = "TITAN_GRPC_PORT", default_value_t = 7001)]
-    pub grpc_port: u16,
-    /// HTTP port for /metrics, /healthz and /readyz.
-    #[arg(long = "http-port", env = "TITAN_HTTP_PORT", default_value_t = 8080)]
-    pub http_port: u16,
+    /// Client gRPC (KV service) port [default: 7001, or client-port + 1000].
+    #[arg(long = "grpc-port", env = "TITAN_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// HTTP port for /metrics, /healthz and /readyz [default: 8080, or
+    /// client-port + 2079, so 6001/6002/6003 get 8080/8081/8082].
+    #[arg(long = "http-port", env = "TITAN_HTTP_PORT")]
+    pub http_port: Option<u16>,
     /// Address every listener binds to.
     #[arg(
         long = "listen-addr",
@@ -131,6 +183,18 @@ pub struct Cli {
         default_value_t = 1500
     )]
     pub shutdown_grace_ms: u64,
+    /// Log line format.
+    #[arg(
+        long = "log-format",
+        env = "TITAN_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `info,titan_server::raft=debug`)
+    /// [default: RUST_LOG if set, else info].
+    #[arg(long = "log-level", env = "TITAN_LOG_LEVEL")]
+    pub log_level: Option<String>,
 }
 
 /// One `-peers` entry.
@@ -204,6 +268,20 @@ pub struct Config {
 }
 
 impl Config {
+    /// The flag that set a listening port, for errors such as "address in
+    /// use" (the first match in the order peer, client, gRPC, HTTP).
+    pub fn flag_for_port(&self, port: u16) -> Option<&'static str> {
+        [
+            ("--port", self.peer_port),
+            ("--client-port", self.client_port),
+            ("--grpc-port", self.grpc_port),
+            ("--http-port", self.http_port),
+        ]
+        .into_iter()
+        .find(|(_, p)| *p == port)
+        .map(|(flag, _)| flag)
+    }
+
     /// How long a request waits for a leader before `ERR UNAVAILABLE`
     /// (about two maximum election timeouts).
     pub fn leader_wait(&self) -> Duration {
@@ -287,6 +365,84 @@ pub fn default_host() -> String {
     .unwrap_or_else(|| "localhost".to_string())
 }
 
+/// The default of a port the seed command line does not name: `default` moved
+/// by as much as `client_port` is away from [`DEFAULT_CLIENT_PORT`], so that
+/// nodes on 6001, 6002, 6003 get gRPC 7001, 7002, 7003 and HTTP 8080, 8081,
+/// 8082. Client port 0 (any free port) derives 0 as well.
+pub fn derived_port(
+    flag: &'static str,
+    client_port: u16,
+    default: u16,
+) -> Result<u16, ConfigError> {
+    if client_port == 0 {
+        return Ok(0);
+    }
+    let value = i64::from(default) + i64::from(client_port) - i64::from(DEFAULT_CLIENT_PORT);
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(ConfigError::DerivedPortOutOfRange {
+            flag,
+            client_port,
+            value,
+        }),
+    }
+}
+
+/// Fails when two listeners of this node would bind the same port (0, "any
+/// free port", never clashes). The error names the later flag, the one the
+/// user is more likely to want to change.
+fn check_distinct_ports(ports: &[(&'static str, u16)]) -> Result<(), ConfigError> {
+    for (i, &(second, port)) in ports.iter().enumerate() {
+        let earlier = ports[..i].iter().find(|(_, p)| *p == port && port != 0);
+        if let Some(&(first, _)) = earlier {
+            return Err(ConfigError::PortClash {
+                port,
+                first,
+                second,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Levels `--log-level` accepts as a bare word.
+const LOG_LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+
+/// Checks a `--log-level` value: comma-separated directives, each a level or
+/// `target=level`. A bare word that is not a level is refused, because the
+/// filter syntax would otherwise read it as a target and silence every log.
+pub fn check_log_level(spec: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::BadLogLevel(spec.to_string());
+    let directives: Vec<&str> = spec.split(',').map(str::trim).collect();
+    if directives.iter().all(|d| d.is_empty()) {
+        return Err(bad());
+    }
+    for d in directives.into_iter().filter(|d| !d.is_empty()) {
+        let level = match d.rsplit_once('=') {
+            Some((target, level)) if !target.is_empty() => level,
+            Some(_) => return Err(bad()),
+            None => d,
+        };
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// The log filter in force: `--log-level`/`TITAN_LOG_LEVEL` when given (and
+/// valid), else `RUST_LOG` when set, else `info`.
+pub fn log_filter(log_level: Option<&str>, rust_log: Option<&str>) -> Result<String, ConfigError> {
+    if let Some(level) = log_level {
+        check_log_level(level)?;
+        return Ok(level.to_string());
+    }
+    Ok(rust_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or("info")
+        .to_string())
+}
+
 impl Cli {
     /// Validates the flags and fills in derived defaults.
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -314,6 +470,20 @@ impl Cli {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(&self.id));
+        let grpc_port = match self.grpc_port {
+            Some(p) => p,
+            None => derived_port("--grpc-port", self.client_port, DEFAULT_GRPC_PORT)?,
+        };
+        let http_port = match self.http_port {
+            Some(p) => p,
+            None => derived_port("--http-port", self.client_port, DEFAULT_HTTP_PORT)?,
+        };
+        check_distinct_ports(&[
+            ("--port", self.port),
+            ("--client-port", self.client_port),
+            ("--grpc-port", grpc_port),
+            ("--http-port", http_port),
+        ])?;
         Ok(Config {
             advertise_peer_addr: self
                 .advertise_peer_addr
@@ -323,13 +493,13 @@ impl Cli {
                 .unwrap_or_else(|| format!("{host}:{}", self.client_port)),
             advertise_grpc_addr: self
                 .advertise_grpc_addr
-                .unwrap_or_else(|| format!("{host}:{}", self.grpc_port)),
+                .unwrap_or_else(|| format!("{host}:{grpc_port}")),
             name: self.id,
             listen_addr: self.listen_addr,
             peer_port: self.port,
             client_port: self.client_port,
-            grpc_port: self.grpc_port,
-            http_port: self.http_port,
+            grpc_port,
+            http_port,
             peers,
             join: self.join,
             data_dir,
@@ -440,6 +610,130 @@ mod tests {
             assert!(parse_peers(bad).is_err(), "{bad} should be rejected");
         }
         assert_eq!(parse_peers("").expect("empty is fine"), vec![]);
+    }
+
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["titan-server", "--advertise-client-addr=x:1"];
+        argv.extend_from_slice(args);
+        argv.extend(["--advertise-peer-addr=x:2", "--advertise-grpc-addr=x:3"]);
+        parse(&argv).into_config()
+    }
+
+    #[test]
+    fn unnamed_ports_follow_the_client_port() {
+        // (client port, gRPC, HTTP): the seed's three nodes on one host, the
+        // defaults, and "any free port".
+        let cases = [
+            (None, 7001, 8080),
+            (Some(6001), 7001, 8080),
+            (Some(6002), 7002, 8081),
+            (Some(6003), 7003, 8082),
+            (Some(16001), 17001, 18080),
+            (Some(0), 0, 0),
+        ];
+        for (client, grpc, http) in cases {
+            let flag = client.map(|c| format!("--client-port={c}"));
+            let mut args = vec!["--port=5999"];
+            args.extend(flag.as_deref());
+            let cfg = config(&args).expect("valid");
+            assert_eq!((cfg.grpc_port, cfg.http_port), (grpc, http), "{client:?}");
+        }
+    }
+
+    #[test]
+    fn explicit_ports_win_over_derived_ones() {
+        let cfg =
+            config(&["-client-port=6002", "--grpc-port=9001", "--http-port=9002"]).expect("valid");
+        assert_eq!(
+            (cfg.client_port, cfg.grpc_port, cfg.http_port),
+            (6002, 9001, 9002)
+        );
+        let cfg = config(&["-client-port=6002", "--http-port=9002"]).expect("valid");
+        assert_eq!((cfg.grpc_port, cfg.http_port), (7002, 9002));
+    }
+
+    #[test]
+    fn derived_port_outside_the_port_range_names_the_flag() {
+        let err = config(&["-client-port=65000"]).err();
+        assert!(matches!(
+            err,
+            Some(ConfigError::DerivedPortOutOfRange {
+                flag: "--grpc-port",
+                client_port: 65000,
+                ..
+            })
+        ));
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("set --grpc-port explicitly"), "{text}");
+        let err = config(&["-client-port=64000"]).err();
+        assert!(matches!(
+            err,
+            Some(ConfigError::DerivedPortOutOfRange {
+                flag: "--http-port",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn two_listeners_on_one_port_name_the_flag_to_change() {
+        let err = config(&["-port=7001", "-client-port=6001"]).err();
+        assert_eq!(
+            err,
+            Some(ConfigError::PortClash {
+                port: 7001,
+                first: "--port",
+                second: "--grpc-port"
+            })
+        );
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("change --grpc-port"), "{text}");
+        assert!(
+            config(&[
+                "-port=0",
+                "-client-port=0",
+                "--grpc-port=0",
+                "--http-port=0"
+            ])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn flag_for_port_names_the_listener() {
+        let cfg = config(&["-port=5002", "-client-port=6002"]).expect("valid");
+        assert_eq!(cfg.flag_for_port(5002), Some("--port"));
+        assert_eq!(cfg.flag_for_port(6002), Some("--client-port"));
+        assert_eq!(cfg.flag_for_port(7002), Some("--grpc-port"));
+        assert_eq!(cfg.flag_for_port(8081), Some("--http-port"));
+        assert_eq!(cfg.flag_for_port(1), None);
+    }
+
+    #[test]
+    fn log_level_accepts_levels_and_directives_and_refuses_bare_words() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,tonic=error",
+            "info,titan_server::raft=trace",
+            "off",
+        ] {
+            assert_eq!(check_log_level(good), Ok(()), "{good}");
+        }
+        for bad in ["", " , ", "verbose", "info,loud", "=debug", "raft=loud"] {
+            assert!(check_log_level(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn log_level_flag_wins_over_rust_log_which_wins_over_info() {
+        assert_eq!(log_filter(Some("debug"), Some("trace")), Ok("debug".into()));
+        assert_eq!(
+            log_filter(None, Some("tonic=trace")),
+            Ok("tonic=trace".into())
+        );
+        assert_eq!(log_filter(None, None), Ok("info".into()));
+        assert!(log_filter(Some("chatty"), None).is_err());
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn server_container(cluster: &TitanCluster, names: &Names) -> Container {
             container_port("grpc", GRPC_PORT),
             container_port("http", HTTP_PORT),
         ]),
-        env: Some(env(names)),
+        env: Some(env(cluster, names)),
         resources: spec.resources.clone(),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
@@ -159,7 +159,7 @@ exec titan-server "$@" --join
     )
 }
 
-fn env(names: &Names) -> Vec<EnvVar> {
+fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
     let field = |name: &str, path: &str| EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
@@ -183,12 +183,21 @@ fn env(names: &Names) -> Vec<EnvVar> {
         }),
         value: None,
     };
-    vec![
+    let mut env = vec![
         field("POD_NAME", "metadata.name"),
         field("POD_NAMESPACE", "metadata.namespace"),
         config("BOOTSTRAPPED", BOOTSTRAPPED_KEY),
         config("INITIAL_PEERS", INITIAL_PEERS_KEY),
-    ]
+    ];
+    // Only when set, so that clusters without it keep their pod template.
+    if let Some(level) = cluster.spec.log_level {
+        env.push(EnvVar {
+            name: "TITAN_LOG_LEVEL".to_string(),
+            value: Some(level.as_str().to_string()),
+            value_from: None,
+        });
+    }
+    env
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {

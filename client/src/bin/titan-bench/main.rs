@@ -22,7 +22,11 @@ use workload::{Dist, Mix};
 
 /// Closed-loop load generator for Titan (and etcd, for comparison).
 #[derive(Debug, Clone, Parser, serde::Serialize)]
-#[command(name = "titan-bench", version, about)]
+#[command(
+    name = "titan-bench",
+    version,
+    about = "Closed-loop load generator for Titan (TCP or gRPC) and etcd v3, for comparison"
+)]
 pub struct Args {
     /// What to load.
     #[arg(long, value_enum, default_value_t = Target::TitanTcp)]

@@ -21,7 +21,11 @@ use titan_client::{ClientConfig, Error};
 
 /// Command-line client for a Titan cluster.
 #[derive(Debug, Parser)]
-#[command(name = "titanctl", version, about)]
+#[command(
+    name = "titanctl",
+    version,
+    about = "Command-line client for a Titan cluster: keys, status, membership, snapshots"
+)]
 struct Cli {
     /// KV gRPC endpoints (client gRPC port), comma-separated.
     #[arg(
@@ -82,6 +86,39 @@ enum Command {
     TransferLeader(admin_cmd::TransferArgs),
     /// Take a snapshot now on one node.
     Snapshot(admin_cmd::SnapshotArgs),
+    /// Print a shell completion script (e.g. `source <(titanctl completion bash)`).
+    Completion {
+        /// The shell to complete for.
+        shell: Shell,
+    },
+}
+
+/// Shells `titanctl completion` writes scripts for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Shell {
+    /// bash (`source <(titanctl completion bash)`).
+    Bash,
+    /// zsh (save as `_titanctl` in a directory on `$fpath`).
+    Zsh,
+    /// fish (save as `~/.config/fish/completions/titanctl.fish`).
+    Fish,
+}
+
+/// Writes the completion script for `shell` to stdout.
+fn print_completion(shell: Shell) -> Exit {
+    use clap::CommandFactory;
+    let generator = match shell {
+        Shell::Bash => clap_complete::Shell::Bash,
+        Shell::Zsh => clap_complete::Shell::Zsh,
+        Shell::Fish => clap_complete::Shell::Fish,
+    };
+    clap_complete::generate(
+        generator,
+        &mut Cli::command(),
+        "titanctl",
+        &mut std::io::stdout(),
+    );
+    Exit::Ok
 }
 
 /// Exit codes, one per outcome class a script may branch on.
@@ -127,6 +164,7 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Members { action } => admin_cmd::members(&admin()?, action, fmt).await,
         Command::TransferLeader(args) => admin_cmd::transfer(&admin()?, args, fmt).await,
         Command::Snapshot(args) => admin_cmd::snapshot(&admin()?, args, fmt).await,
+        Command::Completion { shell } => Ok(print_completion(*shell)),
     }
 }
 
