@@ -2,7 +2,7 @@
 //! gRPC, and etcd over its v3 gRPC API. A [`ConnSlot`] holds one connection,
 //! reconnecting (or moving to the leader) when told to.
 
-use crate::etcdpb;
+use titan_proto::etcdserverpb as etcdpb;
 use crate::tcp::TcpConn;
 use std::sync::Arc;
 use std::time::Duration;
