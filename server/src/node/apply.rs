@@ -9,7 +9,9 @@ use tokio::sync::oneshot;
 use super::reads::PendingRead;
 use super::runtime::{PendingWrite, Runtime};
 use super::store as adapter;
-use super::{KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult};
+use super::{
+    Header, KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult,
+};
 use crate::raft::{Entry, EntryKind, NodeId, RaftError};
 
 impl Runtime {
@@ -59,7 +61,10 @@ impl Runtime {
         let index = e.index;
         let term = e.term;
         let kind = e.kind;
-        let outcome = adapter::apply(&mut self.sm, e);
+        let outcome = adapter::apply(&mut self.sm, e).map(|mut w| {
+            w.header = self.header(w.header.revision, term);
+            w
+        });
         self.applied = self.applied.max(index);
         if kind == EntryKind::ConfChange {
             self.sync_peers_from_directory();
@@ -73,7 +78,7 @@ impl Runtime {
             }
             let (at, w) = entry.remove_entry();
             let result = if at == index && w.term == term {
-                outcome.clone().map_err(NodeError::Invalid)
+                outcome.clone()
             } else {
                 Err(NodeError::Unavailable(
                     "entry was overwritten by a new leader; not applied".into(),
@@ -109,11 +114,24 @@ impl Runtime {
                     adapter::range(&self.sm, &start, &end, limit);
                 ReadAnswer::Range(kvs, more)
             }
+            ReadQuery::Etcd(req) => ReadAnswer::Etcd(self.sm.kv().range(&req)),
         };
+        let term = self.raw.status().term;
         let _ = read.reply.send(Ok(ReadResult {
             answer,
             read_index: read_index.max(self.applied),
+            header: self.header(self.sm.kv().revision(), term),
         }));
+    }
+
+    /// The etcd response header for a request answered now.
+    fn header(&self, revision: i64, raft_term: u64) -> Header {
+        Header {
+            cluster_id: super::cluster_id_u64(&self.identity.cluster_id),
+            member_id: self.identity.id,
+            revision,
+            raft_term,
+        }
     }
 
     /// The replicated member directory.

@@ -142,6 +142,13 @@ impl Command {
         out
     }
 
+    /// Encodes a [`Command::Txn`] without owning the request.
+    pub fn encode_txn(t: &TxnRequest) -> Vec<u8> {
+        let mut out = vec![OP_TXN];
+        encode_txn(&mut out, t);
+        out
+    }
+
     /// Inverse of [`Command::encode`]; never panics.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = ByteReader::new(buf);

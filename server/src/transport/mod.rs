@@ -7,6 +7,8 @@
 
 pub mod admin_service;
 pub mod convert;
+pub mod etcd_convert;
+pub mod etcd_kv;
 pub mod kv_service;
 pub mod peer;
 pub mod raft_service;
@@ -21,6 +23,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use titan_proto::v1::admin_server::AdminServer;
 use titan_proto::v1::kv_server::KvServer;
 use titan_proto::v1::raft_server::RaftServer;
@@ -51,6 +54,7 @@ pub fn status_from_error(e: NodeError) -> Status {
         }
         NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
         NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
+        NodeError::Mvcc(m) => etcd_kv::status_from_mvcc(*m),
     }
 }
 
@@ -87,7 +91,8 @@ pub async fn serve_peer(
         .await
 }
 
-/// Serves the KV service + health on the client gRPC port until shutdown.
+/// Serves `titan.v1.KV`, etcd's v3 services and health on the client gRPC
+/// port until shutdown.
 pub async fn serve_grpc(
     listener: TcpListener,
     node: NodeHandle,
@@ -100,7 +105,14 @@ pub async fn serve_grpc(
         .await;
     Server::builder()
         .add_service(health_svc)
-        .add_service(KvServer::new(kv_service::KvService::new(node, metrics)))
+        .add_service(KvServer::new(kv_service::KvService::new(
+            node.clone(),
+            metrics,
+        )))
+        .add_service(
+            EtcdKvServer::new(etcd_kv::EtcdKvService::new(node))
+                .max_decoding_message_size(etcd_kv::MAX_GRPC_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }

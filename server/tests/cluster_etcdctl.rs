@@ -1,0 +1,150 @@
+//! Debian's stock `etcdctl` (package `etcd-client`, 3.4) against a real
+//! 3-node Titan cluster over the etcd v3 API on the client gRPC port: the
+//! commands users type, checked by their printed output.
+//!
+//! Without `etcdctl` on PATH the tests skip with a message, unless
+//! `TITAN_REQUIRE_ALL_TIERS` is set (scripts/test.sh sets it and installs
+//! the package), in which case they fail.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Cluster, wait_for};
+
+/// Whether `etcdctl` can run here; panics when it must.
+fn etcdctl_available() -> bool {
+    let found = Command::new("etcdctl")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("TITAN_REQUIRE_ALL_TIERS").is_none(),
+            "TITAN_REQUIRE_ALL_TIERS is set but etcdctl is missing (apt-get install etcd-client)"
+        );
+        eprintln!("skipping: etcdctl not found (apt-get install etcd-client)");
+    }
+    found
+}
+
+/// One `etcdctl` run: (success, stdout, stderr).
+fn ctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcdctl");
+    let mut input = child.stdin.take().expect("stdin");
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).expect("write stdin");
+    }
+    drop(input);
+    let out = child.wait_with_output().expect("etcdctl output");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `etcdctl` that must succeed; returns stdout.
+fn ok(endpoint: &str, args: &[&str]) -> String {
+    let (success, out, err) = ctl(endpoint, args, None);
+    assert!(success, "etcdctl {args:?} failed: {err}{out}");
+    out
+}
+
+fn endpoint(cluster: &Cluster, i: usize) -> String {
+    format!("127.0.0.1:{}", cluster.nodes[i].grpc_port)
+}
+
+/// The `"revision"` of an `etcdctl -w json` reply's header.
+fn json_revision(out: &str) -> i64 {
+    let v: serde_json::Value = serde_json::from_str(out.trim()).expect("json output");
+    v["header"]["revision"].as_i64().expect("header.revision")
+}
+
+#[test]
+fn etcdctl_put_get_prefix_rev_limit_del_and_txn_on_the_leader() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    let ep = endpoint(&cluster, leader);
+    assert_eq!(ok(&ep, &["put", "fruit/apple", "red"]), "OK\n");
+    assert_eq!(ok(&ep, &["put", "fruit/banana", "yellow"]), "OK\n");
+    let rev = json_revision(&ok(&ep, &["put", "fruit/apple", "green", "-w", "json"]));
+    assert_eq!(ok(&ep, &["get", "fruit/apple"]), "fruit/apple\ngreen\n");
+    let old = (rev - 1).to_string();
+    assert_eq!(
+        ok(&ep, &["get", "fruit/apple", "--rev", &old]),
+        "fruit/apple\nred\n"
+    );
+    assert_eq!(
+        ok(&ep, &["get", "fruit/", "--prefix", "--keys-only"]),
+        "fruit/apple\n\nfruit/banana\n\n"
+    );
+    assert_eq!(
+        ok(&ep, &["get", "fruit/", "--prefix", "--limit", "1"]),
+        "fruit/apple\ngreen\n"
+    );
+    assert_eq!(ok(&ep, &["del", "fruit/banana"]), "1\n");
+    assert_eq!(ok(&ep, &["get", "fruit/banana"]), "");
+    let txn = "mod(\"fruit/apple\") > \"0\"\n\nput fruit/cherry dark\n\nput fruit/cherry none\n\n";
+    let (success, out, err) = ctl(&ep, &["txn"], Some(txn));
+    assert!(success, "txn failed: {err}");
+    assert_eq!(out, "SUCCESS\n\nOK\n");
+    let txn = "value(\"fruit/apple\") = \"red\"\n\nput x y\n\nget fruit/cherry\n\n";
+    let (success, out, err) = ctl(&ep, &["txn"], Some(txn));
+    assert!(success, "txn failed: {err}");
+    assert_eq!(out, "FAILURE\n\nfruit/cherry\ndark\n");
+}
+
+#[test]
+fn etcdctl_sees_compaction_and_future_revisions_as_etcd_errors() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    let ep = endpoint(&cluster, leader);
+    for v in ["1", "2", "3"] {
+        ok(&ep, &["put", "k", v]);
+    }
+    let rev = json_revision(&ok(&ep, &["get", "k", "-w", "json"]));
+    assert_eq!(
+        ok(&ep, &["compact", &rev.to_string()]),
+        format!("compacted revision {rev}\n")
+    );
+    let (success, _, err) = ctl(&ep, &["get", "k", "--rev", &(rev - 1).to_string()], None);
+    assert!(!success);
+    assert!(
+        err.contains("etcdserver: mvcc: required revision has been compacted"),
+        "{err}"
+    );
+    let (success, _, err) = ctl(&ep, &["get", "k", "--rev", &(rev + 100).to_string()], None);
+    assert!(!success);
+    assert!(
+        err.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{err}"
+    );
+    // Every node serves the same history (serializable reads are local).
+    for i in 0..3 {
+        let out = wait_for(Duration::from_secs(5), "follower caught up", || {
+            let out = ok(&endpoint(&cluster, i), &["get", "k", "--consistency=s"]);
+            (out == "k\n3\n").then_some(out)
+        });
+        assert_eq!(out, "k\n3\n");
+    }
+}
