@@ -148,3 +148,77 @@ fn etcdctl_sees_compaction_and_future_revisions_as_etcd_errors() {
         assert_eq!(out, "k\n3\n");
     }
 }
+
+fn all_endpoints(cluster: &Cluster) -> String {
+    (0..cluster.nodes.len())
+        .map(|i| endpoint(cluster, i))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn etcdctl_member_list_and_endpoint_status_and_health_show_every_member() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    let follower = (leader + 1) % 3;
+    // Asked through a follower: every member with its client (gRPC) URL.
+    let list = wait_for(Duration::from_secs(10), "a full member list", || {
+        let out = ok(&endpoint(&cluster, follower), &["member", "list"]);
+        (out.lines().count() == 3 && !out.contains(", ,")).then_some(out)
+    });
+    for n in &cluster.nodes {
+        let line = format!(
+            ", started, {}, http://127.0.0.1:{}, http://127.0.0.1:{}, false",
+            n.name, n.peer_port, n.grpc_port
+        );
+        assert!(list.contains(&line), "{line} missing from\n{list}");
+    }
+    let eps = all_endpoints(&cluster);
+    let status = ok(&eps, &["endpoint", "status", "-w", "json"]);
+    let v: serde_json::Value = serde_json::from_str(status.trim()).expect("json");
+    let rows = v.as_array().expect("one row per endpoint");
+    assert_eq!(rows.len(), 3);
+    let leaders: Vec<u64> = rows
+        .iter()
+        .map(|r| r["Status"]["leader"].as_u64().expect("leader"))
+        .collect();
+    assert!(leaders.iter().all(|l| *l == leaders[0] && *l != 0), "{status}");
+    // etcdctl 3.4 prints health lines on stderr.
+    let (success, out, err) = ctl(&eps, &["endpoint", "health"], None);
+    assert!(success, "endpoint health failed: {out}{err}");
+    let health = format!("{out}{err}");
+    assert_eq!(
+        health.matches("is healthy: successfully committed proposal").count(),
+        3,
+        "{health}"
+    );
+}
+
+#[test]
+fn etcdctl_writes_sent_to_followers_are_forwarded_to_the_leader() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    for i in (0..3).filter(|&i| i != leader) {
+        let ep = endpoint(&cluster, i);
+        let key = format!("via/{i}");
+        assert_eq!(ok(&ep, &["put", &key, "v"]), "OK\n");
+        let txn = format!("create(\"{key}\") > \"0\"\n\nput {key} w\n\n\n");
+        let (success, out, err) = ctl(&ep, &["txn"], Some(&txn));
+        assert!(success, "txn via follower failed: {err}");
+        assert_eq!(out, "SUCCESS\n\nOK\n");
+        // Linearizable read on the same follower sees the forwarded write.
+        assert_eq!(ok(&ep, &["get", &key]), format!("{key}\nw\n"));
+    }
+    let ep = endpoint(&cluster, (leader + 1) % 3);
+    assert_eq!(ok(&ep, &["del", "via/", "--prefix"]), "2\n");
+    // The TCP protocol keeps its redirect contract on followers.
+    let mut c = cluster.nodes[(leader + 1) % 3].client();
+    let reply = c.cmd("SET k v").expect("reply");
+    assert!(reply.starts_with("ERR NOT_LEADER "), "{reply}");
+}

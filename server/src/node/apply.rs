@@ -115,6 +115,7 @@ impl Runtime {
                 ReadAnswer::Range(kvs, more)
             }
             ReadQuery::Etcd(req) => ReadAnswer::Etcd(self.sm.kv().range(&req)),
+            ReadQuery::EtcdStats => ReadAnswer::EtcdStats(self.sm.kv().stats()),
         };
         let term = self.raw.status().term;
         let _ = read.reply.send(Ok(ReadResult {

@@ -48,7 +48,9 @@ pub enum NodeError {
     Mvcc(MvccError),
 }
 
-pub use crate::storage::mvcc::{MvccError, RangeRequest, RangeResponse, TxnRequest, TxnResponse};
+pub use crate::storage::mvcc::{
+    HistoryStats, MvccError, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
 
 /// What an etcd `ResponseHeader` carries, filled in by the runtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -142,6 +144,8 @@ pub enum ReadQuery {
     },
     /// An etcd range.
     Etcd(Box<RangeRequest>),
+    /// The MVCC store's history statistics (etcd's Maintenance.Status).
+    EtcdStats,
 }
 
 /// The answer to a [`ReadQuery`].
@@ -153,6 +157,8 @@ pub enum ReadAnswer {
     Range(Vec<KvEntry>, bool),
     /// Result of [`ReadQuery::Etcd`].
     Etcd(Result<RangeResponse, MvccError>),
+    /// Result of [`ReadQuery::EtcdStats`].
+    EtcdStats(HistoryStats),
 }
 
 /// A read result with the applied index it was served at.

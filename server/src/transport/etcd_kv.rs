@@ -3,6 +3,7 @@
 //! one Raft entry carrying a whole txn (etcd's Put and DeleteRange are
 //! one-op txns), applied atomically. Range is linearizable (ReadIndex)
 //! unless `serializable`. Errors carry etcd's gRPC codes and messages.
+//! A follower forwards writes to the leader (`etcd_forward`).
 
 use tonic::{Request, Response, Status};
 
@@ -10,9 +11,10 @@ use titan_proto::etcdserverpb as pb;
 use titan_proto::etcdserverpb::kv_server::Kv;
 
 use super::etcd_convert as conv;
+use super::etcd_forward::{FORWARDED_HEADER, Forwarder, UNKNOWN_OUTCOME};
 use super::status_from_error;
 use crate::node::{
-    Header, MvccError, NodeHandle, ReadAnswer, ReadQuery, TxnRequest, TxnResponse, WriteOp,
+    Header, MvccError, NodeError, NodeHandle, ReadAnswer, ReadQuery, TxnRequest, TxnResponse, WriteOp,
 };
 use crate::storage::mvcc::{RequestOp, ResponseOp};
 
@@ -37,16 +39,44 @@ pub fn status_from_mvcc(e: MvccError) -> Status {
     }
 }
 
+/// Local node errors as etcd clients expect them.
+pub fn etcd_status(e: NodeError) -> Status {
+    match e {
+        // Refused before it was proposed: safe to retry.
+        NodeError::NotLeader { .. } => Status::unavailable("etcdserver: leader changed"),
+        NodeError::Unavailable(m) if m.contains("outcome unknown") => {
+            Status::deadline_exceeded(UNKNOWN_OUTCOME)
+        }
+        other => status_from_error(other),
+    }
+}
+
 /// Implements `etcdserverpb.KV`.
 pub struct EtcdKvService {
     /// The local node.
     node: NodeHandle,
+    /// Followers send writes to the leader through this.
+    fwd: Forwarder,
 }
 
 impl EtcdKvService {
     /// Serves `node`.
     pub fn new(node: NodeHandle) -> Self {
-        EtcdKvService { node }
+        EtcdKvService {
+            node,
+            fwd: Forwarder::default(),
+        }
+    }
+
+    /// The leader's gRPC address when this node is a follower that knows
+    /// its leader and the request was not forwarded already.
+    fn forward_to<T>(&self, req: &Request<T>) -> Option<String> {
+        if req.metadata().contains_key(FORWARDED_HEADER) {
+            return None;
+        }
+        let view = self.node.leader_view();
+        let addr = view.leader.map(|m| m.grpc_addr).unwrap_or_default();
+        (!view.is_self && view.leader_id != 0 && !addr.is_empty()).then_some(addr)
     }
 
     /// Proposes `txn` and returns the applied response with its header.
@@ -56,7 +86,7 @@ impl EtcdKvService {
             .node
             .write(WriteOp::Txn(Box::new(txn)))
             .await
-            .map_err(status_from_error)?;
+            .map_err(etcd_status)?;
         let resp = w
             .txn
             .ok_or_else(|| Status::internal("txn applied without a response"))?;
@@ -86,7 +116,7 @@ impl Kv for EtcdKvService {
             .node
             .read(query, linearizable)
             .await
-            .map_err(status_from_error)?;
+            .map_err(etcd_status)?;
         match res.answer {
             ReadAnswer::Etcd(Ok(rr)) => Ok(Response::new(conv::range_to_pb(rr, &res.header))),
             ReadAnswer::Etcd(Err(e)) => Err(status_from_mvcc(e)),
@@ -95,6 +125,9 @@ impl Kv for EtcdKvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        if let Some(leader) = self.forward_to(&req) {
+            return self.fwd.put(&leader, req.into_inner()).await.map(Response::new);
+        }
         let p = conv::put_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::Put(p))).await?;
         match only_response(resp)? {
@@ -110,6 +143,10 @@ impl Kv for EtcdKvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        if let Some(leader) = self.forward_to(&req) {
+            let r = req.into_inner();
+            return self.fwd.delete_range(&leader, r).await.map(Response::new);
+        }
         let d = conv::delete_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::DeleteRange(d))).await?;
         match only_response(resp)? {
@@ -123,6 +160,9 @@ impl Kv for EtcdKvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        if let Some(leader) = self.forward_to(&req) {
+            return self.fwd.txn(&leader, req.into_inner()).await.map(Response::new);
+        }
         let txn = conv::txn_from_pb(req.into_inner(), 0)?;
         let (resp, header) = self.write_txn(txn).await?;
         Ok(Response::new(conv::txn_to_pb(resp, &header)))
@@ -132,12 +172,15 @@ impl Kv for EtcdKvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
+        if let Some(leader) = self.forward_to(&req) {
+            return self.fwd.compact(&leader, req.into_inner()).await.map(Response::new);
+        }
         let rev = req.into_inner().revision;
         let w = self
             .node
             .write(WriteOp::Compact(rev))
             .await
-            .map_err(status_from_error)?;
+            .map_err(etcd_status)?;
         Ok(Response::new(pb::CompactionResponse {
             header: Some(conv::header_to_pb(&w.header)),
         }))

@@ -7,7 +7,9 @@
 
 pub mod admin_service;
 pub mod convert;
+pub mod etcd_cluster;
 pub mod etcd_convert;
+pub mod etcd_forward;
 pub mod etcd_kv;
 pub mod kv_service;
 pub mod peer;
@@ -23,7 +25,9 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use titan_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use titan_proto::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use titan_proto::v1::admin_server::AdminServer;
 use titan_proto::v1::kv_server::KvServer;
 use titan_proto::v1::raft_server::RaftServer;
@@ -110,9 +114,15 @@ pub async fn serve_grpc(
             metrics,
         )))
         .add_service(
-            EtcdKvServer::new(etcd_kv::EtcdKvService::new(node))
+            EtcdKvServer::new(etcd_kv::EtcdKvService::new(node.clone()))
                 .max_decoding_message_size(etcd_kv::MAX_GRPC_MESSAGE_BYTES),
         )
+        .add_service(EtcdClusterServer::new(etcd_cluster::EtcdClusterService::new(
+            node.clone(),
+        )))
+        .add_service(EtcdMaintenanceServer::new(
+            etcd_cluster::EtcdClusterService::new(node),
+        ))
         .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }
