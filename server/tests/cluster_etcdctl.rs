@@ -185,13 +185,18 @@ fn etcdctl_member_list_and_endpoint_status_and_health_show_every_member() {
         .iter()
         .map(|r| r["Status"]["leader"].as_u64().expect("leader"))
         .collect();
-    assert!(leaders.iter().all(|l| *l == leaders[0] && *l != 0), "{status}");
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0] && *l != 0),
+        "{status}"
+    );
     // etcdctl 3.4 prints health lines on stderr.
     let (success, out, err) = ctl(&eps, &["endpoint", "health"], None);
     assert!(success, "endpoint health failed: {out}{err}");
     let health = format!("{out}{err}");
     assert_eq!(
-        health.matches("is healthy: successfully committed proposal").count(),
+        health
+            .matches("is healthy: successfully committed proposal")
+            .count(),
         3,
         "{health}"
     );

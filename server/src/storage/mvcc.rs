@@ -479,7 +479,11 @@ impl MvccStore {
             return Err(MvccError::TxnTooDeep);
         }
         let succeeded = req.compare.iter().all(|c| self.compare_holds(c));
-        let ops = if succeeded { &req.success } else { &req.failure };
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             responses.push(self.run_op(op, rev, wrote, depth)?);

@@ -426,11 +426,7 @@ pub fn read_revisions<R: Read>(r: &mut R) -> io::Result<(i64, i64)> {
 }
 
 /// Writes one key's history; returns the bytes written.
-pub fn write_history<W: Write>(
-    w: &mut W,
-    key: &[u8],
-    history: &Vector<Record>,
-) -> io::Result<u64> {
+pub fn write_history<W: Write>(w: &mut W, key: &[u8], history: &Vector<Record>) -> io::Result<u64> {
     w.write_all(&(key.len() as u32).to_le_bytes())?;
     w.write_all(key)?;
     w.write_all(&(history.len() as u32).to_le_bytes())?;

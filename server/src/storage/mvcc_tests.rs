@@ -88,7 +88,11 @@ fn a_key_recreated_after_delete_starts_a_new_generation() {
 #[test]
 fn reads_at_past_revisions_see_old_values_and_tombstones() {
     let mut s = MvccStore::new();
-    for ops in [vec![put("k", "v1")], vec![put("k", "v2")], vec![del("k", "")]] {
+    for ops in [
+        vec![put("k", "v1")],
+        vec![put("k", "v2")],
+        vec![del("k", "")],
+    ] {
         s.txn(&txn(ops)).expect("txn");
     }
     // (revision, expected value)
@@ -117,8 +121,15 @@ fn compaction_drops_older_revisions_and_keeps_reads_at_or_after_it() {
     assert_eq!(s.stats().history_records, 3);
     s.compact(6).expect("compact");
     assert_eq!(get_at(&s, "k", 3), Err(MvccError::Compacted));
-    assert_eq!(value(&get_at(&s, "k", 6).expect("read")).as_deref(), Some("3"));
-    assert_eq!(s.stats().indexed_keys, 1, "a tombstone below the point goes");
+    assert_eq!(
+        value(&get_at(&s, "k", 6).expect("read")).as_deref(),
+        Some("3")
+    );
+    assert_eq!(
+        s.stats().indexed_keys,
+        1,
+        "a tombstone below the point goes"
+    );
     assert_eq!(s.stats().history_records, 0);
     // (compact to, expected result)
     let table = [
@@ -146,9 +157,20 @@ fn range_options_follow_etcd_semantics() {
     // (request, keys, more, count)
     let table: Vec<(RangeRequest, Vec<&str>, bool, i64)> = vec![
         (base.clone(), vec!["a", "b", "c"], false, 3),
-        (RangeRequest { limit: 2, ..base.clone() }, vec!["a", "b"], true, 3),
         (
-            RangeRequest { range_end: vec![0], ..base.clone() },
+            RangeRequest {
+                limit: 2,
+                ..base.clone()
+            },
+            vec!["a", "b"],
+            true,
+            3,
+        ),
+        (
+            RangeRequest {
+                range_end: vec![0],
+                ..base.clone()
+            },
             vec!["a", "b", "c", "d"],
             false,
             4,
@@ -164,32 +186,74 @@ fn range_options_follow_etcd_semantics() {
             3,
         ),
         (
-            RangeRequest { sort_target: SortTarget::Value, ..base.clone() },
+            RangeRequest {
+                sort_target: SortTarget::Value,
+                ..base.clone()
+            },
             vec!["c", "a", "b"],
             false,
             3,
         ),
         (
-            RangeRequest { min_mod_revision: 4, ..base.clone() },
+            RangeRequest {
+                min_mod_revision: 4,
+                ..base.clone()
+            },
             vec!["b", "c"],
             false,
             3,
         ),
         (
-            RangeRequest { max_create_revision: 3, ..base.clone() },
+            RangeRequest {
+                max_create_revision: 3,
+                ..base.clone()
+            },
             vec!["a", "b"],
             false,
             3,
         ),
-        (RangeRequest { count_only: true, ..base.clone() }, vec![], false, 3),
-        (RangeRequest { range_end: b"a".to_vec(), ..base.clone() }, vec![], false, 0),
-        (RangeRequest { revision: 3, ..base.clone() }, vec!["a", "b"], false, 2),
+        (
+            RangeRequest {
+                count_only: true,
+                ..base.clone()
+            },
+            vec![],
+            false,
+            3,
+        ),
+        (
+            RangeRequest {
+                range_end: b"a".to_vec(),
+                ..base.clone()
+            },
+            vec![],
+            false,
+            0,
+        ),
+        (
+            RangeRequest {
+                revision: 3,
+                ..base.clone()
+            },
+            vec!["a", "b"],
+            false,
+            2,
+        ),
     ];
     for (i, (req, want, more, count)) in table.into_iter().enumerate() {
         let r = s.range(&req).expect("range");
-        assert_eq!((keys(&r), r.more, r.count), (want.iter().map(|k| k.to_string()).collect(), more, count), "row {i}");
+        assert_eq!(
+            (keys(&r), r.more, r.count),
+            (want.iter().map(|k| k.to_string()).collect(), more, count),
+            "row {i}"
+        );
     }
-    let r = s.range(&RangeRequest { keys_only: true, ..base }).expect("range");
+    let r = s
+        .range(&RangeRequest {
+            keys_only: true,
+            ..base
+        })
+        .expect("range");
     assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
 }
 
@@ -229,7 +293,11 @@ fn txn_compares_pick_the_branch_with_missing_keys_as_zero() {
         };
         let r = s.txn(&t).expect("txn");
         assert_eq!(r.succeeded, want, "row {i}");
-        assert_eq!(r.responses.len(), usize::from(want), "row {i}: only the chosen branch runs");
+        assert_eq!(
+            r.responses.len(),
+            usize::from(want),
+            "row {i}: only the chosen branch runs"
+        );
     }
 }
 
@@ -265,7 +333,10 @@ fn reads_inside_a_txn_see_its_earlier_writes_and_put_returns_prev_kv() {
     let ResponseOp::Put(p) = &r.responses[0] else {
         panic!("put response expected");
     };
-    assert_eq!(p.prev_kv.as_ref().map(|kv| &kv.value[..]), Some(&b"old"[..]));
+    assert_eq!(
+        p.prev_kv.as_ref().map(|kv| &kv.value[..]),
+        Some(&b"old"[..])
+    );
     let ResponseOp::Range(rr) = &r.responses[1] else {
         panic!("range response expected");
     };
@@ -478,6 +549,11 @@ fn snapshot_restores_revision_compaction_point_and_every_history_record() {
     let a: Vec<_> = kv.histories().collect();
     let b: Vec<_> = restored.histories().collect();
     assert_eq!(a, b);
-    assert_eq!(get_at(restored, "a", 3).expect("read at 3").map(|kv| kv.version), Some(2));
+    assert_eq!(
+        get_at(restored, "a", 3)
+            .expect("read at 3")
+            .map(|kv| kv.version),
+        Some(2)
+    );
     assert_eq!(get_at(restored, "a", 2), Err(MvccError::Compacted));
 }

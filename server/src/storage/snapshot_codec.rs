@@ -357,7 +357,9 @@ where
             return Err(SnapshotDecodeError::Malformed("keys out of order".into()));
         }
         if history.last().is_some_and(|h| h.mod_revision > rev) {
-            return Err(SnapshotDecodeError::Malformed("record after the store revision".into()));
+            return Err(SnapshotDecodeError::Malformed(
+                "record after the store revision".into(),
+            ));
         }
         prev = Some(key.clone());
         sink(BodyItem::Key(key, history));

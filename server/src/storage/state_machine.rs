@@ -290,7 +290,9 @@ impl StateMachine {
             ..RangeRequest::default()
         };
         let kvs = self.kv.range(&req).map(|r| r.kvs).unwrap_or_default();
-        kvs.into_iter().map(|kv| (kv.key.clone(), versioned(kv))).collect()
+        kvs.into_iter()
+            .map(|kv| (kv.key.clone(), versioned(kv)))
+            .collect()
     }
 
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
@@ -301,7 +303,9 @@ impl StateMachine {
 
     /// Iterates every live pair in key order.
     pub fn iter(&self) -> impl Iterator<Item = (Arc<[u8]>, Versioned)> + '_ {
-        self.kv.iter_live().map(|kv| (kv.key.clone(), versioned(kv)))
+        self.kv
+            .iter_live()
+            .map(|kv| (kv.key.clone(), versioned(kv)))
     }
 
     /// Number of keys in the MVCC index (live or with history).
@@ -468,7 +472,11 @@ mod tests {
         for (i, (cmd, expected)) in table.into_iter().enumerate() {
             let index = i as u64 + 1;
             let got = write(sm.apply(&normal(index, cmd)));
-            assert_eq!((got.succeeded, got.version, got.existed), expected, "row {i}");
+            assert_eq!(
+                (got.succeeded, got.version, got.existed),
+                expected,
+                "row {i}"
+            );
         }
         assert_eq!(sm.kv().revision(), 5);
         assert!(sm.get(b"a").is_none());

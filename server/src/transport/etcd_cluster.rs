@@ -88,7 +88,9 @@ async fn member_list_from(leader_grpc: &str) -> Result<pb::MemberListResponse, S
         .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
     let mut client = ClusterClient::new(endpoint.connect_lazy());
     client
-        .member_list(pb::MemberListRequest { linearizable: false })
+        .member_list(pb::MemberListRequest {
+            linearizable: false,
+        })
         .await
         .map(|r| r.into_inner())
 }
@@ -205,7 +207,8 @@ impl Maintenance for EtcdClusterService {
         unimplemented("HashKV")
     }
 
-    type SnapshotStream = tokio_stream::wrappers::ReceiverStream<Result<pb::SnapshotResponse, Status>>;
+    type SnapshotStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::SnapshotResponse, Status>>;
 
     async fn snapshot(
         &self,

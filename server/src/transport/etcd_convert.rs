@@ -12,9 +12,9 @@ use super::etcd_kv::{MAX_REQUEST_BYTES, MAX_TXN_OPS, request_too_large};
 use crate::node::Header;
 use crate::storage::Command;
 use crate::storage::mvcc::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, MAX_TXN_DEPTH,
-    MvccError, PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder,
-    SortTarget, TxnRequest, TxnResponse,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, MAX_TXN_DEPTH, MvccError,
+    PutRequest, RangeRequest, RangeResponse, RequestOp, ResponseOp, SortOrder, SortTarget,
+    TxnRequest, TxnResponse,
 };
 
 /// etcd refuses an empty key.
@@ -164,7 +164,11 @@ fn compare_from_pb(c: pb::Compare) -> Result<Compare, Status> {
         1 => CompareResult::Greater,
         2 => CompareResult::Less,
         3 => CompareResult::NotEqual,
-        _ => return Err(Status::invalid_argument("etcdserver: unknown compare result")),
+        _ => {
+            return Err(Status::invalid_argument(
+                "etcdserver: unknown compare result",
+            ));
+        }
     };
     let target = match (c.target, c.target_union) {
         (0, Some(U::Version(v))) => CompareTarget::Version(v),
@@ -277,13 +281,19 @@ mod tests {
             ..TxnRequest::default()
         };
         let e = check_txn(&dup).expect_err("duplicate");
-        assert_eq!(e.message(), "etcdserver: duplicate key given in txn request");
+        assert_eq!(
+            e.message(),
+            "etcdserver: duplicate key given in txn request"
+        );
         let many = TxnRequest {
             failure: (0..=MAX_TXN_OPS).map(|i| put_op(&i.to_string())).collect(),
             ..TxnRequest::default()
         };
         let e = check_txn(&many).expect_err("too many");
-        assert_eq!(e.message(), "etcdserver: too many operations in txn request");
+        assert_eq!(
+            e.message(),
+            "etcdserver: too many operations in txn request"
+        );
         let big = TxnRequest {
             success: vec![RequestOp::Put(PutRequest {
                 key: b"k".to_vec(),
@@ -306,7 +316,10 @@ mod tests {
         let e = put_from_pb(leased).expect_err("lease");
         assert_eq!(
             (e.code(), e.message()),
-            (tonic::Code::NotFound, "etcdserver: requested lease not found")
+            (
+                tonic::Code::NotFound,
+                "etcdserver: requested lease not found"
+            )
         );
         let e = put_from_pb(pb::PutRequest::default()).expect_err("empty key");
         assert_eq!(e.message(), "etcdserver: key is not provided");

@@ -37,8 +37,10 @@ pub const FORWARDED_HEADER: &str = "titan-forwarded";
 /// Wraps a forwarded message with [`FORWARDED_HEADER`].
 fn marked<T>(msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
-    req.metadata_mut()
-        .insert(FORWARDED_HEADER, tonic::metadata::MetadataValue::from_static("1"));
+    req.metadata_mut().insert(
+        FORWARDED_HEADER,
+        tonic::metadata::MetadataValue::from_static("1"),
+    );
     req
 }
 
@@ -102,7 +104,10 @@ impl Forwarder {
     /// Forwards a Put.
     pub async fn put(&self, leader: &str, r: pb::PutRequest) -> Result<pb::PutResponse, Status> {
         let mut c = self.client(leader).await?;
-        c.put(marked(r)).await.map(|r| r.into_inner()).map_err(forwarded_error)
+        c.put(marked(r))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(forwarded_error)
     }
 
     /// Forwards a DeleteRange.
@@ -121,7 +126,10 @@ impl Forwarder {
     /// Forwards a Txn.
     pub async fn txn(&self, leader: &str, r: pb::TxnRequest) -> Result<pb::TxnResponse, Status> {
         let mut c = self.client(leader).await?;
-        c.txn(marked(r)).await.map(|r| r.into_inner()).map_err(forwarded_error)
+        c.txn(marked(r))
+            .await
+            .map(|r| r.into_inner())
+            .map_err(forwarded_error)
     }
 
     /// Forwards a Compact.

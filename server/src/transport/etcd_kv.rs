@@ -14,7 +14,8 @@ use super::etcd_convert as conv;
 use super::etcd_forward::{FORWARDED_HEADER, Forwarder, UNKNOWN_OUTCOME};
 use super::status_from_error;
 use crate::node::{
-    Header, MvccError, NodeError, NodeHandle, ReadAnswer, ReadQuery, TxnRequest, TxnResponse, WriteOp,
+    Header, MvccError, NodeError, NodeHandle, ReadAnswer, ReadQuery, TxnRequest, TxnResponse,
+    WriteOp,
 };
 use crate::storage::mvcc::{RequestOp, ResponseOp};
 
@@ -126,7 +127,11 @@ impl Kv for EtcdKvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            return self.fwd.put(&leader, req.into_inner()).await.map(Response::new);
+            return self
+                .fwd
+                .put(&leader, req.into_inner())
+                .await
+                .map(Response::new);
         }
         let p = conv::put_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::Put(p))).await?;
@@ -161,7 +166,11 @@ impl Kv for EtcdKvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            return self.fwd.txn(&leader, req.into_inner()).await.map(Response::new);
+            return self
+                .fwd
+                .txn(&leader, req.into_inner())
+                .await
+                .map(Response::new);
         }
         let txn = conv::txn_from_pb(req.into_inner(), 0)?;
         let (resp, header) = self.write_txn(txn).await?;
@@ -173,7 +182,11 @@ impl Kv for EtcdKvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            return self.fwd.compact(&leader, req.into_inner()).await.map(Response::new);
+            return self
+                .fwd
+                .compact(&leader, req.into_inner())
+                .await
+                .map(Response::new);
         }
         let rev = req.into_inner().revision;
         let w = self

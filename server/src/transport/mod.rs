@@ -117,9 +117,9 @@ pub async fn serve_grpc(
             EtcdKvServer::new(etcd_kv::EtcdKvService::new(node.clone()))
                 .max_decoding_message_size(etcd_kv::MAX_GRPC_MESSAGE_BYTES),
         )
-        .add_service(EtcdClusterServer::new(etcd_cluster::EtcdClusterService::new(
-            node.clone(),
-        )))
+        .add_service(EtcdClusterServer::new(
+            etcd_cluster::EtcdClusterService::new(node.clone()),
+        ))
         .add_service(EtcdMaintenanceServer::new(
             etcd_cluster::EtcdClusterService::new(node),
         ))

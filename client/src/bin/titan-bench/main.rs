@@ -9,7 +9,6 @@ mod tcp;
 mod workload;
 mod zipf;
 
-
 use clap::{Parser, ValueEnum};
 use conn::Target;
 use std::process::ExitCode;
