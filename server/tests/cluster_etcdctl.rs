@@ -227,3 +227,56 @@ fn etcdctl_writes_sent_to_followers_are_forwarded_to_the_leader() {
     let reply = c.cmd("SET k v").expect("reply");
     assert!(reply.starts_with("ERR NOT_LEADER "), "{reply}");
 }
+
+#[test]
+fn etcdctl_watch_on_a_follower_replays_from_a_past_revision_then_follows_live_writes() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    let lep = endpoint(&cluster, leader);
+    let first = json_revision(&ok(&lep, &["put", "w/a", "1", "-w", "json"]));
+    ok(&lep, &["put", "w/b", "2"]);
+    ok(&lep, &["del", "w/a"]);
+    let fep = endpoint(&cluster, (leader + 1) % 3);
+    let mut watch = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={fep}"))
+        .args(["watch", "--prefix", "w/", "--rev", &first.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn etcdctl watch");
+    let stdout = watch.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    let mut take = |n: usize| {
+        while lines.len() < n {
+            let line = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("watch output");
+            lines.push(line);
+        }
+    };
+    take(9);
+    ok(&lep, &["put", "w/c", "3"]);
+    take(12);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let want = [
+        "PUT", "w/a", "1", "PUT", "w/b", "2", "DELETE", "w/a", "", "PUT", "w/c", "3",
+    ];
+    assert_eq!(lines, want);
+}

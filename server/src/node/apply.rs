@@ -116,6 +116,11 @@ impl Runtime {
             }
             ReadQuery::Etcd(req) => ReadAnswer::Etcd(self.sm.kv().range(&req)),
             ReadQuery::EtcdStats => ReadAnswer::EtcdStats(self.sm.kv().stats()),
+            ReadQuery::EtcdEvents(q) => {
+                let kv = self.sm.kv();
+                let batch = kv.events(&q.key, &q.range_end, q.from, q.prev_kv, q.max_events);
+                ReadAnswer::EtcdEvents(batch, kv.compact_revision())
+            }
         };
         let term = self.raw.status().term;
         let _ = read.reply.send(Ok(ReadResult {

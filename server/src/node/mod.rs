@@ -49,7 +49,8 @@ pub enum NodeError {
 }
 
 pub use crate::storage::mvcc::{
-    HistoryStats, MvccError, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+    Event, EventBatch, HistoryStats, MvccError, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
 };
 
 /// What an etcd `ResponseHeader` carries, filled in by the runtime.
@@ -146,6 +147,23 @@ pub enum ReadQuery {
     Etcd(Box<RangeRequest>),
     /// The MVCC store's history statistics (etcd's Maintenance.Status).
     EtcdStats,
+    /// Watch events of a range from a revision on (always local).
+    EtcdEvents(Box<EventsQuery>),
+}
+
+/// What a watcher polls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// First key.
+    pub key: Vec<u8>,
+    /// Range end (etcd encoding).
+    pub range_end: Vec<u8>,
+    /// First revision wanted.
+    pub from: i64,
+    /// Include the previous pair.
+    pub prev_kv: bool,
+    /// Stop after the revision where this many events are reached.
+    pub max_events: usize,
 }
 
 /// The answer to a [`ReadQuery`].
@@ -159,6 +177,8 @@ pub enum ReadAnswer {
     Etcd(Result<RangeResponse, MvccError>),
     /// Result of [`ReadQuery::EtcdStats`].
     EtcdStats(HistoryStats),
+    /// Result of [`ReadQuery::EtcdEvents`], with the compaction point.
+    EtcdEvents(Result<EventBatch, MvccError>, i64),
 }
 
 /// A read result with the applied index it was served at.

@@ -292,6 +292,27 @@ pub struct TxnResponse {
     pub responses: Vec<ResponseOp>,
 }
 
+/// One change to a key, as a watcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Whether the key was put (`false`: deleted).
+    pub is_put: bool,
+    /// After a put: the new pair. After a delete: the key with the
+    /// deletion's mod_revision (other fields zero).
+    pub kv: KeyValue,
+    /// The pair before the change, when asked for and still in history.
+    pub prev_kv: Option<KeyValue>,
+}
+
+/// Events of a range from a revision on, for watchers.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventBatch {
+    /// Events in revision order (key order within a revision).
+    pub events: Vec<Event>,
+    /// Every event up to this revision is in `events` (or there was none).
+    pub complete_through: i64,
+}
+
 /// What the store holds besides live keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HistoryStats {
@@ -659,6 +680,39 @@ impl MvccStore {
         }
     }
 
+    /// The events of `[key, range_end)` with `from ≤ revision`, whole
+    /// revisions only, stopping after the revision where `max_events` is
+    /// reached. `from` below the compaction point is [`MvccError::Compacted`].
+    pub fn events(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        prev_kv: bool,
+        max_events: usize,
+    ) -> Result<EventBatch, MvccError> {
+        if from < self.compact_revision {
+            return Err(MvccError::Compacted);
+        }
+        let mut events = Vec::new();
+        let range = (!empty_bounds(key, range_end))
+            .then(|| self.index.range::<_, [u8]>(bounds(key, range_end)));
+        for (k, history) in range.into_iter().flatten() {
+            collect_events(k, history, from, prev_kv, &mut events);
+        }
+        events.sort_by(|a, b| (a.kv.mod_revision, &a.kv.key).cmp(&(b.kv.mod_revision, &b.kv.key)));
+        let mut complete_through = self.revision;
+        if events.len() > max_events {
+            let cut_rev = events[max_events - 1].kv.mod_revision;
+            events.retain(|e| e.kv.mod_revision <= cut_rev);
+            complete_through = cut_rev;
+        }
+        Ok(EventBatch {
+            events,
+            complete_through,
+        })
+    }
+
     /// Restores a store from snapshot parts (see `mvcc_codec`).
     pub(crate) fn from_parts(revision: i64, compact_revision: i64) -> Self {
         MvccStore {
@@ -681,6 +735,40 @@ impl MvccStore {
             .map(|r| r.live.as_ref().map_or(0, |l| l.value.len() as u64))
             .sum::<u64>();
         self.index.insert(key, history);
+    }
+}
+
+fn collect_events(
+    key: &Arc<[u8]>,
+    history: &Vector<Record>,
+    from: i64,
+    want_prev: bool,
+    out: &mut Vec<Event>,
+) {
+    let mut prev: Option<&Record> = None;
+    for rec in history {
+        if rec.mod_revision >= from {
+            let prev_kv = prev
+                .filter(|_| want_prev)
+                .and_then(|p| p.live.as_ref().map(|l| to_kv(key, p.mod_revision, l)));
+            let kv = match &rec.live {
+                Some(l) => to_kv(key, rec.mod_revision, l),
+                None => KeyValue {
+                    key: key.clone(),
+                    value: Arc::from(Vec::new()),
+                    create_revision: 0,
+                    mod_revision: rec.mod_revision,
+                    version: 0,
+                    lease: 0,
+                },
+            };
+            out.push(Event {
+                is_put: rec.live.is_some(),
+                kv,
+                prev_kv,
+            });
+        }
+        prev = Some(rec);
     }
 }
 

@@ -557,3 +557,50 @@ fn snapshot_restores_revision_compaction_point_and_every_history_record() {
     );
     assert_eq!(get_at(restored, "a", 2), Err(MvccError::Compacted));
 }
+
+#[test]
+fn events_replay_history_in_revision_order_with_prev_kv_and_whole_revisions() {
+    let mut s = MvccStore::new();
+    for ops in [
+        vec![put("w/a", "1")],
+        vec![put("w/b", "1"), put("w/a", "2")],
+        vec![del("w/a", "")],
+        vec![put("other", "x")],
+    ] {
+        s.txn(&txn(ops)).expect("txn");
+    }
+    let batch = s.events(b"w/", b"w0", 2, true, 100).expect("events");
+    let got: Vec<(bool, String, i64, Option<String>)> = batch
+        .events
+        .iter()
+        .map(|e| {
+            let prev = e
+                .prev_kv
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(&p.value).into_owned());
+            (
+                e.is_put,
+                String::from_utf8_lossy(&e.kv.key).into_owned(),
+                e.kv.mod_revision,
+                prev,
+            )
+        })
+        .collect();
+    let want = vec![
+        (true, "w/a".to_string(), 2, None),
+        (true, "w/a".to_string(), 3, Some("1".to_string())),
+        (true, "w/b".to_string(), 3, None),
+        (false, "w/a".to_string(), 4, Some("2".to_string())),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(batch.complete_through, 5);
+    // A limit never splits a revision.
+    let cut = s.events(b"w/", b"w0", 2, false, 2).expect("events");
+    assert_eq!(cut.events.len(), 3);
+    assert_eq!(cut.complete_through, 3);
+    s.compact(4).expect("compact");
+    assert_eq!(
+        s.events(b"w/", b"w0", 3, false, 10),
+        Err(MvccError::Compacted)
+    );
+}

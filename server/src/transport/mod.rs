@@ -11,6 +11,7 @@ pub mod etcd_cluster;
 pub mod etcd_convert;
 pub mod etcd_forward;
 pub mod etcd_kv;
+pub mod etcd_watch;
 pub mod kv_service;
 pub mod peer;
 pub mod raft_service;
@@ -28,6 +29,7 @@ use tonic::transport::server::TcpIncoming;
 use titan_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
 use titan_proto::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
+use titan_proto::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use titan_proto::v1::admin_server::AdminServer;
 use titan_proto::v1::kv_server::KvServer;
 use titan_proto::v1::raft_server::RaftServer;
@@ -121,8 +123,11 @@ pub async fn serve_grpc(
             etcd_cluster::EtcdClusterService::new(node.clone()),
         ))
         .add_service(EtcdMaintenanceServer::new(
-            etcd_cluster::EtcdClusterService::new(node),
+            etcd_cluster::EtcdClusterService::new(node.clone()),
         ))
+        .add_service(EtcdWatchServer::new(etcd_watch::EtcdWatchService::new(
+            node,
+        )))
         .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }
