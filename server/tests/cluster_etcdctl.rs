@@ -280,3 +280,24 @@ fn etcdctl_watch_on_a_follower_replays_from_a_past_revision_then_follows_live_wr
     ];
     assert_eq!(lines, want);
 }
+
+#[test]
+fn etcdctl_watch_from_a_compacted_revision_is_canceled_with_the_compaction_error() {
+    if !etcdctl_available() {
+        return;
+    }
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    let ep = endpoint(&cluster, leader);
+    for v in ["1", "2", "3"] {
+        ok(&ep, &["put", "c/k", v]);
+    }
+    let rev = json_revision(&ok(&ep, &["get", "c/k", "-w", "json"]));
+    ok(&ep, &["compact", &rev.to_string()]);
+    let (success, out, err) = ctl(&ep, &["watch", "c/k", "--rev", "2"], None);
+    assert!(!success, "a compacted watch must fail: {out}");
+    assert!(
+        format!("{out}{err}").contains("required revision has been compacted"),
+        "{out}{err}"
+    );
+}
