@@ -122,7 +122,9 @@ impl Runtime {
                 ReadAnswer::EtcdEvents(batch, kv.compact_revision())
             }
         };
-        let term = self.raw.status().term;
+        // The etcd header's term; titan.v1/TCP reads do not pay for it.
+        let etcd = !matches!(answer, ReadAnswer::Get(_) | ReadAnswer::Range(..));
+        let term = if etcd { self.raw.status().term } else { 0 };
         let _ = read.reply.send(Ok(ReadResult {
             answer,
             read_index: read_index.max(self.applied),
