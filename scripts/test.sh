@@ -6,7 +6,8 @@
 # manifests up to date).
 #
 # It installs what it needs (cargo-nextest, helm, shellcheck, kube-apiserver +
-# etcd built from Debian's sources and cached under ~/.cache/titan-tools).
+# etcd built from Debian's sources and cached under ~/.cache/titan-tools,
+# Debian's etcd-client for the etcdctl tier).
 # Set TITAN_SKIP_APISERVER=1 to skip building the kube-apiserver (its tier
 # then reports itself skipped).
 set -euo pipefail
@@ -15,6 +16,15 @@ cd "$(dirname "$0")/.."
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "== installing cargo-nextest"
   cargo install cargo-nextest --locked
+fi
+
+# The etcdctl tier (server/tests/cluster_etcdctl.rs) runs Debian's etcdctl 3.4.
+if ! command -v etcdctl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing etcd-client (etcdctl)"
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq etcd-client
 fi
 
 if [ -x scripts/ci/tools.sh ]; then

@@ -255,7 +255,10 @@ fn run_node_ops(ops: Vec<NodeOp>) {
     use std::collections::BTreeMap;
     use titan_server::storage::boot;
     let dir = tempfile::tempdir().unwrap();
+    // key -> (value, version). A version is the key's MVCC mod_revision: the
+    // store starts at revision 1 and every put advances it by one.
     let mut model: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = BTreeMap::new();
+    let mut revision = 1u64;
     let mut node = boot(dir.path(), boot_opts()).unwrap();
     for op in ops {
         match op {
@@ -279,7 +282,8 @@ fn run_node_ops(ops: Vec<NodeOp>) {
                 };
                 node.wal.append(std::slice::from_ref(&e), Some(hs)).unwrap();
                 node.state_machine.apply(&e);
-                model.insert(vec![key], (vec![value], index));
+                revision += 1;
+                model.insert(vec![key], (vec![value], revision));
             }
             NodeOp::Snapshot => {
                 let index = node.state_machine.applied_index();

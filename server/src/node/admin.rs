@@ -123,10 +123,10 @@ impl Runtime {
     /// Members with voter flag and (on the leader) replication progress.
     pub(super) fn member_statuses(&self) -> Vec<MemberStatus> {
         let status = self.raw.status();
-        let dir = self.directory();
         let ids = status.conf.voters.iter().chain(status.conf.learners.iter());
         ids.map(|id| {
-            let member = dir.get(id).cloned().unwrap_or(Member {
+            // The directory entry plus the addresses the member advertised.
+            let member = self.member(*id).unwrap_or(Member {
                 id: *id,
                 ..Member::default()
             });

@@ -10,7 +10,8 @@ use super::reads::PendingRead;
 use super::runtime::{PendingWrite, Runtime};
 use super::store as adapter;
 use super::{
-    KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult, reason,
+    Header, KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult,
+    reason,
 };
 use crate::raft::{Entry, EntryKind, NodeId, RaftError};
 
@@ -57,7 +58,10 @@ impl Runtime {
         let index = e.index;
         let term = e.term;
         let kind = e.kind;
-        let outcome = adapter::apply(&mut self.sm, e);
+        let outcome = adapter::apply(&mut self.sm, e).map(|mut w| {
+            w.header = self.header(w.header.revision, term);
+            w
+        });
         self.applied = self.applied.max(index);
         if kind == EntryKind::ConfChange {
             self.sync_peers_from_directory();
@@ -71,7 +75,7 @@ impl Runtime {
             }
             let (at, w) = entry.remove_entry();
             let result = if at == index && w.term == term {
-                outcome.clone().map_err(NodeError::Invalid)
+                outcome.clone()
             } else {
                 Err(NodeError::unavailable(reason::OVERWRITTEN))
             };
@@ -110,11 +114,32 @@ impl Runtime {
                     adapter::range(&self.sm, &start, &end, (limit, max_bytes));
                 ReadAnswer::Range(kvs, more)
             }
+            ReadQuery::Etcd(req) => ReadAnswer::Etcd(self.sm.kv().range(&req)),
+            ReadQuery::EtcdStats => ReadAnswer::EtcdStats(self.sm.kv().stats()),
+            ReadQuery::EtcdEvents(q) => {
+                let kv = self.sm.kv();
+                let batch = kv.events(&q.key, &q.range_end, q.from, q.prev_kv, q.max_events);
+                ReadAnswer::EtcdEvents(batch, kv.compact_revision())
+            }
         };
+        // The etcd header's term; titan.v1/TCP reads do not pay for it.
+        let etcd = !matches!(answer, ReadAnswer::Get(_) | ReadAnswer::Range(..));
+        let term = if etcd { self.raw.status().term } else { 0 };
         let _ = read.reply.send(Ok(ReadResult {
             answer,
             read_index: read_index.max(self.applied),
+            header: self.header(self.sm.kv().revision(), term),
         }));
+    }
+
+    /// The etcd response header for a request answered now.
+    fn header(&self, revision: i64, raft_term: u64) -> Header {
+        Header {
+            cluster_id: super::cluster_id_u64(&self.identity.cluster_id),
+            member_id: self.identity.id,
+            revision,
+            raft_term,
+        }
     }
 
     /// The replicated member directory.

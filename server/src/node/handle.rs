@@ -329,7 +329,7 @@ pub fn get_result(res: ReadResult) -> Result<GetResult, NodeError> {
             value,
             read_index: res.read_index,
         }),
-        ReadAnswer::Range(..) => Err(NodeError::Unavailable("internal: wrong read answer".into())),
+        _ => Err(NodeError::Unavailable("internal: wrong read answer".into())),
     }
 }
 

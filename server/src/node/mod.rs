@@ -54,6 +54,9 @@ pub enum NodeError {
         /// The limit.
         max_bytes: usize,
     },
+    /// The MVCC store refused the request (compacted or future revision, ...).
+    #[error("{0}")]
+    Mvcc(MvccError),
 }
 
 impl NodeError {
@@ -102,6 +105,31 @@ pub mod reason {
     ];
 }
 
+pub use crate::storage::mvcc::{
+    Event, EventBatch, HistoryStats, MvccError, RangeRequest, RangeResponse, TxnRequest,
+    TxnResponse,
+};
+
+/// What an etcd `ResponseHeader` carries, filled in by the runtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Header {
+    /// The cluster id (a stable 64-bit hash of the cluster's id string).
+    pub cluster_id: u64,
+    /// This node's member id.
+    pub member_id: u64,
+    /// The store revision the request saw or produced.
+    pub revision: i64,
+    /// The Raft term when the request was answered.
+    pub raft_term: u64,
+}
+
+/// FNV-1a 64 of the cluster id string: etcd clients want a number.
+pub fn cluster_id_u64(cluster_id: &str) -> u64 {
+    cluster_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A compare-and-set precondition (the state machine's own type: a write
 /// carries it unchanged into the log).
 pub use crate::storage::Condition;
@@ -125,17 +153,26 @@ pub enum WriteOp {
         /// Precondition.
         cond: Condition,
     },
+    /// An etcd transaction (etcd's Put and DeleteRange travel as one too).
+    Txn(Box<TxnRequest>),
+    /// Compact the MVCC history up to a revision.
+    Compact(i64),
 }
 
 /// The applied result of a write.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteResult {
     /// False only when a condition failed (nothing was written).
     pub succeeded: bool,
-    /// New version on success, current version on a failed condition.
+    /// New version (mod_revision) on success, current version on a failed
+    /// condition (Put/Delete).
     pub version: u64,
-    /// Whether the key existed before.
+    /// Whether the key existed before (Put/Delete).
     pub existed: bool,
+    /// etcd response header.
+    pub header: Header,
+    /// The etcd response ([`WriteOp::Txn`] only).
+    pub txn: Option<Box<TxnResponse>>,
 }
 
 /// One key with its value and version.
@@ -145,7 +182,7 @@ pub struct KvEntry {
     pub key: Bytes,
     /// Value bytes.
     pub value: Bytes,
-    /// Log index of the key's last write.
+    /// The key's mod_revision (revision of its last write).
     pub version: u64,
 }
 
@@ -167,6 +204,27 @@ pub enum ReadQuery {
         /// Byte budget of one answer.
         max_bytes: usize,
     },
+    /// An etcd range.
+    Etcd(Box<RangeRequest>),
+    /// The MVCC store's history statistics (etcd's Maintenance.Status).
+    EtcdStats,
+    /// Watch events of a range from a revision on (always local).
+    EtcdEvents(Box<EventsQuery>),
+}
+
+/// What a watcher polls for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsQuery {
+    /// First key.
+    pub key: Vec<u8>,
+    /// Range end (etcd encoding).
+    pub range_end: Vec<u8>,
+    /// First revision wanted.
+    pub from: i64,
+    /// Include the previous pair.
+    pub prev_kv: bool,
+    /// Stop after the revision where this many events are reached.
+    pub max_events: usize,
 }
 
 /// The answer to a [`ReadQuery`].
@@ -176,6 +234,12 @@ pub enum ReadAnswer {
     Get(Option<KvEntry>),
     /// Result of [`ReadQuery::Range`]: entries and whether more matched.
     Range(Vec<KvEntry>, bool),
+    /// Result of [`ReadQuery::Etcd`].
+    Etcd(Result<RangeResponse, MvccError>),
+    /// Result of [`ReadQuery::EtcdStats`].
+    EtcdStats(HistoryStats),
+    /// Result of [`ReadQuery::EtcdEvents`], with the compaction point.
+    EtcdEvents(Result<EventBatch, MvccError>, i64),
 }
 
 /// A read result with the applied index it was served at.
@@ -185,6 +249,8 @@ pub struct ReadResult {
     pub answer: ReadAnswer,
     /// Applied index at the time of the read.
     pub read_index: u64,
+    /// etcd response header.
+    pub header: Header,
 }
 
 /// A cluster member as recorded in the replicated member directory.

@@ -10,12 +10,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::{KvEntry, Member, SnapshotInfo, WriteOp, WriteResult};
+use super::{Header, KvEntry, Member, NodeError, SnapshotInfo, WriteOp, WriteResult};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::{Entry, NodeId, SnapshotMeta};
 use crate::storage::{
-    self, ApplyOutcome, BootOptions, Command, MemberInfo, SnapshotFile, SnapshotStore,
+    self, ApplyError, ApplyOutcome, BootOptions, Command, MemberInfo, SnapshotFile, SnapshotStore,
     StateMachine, Wal,
 };
 
@@ -55,23 +55,38 @@ pub fn encode_write(op: &WriteOp) -> Vec<u8> {
             key: key.to_vec(),
             cond: *cond,
         },
+        WriteOp::Txn(t) => return Command::encode_txn(t),
+        WriteOp::Compact(rev) => Command::Compact(*rev),
     };
     cmd.encode()
 }
 
-/// Applies one entry; for Normal entries returns the write's result.
-pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, String> {
+/// Applies one entry; for Normal entries returns the write's result (the
+/// caller fills in the header's cluster, member and term).
+pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, NodeError> {
+    let header = Header {
+        revision: sm.kv().revision(),
+        ..Header::default()
+    };
     match sm.apply(e) {
         ApplyOutcome::Write(w) => Ok(WriteResult {
             succeeded: w.succeeded,
             version: w.version,
             existed: w.existed,
+            header: Header {
+                revision: w.revision,
+                ..header
+            },
+            txn: w.txn,
         }),
-        ApplyOutcome::Rejected(err) => Err(err.to_string()),
+        ApplyOutcome::Rejected(ApplyError::Mvcc(err)) => Err(NodeError::Mvcc(err)),
+        ApplyOutcome::Rejected(err) => Err(NodeError::Invalid(err.to_string())),
         ApplyOutcome::Noop | ApplyOutcome::ConfChange(_) => Ok(WriteResult {
             succeeded: true,
             version: e.index,
             existed: false,
+            header,
+            txn: None,
         }),
     }
 }

@@ -4,7 +4,10 @@
 //! - [`wal_record`]: the WAL's byte layout (segment header, record frames).
 //! - [`wal_recovery`]: reading the WAL back, torn-tail versus corruption.
 //! - [`wal_fs`]: the file layer under the WAL (real files, or a power-loss simulator).
-//! - [`state_machine`]: the ordered key-value map Raft entries are applied to.
+//! - [`state_machine`]: what Raft entries are applied to: the MVCC store,
+//!   the member directory, the applied index.
+//! - [`mvcc`]: the MVCC store (revisions, key histories, compaction), pure.
+//! - [`mvcc_codec`]: the state machine's byte codecs (commands, key histories).
 //! - [`snapshot_codec`]: the snapshot file's byte layout, streamed both ways.
 //! - [`snapshot`]: the snapshot directory (atomic write, keep two, install).
 //! - [`mod@boot`]: startup: snapshot + WAL replay ([`boot()`]).
@@ -24,6 +27,8 @@
 
 pub mod boot;
 pub mod fsutil;
+pub mod mvcc;
+pub mod mvcc_codec;
 pub mod snapshot;
 pub mod snapshot_codec;
 pub mod state_machine;

@@ -7,7 +7,8 @@
 //!              | voters: n u32, n × id u64 | learners: n u32, n × id u64
 //!              | members: n u32, n × (id u64 | info_len u32 | MemberInfo)
 //!          | header_crc u32 (over everything before it)
-//! body:    key_count × (key_len u32 | key | value_len u32 | value | version u64),
+//! body:    the MVCC store (see `mvcc_codec`): revision i64 | compact_revision i64
+//!          | key_count × key history (every record since the compaction point),
 //!          keys strictly ascending
 //! trailer: body_crc u32 (over the body) | end magic "TSNPEND!"
 //! ```
@@ -20,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use super::state_machine::{DecodeError, MemberInfo, StateMachine, Versioned};
+use super::mvcc::{MvccStore, Record};
+use super::mvcc_codec::{self, HistoryDecodeError};
+use super::state_machine::{DecodeError, MemberInfo, StateMachine};
 use super::wal_record::ByteReader;
 use crate::raft::{ConfState, NodeId, SnapshotMeta};
 
@@ -28,8 +31,10 @@ use crate::raft::{ConfState, NodeId, SnapshotMeta};
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TITANSNP";
 /// Trailer magic, written last.
 pub const SNAPSHOT_END_MAGIC: &[u8; 8] = b"TSNPEND!";
-/// Format version written by this code.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// Format version written by this code. Version 1 (a plain key → value map,
+/// before MVCC) is refused: such a node restores from a newer snapshot or
+/// from the WAL, whose pre-MVCC entries still decode.
+pub const SNAPSHOT_VERSION: u32 = 2;
 
 /// Bounds applied while decoding untrusted snapshot bytes.
 #[derive(Debug, Clone, Copy)]
@@ -75,8 +80,10 @@ pub enum SnapshotDecodeError {
     /// Not a snapshot file.
     #[error("bad magic")]
     BadMagic,
-    /// A newer or unknown format.
-    #[error("unsupported snapshot format version {0}")]
+    /// A newer or unknown format (1 = the pre-MVCC map, no longer read).
+    #[error(
+        "unsupported snapshot format version {0} (this build reads version 2, the MVCC store; version 1 snapshots predate MVCC and are not migrated)"
+    )]
     UnsupportedVersion(u32),
     /// A length field exceeds its limit.
     #[error("{what} length {len} exceeds limit {max}")]
@@ -186,14 +193,11 @@ pub fn encode_snapshot<W: Write>(
         inner: &mut *w,
         hasher: crc32fast::Hasher::new(),
     };
+    let kv = sm.kv();
     let mut bytes = header.len() as u64;
-    for (key, v) in sm.iter() {
-        body.write_all(&(key.len() as u32).to_le_bytes())?;
-        body.write_all(key)?;
-        body.write_all(&(v.value.len() as u32).to_le_bytes())?;
-        body.write_all(&v.value)?;
-        body.write_all(&v.version.to_le_bytes())?;
-        bytes += 16 + key.len() as u64 + v.value.len() as u64;
+    bytes += mvcc_codec::write_revisions(&mut body, kv.revision(), kv.compact_revision())?;
+    for (key, history) in kv.histories() {
+        bytes += mvcc_codec::write_history(&mut body, key, history)?;
     }
     let crc = body.hasher.finalize();
     w.write_all(&crc.to_le_bytes())?;
@@ -289,15 +293,12 @@ pub fn decode_snapshot<R: Read>(
     r: &mut R,
     limits: &SnapshotLimits,
 ) -> Result<(SnapshotHeader, StateMachine), SnapshotDecodeError> {
-    let mut sm = None;
-    let header = decode_stream(r, limits, |header| {
-        let sm = sm.insert(StateMachine::at_snapshot(
-            header.meta.index,
-            header.members.clone(),
-        ));
-        move |key, value| sm.insert_loaded(key, value)
+    let mut kv = MvccStore::new();
+    let header = decode_stream(r, limits, |item| match item {
+        BodyItem::Revisions(rev, compact) => kv = MvccStore::from_parts(rev, compact),
+        BodyItem::Key(key, history) => kv.insert_history(key, history),
     })?;
-    let sm = sm.unwrap_or_default();
+    let sm = StateMachine::at_snapshot(header.meta.index, header.members.clone(), kv);
     Ok((header, sm))
 }
 
@@ -306,69 +307,66 @@ pub fn verify_snapshot<R: Read>(
     r: &mut R,
     limits: &SnapshotLimits,
 ) -> Result<SnapshotHeader, SnapshotDecodeError> {
-    decode_stream(r, limits, |_| |_, _| {})
+    decode_stream(r, limits, |_| {})
 }
 
-/// Decodes the header, then feeds each pair to the sink `make_sink` builds.
-fn decode_stream<'s, R, F, S>(
+/// One piece of the snapshot body, in stream order.
+enum BodyItem {
+    /// The store's revision and compaction point (first).
+    Revisions(i64, i64),
+    /// One key's history.
+    Key(Arc<[u8]>, imbl::Vector<Record>),
+}
+
+fn history_error(e: HistoryDecodeError) -> SnapshotDecodeError {
+    match e {
+        HistoryDecodeError::Io(e) => eof_to_truncated(e),
+        HistoryDecodeError::TooLarge { what, len, max } => {
+            SnapshotDecodeError::TooLarge { what, len, max }
+        }
+        HistoryDecodeError::Malformed(m) => SnapshotDecodeError::Malformed(m.into()),
+    }
+}
+
+/// Decodes the header, then feeds each body item to `sink`.
+fn decode_stream<R, S>(
     r: &mut R,
     limits: &SnapshotLimits,
-    make_sink: F,
+    mut sink: S,
 ) -> Result<SnapshotHeader, SnapshotDecodeError>
 where
     R: Read,
-    F: FnOnce(&SnapshotHeader) -> S,
-    S: FnMut(Arc<[u8]>, Versioned) + 's,
+    S: FnMut(BodyItem),
 {
     let header = decode_header(r, limits)?;
-    let mut sink = make_sink(&header);
     let mut body = CrcReader {
         inner: &mut *r,
         hasher: crc32fast::Hasher::new(),
     };
+    let (rev, compact) = mvcc_codec::read_revisions(&mut body).map_err(eof_to_truncated)?;
+    if rev < 1 || compact < 0 || compact > rev {
+        return Err(SnapshotDecodeError::Malformed("bad store revisions".into()));
+    }
+    sink(BodyItem::Revisions(rev, compact));
     let mut prev: Option<Arc<[u8]>> = None;
     for _ in 0..header.key_count {
-        let (key, value) = decode_pair(&mut body, limits)?;
+        let (key, history) =
+            mvcc_codec::read_history(&mut body, limits.max_key_bytes, limits.max_value_bytes)
+                .map_err(history_error)?;
         if prev.as_deref().is_some_and(|p| p >= &*key) {
             return Err(SnapshotDecodeError::Malformed("keys out of order".into()));
         }
+        if history.last().is_some_and(|h| h.mod_revision > rev) {
+            return Err(SnapshotDecodeError::Malformed(
+                "record after the store revision".into(),
+            ));
+        }
         prev = Some(key.clone());
-        sink(key, value);
+        sink(BodyItem::Key(key, history));
     }
     let body_crc = body.hasher.finalize();
     check_trailer(r, body_crc)?;
     Ok(header)
-}
-
-fn read_len<R: Read>(r: &mut R, what: &'static str, max: u32) -> Result<u64, SnapshotDecodeError> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b).map_err(eof_to_truncated)?;
-    let len = u32::from_le_bytes(b);
-    if len > max {
-        return Err(SnapshotDecodeError::TooLarge {
-            what,
-            len: len.into(),
-            max: max.into(),
-        });
-    }
-    Ok(len.into())
-}
-
-fn decode_pair<R: Read>(
-    r: &mut R,
-    limits: &SnapshotLimits,
-) -> Result<(Arc<[u8]>, Versioned), SnapshotDecodeError> {
-    let key_len = read_len(r, "key", limits.max_key_bytes)?;
-    let key = read_bounded(r, key_len)?;
-    let value_len = read_len(r, "value", limits.max_value_bytes)?;
-    let value = read_bounded(r, value_len)?;
-    let mut version = [0u8; 8];
-    r.read_exact(&mut version).map_err(eof_to_truncated)?;
-    let value = Versioned {
-        value: value.into(),
-        version: u64::from_le_bytes(version),
-    };
-    Ok((key.into(), value))
 }
 
 fn check_trailer<R: Read>(r: &mut R, body_crc: u32) -> Result<(), SnapshotDecodeError> {

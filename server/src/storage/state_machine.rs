@@ -1,60 +1,34 @@
-//! The replicated state machine: an ordered map key → (value, version),
-//! where the version is the log index of the key's last write, plus the
-//! member directory (names and addresses) carried by membership entries.
+//! The replicated state machine: the MVCC store ([`super::mvcc`]), the
+//! member directory (names and addresses) carried by membership entries, and
+//! the applied index. Every client API writes through here: etcd txns and
+//! compactions directly, titan.v1/TCP writes as the equivalent txn (their
+//! "version" is the key's `mod_revision`). Byte codecs live in
+//! [`super::mvcc_codec`].
 //!
-//! The map is a persistent B-tree ([`imbl::OrdMap`]): cloning it is O(1), so
-//! the node can take a consistent view for a snapshot and serialize it on a
-//! background thread while writers keep applying entries.
+//! The store is persistent ([`imbl`]): cloning it is O(1), so the node can
+//! take a consistent view for a snapshot and serialize it on a background
+//! thread while writers keep applying entries.
 
 use std::collections::BTreeMap;
-use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::OrdMap;
-
+use super::mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, MvccError, MvccStore,
+    PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+};
 use super::wal_record::ByteReader;
 use crate::raft::{ConfChange, ConfChangeType, Entry, EntryKind, NodeId};
 
-/// A stored value and the log index of the write that produced it.
+/// A live value and its titan.v1 version (the key's `mod_revision`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
     /// The value bytes (shared, so snapshots and reads do not copy them).
     pub value: Arc<[u8]>,
-    /// Log index of the last write to this key.
+    /// The key's mod_revision.
     pub version: u64,
 }
 
-/// A precondition on a write, checked against the key's current version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Condition {
-    /// Unconditional.
-    None,
-    /// The key must exist with exactly this version.
-    ExpectedVersion(u64),
-    /// The key must not exist.
-    MustBeAbsent,
-}
-
-/// A client write as carried in a [`EntryKind::Normal`] entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
-    /// Set `key` to `value` if `cond` holds.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The new value.
-        value: Vec<u8>,
-        /// Precondition.
-        cond: Condition,
-    },
-    /// Remove `key` if `cond` holds.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-        /// Precondition.
-        cond: Condition,
-    },
-}
+pub use super::mvcc_codec::{Command, Condition};
 
 /// A command or member record whose bytes could not be decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -71,80 +45,6 @@ pub enum DecodeError {
     /// A string field is not UTF-8.
     #[error("string field is not UTF-8")]
     NotUtf8,
-}
-
-const OP_PUT: u8 = 1;
-const OP_DELETE: u8 = 2;
-
-impl Condition {
-    fn encode_into(&self, out: &mut Vec<u8>) {
-        match self {
-            Condition::None => out.push(0),
-            Condition::ExpectedVersion(v) => {
-                out.push(1);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Condition::MustBeAbsent => out.push(2),
-        }
-    }
-
-    fn decode(r: &mut ByteReader<'_>) -> Result<Self, DecodeError> {
-        match r.u8().ok_or(DecodeError::Short)? {
-            0 => Ok(Condition::None),
-            1 => Ok(Condition::ExpectedVersion(
-                r.u64().ok_or(DecodeError::Short)?,
-            )),
-            2 => Ok(Condition::MustBeAbsent),
-            t => Err(DecodeError::UnknownTag(t)),
-        }
-    }
-
-    /// Whether the condition holds given the key's current version.
-    fn holds(&self, current: Option<u64>) -> bool {
-        match self {
-            Condition::None => true,
-            Condition::ExpectedVersion(v) => current == Some(*v),
-            Condition::MustBeAbsent => current.is_none(),
-        }
-    }
-}
-
-impl Command {
-    /// Encoding: `op u8 | cond (u8 [+ u64]) | key_len u32 | key | value (Put only, rest)`.
-    pub fn encode(&self) -> Vec<u8> {
-        let (op, key, cond, value) = match self {
-            Command::Put { key, value, cond } => (OP_PUT, key, cond, Some(value)),
-            Command::Delete { key, cond } => (OP_DELETE, key, cond, None),
-        };
-        let mut out = Vec::with_capacity(14 + key.len() + value.map_or(0, Vec::len));
-        out.push(op);
-        cond.encode_into(&mut out);
-        out.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        out.extend_from_slice(key);
-        if let Some(value) = value {
-            out.extend_from_slice(value);
-        }
-        out
-    }
-
-    /// Inverse of [`Command::encode`]; never panics.
-    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
-        let mut r = ByteReader::new(buf);
-        let op = r.u8().ok_or(DecodeError::Short)?;
-        let cond = Condition::decode(&mut r)?;
-        let key_len = r.u32().ok_or(DecodeError::Short)? as usize;
-        let key = r.take(key_len).ok_or(DecodeError::Short)?.to_vec();
-        match op {
-            OP_PUT => Ok(Command::Put {
-                key,
-                value: r.rest().to_vec(),
-                cond,
-            }),
-            OP_DELETE if r.is_empty() => Ok(Command::Delete { key, cond }),
-            OP_DELETE => Err(DecodeError::Trailing),
-            t => Err(DecodeError::UnknownTag(t)),
-        }
-    }
 }
 
 /// A member's name and addresses, carried in an `AddLearner` change's
@@ -200,15 +100,19 @@ impl MemberInfo {
 }
 
 /// The result of a Normal entry's command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteOutcome {
-    /// Whether the condition held and the write happened.
+    /// Whether the condition (or the txn's compares) held.
     pub succeeded: bool,
-    /// After a successful Put: the new version (the entry's index). Otherwise
-    /// the key's version before this entry (0 if it was absent).
+    /// titan.v1 view: after a successful Put, the key's new mod_revision;
+    /// otherwise the key's mod_revision before this entry (0 if absent).
     pub version: u64,
-    /// Whether the key existed before this entry.
+    /// Whether the key existed before this entry (Put/Delete only).
     pub existed: bool,
+    /// The store revision after this entry.
+    pub revision: i64,
+    /// The etcd response, for [`Command::Txn`].
+    pub txn: Option<Box<TxnResponse>>,
 }
 
 /// Why an entry changed nothing.
@@ -231,6 +135,9 @@ pub enum ApplyError {
         /// The applied index.
         applied: u64,
     },
+    /// The MVCC store refused the command (nothing changed).
+    #[error("{0}")]
+    Mvcc(MvccError),
 }
 
 /// What applying one entry did.
@@ -246,11 +153,11 @@ pub enum ApplyOutcome {
     Rejected(ApplyError),
 }
 
-/// The key-value map, the member directory and the applied index.
+/// The MVCC store, the member directory and the applied index.
 /// `clone()` is O(1) in the number of keys.
 #[derive(Debug, Clone, Default)]
 pub struct StateMachine {
-    map: OrdMap<Arc<[u8]>, Versioned>,
+    kv: MvccStore,
     members: BTreeMap<NodeId, MemberInfo>,
     applied_index: u64,
 }
@@ -274,7 +181,10 @@ impl StateMachine {
         match entry.kind {
             EntryKind::Noop => ApplyOutcome::Noop,
             EntryKind::Normal => match Command::decode(&entry.data) {
-                Ok(cmd) => ApplyOutcome::Write(self.run(cmd, entry.index)),
+                Ok(cmd) => match self.run(cmd) {
+                    Ok(w) => ApplyOutcome::Write(w),
+                    Err(e) => ApplyOutcome::Rejected(ApplyError::Mvcc(e)),
+                },
                 Err(e) => ApplyOutcome::Rejected(ApplyError::MalformedCommand(e)),
             },
             EntryKind::ConfChange => match ConfChange::decode(&entry.data) {
@@ -284,39 +194,54 @@ impl StateMachine {
         }
     }
 
-    fn run(&mut self, cmd: Command, index: u64) -> WriteOutcome {
-        let (key, cond) = match &cmd {
-            Command::Put { key, cond, .. } | Command::Delete { key, cond } => (key, *cond),
+    fn run(&mut self, cmd: Command) -> Result<WriteOutcome, MvccError> {
+        let done = |succeeded, revision| WriteOutcome {
+            succeeded,
+            version: 0,
+            existed: false,
+            revision,
+            txn: None,
         };
-        let current = self.map.get(key.as_slice()).map(|v| v.version);
-        let existed = current.is_some();
-        let before = current.unwrap_or(0);
-        if !cond.holds(current) {
-            return WriteOutcome {
-                succeeded: false,
-                version: before,
-                existed,
-            };
+        match cmd {
+            Command::Txn(t) => {
+                let resp = self.kv.txn(&t)?;
+                let mut w = done(resp.succeeded, self.kv.revision());
+                w.txn = Some(Box::new(resp));
+                Ok(w)
+            }
+            Command::Compact(rev) => {
+                self.kv.compact(rev)?;
+                Ok(done(true, self.kv.revision()))
+            }
+            Command::Put { key, value, cond } => self.run_legacy(key, Some(value), cond),
+            Command::Delete { key, cond } => self.run_legacy(key, None, cond),
         }
-        let version = match cmd {
-            Command::Put { key, value, .. } => {
-                let value = Versioned {
-                    value: value.into(),
-                    version: index,
-                };
-                self.map.insert(key.into(), value);
-                index
-            }
-            Command::Delete { key, .. } => {
-                self.map.remove(key.as_slice());
-                before
-            }
+    }
+
+    /// A titan.v1/TCP write as an etcd txn: `cond` becomes compares, the
+    /// write the success branch, a read of the key the failure branch.
+    fn run_legacy(
+        &mut self,
+        key: Vec<u8>,
+        value: Option<Vec<u8>>,
+        cond: Condition,
+    ) -> Result<WriteOutcome, MvccError> {
+        let before = self.kv.get(&key);
+        let txn = legacy_txn(key, value.clone(), cond);
+        let resp = self.kv.txn(&txn)?;
+        let old_rev = before.as_ref().map_or(0, |kv| kv.mod_revision as u64);
+        let version = if resp.succeeded && value.is_some() {
+            self.kv.revision() as u64
+        } else {
+            old_rev
         };
-        WriteOutcome {
-            succeeded: true,
+        Ok(WriteOutcome {
+            succeeded: resp.succeeded,
             version,
-            existed,
-        }
+            existed: before.is_some(),
+            revision: self.kv.revision(),
+            txn: None,
+        })
     }
 
     fn apply_conf_change(&mut self, cc: ConfChange) -> ApplyOutcome {
@@ -335,9 +260,14 @@ impl StateMachine {
         ApplyOutcome::ConfChange(cc)
     }
 
-    /// The value and version stored under `key`.
-    pub fn get(&self, key: &[u8]) -> Option<&Versioned> {
-        self.map.get(key)
+    /// The MVCC store (etcd reads).
+    pub fn kv(&self) -> &MvccStore {
+        &self.kv
+    }
+
+    /// The value and version (mod_revision) stored under `key`.
+    pub fn get(&self, key: &[u8]) -> Option<Versioned> {
+        self.kv.get(key).map(versioned)
     }
 
     /// Up to `limit` pairs with `start <= key < end` (no upper bound when
@@ -348,11 +278,20 @@ impl StateMachine {
         end_exclusive: Option<&[u8]>,
         limit: usize,
     ) -> Vec<(Arc<[u8]>, Versioned)> {
-        let upper = end_exclusive.map_or(Bound::Unbounded, Bound::Excluded);
-        self.map
-            .range::<_, [u8]>((Bound::Included(start), upper))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
+        let end = match end_exclusive {
+            None => vec![0],
+            Some(end) if end <= start => return Vec::new(),
+            Some(end) => end.to_vec(),
+        };
+        let req = RangeRequest {
+            key: start.to_vec(),
+            range_end: end,
+            limit: i64::try_from(limit).unwrap_or(i64::MAX),
+            ..RangeRequest::default()
+        };
+        let kvs = self.kv.range(&req).map(|r| r.kvs).unwrap_or_default();
+        kvs.into_iter()
+            .map(|kv| (kv.key.clone(), versioned(kv)))
             .collect()
     }
 
@@ -362,19 +301,21 @@ impl StateMachine {
         self.range(prefix, end.as_deref(), limit)
     }
 
-    /// Iterates every pair in key order (used by the snapshot encoder).
-    pub fn iter(&self) -> impl Iterator<Item = (&Arc<[u8]>, &Versioned)> {
-        self.map.iter()
+    /// Iterates every live pair in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (Arc<[u8]>, Versioned)> + '_ {
+        self.kv
+            .iter_live()
+            .map(|kv| (kv.key.clone(), versioned(kv)))
     }
 
-    /// Number of keys.
+    /// Number of keys in the MVCC index (live or with history).
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.kv.stats().indexed_keys as usize
     }
 
-    /// Whether there are no keys.
+    /// Whether the index holds no key.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 
     /// Index of the last applied entry.
@@ -392,18 +333,60 @@ impl StateMachine {
         self.clone()
     }
 
-    /// An empty state machine positioned at a snapshot (used by the loader).
-    pub(crate) fn at_snapshot(applied_index: u64, members: BTreeMap<NodeId, MemberInfo>) -> Self {
+    /// A state machine positioned at a snapshot, holding `kv` (the loader).
+    pub(crate) fn at_snapshot(
+        applied_index: u64,
+        members: BTreeMap<NodeId, MemberInfo>,
+        kv: MvccStore,
+    ) -> Self {
         Self {
-            map: OrdMap::new(),
+            kv,
             members,
             applied_index,
         }
     }
+}
 
-    /// Inserts a pair read from a snapshot.
-    pub(crate) fn insert_loaded(&mut self, key: Arc<[u8]>, value: Versioned) {
-        self.map.insert(key, value);
+fn versioned(kv: KeyValue) -> Versioned {
+    Versioned {
+        value: kv.value,
+        version: kv.mod_revision as u64,
+    }
+}
+
+/// The txn a titan.v1/TCP write stands for. `ExpectedVersion(v)` means the
+/// key exists (create_revision > 0) with mod_revision `v`; `MustBeAbsent`
+/// means create_revision == 0.
+fn legacy_txn(key: Vec<u8>, value: Option<Vec<u8>>, cond: Condition) -> TxnRequest {
+    let cmp = |result, target| Compare {
+        result,
+        target,
+        key: key.clone(),
+        range_end: Vec::new(),
+    };
+    let compare = match cond {
+        Condition::None => Vec::new(),
+        Condition::ExpectedVersion(v) => vec![
+            cmp(CompareResult::Greater, CompareTarget::Create(0)),
+            cmp(CompareResult::Equal, CompareTarget::Mod(v as i64)),
+        ],
+        Condition::MustBeAbsent => vec![cmp(CompareResult::Equal, CompareTarget::Create(0))],
+    };
+    let op = match value {
+        Some(value) => RequestOp::Put(PutRequest {
+            key,
+            value,
+            ..PutRequest::default()
+        }),
+        None => RequestOp::DeleteRange(DeleteRangeRequest {
+            key,
+            ..DeleteRangeRequest::default()
+        }),
+    };
+    TxnRequest {
+        compare,
+        success: vec![op],
+        failure: Vec::new(),
     }
 }
 
@@ -457,31 +440,29 @@ mod tests {
         }
     }
 
-    fn w(succeeded: bool, version: u64, existed: bool) -> WriteOutcome {
-        WriteOutcome {
-            succeeded,
-            version,
-            existed,
-        }
+    fn w(succeeded: bool, version: u64, existed: bool) -> (bool, u64, bool) {
+        (succeeded, version, existed)
     }
 
     #[test]
     fn conditional_writes_follow_the_version_table() {
         let mut sm = StateMachine::new();
-        let table: Vec<(Vec<u8>, WriteOutcome)> = vec![
-            (put("a", "1", Condition::MustBeAbsent), w(true, 1, false)),
-            (put("a", "2", Condition::MustBeAbsent), w(false, 1, true)),
+        // Versions are mod_revisions: the store starts at revision 1 and
+        // only writes that change a key advance it.
+        let table: Vec<(Vec<u8>, (bool, u64, bool))> = vec![
+            (put("a", "1", Condition::MustBeAbsent), w(true, 2, false)),
+            (put("a", "2", Condition::MustBeAbsent), w(false, 2, true)),
             (
                 put("a", "3", Condition::ExpectedVersion(9)),
-                w(false, 1, true),
+                w(false, 2, true),
             ),
             (
-                put("a", "4", Condition::ExpectedVersion(1)),
-                w(true, 4, true),
+                put("a", "4", Condition::ExpectedVersion(2)),
+                w(true, 3, true),
             ),
-            (put("a", "5", Condition::None), w(true, 5, true)),
-            (del("a", Condition::ExpectedVersion(4)), w(false, 5, true)),
-            (del("a", Condition::ExpectedVersion(5)), w(true, 5, true)),
+            (put("a", "5", Condition::None), w(true, 4, true)),
+            (del("a", Condition::ExpectedVersion(3)), w(false, 4, true)),
+            (del("a", Condition::ExpectedVersion(4)), w(true, 4, true)),
             (del("a", Condition::None), w(true, 0, false)),
             (
                 put("b", "x", Condition::ExpectedVersion(0)),
@@ -490,8 +471,14 @@ mod tests {
         ];
         for (i, (cmd, expected)) in table.into_iter().enumerate() {
             let index = i as u64 + 1;
-            assert_eq!(write(sm.apply(&normal(index, cmd))), expected, "row {i}");
+            let got = write(sm.apply(&normal(index, cmd)));
+            assert_eq!(
+                (got.succeeded, got.version, got.existed),
+                expected,
+                "row {i}"
+            );
         }
+        assert_eq!(sm.kv().revision(), 5);
         assert!(sm.get(b"a").is_none());
         assert_eq!(sm.applied_index(), 9);
     }

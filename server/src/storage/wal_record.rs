@@ -149,6 +149,9 @@ impl<'a> ByteReader<'a> {
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 impl WalRecord {

@@ -132,7 +132,7 @@ impl KvService {
                 more,
                 read_index: res.read_index,
             }),
-            ReadAnswer::Get(_) => Err(Status::internal("wrong read answer")),
+            _ => Err(Status::internal("wrong read answer")),
         }
     }
 }

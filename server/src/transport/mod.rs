@@ -7,6 +7,11 @@
 
 pub mod admin_service;
 pub mod convert;
+pub mod etcd_cluster;
+pub mod etcd_convert;
+pub mod etcd_forward;
+pub mod etcd_kv;
+pub mod etcd_watch;
 pub mod kv_service;
 pub mod peer;
 pub mod raft_service;
@@ -21,6 +26,10 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use titan_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
+use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use titan_proto::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
+use titan_proto::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use titan_proto::v1::admin_server::AdminServer;
 use titan_proto::v1::kv_server::KvServer;
 use titan_proto::v1::raft_server::RaftServer;
@@ -56,6 +65,7 @@ pub fn status_from_error(e: NodeError) -> Status {
         NodeError::Unavailable(_) => Status::unavailable(e.to_string()),
         NodeError::Invalid(_) => Status::invalid_argument(e.to_string()),
         NodeError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        NodeError::Mvcc(m) => etcd_kv::status_from_mvcc(*m),
     }
 }
 
@@ -113,7 +123,8 @@ pub async fn serve_peer(
         .await
 }
 
-/// Serves the KV service + health on the client gRPC port until shutdown.
+/// Serves `titan.v1.KV`, etcd's v3 services and health on the client gRPC
+/// port until shutdown.
 pub async fn serve_grpc(
     listener: TcpListener,
     node: NodeHandle,
@@ -134,9 +145,22 @@ pub async fn serve_grpc(
         .max_concurrent_streams(MAX_GRPC_STREAMS_PER_CONNECTION)
         .add_service(health_svc)
         .add_service(
-            KvServer::new(kv_service::KvService::new(node, metrics))
+            KvServer::new(kv_service::KvService::new(node.clone(), metrics))
                 .max_decoding_message_size(crate::node::limits::MAX_GRPC_REQUEST_BYTES),
         )
+        .add_service(
+            EtcdKvServer::new(etcd_kv::EtcdKvService::new(node.clone()))
+                .max_decoding_message_size(etcd_kv::MAX_GRPC_MESSAGE_BYTES),
+        )
+        .add_service(EtcdClusterServer::new(
+            etcd_cluster::EtcdClusterService::new(node.clone()),
+        ))
+        .add_service(EtcdMaintenanceServer::new(
+            etcd_cluster::EtcdClusterService::new(node.clone()),
+        ))
+        .add_service(EtcdWatchServer::new(etcd_watch::EtcdWatchService::new(
+            node,
+        )))
         .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
 }

@@ -2,12 +2,12 @@
 //! gRPC, and etcd over its v3 gRPC API. A [`ConnSlot`] holds one connection,
 //! reconnecting (or moving to the leader) when told to.
 
-use crate::etcdpb;
 use crate::tcp::TcpConn;
 use std::sync::Arc;
 use std::time::Duration;
 use titan_client::proto as pb;
 use titan_client::redirect::{Failure, classify, parse_tcp_not_leader};
+use titan_proto::etcdserverpb as etcdpb;
 use tokio::sync::Mutex;
 use tonic::transport::{Channel, Endpoint};
 

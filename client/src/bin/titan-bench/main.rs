@@ -9,12 +9,6 @@ mod tcp;
 mod workload;
 mod zipf;
 
-/// etcd's v3 KV API subset (vendored in `client/proto/etcd/kv.proto`).
-mod etcdpb {
-    #![allow(clippy::all, missing_docs)]
-    tonic::include_proto!("etcdserverpb");
-}
-
 use clap::{Parser, ValueEnum};
 use conn::Target;
 use std::process::ExitCode;

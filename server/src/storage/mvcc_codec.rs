@@ -1,0 +1,686 @@
+//! The state machine's byte codecs: client commands as carried in Raft
+//! entries, and MVCC key histories as carried in snapshot files. Pure and
+//! panic-free on any input; every count is checked against the bytes left
+//! before anything is allocated for it.
+//!
+//! Command encoding (first byte = tag):
+//! ```text
+//! 1 Put     | cond | key_len u32 | key | value (rest)      (titan.v1, TCP)
+//! 2 Delete  | cond | key_len u32 | key                    (titan.v1, TCP)
+//! 3 Txn     | txn                                         (etcd KV)
+//! 4 Compact | revision i64                                (etcd KV)
+//! cond:  0 none | 1 expected-version u64 | 2 must-be-absent
+//! txn:   n u32, n × compare | n u32, n × op | n u32, n × op   (success, failure)
+//! compare: result u8 | target u8 | key bytes | range_end bytes | operand
+//!          (bytes for a value compare, i64 otherwise)
+//! op:    1 range  | key | range_end | limit revision i64 | sort order u8
+//!                 | sort target u8 | flags u8 | min/max mod, min/max create i64
+//!        2 put    | key | value | lease i64 | flags u8
+//!        3 delete | key | range_end | flags u8
+//!        4 txn    | txn
+//! bytes: len u32 | data;   all integers little-endian
+//! ```
+//! Tags 1 and 2 are the pre-MVCC format: old WAL entries still decode.
+//!
+//! Snapshot body (written by `snapshot_codec` after its header):
+//! ```text
+//! revision i64 | compact_revision i64
+//! key_count × (key_len u32 | key | n u32 | n × record)
+//! record: mod_revision i64 | 0 (tombstone)
+//!                          | 1 | create i64 | version i64 | lease i64 | value_len u32 | value
+//! ```
+
+use std::io::{self, Read, Write};
+use std::sync::Arc;
+
+use imbl::Vector;
+
+use super::mvcc::{
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, Live, MAX_TXN_DEPTH, PutRequest,
+    RangeRequest, Record, RequestOp, SortOrder, SortTarget, TxnRequest,
+};
+use super::state_machine::DecodeError;
+use super::wal_record::ByteReader;
+
+/// A precondition on a titan.v1/TCP write, checked against the key's
+/// current `mod_revision` (the "version" of the titan.v1 API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Unconditional.
+    None,
+    /// The key must exist with exactly this mod_revision.
+    ExpectedVersion(u64),
+    /// The key must not exist.
+    MustBeAbsent,
+}
+
+/// A client write as carried in a Normal entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Set `key` to `value` if `cond` holds.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The new value.
+        value: Vec<u8>,
+        /// Precondition.
+        cond: Condition,
+    },
+    /// Remove `key` if `cond` holds.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+        /// Precondition.
+        cond: Condition,
+    },
+    /// An etcd transaction (Put, DeleteRange and Txn all travel as one).
+    Txn(TxnRequest),
+    /// Drop history below a revision.
+    Compact(i64),
+}
+
+const OP_PUT: u8 = 1;
+const OP_DELETE: u8 = 2;
+const OP_TXN: u8 = 3;
+const OP_COMPACT: u8 = 4;
+
+const REQ_RANGE: u8 = 1;
+const REQ_PUT: u8 = 2;
+const REQ_DELETE: u8 = 3;
+const REQ_TXN: u8 = 4;
+
+impl Condition {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        match self {
+            Condition::None => out.push(0),
+            Condition::ExpectedVersion(v) => {
+                out.push(1);
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+            Condition::MustBeAbsent => out.push(2),
+        }
+    }
+
+    fn decode(r: &mut ByteReader<'_>) -> Result<Self, DecodeError> {
+        match r.u8().ok_or(DecodeError::Short)? {
+            0 => Ok(Condition::None),
+            1 => Ok(Condition::ExpectedVersion(
+                r.u64().ok_or(DecodeError::Short)?,
+            )),
+            2 => Ok(Condition::MustBeAbsent),
+            t => Err(DecodeError::UnknownTag(t)),
+        }
+    }
+}
+
+impl Command {
+    /// The entry payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Command::Put { key, value, cond } => {
+                out.reserve(14 + key.len() + value.len());
+                out.push(OP_PUT);
+                cond.encode_into(&mut out);
+                put_bytes(&mut out, key);
+                out.extend_from_slice(value);
+            }
+            Command::Delete { key, cond } => {
+                out.push(OP_DELETE);
+                cond.encode_into(&mut out);
+                put_bytes(&mut out, key);
+            }
+            Command::Txn(t) => {
+                out.push(OP_TXN);
+                encode_txn(&mut out, t);
+            }
+            Command::Compact(rev) => {
+                out.push(OP_COMPACT);
+                out.extend_from_slice(&rev.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Encodes a [`Command::Txn`] without owning the request.
+    pub fn encode_txn(t: &TxnRequest) -> Vec<u8> {
+        let mut out = vec![OP_TXN];
+        encode_txn(&mut out, t);
+        out
+    }
+
+    /// Inverse of [`Command::encode`]; never panics.
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = ByteReader::new(buf);
+        let cmd = match r.u8().ok_or(DecodeError::Short)? {
+            op @ (OP_PUT | OP_DELETE) => return decode_legacy(op, &mut r),
+            OP_TXN => Command::Txn(decode_txn(&mut r, 0)?),
+            OP_COMPACT => Command::Compact(i64_(&mut r)?),
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
+        if !r.is_empty() {
+            return Err(DecodeError::Trailing);
+        }
+        Ok(cmd)
+    }
+}
+
+fn decode_legacy(op: u8, r: &mut ByteReader<'_>) -> Result<Command, DecodeError> {
+    let cond = Condition::decode(r)?;
+    let key = bytes(r)?;
+    if op == OP_PUT {
+        return Ok(Command::Put {
+            key,
+            value: r.rest().to_vec(),
+            cond,
+        });
+    }
+    if !r.is_empty() {
+        return Err(DecodeError::Trailing);
+    }
+    Ok(Command::Delete { key, cond })
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn put_i64s(out: &mut Vec<u8>, vs: &[i64]) {
+    for v in vs {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+fn flags(bits: &[bool]) -> u8 {
+    bits.iter()
+        .enumerate()
+        .fold(0, |acc, (i, b)| acc | (u8::from(*b) << i))
+}
+
+fn encode_txn(out: &mut Vec<u8>, t: &TxnRequest) {
+    out.extend_from_slice(&(t.compare.len() as u32).to_le_bytes());
+    for c in &t.compare {
+        encode_compare(out, c);
+    }
+    for ops in [&t.success, &t.failure] {
+        out.extend_from_slice(&(ops.len() as u32).to_le_bytes());
+        for op in ops {
+            encode_op(out, op);
+        }
+    }
+}
+
+fn encode_compare(out: &mut Vec<u8>, c: &Compare) {
+    out.push(match c.result {
+        CompareResult::Equal => 0,
+        CompareResult::Greater => 1,
+        CompareResult::Less => 2,
+        CompareResult::NotEqual => 3,
+    });
+    let (tag, operand) = match &c.target {
+        CompareTarget::Version(v) => (0, *v),
+        CompareTarget::Create(v) => (1, *v),
+        CompareTarget::Mod(v) => (2, *v),
+        CompareTarget::Value(_) => (3, 0),
+        CompareTarget::Lease(v) => (4, *v),
+    };
+    out.push(tag);
+    put_bytes(out, &c.key);
+    put_bytes(out, &c.range_end);
+    match &c.target {
+        CompareTarget::Value(v) => put_bytes(out, v),
+        _ => put_i64s(out, &[operand]),
+    }
+}
+
+fn encode_op(out: &mut Vec<u8>, op: &RequestOp) {
+    match op {
+        RequestOp::Range(r) => {
+            out.push(REQ_RANGE);
+            put_bytes(out, &r.key);
+            put_bytes(out, &r.range_end);
+            put_i64s(out, &[r.limit, r.revision]);
+            out.push(r.sort_order as u8);
+            out.push(r.sort_target as u8);
+            out.push(flags(&[r.keys_only, r.count_only]));
+            let filters = [
+                r.min_mod_revision,
+                r.max_mod_revision,
+                r.min_create_revision,
+                r.max_create_revision,
+            ];
+            put_i64s(out, &filters);
+        }
+        RequestOp::Put(p) => {
+            out.push(REQ_PUT);
+            put_bytes(out, &p.key);
+            put_bytes(out, &p.value);
+            put_i64s(out, &[p.lease]);
+            out.push(flags(&[p.prev_kv, p.ignore_value, p.ignore_lease]));
+        }
+        RequestOp::DeleteRange(d) => {
+            out.push(REQ_DELETE);
+            put_bytes(out, &d.key);
+            put_bytes(out, &d.range_end);
+            out.push(flags(&[d.prev_kv]));
+        }
+        RequestOp::Txn(t) => {
+            out.push(REQ_TXN);
+            encode_txn(out, t);
+        }
+    }
+}
+
+fn bytes(r: &mut ByteReader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = r.u32().ok_or(DecodeError::Short)? as usize;
+    Ok(r.take(len).ok_or(DecodeError::Short)?.to_vec())
+}
+
+fn i64_(r: &mut ByteReader<'_>) -> Result<i64, DecodeError> {
+    Ok(r.u64().ok_or(DecodeError::Short)? as i64)
+}
+
+fn bit(f: u8, i: u8) -> bool {
+    f & (1 << i) != 0
+}
+
+/// A count whose elements take at least one byte each: never more than the
+/// bytes left, so a hostile count cannot force a large allocation.
+fn count(r: &mut ByteReader<'_>) -> Result<usize, DecodeError> {
+    let n = r.u32().ok_or(DecodeError::Short)? as usize;
+    let left = r.remaining();
+    if n > left {
+        return Err(DecodeError::Short);
+    }
+    Ok(n)
+}
+
+fn decode_txn(r: &mut ByteReader<'_>, depth: usize) -> Result<TxnRequest, DecodeError> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(DecodeError::UnknownTag(REQ_TXN));
+    }
+    let n = count(r)?;
+    let mut compare = Vec::with_capacity(n);
+    for _ in 0..n {
+        compare.push(decode_compare(r)?);
+    }
+    let mut branches = [Vec::new(), Vec::new()];
+    for ops in &mut branches {
+        let n = count(r)?;
+        ops.reserve(n);
+        for _ in 0..n {
+            ops.push(decode_op(r, depth)?);
+        }
+    }
+    let [success, failure] = branches;
+    Ok(TxnRequest {
+        compare,
+        success,
+        failure,
+    })
+}
+
+fn decode_compare(r: &mut ByteReader<'_>) -> Result<Compare, DecodeError> {
+    let result = match r.u8().ok_or(DecodeError::Short)? {
+        0 => CompareResult::Equal,
+        1 => CompareResult::Greater,
+        2 => CompareResult::Less,
+        3 => CompareResult::NotEqual,
+        t => return Err(DecodeError::UnknownTag(t)),
+    };
+    let tag = r.u8().ok_or(DecodeError::Short)?;
+    let key = bytes(r)?;
+    let range_end = bytes(r)?;
+    let target = match tag {
+        0 => CompareTarget::Version(i64_(r)?),
+        1 => CompareTarget::Create(i64_(r)?),
+        2 => CompareTarget::Mod(i64_(r)?),
+        3 => CompareTarget::Value(bytes(r)?),
+        4 => CompareTarget::Lease(i64_(r)?),
+        t => return Err(DecodeError::UnknownTag(t)),
+    };
+    Ok(Compare {
+        result,
+        target,
+        key,
+        range_end,
+    })
+}
+
+fn decode_op(r: &mut ByteReader<'_>, depth: usize) -> Result<RequestOp, DecodeError> {
+    Ok(match r.u8().ok_or(DecodeError::Short)? {
+        REQ_RANGE => RequestOp::Range(decode_range(r)?),
+        REQ_PUT => {
+            let (key, value, lease) = (bytes(r)?, bytes(r)?, i64_(r)?);
+            let f = r.u8().ok_or(DecodeError::Short)?;
+            RequestOp::Put(PutRequest {
+                key,
+                value,
+                lease,
+                prev_kv: bit(f, 0),
+                ignore_value: bit(f, 1),
+                ignore_lease: bit(f, 2),
+            })
+        }
+        REQ_DELETE => {
+            let (key, range_end) = (bytes(r)?, bytes(r)?);
+            let f = r.u8().ok_or(DecodeError::Short)?;
+            RequestOp::DeleteRange(DeleteRangeRequest {
+                key,
+                range_end,
+                prev_kv: bit(f, 0),
+            })
+        }
+        REQ_TXN => RequestOp::Txn(decode_txn(r, depth + 1)?),
+        t => return Err(DecodeError::UnknownTag(t)),
+    })
+}
+
+fn decode_range(r: &mut ByteReader<'_>) -> Result<RangeRequest, DecodeError> {
+    let (key, range_end) = (bytes(r)?, bytes(r)?);
+    let (limit, revision) = (i64_(r)?, i64_(r)?);
+    let sort_order = match r.u8().ok_or(DecodeError::Short)? {
+        0 => SortOrder::None,
+        1 => SortOrder::Ascend,
+        2 => SortOrder::Descend,
+        t => return Err(DecodeError::UnknownTag(t)),
+    };
+    let sort_target = match r.u8().ok_or(DecodeError::Short)? {
+        0 => SortTarget::Key,
+        1 => SortTarget::Version,
+        2 => SortTarget::Create,
+        3 => SortTarget::Mod,
+        4 => SortTarget::Value,
+        t => return Err(DecodeError::UnknownTag(t)),
+    };
+    let f = r.u8().ok_or(DecodeError::Short)?;
+    Ok(RangeRequest {
+        key,
+        range_end,
+        limit,
+        revision,
+        sort_order,
+        sort_target,
+        keys_only: bit(f, 0),
+        count_only: bit(f, 1),
+        min_mod_revision: i64_(r)?,
+        max_mod_revision: i64_(r)?,
+        min_create_revision: i64_(r)?,
+        max_create_revision: i64_(r)?,
+    })
+}
+
+// ---- snapshot body -------------------------------------------------------
+
+/// Writes the store's revision state (the body preamble).
+pub fn write_revisions<W: Write>(w: &mut W, revision: i64, compact: i64) -> io::Result<u64> {
+    w.write_all(&revision.to_le_bytes())?;
+    w.write_all(&compact.to_le_bytes())?;
+    Ok(16)
+}
+
+/// Reads the body preamble.
+pub fn read_revisions<R: Read>(r: &mut R) -> io::Result<(i64, i64)> {
+    Ok((read_i64(r)?, read_i64(r)?))
+}
+
+/// Writes one key's history; returns the bytes written.
+pub fn write_history<W: Write>(w: &mut W, key: &[u8], history: &Vector<Record>) -> io::Result<u64> {
+    w.write_all(&(key.len() as u32).to_le_bytes())?;
+    w.write_all(key)?;
+    w.write_all(&(history.len() as u32).to_le_bytes())?;
+    let mut n = 8 + key.len() as u64;
+    for rec in history {
+        w.write_all(&rec.mod_revision.to_le_bytes())?;
+        let Some(l) = &rec.live else {
+            w.write_all(&[0])?;
+            n += 9;
+            continue;
+        };
+        w.write_all(&[1])?;
+        for v in [l.create_revision, l.version, l.lease] {
+            w.write_all(&v.to_le_bytes())?;
+        }
+        w.write_all(&(l.value.len() as u32).to_le_bytes())?;
+        w.write_all(&l.value)?;
+        n += 37 + l.value.len() as u64;
+    }
+    Ok(n)
+}
+
+/// Why a key history in a snapshot body is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryDecodeError {
+    /// Reading failed or the input ended.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// A length exceeds its limit.
+    #[error("{what} length {len} exceeds limit {max}")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its value.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Records out of revision order, or an empty history.
+    #[error("malformed key history: {0}")]
+    Malformed(&'static str),
+}
+
+fn read_i64<R: Read>(r: &mut R) -> io::Result<i64> {
+    let mut b = [0u8; 8];
+    r.read_exact(&mut b)?;
+    Ok(i64::from_le_bytes(b))
+}
+
+fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
+    let mut b = [0u8; 4];
+    r.read_exact(&mut b)?;
+    Ok(u32::from_le_bytes(b))
+}
+
+/// Reads `len ≤ max` bytes, growing the buffer only as data arrives.
+fn read_field<R: Read>(
+    r: &mut R,
+    what: &'static str,
+    max: u32,
+) -> Result<Vec<u8>, HistoryDecodeError> {
+    let len = read_u32(r)?;
+    if len > max {
+        return Err(HistoryDecodeError::TooLarge {
+            what,
+            len: len.into(),
+            max: max.into(),
+        });
+    }
+    let mut buf = Vec::new();
+    r.by_ref().take(len.into()).read_to_end(&mut buf)?;
+    if buf.len() < len as usize {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+    }
+    Ok(buf)
+}
+
+/// Reads one key's history written by [`write_history`].
+pub fn read_history<R: Read>(
+    r: &mut R,
+    max_key_bytes: u32,
+    max_value_bytes: u32,
+) -> Result<(Arc<[u8]>, Vector<Record>), HistoryDecodeError> {
+    let key = read_field(r, "key", max_key_bytes)?;
+    let n = read_u32(r)?;
+    if n == 0 {
+        return Err(HistoryDecodeError::Malformed("empty history"));
+    }
+    let mut history = Vector::new();
+    let mut prev_rev = i64::MIN;
+    for _ in 0..n {
+        let mod_revision = read_i64(r)?;
+        if mod_revision <= prev_rev {
+            return Err(HistoryDecodeError::Malformed("revisions out of order"));
+        }
+        prev_rev = mod_revision;
+        history.push_back(Record {
+            mod_revision,
+            live: read_live(r, max_value_bytes)?,
+        });
+    }
+    Ok((key.into(), history))
+}
+
+fn read_live<R: Read>(r: &mut R, max_value_bytes: u32) -> Result<Option<Live>, HistoryDecodeError> {
+    let mut tag = [0u8; 1];
+    r.read_exact(&mut tag)?;
+    match tag[0] {
+        0 => Ok(None),
+        1 => {
+            let (create_revision, version, lease) = (read_i64(r)?, read_i64(r)?, read_i64(r)?);
+            let value = read_field(r, "value", max_value_bytes)?;
+            Ok(Some(Live {
+                value: value.into(),
+                create_revision,
+                version,
+                lease,
+            }))
+        }
+        _ => Err(HistoryDecodeError::Malformed("unknown record tag")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_txn() -> TxnRequest {
+        TxnRequest {
+            compare: vec![
+                Compare {
+                    result: CompareResult::Greater,
+                    target: CompareTarget::Mod(7),
+                    key: b"a".to_vec(),
+                    range_end: b"b".to_vec(),
+                },
+                Compare {
+                    result: CompareResult::NotEqual,
+                    target: CompareTarget::Value(b"v".to_vec()),
+                    key: b"k".to_vec(),
+                    range_end: Vec::new(),
+                },
+            ],
+            success: vec![
+                RequestOp::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: b"v2".to_vec(),
+                    lease: 0,
+                    prev_kv: true,
+                    ignore_value: false,
+                    ignore_lease: true,
+                }),
+                RequestOp::Range(RangeRequest {
+                    key: b"a".to_vec(),
+                    range_end: vec![0],
+                    limit: 3,
+                    sort_order: SortOrder::Descend,
+                    sort_target: SortTarget::Mod,
+                    count_only: true,
+                    max_create_revision: 9,
+                    ..RangeRequest::default()
+                }),
+            ],
+            failure: vec![
+                RequestOp::DeleteRange(DeleteRangeRequest {
+                    key: b"x".to_vec(),
+                    range_end: b"y".to_vec(),
+                    prev_kv: true,
+                }),
+                RequestOp::Txn(TxnRequest::default()),
+            ],
+        }
+    }
+
+    #[test]
+    fn every_command_kind_round_trips() {
+        let cmds = [
+            Command::Put {
+                key: b"k".to_vec(),
+                value: b"v v".to_vec(),
+                cond: Condition::ExpectedVersion(4),
+            },
+            Command::Delete {
+                key: b"k".to_vec(),
+                cond: Condition::MustBeAbsent,
+            },
+            Command::Txn(sample_txn()),
+            Command::Compact(42),
+        ];
+        for cmd in cmds {
+            assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
+        }
+    }
+
+    #[test]
+    fn txn_decode_rejects_every_truncation_and_trailing_bytes() {
+        let buf = Command::Txn(sample_txn()).encode();
+        for cut in 0..buf.len() {
+            assert!(Command::decode(&buf[..cut]).is_err(), "cut {cut}");
+        }
+        let mut long = buf.clone();
+        long.push(0);
+        assert_eq!(Command::decode(&long), Err(DecodeError::Trailing));
+    }
+
+    #[test]
+    fn a_huge_count_is_refused_before_allocating() {
+        let mut buf = vec![OP_TXN];
+        buf.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(Command::decode(&buf), Err(DecodeError::Short));
+    }
+
+    #[test]
+    fn txn_nesting_beyond_the_limit_is_refused() {
+        let mut t = TxnRequest::default();
+        for _ in 0..=MAX_TXN_DEPTH + 1 {
+            t = TxnRequest {
+                success: vec![RequestOp::Txn(t)],
+                ..TxnRequest::default()
+            };
+        }
+        assert!(Command::decode(&Command::Txn(t).encode()).is_err());
+    }
+
+    #[test]
+    fn key_history_round_trips_and_refuses_disorder() {
+        let live = |v: &[u8]| {
+            Some(Live {
+                value: Arc::from(v),
+                create_revision: 2,
+                version: 1,
+                lease: 5,
+            })
+        };
+        let h: Vector<Record> = vec![
+            Record {
+                mod_revision: 2,
+                live: live(b"a"),
+            },
+            Record {
+                mod_revision: 3,
+                live: None,
+            },
+        ]
+        .into();
+        let mut buf = Vec::new();
+        let n = write_history(&mut buf, b"key", &h).expect("write");
+        assert_eq!(n, buf.len() as u64);
+        let (k, back) = read_history(&mut &buf[..], 16, 16).expect("read");
+        assert_eq!((&k[..], back), (&b"key"[..], h.clone()));
+        let reversed: Vector<Record> = h.iter().rev().cloned().collect();
+        let mut bad = Vec::new();
+        write_history(&mut bad, b"key", &reversed).expect("write");
+        assert!(read_history(&mut &bad[..], 16, 16).is_err());
+        assert!(read_history(&mut &buf[..], 2, 16).is_err(), "key limit");
+    }
+}
