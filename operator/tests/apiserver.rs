@@ -637,6 +637,10 @@ fn spawn_operator(kubeconfig: &Path, args: &[String], log: &Path) -> Child {
         .env_remove("TITAN_LOG_LEVEL")
         .env_remove("TITAN_LOG_FORMAT")
         .env_remove("RUST_LOG")
+        // The tests read the process's last line (anyhow's error text); a
+        // backtrace from the caller's environment would follow it.
+        .env("RUST_BACKTRACE", "0")
+        .env("RUST_LIB_BACKTRACE", "0")
         .stdout(Stdio::from(out))
         .stderr(Stdio::from(err))
         .spawn()
