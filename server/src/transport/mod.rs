@@ -7,6 +7,8 @@
 
 pub mod admin_service;
 pub mod convert;
+#[doc(hidden)]
+pub mod kv_fuzz;
 pub mod kv_service;
 pub mod peer;
 pub mod raft_service;
