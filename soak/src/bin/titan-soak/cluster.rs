@@ -131,9 +131,11 @@ pub fn peers_spec(nodes: &[Node], me: usize) -> String {
     spec.join(",")
 }
 
-/// An admin client over every slot's admin address, with short timeouts.
+/// An admin client over the started members' admin addresses (a joining
+/// node knows no leader and would stop leader discovery), with short timeouts.
 pub fn admin(nodes: &[Node]) -> Result<AdminClient> {
-    let mut cfg = ClientConfig::new(nodes.iter().map(Node::admin_addr));
+    let members = nodes.iter().filter(|n| n.member && n.child.is_some());
+    let mut cfg = ClientConfig::new(members.map(Node::admin_addr));
     cfg.connect_timeout = Duration::from_millis(500);
     cfg.request_timeout = Duration::from_secs(2);
     cfg.retry = RetryConfig {
@@ -141,6 +143,26 @@ pub fn admin(nodes: &[Node]) -> Result<AdminClient> {
         ..RetryConfig::default()
     };
     Ok(AdminClient::connect(cfg)?)
+}
+
+/// An admin client whose first endpoint is the leader some member names
+/// (`AdminClient` asks only the first member that answers, which may be one
+/// that knows no leader), falling back to [`admin`].
+pub async fn leader_admin(nodes: &[Node]) -> Result<AdminClient> {
+    let probe = admin(nodes)?;
+    for n in nodes.iter().filter(|n| n.member && n.child.is_some()) {
+        let Ok(s) = probe.status_of(&n.admin_addr()).await else {
+            continue;
+        };
+        if s.leader_id != 0 && !s.leader_peer_addr.is_empty() {
+            let mut cfg = ClientConfig::new([s.leader_peer_addr]);
+            cfg.connect_timeout = Duration::from_millis(500);
+            cfg.request_timeout = Duration::from_secs(2);
+            cfg.retry.overall_deadline = Duration::from_secs(8);
+            return Ok(AdminClient::connect(cfg)?);
+        }
+    }
+    Ok(probe)
 }
 
 /// Waits for `node` to answer `Status`.

@@ -90,6 +90,7 @@ fn main() -> Result<()> {
 async fn setup(args: &Args) -> Result<Nemesis> {
     std::fs::create_dir_all(&args.work)?;
     let logs = args.work.join("logs");
+    let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs)?;
     let launcher = Launcher {
         bin: std::fs::canonicalize(&args.bin).context("titan-server binary")?,

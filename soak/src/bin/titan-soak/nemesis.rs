@@ -18,6 +18,8 @@ use crate::net;
 pub const MIN_VOTERS: usize = 3;
 /// Attempts at removing a member (each within the admin client's retry deadline).
 const REMOVE_ATTEMPTS: usize = 4;
+/// How long a node may take to exit after a fatal storage error.
+const ZOMBIE_GRACE: Duration = Duration::from_secs(5);
 
 /// The slots, the launcher and what was injected.
 pub struct Nemesis {
@@ -29,6 +31,8 @@ pub struct Nemesis {
     pub counts: BTreeMap<&'static str, u64>,
     /// Faults that failed to apply (e.g. a membership change refused).
     pub errors: Vec<String>,
+    /// Misbehaviour seen while injecting (fails the run).
+    pub findings: Vec<String>,
     /// Incarnation counter for replaced members' names.
     generation: u64,
     /// Peers spec each slot was first started with ("" = joined).
@@ -44,6 +48,7 @@ impl Nemesis {
             launcher,
             counts: BTreeMap::new(),
             errors: Vec::new(),
+            findings: Vec::new(),
             generation: 0,
             peers,
             log,
@@ -63,10 +68,23 @@ impl Nemesis {
 
     /// Injects one random fault, holds it for a random time, heals it.
     pub async fn step(&mut self, rng: &mut ChaCha8Rng) {
-        let members = self.members();
-        let target = members[rng.random_range(0..members.len())];
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].member && self.nodes[i].child.is_some())
+            .collect();
+        if running.is_empty() {
+            self.errors.push("no member running; healing".into());
+            if let Err(e) = self.heal_all() {
+                self.errors.push(format!("heal: {e:#}"));
+            }
+            return;
+        }
+        let target = running[rng.random_range(0..running.len())];
         let hold = Duration::from_millis(rng.random_range(1_000..6_000));
-        let kind = rng.random_range(0..9);
+        // Below the minimum (a replacement failed), grow back first.
+        let kind = match self.members().len() < MIN_VOTERS {
+            true => 6,
+            false => rng.random_range(0..9),
+        };
         let name = match kind {
             0 | 1 => "partition",
             2 => "kill9",
@@ -127,19 +145,47 @@ impl Nemesis {
     async fn netem(&mut self, t: usize, hold: Duration, rng: &mut ChaCha8Rng) -> Result<()> {
         let delay = rng.random_range(5..80);
         let loss = rng.random_range(0..20);
-        net::netem(&self.nodes[t].host, delay, delay / 2, loss)?;
+        let how = net::netem(&self.nodes[t].host, delay, delay / 2, loss)?;
+        (self.log)(&format!("nemesis: {how}: delay {delay} ms, loss {loss}%"));
         tokio::time::sleep(hold).await;
         net::heal_netem(&self.nodes[t].host);
         Ok(())
     }
 
+    /// How often the slot's current log says "fatal storage error".
+    fn fatal_errors_logged(&self, t: usize) -> usize {
+        let log = self
+            .launcher
+            .logs
+            .join(format!("{}.log", self.nodes[t].name));
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        text.matches("fatal storage error").count()
+    }
+
     async fn disk_full(&mut self, t: usize, hold: Duration) -> Result<()> {
+        let fatal_before = self.fatal_errors_logged(t);
         let filled = net::fill_disk(&self.nodes[t].host)?;
         (self.log)(&format!("nemesis: filled {filled} bytes"));
         tokio::time::sleep(hold).await;
         net::free_disk(&self.nodes[t].host);
         // A node may (correctly) exit on ENOSPC; bring it back with space.
-        if !self.nodes[t].running() {
+        // One that logged a fatal storage error yet keeps running is a
+        // zombie (it serves nothing and reports healthy): a finding, and it
+        // is restarted so the soak can go on.
+        let fatal_now = self.fatal_errors_logged(t);
+        if fatal_now > fatal_before {
+            tokio::time::sleep(ZOMBIE_GRACE).await;
+            if self.nodes[t].running() {
+                let msg = format!(
+                    "{} kept running after a fatal storage error (disk full)",
+                    self.nodes[t].name
+                );
+                (self.log)(&format!("FINDING: {msg}"));
+                self.findings.push(msg);
+                cluster::kill9(&mut self.nodes[t]);
+            }
+        }
+        if self.nodes[t].child.is_none() || !self.nodes[t].running() {
             (self.log)(&format!(
                 "nemesis: {} exited on a full disk; restarting",
                 self.nodes[t].name
@@ -164,7 +210,7 @@ impl Nemesis {
         self.nodes[slot].name = format!("n{}g{}", slot + 1, self.generation);
         self.peers[slot] = String::new();
         self.launcher.start(&mut self.nodes[slot], "")?;
-        let admin = cluster::admin(&self.nodes)?;
+        let admin = cluster::leader_admin(&self.nodes).await?;
         cluster::add_and_promote(&admin, &mut self.nodes[slot]).await
     }
 
@@ -178,7 +224,7 @@ impl Nemesis {
     }
 
     async fn remove(&mut self, t: usize) -> Result<()> {
-        let admin = cluster::admin(&self.nodes)?;
+        let admin = cluster::leader_admin(&self.nodes).await?;
         let id = match self.nodes[t].id {
             0 => {
                 cluster::wait_status(&admin, &self.nodes[t], Duration::from_secs(5))
@@ -214,7 +260,11 @@ impl Nemesis {
         }
         cluster::kill9(&mut self.nodes[t]);
         net::wipe(&self.nodes[t].host)?;
-        self.remove(t).await?;
+        if let Err(e) = self.remove(t).await {
+            // Never restart a wiped member as itself: leave the slot out.
+            self.nodes[t].member = false;
+            return Err(e.context("the wiped member stays in the configuration, down"));
+        }
         self.start_fresh(t).await
     }
 

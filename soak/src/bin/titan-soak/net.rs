@@ -13,7 +13,7 @@ pub const NS_PREFIX: &str = "tsoak-";
 /// The hub's bridge (in the namespace this driver runs in).
 pub const BRIDGE: &str = "br0";
 /// Size of each slot's tmpfs data disk.
-pub const DISK_BYTES: u64 = 48 << 20;
+pub const DISK_BYTES: u64 = 128 << 20;
 
 /// A node slot's "host": namespace, address and disk.
 #[derive(Debug, Clone)]
@@ -111,8 +111,11 @@ pub fn heal_partition(host: &Host) {
     let _ = in_ns(&host.ns, "nft", &["delete", "table", "inet", "soak"]);
 }
 
-/// Delays and drops the node's outgoing packets.
-pub fn netem(host: &Host, delay_ms: u64, jitter_ms: u64, loss_pct: u64) -> Result<()> {
+/// Delays and drops the node's outgoing packets with netem. Kernels without
+/// `sch_netem` get the same fault shape from what they have: a token-bucket
+/// (`tbf`) rate limit that queues packets (delay) and an nft rule dropping
+/// `loss_pct`% of incoming packets at random. Returns which one was used.
+pub fn netem(host: &Host, delay_ms: u64, jitter_ms: u64, loss_pct: u64) -> Result<&'static str> {
     let (delay, jitter, loss) = (
         format!("{delay_ms}ms"),
         format!("{jitter_ms}ms"),
@@ -121,12 +124,30 @@ pub fn netem(host: &Host, delay_ms: u64, jitter_ms: u64, loss_pct: u64) -> Resul
     let args = [
         "qdisc", "replace", "dev", "eth0", "root", "netem", "delay", &delay, &jitter, "loss", &loss,
     ];
-    in_ns(&host.ns, "tc", &args)
+    match in_ns(&host.ns, "tc", &args) {
+        Ok(()) => return Ok("netem"),
+        Err(e) if !e.to_string().contains("unknown") => return Err(e),
+        Err(_) => {}
+    }
+    let latency = format!("{}ms", delay_ms.max(1) * 10);
+    let tbf = [
+        "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", "2mbit", "burst", "16kbit",
+        "latency", &latency,
+    ];
+    in_ns(&host.ns, "tc", &tbf)?;
+    let script = format!(
+        "table inet soakloss {{\n  chain in {{\n    type filter hook input priority 0;\n    numgen random mod 100 < {loss_pct} drop\n  }}\n}}\n"
+    );
+    let file = host.disk.with_extension("loss.nft");
+    std::fs::write(&file, script)?;
+    in_ns(&host.ns, "nft", &["-f", &file.display().to_string()])?;
+    Ok("tbf+nft-loss")
 }
 
-/// Removes the netem qdisc, if any.
+/// Removes the delay/loss fault, if any.
 pub fn heal_netem(host: &Host) {
     let _ = in_ns(&host.ns, "tc", &["qdisc", "del", "dev", "eth0", "root"]);
+    let _ = in_ns(&host.ns, "nft", &["delete", "table", "inet", "soakloss"]);
 }
 
 /// Fills the slot's tmpfs until writing fails (ENOSPC).

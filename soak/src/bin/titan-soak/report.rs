@@ -15,6 +15,8 @@ use crate::workload::{self, History, Outcome, Record};
 
 /// How long the healed cluster gets to agree.
 const CONVERGE_WITHIN: Duration = Duration::from_secs(60);
+/// How long the final read-back of every key may take in total.
+const FINAL_READS_WITHIN: Duration = Duration::from_secs(60);
 
 /// Runs the final checks and prints the summary; `Ok(true)` if all passed.
 pub async fn finish(
@@ -27,10 +29,9 @@ pub async fn finish(
     let converged = wait_converged(&nem.nodes, log).await;
     let c = workload::client(endpoints)?;
     let first_final = history.snapshot().len();
+    let deadline = Instant::now() + FINAL_READS_WITHIN;
     for key in 0..keys {
-        let mut tries = 0;
-        while workload::read(&c, history, key).await.is_none() && tries < 10 {
-            tries += 1;
+        while workload::read(&c, history, key).await.is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
@@ -50,6 +51,7 @@ pub async fn finish(
         log,
     );
     let passed = lost == 0
+        && nem.findings.is_empty()
         && verdict == Verdict::Linearizable
         && converged
         && replicas_agree
@@ -204,6 +206,10 @@ fn print_summary(
         "final members: {members:?}; keys read back: {}",
         finals.len()
     ));
+    log(&format!("findings during the run: {}", nem.findings.len()));
+    for f in &nem.findings {
+        log(&format!("  {f}"));
+    }
     log(&format!("acknowledged writes lost: {lost}"));
     log(&format!("linearizability (WGL, per key): {verdict:?}"));
     log(&format!(
