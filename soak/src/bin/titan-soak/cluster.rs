@@ -150,12 +150,20 @@ pub fn admin(nodes: &[Node]) -> Result<AdminClient> {
 /// that knows no leader), falling back to [`admin`].
 pub async fn leader_admin(nodes: &[Node]) -> Result<AdminClient> {
     let probe = admin(nodes)?;
-    for n in nodes.iter().filter(|n| n.member && n.child.is_some()) {
-        let Ok(s) = probe.status_of(&n.admin_addr()).await else {
+    let live: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.member && n.child.is_some())
+        .map(Node::admin_addr)
+        .collect();
+    for addr in &live {
+        let Ok(s) = probe.status_of(addr).await else {
             continue;
         };
-        if s.leader_id != 0 && !s.leader_peer_addr.is_empty() {
-            let mut cfg = ClientConfig::new([s.leader_peer_addr]);
+        // Followers may still name a leader that was just killed.
+        if s.leader_id != 0 && live.contains(&s.leader_peer_addr) {
+            let leader = s.leader_peer_addr;
+            let rest: Vec<String> = live.iter().filter(|a| **a != leader).cloned().collect();
+            let mut cfg = ClientConfig::new(std::iter::once(leader).chain(rest));
             cfg.connect_timeout = Duration::from_millis(500);
             cfg.request_timeout = Duration::from_secs(2);
             cfg.retry.overall_deadline = Duration::from_secs(8);

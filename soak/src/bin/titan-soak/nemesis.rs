@@ -109,7 +109,10 @@ impl Nemesis {
             "remove_member" => self.remove_member(target).await,
             _ => self.replace(target).await,
         };
-        *self.counts.entry(name).or_default() += 1;
+        // Ok(false): nothing to do (no free slot, or already at MIN_VOTERS).
+        if !matches!(res, Ok(false)) {
+            *self.counts.entry(name).or_default() += 1;
+        }
         if let Err(e) = res {
             let msg = format!("{name} on slot {}: {e:#}", target + 1);
             (self.log)(&format!("nemesis: {msg}"));
@@ -117,39 +120,40 @@ impl Nemesis {
         }
     }
 
-    async fn partition(&mut self, t: usize, hold: Duration) -> Result<()> {
+    async fn partition(&mut self, t: usize, hold: Duration) -> Result<bool> {
         net::partition(&self.nodes[t].host, &self.other_ips(t))?;
         tokio::time::sleep(hold).await;
         net::heal_partition(&self.nodes[t].host);
-        Ok(())
+        Ok(true)
     }
 
-    async fn kill_restart(&mut self, t: usize, hold: Duration) -> Result<()> {
+    async fn kill_restart(&mut self, t: usize, hold: Duration) -> Result<bool> {
         cluster::kill9(&mut self.nodes[t]);
         tokio::time::sleep(hold).await;
-        self.launcher.start(&mut self.nodes[t], &self.peers[t])
+        self.launcher.start(&mut self.nodes[t], &self.peers[t])?;
+        Ok(true)
     }
 
-    async fn pause(&mut self, t: usize, hold: Duration) -> Result<()> {
+    async fn pause(&mut self, t: usize, hold: Duration) -> Result<bool> {
         let Some(pid) = self.nodes[t].pid() else {
-            return Ok(());
+            return Ok(false);
         };
         cluster::signal(pid, "STOP")?;
         self.nodes[t].paused = true;
         tokio::time::sleep(hold).await;
         cluster::signal(pid, "CONT")?;
         self.nodes[t].paused = false;
-        Ok(())
+        Ok(true)
     }
 
-    async fn netem(&mut self, t: usize, hold: Duration, rng: &mut ChaCha8Rng) -> Result<()> {
+    async fn netem(&mut self, t: usize, hold: Duration, rng: &mut ChaCha8Rng) -> Result<bool> {
         let delay = rng.random_range(5..80);
         let loss = rng.random_range(0..20);
         let how = net::netem(&self.nodes[t].host, delay, delay / 2, loss)?;
         (self.log)(&format!("nemesis: {how}: delay {delay} ms, loss {loss}%"));
         tokio::time::sleep(hold).await;
         net::heal_netem(&self.nodes[t].host);
-        Ok(())
+        Ok(true)
     }
 
     /// How often the slot's current log says "fatal storage error".
@@ -162,7 +166,7 @@ impl Nemesis {
         text.matches("fatal storage error").count()
     }
 
-    async fn disk_full(&mut self, t: usize, hold: Duration) -> Result<()> {
+    async fn disk_full(&mut self, t: usize, hold: Duration) -> Result<bool> {
         let fatal_before = self.fatal_errors_logged(t);
         let filled = net::fill_disk(&self.nodes[t].host)?;
         (self.log)(&format!("nemesis: filled {filled} bytes"));
@@ -192,14 +196,15 @@ impl Nemesis {
             ));
             self.launcher.start(&mut self.nodes[t], &self.peers[t])?;
         }
-        Ok(())
+        Ok(true)
     }
 
-    async fn add_member(&mut self) -> Result<()> {
+    async fn add_member(&mut self) -> Result<bool> {
         let Some(free) = (0..self.nodes.len()).find(|&i| !self.nodes[i].member) else {
-            return Ok(());
+            return Ok(false);
         };
-        self.start_fresh(free).await
+        self.start_fresh(free).await?;
+        Ok(true)
     }
 
     /// Starts `slot` empty under a new name with `--join`, adds and promotes it.
@@ -214,13 +219,14 @@ impl Nemesis {
         cluster::add_and_promote(&admin, &mut self.nodes[slot]).await
     }
 
-    async fn remove_member(&mut self, t: usize) -> Result<()> {
+    async fn remove_member(&mut self, t: usize) -> Result<bool> {
         if self.members().len() <= MIN_VOTERS {
-            return Ok(());
+            return Ok(false);
         }
         self.remove(t).await?;
         cluster::kill9(&mut self.nodes[t]);
-        net::wipe(&self.nodes[t].host)
+        net::wipe(&self.nodes[t].host)?;
+        Ok(true)
     }
 
     async fn remove(&mut self, t: usize) -> Result<()> {
@@ -251,7 +257,7 @@ impl Nemesis {
 
     /// A member loses its disk: it is killed and wiped, removed from the
     /// configuration, and a fresh node takes its slot under a new name.
-    async fn replace(&mut self, t: usize) -> Result<()> {
+    async fn replace(&mut self, t: usize) -> Result<bool> {
         if self.nodes[t].id == 0 {
             let admin = cluster::admin(&self.nodes)?;
             self.nodes[t].id = cluster::wait_status(&admin, &self.nodes[t], Duration::from_secs(5))
@@ -265,7 +271,8 @@ impl Nemesis {
             self.nodes[t].member = false;
             return Err(e.context("the wiped member stays in the configuration, down"));
         }
-        self.start_fresh(t).await
+        self.start_fresh(t).await?;
+        Ok(true)
     }
 
     /// Heals every fault and restarts every member that is down.
