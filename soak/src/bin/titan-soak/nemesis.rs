@@ -248,6 +248,11 @@ impl Nemesis {
                     self.nodes[t].member = false;
                     return Ok(());
                 }
+                // An earlier attempt with an unknown outcome took effect.
+                Err(e) if e.to_string().contains("is not a member") => {
+                    self.nodes[t].member = false;
+                    return Ok(());
+                }
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
