@@ -36,6 +36,9 @@ pub async fn finish(
         }
     }
     let records = history.snapshot();
+    if let Err(e) = write_history(&records, &nem.launcher.logs.join("history.tsv")) {
+        log(&format!("could not write the history: {e}"));
+    }
     let finals = final_values(&records[first_final..]);
     let replicas_agree = replicas_agree(&nem.nodes, &finals, log).await;
     let lost = lost_acknowledged_writes(&records, &finals);
@@ -215,4 +218,25 @@ fn print_summary(
     log(&format!(
         "cluster converged and replicas agree: {converged}"
     ));
+}
+
+/// Writes the history, one operation per line:
+/// `key  put|get  value  call_ns  return_ns|-  ok|fail|unknown`.
+fn write_history(records: &[Record], path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for r in records {
+        let (kind, value) = match r.op.kind {
+            OpKind::Put { value } => ("put", value.to_string()),
+            OpKind::Get { value } => ("get", value.map_or("absent".into(), |v| v.to_string())),
+        };
+        let ret = r.op.ret.map_or("-".into(), |t| t.to_string());
+        let outcome = format!("{:?}", r.outcome).to_lowercase();
+        writeln!(
+            out,
+            "{}\t{kind}\t{value}\t{}\t{ret}\t{outcome}",
+            r.op.key, r.op.call
+        )?;
+    }
+    out.flush()
 }
