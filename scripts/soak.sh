@@ -43,10 +43,20 @@ ensure_tools() {
   fi
 }
 
-# Kills the processes inside our namespaces (by pid), deletes the namespaces
+# Kills the node processes and the driver (by pid), deletes the namespaces
 # (which removes their veths) and unmounts any tmpfs left under $WORK.
 cleanup() {
   local ns pid
+  # Node processes, by the ids the driver recorded (checked to still be ours).
+  if [ -f "${WORK}/pids" ]; then
+    while read -r pid; do
+      if grep -qa titan-server "/proc/${pid}/cmdline" 2>/dev/null; then
+        kill -CONT "${pid}" 2>/dev/null || true
+        kill -9 "${pid}" 2>/dev/null || true
+      fi
+    done <"${WORK}/pids"
+    rm -f "${WORK}/pids"
+  fi
   for ns in $(ip netns list 2>/dev/null | awk '$1 ~ /^tsoak-/ { print $1 }'); do
     for pid in $(ip netns pids "${ns}" 2>/dev/null); do
       kill -CONT "${pid}" 2>/dev/null || true

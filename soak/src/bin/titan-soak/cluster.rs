@@ -64,6 +64,10 @@ pub struct Launcher {
     pub bin: PathBuf,
     /// Log directory.
     pub logs: PathBuf,
+    /// Every started process id, one per line: `scripts/soak.sh` kills
+    /// these on exit (namespaces made from inside the hub's mount namespace
+    /// are invisible to `ip netns pids` outside it).
+    pub pid_file: PathBuf,
 }
 
 impl Launcher {
@@ -100,6 +104,12 @@ impl Launcher {
             .stderr(log)
             .spawn()
             .context("starting titan-server")?;
+        use std::io::Write;
+        let mut pids = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.pid_file)?;
+        writeln!(pids, "{}", child.id())?;
         node.child = Some(child);
         node.paused = false;
         Ok(())

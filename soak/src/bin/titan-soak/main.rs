@@ -95,6 +95,7 @@ async fn setup(args: &Args) -> Result<Nemesis> {
     let launcher = Launcher {
         bin: std::fs::canonicalize(&args.bin).context("titan-server binary")?,
         logs,
+        pid_file: args.work.join("pids"),
     };
     let mut nodes = Vec::new();
     for slot in 1..=args.slots {
