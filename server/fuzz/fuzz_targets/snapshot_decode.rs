@@ -1,16 +1,14 @@
-//! Fuzzes the snapshot decoder: any bytes must decode or fail cleanly,
-//! without panicking or allocating beyond the configured limits.
-#![no_main]
+//! AFL++ harness for the `snapshot_decode` target; the body and its properties are
+//! `titan_server::fuzzing::snapshot_decode`. Built and run by `scripts/fuzz.sh`; run
+//! outside afl-fuzz it reads one input from stdin (to reproduce a crash).
 
-use libfuzzer_sys::fuzz_target;
-use titan_server::storage::SnapshotLimits;
-use titan_server::storage::snapshot_codec::decode_snapshot;
+use titan_server::fuzzing::{self, CappedAlloc};
 
-fuzz_target!(|data: &[u8]| {
-    let limits = SnapshotLimits {
-        max_header_bytes: 1 << 16,
-        max_key_bytes: 1 << 16,
-        max_value_bytes: 1 << 16,
-    };
-    let _ = decode_snapshot(&mut std::io::Cursor::new(data), &limits);
-});
+#[global_allocator]
+static ALLOC: CappedAlloc = CappedAlloc;
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        fuzzing::snapshot_decode(data);
+    });
+}

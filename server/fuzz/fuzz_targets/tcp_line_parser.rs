@@ -1,20 +1,14 @@
-//! Fuzzes the plaintext protocol's framing (`check`) and parsing (`parse`)
-//! with arbitrary bytes: no input may panic, `check` never claims more bytes
-//! than exist, and a complete line never exceeds the limit.
-#![no_main]
+//! AFL++ harness for the `tcp_line_parser` target; the body and its properties are
+//! `titan_server::fuzzing::tcp_line_parser`. Built and run by `scripts/fuzz.sh`; run
+//! outside afl-fuzz it reads one input from stdin (to reproduce a crash).
 
-use libfuzzer_sys::fuzz_target;
-use titan_server::api::protocol::{Check, check, parse};
+use titan_server::fuzzing::{self, CappedAlloc};
 
-/// Small so oversize handling is exercised often.
-const MAX_LINE_BYTES: usize = 64;
+#[global_allocator]
+static ALLOC: CappedAlloc = CappedAlloc;
 
-fuzz_target!(|data: &[u8]| {
-    let mut rest = data;
-    while let Check::Complete { line_len, consumed } = check(rest, MAX_LINE_BYTES) {
-        assert!(line_len <= MAX_LINE_BYTES && line_len < consumed && consumed <= rest.len());
-        let _ = parse(&rest[..line_len]);
-        rest = &rest[consumed..];
-    }
-    let _ = parse(data);
-});
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        fuzzing::tcp_line_parser(data);
+    });
+}

@@ -1,14 +1,14 @@
-//! Fuzzes the WAL record decoder: any bytes must decode or fail cleanly,
-//! and a decoded record must re-encode to the same frame.
-#![no_main]
+//! AFL++ harness for the `wal_record` target; the body and its properties are
+//! `titan_server::fuzzing::wal_record`. Built and run by `scripts/fuzz.sh`; run
+//! outside afl-fuzz it reads one input from stdin (to reproduce a crash).
 
-use libfuzzer_sys::fuzz_target;
-use titan_server::storage::wal_record::decode_frame;
+use titan_server::fuzzing::{self, CappedAlloc};
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok((record, used)) = decode_frame(data, 1 << 20) {
-        let mut again = Vec::new();
-        record.encode_into(&mut again);
-        assert_eq!(&again[..], &data[..used]);
-    }
-});
+#[global_allocator]
+static ALLOC: CappedAlloc = CappedAlloc;
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        fuzzing::wal_record(data);
+    });
+}

@@ -16,9 +16,9 @@ use crate::metrics::{Metrics, Op};
 use crate::node::{Condition, KvEntry, NodeHandle, ReadAnswer, ReadQuery, WriteOp};
 
 /// Range results returned when the request gives no limit.
-const DEFAULT_RANGE_LIMIT: usize = 1000;
+pub const DEFAULT_RANGE_LIMIT: usize = 1000;
 /// Hard cap on range results per call.
-const MAX_RANGE_LIMIT: usize = 10_000;
+pub const MAX_RANGE_LIMIT: usize = 10_000;
 /// Byte budget (keys plus values) of one Range answer; a longer result is
 /// cut (at least one pair is returned) and reported with `more = true`.
 pub const MAX_RANGE_REPLY_BYTES: usize = 32 << 20;
@@ -103,27 +103,57 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     Vec::new()
 }
 
+/// The gRPC edge for `Get`: the key and whether the read is linearizable.
+/// (Each `*_from_pb` is what the service checks and converts before the
+/// node sees a request; the fuzz target `grpc_request` drives them.)
+pub fn get_from_pb(r: pb::GetRequest) -> Result<(Bytes, bool), Status> {
+    Ok((Bytes::from(r.key), linearizable(r.consistency)))
+}
+
+/// The gRPC edge for `Put`.
+pub fn put_from_pb(r: pb::PutRequest) -> Result<WriteOp, Status> {
+    Ok(WriteOp::Put {
+        key: Bytes::from(r.key),
+        value: Bytes::from(r.value),
+        cond: cond_from_pb(r.condition),
+    })
+}
+
+/// The gRPC edge for `Delete`.
+pub fn delete_from_pb(r: pb::DeleteRequest) -> Result<WriteOp, Status> {
+    Ok(WriteOp::Delete {
+        key: Bytes::from(r.key),
+        cond: cond_from_pb(r.condition),
+    })
+}
+
+/// The gRPC edge for `Range`: the bounded query and whether it is linearizable.
+pub fn range_from_pb(r: pb::RangeRequest) -> Result<(ReadQuery, bool), Status> {
+    let (start, end) = if r.prefix.is_empty() {
+        (r.start, r.end)
+    } else {
+        let end = prefix_end(&r.prefix);
+        (r.prefix, end)
+    };
+    let limit = match r.limit as usize {
+        0 => DEFAULT_RANGE_LIMIT,
+        n => n.min(MAX_RANGE_LIMIT),
+    };
+    let query = ReadQuery::Range {
+        start: Bytes::from(start),
+        end: Bytes::from(end),
+        limit,
+        max_bytes: MAX_RANGE_REPLY_BYTES,
+    };
+    Ok((query, linearizable(r.consistency)))
+}
+
 impl KvService {
     async fn do_range(&self, r: pb::RangeRequest) -> Result<pb::RangeResponse, Status> {
-        let (start, end) = if r.prefix.is_empty() {
-            (r.start, r.end)
-        } else {
-            let end = prefix_end(&r.prefix);
-            (r.prefix, end)
-        };
-        let limit = match r.limit as usize {
-            0 => DEFAULT_RANGE_LIMIT,
-            n => n.min(MAX_RANGE_LIMIT),
-        };
-        let query = ReadQuery::Range {
-            start: Bytes::from(start),
-            end: Bytes::from(end),
-            limit,
-            max_bytes: MAX_RANGE_REPLY_BYTES,
-        };
+        let (query, linearizable) = range_from_pb(r)?;
         let res = self
             .node
-            .read(query, linearizable(r.consistency))
+            .read(query, linearizable)
             .await
             .map_err(status_from_error)?;
         match res.answer {
@@ -142,16 +172,15 @@ impl Kv for KvService {
     async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
         let _permit = self.admit()?;
         let started = Instant::now();
-        let r = req.into_inner();
-        let res = self
-            .node
-            .get(Bytes::from(r.key), linearizable(r.consistency))
-            .await
-            .map(|g| pb::GetResponse {
+        let res = async {
+            let (key, linearizable) = get_from_pb(req.into_inner())?;
+            let g = self.node.get(key, linearizable).await;
+            g.map_err(status_from_error).map(|g| pb::GetResponse {
                 kv: g.value.map(kv_to_pb),
                 read_index: g.read_index,
             })
-            .map_err(status_from_error);
+        }
+        .await;
         self.observe(Op::Get, started, &res);
         res.map(Response::new)
     }
@@ -159,21 +188,14 @@ impl Kv for KvService {
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         let _permit = self.admit()?;
         let started = Instant::now();
-        let r = req.into_inner();
-        let op = WriteOp::Put {
-            key: Bytes::from(r.key),
-            value: Bytes::from(r.value),
-            cond: cond_from_pb(r.condition),
-        };
-        let res = self
-            .node
-            .write(op)
-            .await
-            .map(|w| pb::PutResponse {
+        let res = async {
+            let w = self.node.write(put_from_pb(req.into_inner())?).await;
+            w.map_err(status_from_error).map(|w| pb::PutResponse {
                 succeeded: w.succeeded,
                 version: w.version,
             })
-            .map_err(status_from_error);
+        }
+        .await;
         self.observe(Op::Set, started, &res);
         res.map(Response::new)
     }
@@ -184,21 +206,15 @@ impl Kv for KvService {
     ) -> Result<Response<pb::DeleteResponse>, Status> {
         let _permit = self.admit()?;
         let started = Instant::now();
-        let r = req.into_inner();
-        let op = WriteOp::Delete {
-            key: Bytes::from(r.key),
-            cond: cond_from_pb(r.condition),
-        };
-        let res = self
-            .node
-            .write(op)
-            .await
-            .map(|w| pb::DeleteResponse {
+        let res = async {
+            let w = self.node.write(delete_from_pb(req.into_inner())?).await;
+            w.map_err(status_from_error).map(|w| pb::DeleteResponse {
                 succeeded: w.succeeded,
                 existed: w.existed,
                 version: w.version,
             })
-            .map_err(status_from_error);
+        }
+        .await;
         self.observe(Op::Delete, started, &res);
         res.map(Response::new)
     }

@@ -12,6 +12,8 @@ pub mod etcd_convert;
 pub mod etcd_forward;
 pub mod etcd_kv;
 pub mod etcd_watch;
+#[doc(hidden)]
+pub mod kv_fuzz;
 pub mod kv_service;
 pub mod peer;
 pub mod raft_service;

@@ -1,0 +1,6 @@
+//! Test support for Titan's opt-in soak (`scripts/soak.sh`): the
+//! linearizability checker over a recorded client history. The driver that
+//! builds the namespaced cluster, runs the nemesis and records the history is
+//! the `titan-soak` binary in this crate.
+
+pub mod linearizability;
