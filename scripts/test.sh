@@ -12,15 +12,17 @@
 # then reports itself skipped).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/lib/stage.sh
+. scripts/lib/stage.sh
 
 if ! cargo nextest --version >/dev/null 2>&1; then
-  echo "== installing cargo-nextest"
+  stage "installing cargo-nextest"
   cargo install cargo-nextest --locked
 fi
 
 # The etcdctl tier (server/tests/cluster_etcdctl.rs) runs Debian's etcdctl 3.4.
 if ! command -v etcdctl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  echo "== installing etcd-client (etcdctl)"
+  stage "installing etcd-client (etcdctl)"
   sudo_cmd=""
   if [ "$(id -u)" != 0 ]; then sudo_cmd="sudo"; fi
   $sudo_cmd apt-get update -qq
@@ -28,18 +30,20 @@ if ! command -v etcdctl >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; t
 fi
 
 if [ -x scripts/ci/tools.sh ]; then
+  stage "packaging tools (helm, shellcheck, hadolint; cached)"
   tools_bin=$(scripts/ci/tools.sh)
   export PATH="$tools_bin:$PATH"
 fi
 
 if [ -z "${KUBEBUILDER_ASSETS:-}" ] && [ "${TITAN_SKIP_APISERVER:-0}" != 1 ] \
   && [ -x scripts/ci/kube-apiserver.sh ]; then
+  stage "kube-apiserver + etcd assets (built once from Debian sources, cached)"
   KUBEBUILDER_ASSETS=$(scripts/ci/kube-apiserver.sh)
   export KUBEBUILDER_ASSETS
 fi
 
 # The operator's process tier drives real titan-server binaries.
-echo "== building titan-server"
+stage "building titan-server"
 cargo build --locked -p titan-server --bin titan-server
 export TITAN_SERVER_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/titan-server"
 
@@ -48,13 +52,13 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
   export TITAN_REQUIRE_ALL_TIERS=1
 fi
 
-echo "== cargo nextest (all workspace tests)"
+stage "cargo nextest (all workspace tests)"
 cargo nextest run --workspace --locked --profile ci
 
-echo "== doc tests"
+stage "doc tests"
 cargo test --workspace --doc --locked
 
 if [ -x scripts/ci/check-packaging.sh ]; then
-  echo "== packaging checks"
+  stage "packaging checks"
   scripts/ci/check-packaging.sh
 fi
