@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Starts (or stops) a 3-node Titan cluster on localhost, with the seed's own
+# Starts (or stops) a 3-node Titan cluster on localhost, with the original
 # command line and nothing else:
 #   titan-server -id=node1 -port=5001 -client-port=6001 \
 #     -advertise-client-addr=localhost:6001 -peers="node2:localhost:5002:6002,node3:localhost:5003:6003"

@@ -6,7 +6,7 @@
 //! member's admin `Status`). Because of that, an operator that crashes between
 //! any two steps re-derives the same next step on restart.
 //!
-//! Rules (issue 6):
+//! Rules:
 //! - one membership change per reconcile; the reconciler re-observes before the next;
 //! - an unreachable pod is never treated as removed;
 //! - no change may leave the healthy voters without a majority;
@@ -18,7 +18,7 @@
 //! - rolling update: followers from the highest ordinal down, leader last after
 //!   a transfer, each only when every member is healthy and caught up and the
 //!   other healthy voters still form a majority without the restarted pod (so
-//!   2 voters are never rolled: one of two is no majority; issue #11 finding 8).
+//!   2 voters are never rolled: one of two is no majority).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -50,7 +50,7 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
     let mut rng = SplitMix64::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED);
     let pre_vote = rng.chance(3, 4);
     let check_quorum = rng.chance(3, 4);
-    // Lease reads were removed (issue #11 finding 9); the draw that chose
+    // Lease reads were removed; the draw that chose
     // them stays so every seed keeps the fault schedule it always had.
     let _former_lease_draw = check_quorum && rng.chance(1, 3);
     let mut c = Cluster::new(3, TOTAL_NODES, seed, |cfg| {

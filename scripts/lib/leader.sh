@@ -3,7 +3,7 @@
 # Shared by scripts/cluster.sh and scripts/chaos-demo.sh. Nothing here writes
 # to the keyspace: the leader is found from each node's Prometheus metrics.
 #
-# Node n (1..3) uses the seed's ports: peer 500n, client 600n, and the ports
+# Node n (1..3) uses the original ports: peer 500n, client 600n, and the ports
 # titan-server derives from the client port: gRPC 700n, HTTP 8079+n.
 
 # HTTP port of node $1 (client port + 2079, the server's documented rule).

@@ -1,6 +1,6 @@
 //! Command line and environment configuration for `titan-server`.
 //!
-//! The seed's single-dash flags (`-id=node1 -peers=...`) are accepted by
+//! The original single-dash flags (`-id=node1 -peers=...`) are accepted by
 //! rewriting them to the double-dash form before clap sees them
 //! ([`normalize_args`]); every flag also has a `TITAN_*` environment variable.
 //!
@@ -290,7 +290,7 @@ impl Config {
 }
 
 /// Rewrites `-flag=value` and `-flag value` to `--flag...` so clap accepts the
-/// seed's Go-style command line. `-h`/`-V` and anything already double-dashed
+/// original Go-style command line. `-h`/`-V` and anything already double-dashed
 /// are left alone; a lone `-` (stdin convention) too.
 pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString> {
     args.into_iter()
@@ -515,7 +515,7 @@ impl Cli {
     }
 }
 
-// ---- Size limits (issue #11: every size limit checked at the edge). ----
+// ---- Size limits (every size limit checked at the edge). ----
 // Key and value limits come from the WAL (`node::limits`), never from a flag,
 // so no flag value can make the edge accept what storage refuses. The line
 // limit only bounds TCP buffering; it must leave room for the largest request
@@ -621,7 +621,7 @@ mod tests {
 
     #[test]
     fn unnamed_ports_follow_the_client_port() {
-        // (client port, gRPC, HTTP): the seed's three nodes on one host, the
+        // (client port, gRPC, HTTP): the original three nodes on one host, the
         // defaults, and "any free port".
         let cases = [
             (None, 7001, 8080),

@@ -1,4 +1,4 @@
-//! `titan-server` binary: parse flags (seed-compatible), set up logging, start
+//! `titan-server` binary: parse flags (the original single-dash form too), set up logging, start
 //! the node and its listeners, and shut down gracefully on SIGTERM / Ctrl-C.
 
 use std::io::IsTerminal;

@@ -1,4 +1,4 @@
-//! The three reproductions of the reliability review (issue #11), against
+//! The three reproductions of the reliability review, against
 //! real `titan-server` processes:
 //! - a value with `\n` written over gRPC must never split a TCP reply;
 //! - a value larger than storage can hold is refused at the edge, cleanly;

@@ -1,4 +1,4 @@
-//! The gRPC KV service (SPEC §4) against real processes: versions,
+//! The gRPC KV service (README.md, "etcd v3 API" and `proto/titan/v1/kv.proto`) against real processes: versions,
 //! compare-and-set, consistency levels, ranges and leader redirects.
 
 mod common;

@@ -1,8 +1,8 @@
 //! `scripts/cluster.sh` (what `make cluster-start` runs) against the real
-//! binary: it starts the seed's three nodes, names the node that really leads,
+//! binary: it starts the original three nodes, names the node that really leads,
 //! and finds it without writing anything into the keyspace.
 //!
-//! The script uses the seed's fixed ports (5001..5003, 6001..6003 and the
+//! The script uses the original fixed ports (5001..5003, 6001..6003 and the
 //! derived 7001..7003, 8080..8082); when one of them is taken on this host
 //! the test says so and skips rather than fight whatever holds it.
 

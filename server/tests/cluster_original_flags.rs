@@ -1,11 +1,11 @@
-//! SPEC §2: the seed's own command line, verbatim, starts a three-node
+//! The original command line, verbatim, starts a three-node
 //! cluster on one host. Each node gets exactly the original flags
 //! (`-id -port -client-port -advertise-client-addr -peers`) and nothing else:
 //! no `--grpc-port`/`--http-port` (derived from the client port), no
 //! `--data-dir` (the default `./data/<id>` differs per id, so the three nodes
 //! share one temporary working directory), no `TITAN_*` variables.
 //!
-//! The port numbers keep the seed's layout (peer `N+5001..`, client
+//! The port numbers keep the original layout (peer `N+5001..`, client
 //! `N+6001..`) shifted by a base `N` that is free on this host, so the test
 //! never fights a developer's `make cluster-start` on 5001..6003.
 
@@ -20,14 +20,14 @@ use std::time::{Duration, Instant};
 use common::{Cluster, Node};
 use titan_server::config::{DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT};
 
-/// Bases tried for the seed's port layout; each gives peer `base+5001..5003`,
+/// Bases tried for the original port layout; each gives peer `base+5001..5003`,
 /// client `base+6001..6003`, derived gRPC `base+7001..` and HTTP `base+8080..`,
 /// all below the kernel's ephemeral range.
 const BASES: [u16; 8] = [
     10_000, 11_000, 12_000, 13_000, 14_000, 15_000, 16_000, 17_000,
 ];
 
-/// The seed's ports shifted by `base`: (peer, client, derived gRPC, derived HTTP) of node `i`.
+/// The original ports shifted by `base`: (peer, client, derived gRPC, derived HTTP) of node `i`.
 fn ports(base: u16, i: u16) -> (u16, u16, u16, u16) {
     let client = base + 6001 + i;
     (
@@ -53,7 +53,7 @@ fn free_base() -> u16 {
         .expect("no free port base for the seed layout")
 }
 
-/// Exactly the seed's flags for node `i` (0-based) of three.
+/// Exactly the original flags for node `i` (0-based) of three.
 fn seed_flags(base: u16, i: u16) -> Vec<String> {
     let (peer, client, _, _) = ports(base, i);
     let peers: Vec<String> = (0..3)

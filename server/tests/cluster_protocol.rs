@@ -1,4 +1,4 @@
-//! SPEC §1 over real sockets against real `titan-server` processes.
+//! The TCP protocol (README.md, "Protocol") over real sockets against real `titan-server` processes.
 
 mod common;
 

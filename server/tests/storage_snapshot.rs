@@ -214,7 +214,7 @@ fn installed_snapshot_is_validated_before_it_is_published() {
     let staged = good.finish().unwrap();
     assert_eq!(staged.header().meta.index, 200);
     // Staged, not loadable: publishing is the runtime's step once the core
-    // accepted it and the WAL marker is durable (issue #11 finding 1).
+    // accepted it and the WAL marker is durable.
     assert!(
         follower.list().unwrap().is_empty(),
         "loadable before acceptance"

@@ -1,4 +1,4 @@
-//! Client-facing non-gRPC APIs: the plaintext TCP protocol (SPEC §1) and the
+//! Client-facing non-gRPC APIs: the plaintext TCP protocol (README.md, "Protocol") and the
 //! HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
 //!
 //! Layers follow mini-redis: [`protocol`] is pure (bytes → request, reply →

@@ -1,4 +1,4 @@
-//! The plaintext line protocol (SPEC §1) as pure functions: [`check`] finds
+//! The plaintext line protocol (README.md, "Protocol") as pure functions: [`check`] finds
 //! where the next line ends without consuming anything, [`parse`] turns one
 //! complete line into a [`Request`], and [`Reply::encode`] renders replies.
 //! No IO lives here, so the fuzz target and table tests drive it directly.

@@ -10,7 +10,7 @@
 //!
 //! "Already runs" must rest on facts that hold whoever led: a leader's match
 //! index is no such fact (followers report 0 for everyone, and a new leader
-//! starts at 0 for a member that was down; issue #11 finding 3). A peer
+//! starts at 0 for a member that was down). A peer
 //! proves the cluster ran past its bootstrap if it reports a term above 1
 //! (bootstrap writes term 1, so some election happened, in which this member
 //! may have voted or led, and every acknowledgement carries such a term), a

@@ -1,5 +1,5 @@
 //! Size limits every API checks at the edge, before a request reaches the
-//! runtime (SPEC §1 "Sizes are checked at the edge").
+//! runtime.
 //!
 //! There is one source of truth: the WAL's record limit
 //! ([`DEFAULT_MAX_RECORD_BYTES`]) and the shared entry-record size

@@ -5,9 +5,9 @@
 //!
 //! Contexts are unique across restarts: the high 32 bits are a random
 //! per-process incarnation, so a late ReadIndexResp meant for a previous
-//! incarnation of this node never matches a batch of this one (issue #11
-//! finding 5: numbering from 1 in every process let an old reply confirm a
-//! new read at an old index).
+//! incarnation of this node never matches a batch of this one (numbering
+//! from 1 in every process would let an old reply confirm a new read at an
+//! old index: a stale read).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -5,7 +5,7 @@
 //! A received snapshot arrives staged (not loadable). It is kept only if
 //! the core accepts it (a stale one is deleted at once) and published as a
 //! loadable `snap-*.snap` only after the WAL's snapshot marker is durable,
-//! so a crash at any point leaves a bootable node (issue #11 finding 1).
+//! so a crash at any point leaves a bootable node.
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -75,7 +75,7 @@ impl SnapshotState {
 /// and the membership as of `index` (snapshot conf plus the log's conf
 /// changes up to it). Never `status().conf`: membership takes effect when
 /// appended, so that may include a change that is not committed and may
-/// still be truncated (issue #11 finding 4).
+/// still be truncated.
 pub(super) fn snapshot_meta_at(raw: &RawNode, index: u64) -> SnapshotMeta {
     let storage = raw.storage();
     SnapshotMeta {

@@ -6,7 +6,7 @@
 //! place, and then the directory is fsynced: a crash at any point leaves the
 //! previous snapshots intact (leftover `.tmp` files are deleted on open).
 //!
-//! A received snapshot is never loadable on arrival (issue #11 finding 1):
+//! A received snapshot is never loadable on arrival:
 //! it is validated and fsynced as `staged-{index:020}-{term:020}.{unique}.staged`,
 //! which boot neither loads, prunes with nor streams. The node publishes it
 //! as `snap-*.snap` only after the Raft core accepted it and the WAL's

@@ -13,7 +13,7 @@
 //! All integers are little-endian. Decoding never panics and never allocates
 //! more than the record's checked length.
 //!
-//! Format version 2 (issue #11 finding 7): every segment's preamble ends
+//! Format version 2: every segment's preamble ends
 //! with a `Synced` record carrying a random per-segment nonce, and every
 //! write batch ends with a `Synced` record: "when this batch was written,
 //! the first `synced_bytes` bytes of this segment were durable". A batch

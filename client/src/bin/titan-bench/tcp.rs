@@ -1,4 +1,4 @@
-//! A pipelined connection to Titan's plaintext TCP protocol (SPEC §1): many
+//! A pipelined connection to Titan's plaintext TCP protocol (README.md, "Protocol"): many
 //! workers share it, requests are written as they come and replies are matched
 //! to requests by order.
 
