@@ -16,6 +16,8 @@ use titan_client::{AdminClient, CasResult, Client, ClientConfig, Consistency, Er
 const STREAM_WRITES: usize = 300;
 /// Acknowledged writes before the leader is killed.
 const KILL_AFTER_ACKS: usize = 60;
+/// Longest a short titan-bench run may take before the test calls it a hang.
+const BENCH_RUN_LIMIT: Duration = Duration::from_secs(60);
 
 struct NodeProc {
     name: String,
@@ -329,7 +331,8 @@ async fn titan_bench_drives_tcp_and_grpc_load_through_redirects() {
     ];
     for (target, endpoints) in cases {
         for op in ["put", "get", "mixed"] {
-            let out = Command::new(env!("CARGO_BIN_EXE_titan-bench"))
+            let mut bench = tokio::process::Command::new(env!("CARGO_BIN_EXE_titan-bench"));
+            bench
                 .args(["--target", target, "--endpoints", &endpoints, "--op", op])
                 .args([
                     "--clients",
@@ -341,7 +344,14 @@ async fn titan_bench_drives_tcp_and_grpc_load_through_redirects() {
                     "--json",
                     "--quiet",
                 ])
-                .output()
+                .kill_on_drop(true);
+            // 300 operations take well under a second; a run that is still
+            // going after a minute is a hang, reported as one.
+            let out = tokio::time::timeout(BENCH_RUN_LIMIT, bench.output())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!("{target} {op}: titan-bench still running after {BENCH_RUN_LIMIT:?}")
+                })
                 .expect("run titan-bench");
             let stderr = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(0), "{target} {op}: {stderr}");

@@ -34,6 +34,13 @@ struct Shared {
     done_ops: AtomicU64,
     /// Failed measured operations (for the progress line).
     done_errors: AtomicU64,
+    /// Workers still running; the run is over when none is left.
+    live_workers: AtomicU64,
+}
+
+/// Whether the run starts with an unmeasured warm-up (`--ops` runs never do).
+fn warms_up(args: &Args) -> bool {
+    args.warmup_secs > 0.0 && args.ops.is_none()
 }
 
 pub async fn run(args: Args) -> anyhow::Result<Summary> {
@@ -56,6 +63,12 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     }
     let shared = Arc::new(Shared {
         ops_left: args.ops.map(AtomicU64::new),
+        // Without a warm-up every operation counts from the start. Setting
+        // this only after the workers are spawned would let an early
+        // operation use up its `--ops` budget without being counted, and
+        // the run would then wait for it forever.
+        measuring: AtomicBool::new(!warms_up(&args)),
+        live_workers: AtomicU64::new(args.clients as u64),
         ..Default::default()
     });
     let mut handles = Vec::with_capacity(args.clients);
@@ -93,7 +106,7 @@ fn make_slots(args: &Args) -> Vec<Arc<ConnSlot>> {
 /// Warm-up, then the measured phase, printing progress; returns the measured
 /// wall time.
 async fn control(args: &Args, shared: &Shared) -> Duration {
-    if args.warmup_secs > 0.0 && args.ops.is_none() {
+    if warms_up(args) {
         tokio::time::sleep(Duration::from_secs_f64(args.warmup_secs)).await;
     }
     shared.measuring.store(true, Ordering::SeqCst);
@@ -113,7 +126,7 @@ async fn control(args: &Args, shared: &Shared) -> Duration {
         let done = match args.ops {
             Some(target) => finished >= target,
             None => started.elapsed() >= limit,
-        };
+        } || shared.live_workers.load(Ordering::SeqCst) == 0;
         if done {
             break;
         }
@@ -181,6 +194,7 @@ async fn worker(
             }
         }
     }
+    shared.live_workers.fetch_sub(1, Ordering::SeqCst);
     rec
 }
 
