@@ -1,14 +1,12 @@
 //! The client, `titanctl` and the leader-failover path against a real 3-node
 //! `titan-server` cluster on loopback.
 //!
-//! The server binary is taken from `TITAN_SERVER_BIN`, else
-//! `target/debug/titan-server`, brought up to date with
-//! `cargo build -p titan-server` first (a no-op when nothing changed).
+//! Nodes come from `titan-testkit`: the server binary is `TITAN_SERVER_BIN`,
+//! else `titan-server` in this test's target dir (`cargo build -p titan-server
+//! --bins` first; the test never builds it).
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use titan_client::{AdminClient, CasResult, Client, ClientConfig, Consistency, Error, RangeQuery};
 
@@ -19,91 +17,30 @@ const KILL_AFTER_ACKS: usize = 60;
 /// Longest a short titan-bench run may take before the test calls it a hang.
 const BENCH_RUN_LIMIT: Duration = Duration::from_secs(60);
 
-struct NodeProc {
-    name: String,
-    peer: u16,
-    client: u16,
-    grpc: u16,
-    http: u16,
-    child: Option<Child>,
-}
-
+/// A 3-node cluster from `titan-testkit`, with the client-side views these
+/// tests need.
 struct TestCluster {
-    nodes: Vec<NodeProc>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestCluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
-fn server_bin() -> PathBuf {
-    if let Ok(bin) = std::env::var("TITAN_SERVER_BIN") {
-        return PathBuf::from(bin);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "titan-server", "--bin", "titan-server"])
-        .current_dir(&root)
-        .status()
-        .expect("run cargo build for titan-server");
-    assert!(status.success(), "building titan-server failed");
-    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, wherever the target dir is.
-    let target_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let target_dir = target_dir.parent().expect("target dir above tmp");
-    target_dir.join("debug/titan-server")
+    inner: titan_testkit::Cluster,
 }
 
 impl TestCluster {
+    /// Starts 3 bootstrapped nodes and waits for a leader (blocking calls run
+    /// in `block_in_place`, so this must be a multi-thread runtime).
     fn start() -> TestCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut nodes: Vec<NodeProc> = (1..=3)
-            .map(|i| NodeProc {
-                name: format!("node{i}"),
-                peer: free_port(),
-                client: free_port(),
-                grpc: free_port(),
-                http: free_port(),
-                child: None,
-            })
-            .collect();
-        let bin = server_bin();
-        for i in 0..nodes.len() {
-            let peers: Vec<String> = nodes
-                .iter()
-                .filter(|n| n.name != nodes[i].name)
-                .map(|n| format!("{}:127.0.0.1:{}:{}", n.name, n.peer, n.client))
-                .collect();
-            let child = spawn_node(&bin, &nodes[i], &peers.join(","), dir.path());
-            nodes[i].child = Some(child);
-        }
-        TestCluster { nodes, _dir: dir }
+        let inner = tokio::task::block_in_place(|| titan_testkit::Cluster::start(3, &[]));
+        TestCluster { inner }
+    }
+
+    fn nodes(&self) -> &[titan_testkit::Node] {
+        &self.inner.nodes
     }
 
     fn grpc_endpoints(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.grpc))
-            .collect()
+        self.inner.grpc_endpoints()
     }
 
     fn admin_endpoints(&self) -> Vec<String> {
-        self.nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.peer))
-            .collect()
+        self.inner.admin_endpoints()
     }
 
     fn client(&self) -> Client {
@@ -123,16 +60,16 @@ impl TestCluster {
         let admin = self.admin();
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            for node in self.nodes.iter().filter(|n| n.child.is_some()) {
-                let Ok(s) = admin.status_of(&format!("127.0.0.1:{}", node.peer)).await else {
+            for node in self.nodes().iter().filter(|n| n.is_running()) {
+                let Ok(s) = admin.status_of(&node.admin_endpoint()).await else {
                     continue;
                 };
                 let leader = self
-                    .nodes
+                    .nodes()
                     .iter()
-                    .find(|n| s.leader_peer_addr.ends_with(&format!(":{}", n.peer)));
-                if let Some(leader) = leader.filter(|l| l.child.is_some()) {
-                    return leader.peer;
+                    .find(|n| s.leader_peer_addr.ends_with(&format!(":{}", n.peer_port)));
+                if let Some(leader) = leader.filter(|l| l.is_running()) {
+                    return leader.peer_port;
                 }
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -142,34 +79,14 @@ impl TestCluster {
 
     fn kill_by_peer_port(&mut self, peer: u16) {
         let node = self
+            .inner
             .nodes
             .iter_mut()
-            .find(|n| n.peer == peer)
+            .find(|n| n.peer_port == peer)
             .expect("known node");
-        let mut child = node.child.take().expect("node is running");
-        child.kill().expect("SIGKILL the leader");
-        let _ = child.wait();
+        assert!(node.is_running(), "node is running");
+        node.kill();
     }
-}
-
-fn spawn_node(bin: &PathBuf, n: &NodeProc, peers: &str, dir: &std::path::Path) -> Child {
-    let log = std::fs::File::create(dir.join(format!("{}.log", n.name))).expect("log file");
-    Command::new(bin)
-        .arg(format!("-id={}", n.name))
-        .arg(format!("-port={}", n.peer))
-        .arg(format!("-client-port={}", n.client))
-        .arg(format!("-advertise-client-addr=127.0.0.1:{}", n.client))
-        .arg(format!("--advertise-peer-addr=127.0.0.1:{}", n.peer))
-        .arg(format!("--advertise-grpc-addr=127.0.0.1:{}", n.grpc))
-        .arg(format!("--grpc-port={}", n.grpc))
-        .arg(format!("--http-port={}", n.http))
-        .arg("--listen-addr=127.0.0.1")
-        .arg(format!("--data-dir={}", dir.join(&n.name).display()))
-        .arg(format!("-peers={peers}"))
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("spawn titan-server")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,11 +237,7 @@ async fn titanctl_reports_status_and_exit_codes() {
 async fn titan_bench_drives_tcp_and_grpc_load_through_redirects() {
     let cluster = TestCluster::start();
     cluster.wait_for_leader(Duration::from_secs(20)).await;
-    let tcp: Vec<String> = cluster
-        .nodes
-        .iter()
-        .map(|n| format!("127.0.0.1:{}", n.client))
-        .collect();
+    let tcp: Vec<String> = cluster.inner.tcp_endpoints();
     let cases = [
         ("titan-tcp", tcp.join(",")),
         ("titan-grpc", cluster.grpc_endpoints().join(",")),

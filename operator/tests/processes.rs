@@ -6,12 +6,11 @@
 //! no state between calls — every call is a freshly "restarted" operator — so
 //! these runs also show that an operator killed between any two steps resumes.
 //!
-//! Needs the server binary: `cargo build -p titan-server` (found in
-//! `target/debug/titan-server`) or `TITAN_SERVER_BIN`; skipped with a message otherwise.
+//! Needs the server binary, found by `titan-testkit`: `TITAN_SERVER_BIN`, else
+//! `titan-server` in this test's target dir (`cargo build -p titan-server --bins`);
+//! the tests fail with that command when it is absent.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,20 +25,7 @@ const MAX_STEPS: usize = 200;
 /// Longest time one convergence may take.
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn server_bin() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("TITAN_SERVER_BIN") {
-        return Some(PathBuf::from(p));
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/titan-server");
-    p.exists().then_some(p)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("free port: {e}"))
-}
+use titan_testkit::{free_port, request};
 
 /// One ordinal: stable ports and data dir, like a pod's DNS name and PVC.
 struct Slot {
@@ -360,16 +346,6 @@ struct Writers {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-fn request(port: u16, line: &str) -> Option<String> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-    let mut writer = stream.try_clone().ok()?;
-    writer.write_all(format!("{line}\n").as_bytes()).ok()?;
-    let mut reply = String::new();
-    BufReader::new(stream).read_line(&mut reply).ok()?;
-    Some(reply.trim().to_string())
-}
-
 fn set(ports: &[u16], key: &str, value: &str) -> bool {
     let mut port = ports.first().copied();
     for _ in 0..4 {
@@ -435,23 +411,9 @@ fn assert_no_write_lost(pods: &LocalPods, acked: &[(String, String)]) {
     }
 }
 
-fn skip() -> Option<PathBuf> {
-    let bin = server_bin();
-    if bin.is_none() {
-        assert!(
-            std::env::var_os("TITAN_REQUIRE_ALL_TIERS").is_none(),
-            "TITAN_REQUIRE_ALL_TIERS is set but the titan-server binary was not found"
-        );
-        eprintln!(
-            "SKIPPED: titan-server binary not found (cargo build -p titan-server, or set TITAN_SERVER_BIN)"
-        );
-    }
-    bin
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_3_to_5_to_3_with_a_fresh_operator_every_step_loses_no_write() {
-    let Some(bin) = skip() else { return };
+    let bin = titan_testkit::server_bin();
     let mut pods = LocalPods::new(bin, 3);
     converge(&mut pods, 3).await;
     assert!(pods.bootstrapped);
@@ -484,7 +446,7 @@ async fn scale_3_to_5_to_3_with_a_fresh_operator_every_step_loses_no_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_down_the_leader_transfers_then_removes_it() {
-    let Some(bin) = skip() else { return };
+    let bin = titan_testkit::server_bin();
     let mut pods = LocalPods::new(bin, 3);
     converge(&mut pods, 3).await;
     // Make the highest ordinal the leader.
@@ -513,7 +475,7 @@ async fn scaling_down_the_leader_transfers_then_removes_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn member_whose_volume_was_lost_is_removed_and_re_added() {
-    let Some(bin) = skip() else { return };
+    let bin = titan_testkit::server_bin();
     let mut pods = LocalPods::new(bin, 3);
     converge(&mut pods, 3).await;
     let before = observe(&pods, 3).await.pods[&1].node.as_ref().map(|n| n.id);
@@ -538,7 +500,7 @@ async fn member_whose_volume_was_lost_is_removed_and_re_added() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_update_restarts_followers_highest_first_and_the_leader_last() {
-    let Some(bin) = skip() else { return };
+    let bin = titan_testkit::server_bin();
     let mut pods = LocalPods::new(bin, 3);
     converge(&mut pods, 3).await;
     let writers = Writers::start(pods.client_ports.clone());
@@ -581,7 +543,7 @@ async fn rolling_update_restarts_followers_highest_first_and_the_leader_last() {
 /// step, never repeat the change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_killed_after_a_membership_call_resumes_with_the_next_step() {
-    let Some(bin) = skip() else { return };
+    let bin = titan_testkit::server_bin();
     let mut pods = LocalPods::new(bin, 3);
     converge(&mut pods, 3).await;
     // Scale-up: StatefulSet +1 and AddLearner happened, then the operator died.
@@ -619,7 +581,7 @@ async fn operator_killed_after_a_membership_call_resumes_with_the_next_step() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn due_snapshot_is_taken_on_every_member_through_the_admin_api() {
-    let Some(bin) = skip() else { return };
+    let bin = titan_testkit::server_bin();
     let mut pods = LocalPods::new(bin, 3);
     converge(&mut pods, 3).await;
     let ports = pods

@@ -14,15 +14,20 @@ use super::{Client, Cluster};
 /// committed).
 #[derive(Debug, Default, Clone)]
 pub struct KeyHistory {
+    /// The last value whose write was acknowledged.
     pub last_acked: Option<String>,
+    /// Values attempted after `last_acked` without an acknowledgement.
     pub unacked_after: Vec<String>,
 }
 
 /// Shared record of all writers.
 #[derive(Debug, Default)]
 pub struct Ledger {
+    /// History per key.
     pub keys: HashMap<String, KeyHistory>,
+    /// Acknowledged writes.
     pub acked: u64,
+    /// Writes that failed or whose outcome is unknown.
     pub failed: u64,
     /// Times a write succeeded, for measuring unavailability windows.
     pub ack_times: Vec<Instant>,
@@ -47,6 +52,7 @@ impl Ledger {
 pub struct Writers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    /// The shared record every writer appends to.
     pub ledger: Arc<Mutex<Ledger>>,
 }
 
