@@ -4,6 +4,20 @@
 
 use super::{Entry, SnapshotMeta, Storage, StorageError};
 
+/// A commit index this log cannot honour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "commit index {index} is past the last log entry {last_index}: the leader believes \
+     this log holds entries it does not (lost or truncated log); not committing entries \
+     that were never verified against the leader's log"
+)]
+pub(crate) struct CommitPastLog {
+    /// The commit index that was asked for.
+    pub index: u64,
+    /// The last entry this log holds.
+    pub last_index: u64,
+}
+
 /// Entries (and a snapshot) not yet known to be durable.
 #[derive(Debug, Default)]
 pub(crate) struct Unstable {
@@ -156,12 +170,21 @@ impl<S: Storage> RaftLog<S> {
     }
 
     /// Appends `ents` (contiguous), replacing any conflicting unstable suffix.
+    ///
+    /// Panics if `ents` would start past the end of the log: callers (the
+    /// leader's own proposals, a follower's append after its match check)
+    /// always build contiguous runs, so a gap is a bug in the core and would
+    /// otherwise leave entries whose predecessors were never written.
     pub fn append(&mut self, ents: &[Entry]) {
         let Some(first) = ents.first().map(|e| e.index) else {
             return;
         };
         let u = &mut self.unstable;
         let end = u.offset + u.entries.len() as u64;
+        assert!(
+            first <= end,
+            "append of entries from index {first} leaves a gap after the unstable end {end}"
+        );
         if first == end {
             u.entries.extend_from_slice(ents);
         } else if first <= u.offset {
@@ -183,12 +206,19 @@ impl<S: Storage> RaftLog<S> {
         }
     }
 
-    /// Moves the commit index forward (never past the last entry).
-    pub fn commit_to(&mut self, index: u64) {
-        let index = index.min(self.last_index());
+    /// Moves the commit index forward. An index past the last entry is
+    /// refused (the commit index is left unchanged): the entries up to it were
+    /// never verified against the leader's log, so neither it nor a clamped
+    /// value may be committed.
+    pub fn commit_to(&mut self, index: u64) -> Result<(), CommitPastLog> {
+        let last_index = self.last_index();
+        if index > last_index {
+            return Err(CommitPastLog { index, last_index });
+        }
         if index > self.committed {
             self.committed = index;
         }
+        Ok(())
     }
 
     /// Commits `index` if it carries `term` (the Figure 8 rule's check).
@@ -267,5 +297,64 @@ impl<S: Storage> RaftLog<S> {
             Some(s) => s.clone(),
             None => self.storage.snapshot_meta(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{EntryKind, MemStorage};
+
+    fn ent(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Vec::new(),
+        }
+    }
+
+    fn log_with(last: u64) -> RaftLog<MemStorage> {
+        let mut log = RaftLog::new(MemStorage::new());
+        let ents: Vec<Entry> = (1..=last).map(|i| ent(i, 1)).collect();
+        log.append(&ents);
+        log
+    }
+
+    #[test]
+    fn commit_index_past_the_last_entry_is_refused_not_clamped() {
+        let mut log = log_with(3);
+        assert_eq!(log.commit_to(2), Ok(()));
+        let err = log.commit_to(7).expect_err("index 7 is past the log");
+        assert_eq!(
+            err,
+            CommitPastLog {
+                index: 7,
+                last_index: 3
+            }
+        );
+        assert!(err.to_string().contains("lost or truncated log"), "{err}");
+        assert_eq!(log.committed, 2, "a refused commit leaves the index alone");
+        assert_eq!(log.commit_to(3), Ok(()));
+        assert_eq!(log.committed, 3);
+        assert_eq!(log.commit_to(1), Ok(()), "commit never moves backwards");
+        assert_eq!(log.committed, 3);
+    }
+
+    #[test]
+    #[should_panic(expected = "leaves a gap after the unstable end 4")]
+    fn append_that_would_leave_a_gap_is_a_core_bug_not_accepted() {
+        let mut log = log_with(3);
+        log.append(&[ent(6, 2)]);
+    }
+
+    #[test]
+    fn append_at_or_before_the_end_replaces_the_conflicting_suffix() {
+        let mut log = log_with(3);
+        log.append(&[ent(3, 2), ent(4, 2)]);
+        assert_eq!(log.last_index(), 4);
+        assert_eq!(log.unstable.entries[2].term, 2);
+        log.append(&[ent(5, 2)]);
+        assert_eq!(log.last_index(), 5);
     }
 }

@@ -339,7 +339,11 @@ impl<S: Storage> Raft<S> {
     /// Moves the commit index and runs what depends on it.
     pub fn commit_to(&mut self, index: u64) {
         let before = self.log.committed;
-        self.log.commit_to(index);
+        // Refused past the last entry (`CommitPastLog`): the commit index
+        // stays, and the next append carries a commit bounded by what it sent.
+        if self.log.commit_to(index).is_err() {
+            return;
+        }
         if self.log.committed > before {
             self.on_commit_advanced();
         }
