@@ -3,6 +3,8 @@
 # etcd is installed (Debian: apt-get install etcd-server etcd-client).
 #
 #   scripts/bench.sh                 # 1/16/64/256 clients x put/get, 5 s per cell
+#   scripts/bench.sh --quick         # 1/16 clients x put/get, 1 s per cell, no warm-up
+#   scripts/bench.sh --help          # this text
 #   BENCH_SECS=10 BENCH_CLIENTS="16 64" scripts/bench.sh
 #
 # Knobs (environment):
@@ -26,7 +28,28 @@
 # script finds the leader with `etcdctl endpoint status`), linearizable reads
 # spread over all three members. Results: $BENCH_OUT/results.md plus one JSON
 # summary per cell.
+#
+# Titan is started and stopped by scripts/cluster.sh (the original ports
+# 500n/600n/700n, state in $WORK/titan); the table is `titan-bench table`
+# (medians and Titan/etcd ratios) over the JSON summaries.
 set -euo pipefail
+
+SCRIPTS="$(cd "$(dirname "$0")" && pwd)"
+
+case "${1:-}" in
+  -h | --help)
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit 0
+    ;;
+  --quick)
+    : "${BENCH_SECS:=1}" "${BENCH_WARMUP:=0}" "${BENCH_CLIENTS:=1 16}" "${BENCH_KEYS:=1000}"
+    ;;
+  "") ;;
+  *)
+    echo "usage: $0 [--quick|--help]" >&2
+    exit 2
+    ;;
+esac
 
 SECS="${BENCH_SECS:-5}"
 WARMUP="${BENCH_WARMUP:-1}"
@@ -44,7 +67,16 @@ BENCH_BIN="${BENCH_BIN:-./target/release/titan-bench}"
 WORK="$(mktemp -d -p "${BENCH_DATA_DIR:-${TMPDIR:-/tmp}}" titan-bench.XXXXXX)"
 PIDS=()
 
+# scripts/cluster.sh with this run's binary and state dir.
+titan_cluster() { TITAN_CLUSTER_DIR="$WORK/titan" TITAN_BIN="$TITAN_BIN" "$SCRIPTS/cluster.sh" "$1"; }
+
+stop_titan() {
+  [[ -d $WORK/titan ]] && titan_cluster stop >/dev/null
+  return 0
+}
+
 cleanup() {
+  stop_titan
   for pid in "${PIDS[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
@@ -69,47 +101,12 @@ build() {
 }
 
 # --- Titan ---------------------------------------------------------------
-titan_peers_for() {
-  local me=$1 out=()
-  for n in 1 2 3; do
-    [[ $n == "$me" ]] && continue
-    out+=("node$n:localhost:500$n:600$n")
-  done
-  (IFS=,; echo "${out[*]}")
-}
-
 start_titan() {
-  for n in 1 2 3; do
-    mkdir -p "$WORK/titan/node$n"
-    "$TITAN_BIN" -id="node$n" -port="500$n" -client-port="600$n" \
-      -advertise-client-addr="localhost:600$n" --advertise-peer-addr="localhost:500$n" \
-      --advertise-grpc-addr="localhost:700$n" --grpc-port="700$n" --http-port="808$n" \
-      --data-dir="$WORK/titan/node$n" -peers="$(titan_peers_for "$n")" \
-      >>"$WORK/titan/node$n.log" 2>&1 &
-    PIDS+=("$!")
-  done
-  # Wait for a leader: a write succeeds somewhere.
-  for _ in $(seq 1 100); do
-    for n in 1 2 3; do
-      if reply=$(titan_send "600$n" 'SET __bench_probe 1') && [[ $reply == OK ]]; then
-        log "titan: leader is node$n"
-        return 0
-      fi
-    done
-    sleep 0.2
-  done
-  log "titan: no leader after 20 s; logs in $WORK/titan"
-  tail -n 20 "$WORK"/titan/node*.log >&2 || true
-  return 1
-}
-
-titan_send() { # $1 = port, $2 = request line
-  local reply=""
-  exec 3<>"/dev/tcp/127.0.0.1/$1" 2>/dev/null || return 1
-  printf '%s\n' "$2" >&3
-  IFS= read -r -t 5 reply <&3 || true
-  exec 3>&-
-  printf '%s' "${reply%$'\r'}"
+  if ! titan_cluster start >"$WORK/titan-start.log"; then
+    tail -n 20 "$WORK"/titan/node*.log >&2 || true
+    return 1
+  fi
+  log "titan: $(head -n 1 "$WORK/titan-start.log")"
 }
 
 titan_endpoints() {
@@ -159,17 +156,11 @@ etcd_all_endpoints() {
   (IFS=,; echo "${eps[*]}")
 }
 
-# The client address of etcd's current leader.
+# The client address of etcd's current leader. `endpoint status` prints one
+# line per member: endpoint, ID, version, DB size, IS LEADER, ...
 etcd_leader() {
-  local status
-  status=$(ETCDCTL_API=3 etcdctl --endpoints "$(etcd_all_endpoints)" endpoint status -w json 2>/dev/null)
-  python3 -c '
-import json, sys
-for s in json.loads(sys.argv[1]):
-    st = s["Status"]
-    if st["header"]["member_id"] == st["leader"]:
-        print(s["Endpoint"].replace("http://", "")); sys.exit(0)
-sys.exit(1)' "$status"
+  ETCDCTL_API=3 etcdctl --endpoints "$(etcd_all_endpoints)" endpoint status -w simple 2>/dev/null |
+    awk -F', *' '$5 == "true" { sub("^http://", "", $1); print $1; found = 1 } END { exit !found }'
 }
 
 # --- running cells ---------------------------------------------------------
@@ -210,50 +201,30 @@ run_matrix() { # $1 = system
   done
 }
 
-field() { # $1 = json file, $2 = python expression over `s`
-  [[ -f $1 ]] || { echo "-"; return; }
-  python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' "$1" "$2"
-}
-
-lat() { # $1 = json file, $2 = percentile field (p50, p99, ...): milliseconds
-  field "$1" "\"%.2f\" % (s[\"latency_us\"][\"$2\"] / 1000)"
-}
-
 write_table() {
-  local md="$OUT/results.md" have_etcd=$1
+  local md="$OUT/results.md" files=() system op c
+  # Row order follows BENCH_OPS and BENCH_CLIENTS; Titan first (the ratio's numerator).
+  for system in titan etcd; do
+    for op in $OPS; do
+      for c in $CLIENTS; do
+        if [[ -f $OUT/$system-$op-$c.json ]]; then files+=("$OUT/$system-$op-$c.json"); fi
+      done
+    done
+  done
   {
     echo "# Titan benchmark ($(date -u +%Y-%m-%dT%H:%MZ))"
     echo
     echo "3 nodes on loopback, $(nproc) cores. ${SECS}s per cell after ${WARMUP}s warm-up, ${VALUE} B values, ${KEYS} keys, uniform keys, closed-loop clients, Titan via $TITAN_PROTO."
     echo
-    if [[ $have_etcd == 1 ]]; then
-      echo "| op | clients | Titan ops/s | etcd ops/s | ratio | Titan p50 ms | etcd p50 ms | Titan p99 ms | etcd p99 ms | Titan errors | etcd errors |"
-      echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
-    else
-      echo "| op | clients | Titan ops/s | p50 ms | p95 ms | p99 ms | p99.9 ms | max ms | errors |"
-      echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    fi
-    for op in $OPS; do
-      for c in $CLIENTS; do
-        local t="$OUT/titan-$op-$c.json" e="$OUT/etcd-$op-$c.json"
-        local tput
-        tput=$(field "$t" '"%.0f" % s["throughput_ops_s"]')
-        if [[ $have_etcd == 1 ]]; then
-          local eput ratio
-          eput=$(field "$e" '"%.0f" % s["throughput_ops_s"]')
-          ratio=$(python3 -c 'import sys; t,e=sys.argv[1:]; print("%.2fx" % (float(t)/float(e)) if e not in ("-","0") and t != "-" else "-")' "$tput" "$eput")
-          echo "| $op | $c | $tput | $eput | $ratio | $(lat "$t" p50) | $(lat "$e" p50) | $(lat "$t" p99) | $(lat "$e" p99) | $(field "$t" 's["errors_total"]') | $(field "$e" 's["errors_total"]') |"
-        else
-          echo "| $op | $c | $tput | $(lat "$t" p50) | $(lat "$t" p95) | $(lat "$t" p99) | $(lat "$t" p999) | $(lat "$t" max) | $(field "$t" 's["errors_total"]') |"
-        fi
-      done
-    done
+    "$BENCH_BIN" table "${files[@]}"
   } >"$md"
   cat "$md"
 }
 
 main() {
   mkdir -p "$OUT"
+  # The table reads every summary in $OUT: drop an earlier run's.
+  rm -f "$OUT"/titan-*.json "$OUT"/etcd-*.json
   build
   local have_etcd=0
   if [[ $RUN_ETCD == 1 ]] && command -v etcd >/dev/null && command -v etcdctl >/dev/null; then
@@ -263,9 +234,7 @@ main() {
     start_titan
     run_matrix titan
     # Stop Titan before etcd runs, so the two never share the CPUs.
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    PIDS=()
+    stop_titan
   fi
   if [[ $have_etcd == 1 ]]; then
     start_etcd
@@ -273,7 +242,7 @@ main() {
   elif [[ $RUN_ETCD == 1 ]]; then
     log "etcd not installed; Titan only (apt-get install etcd-server etcd-client to compare)"
   fi
-  write_table "$have_etcd"
+  write_table
 }
 
 main "$@"

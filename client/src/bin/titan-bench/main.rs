@@ -1,10 +1,14 @@
 //! `titan-bench`: closed-loop load generator for Titan (TCP or gRPC) and, for
 //! comparison, etcd (v3 gRPC). Each client sends one operation, waits for the
 //! reply, records the latency and sends the next.
+//!
+//! `titan-bench table FILE...` instead prints a Markdown comparison table of
+//! the JSON summaries earlier `--json` runs wrote (see `table`).
 
 mod conn;
 mod runner;
 mod stats;
+mod table;
 mod tcp;
 mod workload;
 mod zipf;
@@ -19,7 +23,9 @@ use workload::{Dist, Mix};
 #[command(
     name = "titan-bench",
     version,
-    about = "Closed-loop load generator for Titan (TCP or gRPC) and etcd v3, for comparison"
+    about = "Closed-loop load generator for Titan (TCP or gRPC) and etcd v3, for comparison",
+    after_help = "Comparison table: `titan-bench table FILE...` prints a Markdown table \
+                  (medians, ratios to the first system) of --json summaries."
 )]
 pub struct Args {
     /// What to load.
@@ -121,8 +127,26 @@ fn validate(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
+/// `titan-bench table FILE...`: prints the comparison table, exit 2 on bad input.
+fn table_main() -> ExitCode {
+    let args = table::TableArgs::parse_from(std::env::args().skip(1));
+    match table::main(&args) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("titan-bench table: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("table") {
+        return table_main();
+    }
     let args = Args::parse();
     if let Err(msg) = validate(&args) {
         eprintln!("titan-bench: {msg}");
