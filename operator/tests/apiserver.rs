@@ -8,7 +8,6 @@
 //! through SSA, status patches, `kubectl scale`, and the RBAC of
 //! `manifests/rbac.yaml` under impersonation of the operator's ServiceAccount.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -30,6 +29,7 @@ use titan_operator::leader::{LeaseConfig, LeaseLock};
 use titan_operator::metrics::Metrics;
 use titan_operator::planner::NodeStatus;
 use titan_operator::reconcile::{self, Context, Settings};
+use titan_testkit::free_port;
 
 const TOKEN: &str = "titan-test-admin-token";
 const OPERATOR_SA: &str = "system:serviceaccount:titan-system:titan-operator";
@@ -51,13 +51,6 @@ impl Drop for TestEnv {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("no free port: {e}"))
 }
 
 fn spawn(program: &Path, args: &[String], log: &Path) -> Child {

@@ -30,7 +30,7 @@ fn cluster_sh(dir: &Path, cmd: &str) -> (bool, String) {
     let out = Command::new(repo_root().join("scripts/cluster.sh"))
         .arg(cmd)
         .env("TITAN_CLUSTER_DIR", dir)
-        .env("TITAN_BIN", env!("CARGO_BIN_EXE_titan-server"))
+        .env("TITAN_BIN", common::server_bin())
         .env_remove("RUST_LOG")
         .output()
         .expect("run scripts/cluster.sh");

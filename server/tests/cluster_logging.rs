@@ -15,7 +15,7 @@ fn node_log(extra: &[&str], env_level: Option<&str>) -> String {
     let root = tempfile::tempdir().expect("tempdir");
     let mut node = Node::new(root.path(), "solo");
     let log = std::fs::File::create(node.data_dir.with_extension("log")).expect("log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_titan-server"));
+    let mut cmd = Command::new(common::server_bin());
     cmd.arg("--id=solo")
         .arg(format!("--port={}", node.peer_port))
         .arg(format!("--client-port={}", node.client_port))

@@ -76,7 +76,7 @@ fn seed_flags(base: u16, i: u16) -> Vec<String> {
 /// inherited; stderr goes to `log`.
 fn seed_command(cwd: &Path, args: &[String], log: &Path) -> Command {
     let log = std::fs::File::create(log).expect("log file");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_titan-server"));
+    let mut cmd = Command::new(common::server_bin());
     cmd.args(args)
         .current_dir(cwd)
         .env("RUST_LOG", "info")

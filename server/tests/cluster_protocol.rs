@@ -156,7 +156,7 @@ fn flags_work_as_titan_environment_variables() {
     let root = tempfile::tempdir().expect("tempdir");
     let port = |_| common::free_port();
     let (peer, client, grpc, http) = (port(0), port(1), port(2), port(3));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_titan-server"))
+    let mut child = std::process::Command::new(common::server_bin())
         .env("TITAN_ID", "envnode")
         .env("TITAN_PORT", peer.to_string())
         .env("TITAN_CLIENT_PORT", client.to_string())

@@ -160,7 +160,11 @@ pub fn render(runs: &[Run]) -> String {
     }
     let _ = writeln!(out, "\n{rule}");
     for op in &ops {
-        let clients: BTreeSet<u64> = runs.iter().filter(|r| r.op == *op).map(|r| r.clients).collect();
+        let clients: BTreeSet<u64> = runs
+            .iter()
+            .filter(|r| r.op == *op)
+            .map(|r| r.clients)
+            .collect();
         for c in clients {
             let cells: Vec<Option<Cell>> = systems
                 .iter()
@@ -254,7 +258,10 @@ mod tests {
              titan-tcp errors | titan-tcp runs | etcd ops/s | etcd p50 ms | etcd p99 ms | \
              etcd errors | etcd runs | titan-tcp/etcd ops/s |"
         );
-        assert_eq!(lines[1], "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        assert_eq!(
+            lines[1],
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         assert_eq!(
             lines[2],
             "| put | 16 | 3000 | 1.00 | 4.00 | 0 | 3 | 1500 | 2.00 | 8.00 | 0 | 1 | 2.00x |"
@@ -277,7 +284,10 @@ mod tests {
         let r = parse(&summary).expect("a summary");
         assert_eq!(r.system, "titan-grpc");
         assert_eq!((r.op.as_str(), r.clients, r.errors), ("mixed", 64, 2));
-        assert_eq!(parse(&serde_json::json!({"params": {}})), Err("/params/target"));
+        assert_eq!(
+            parse(&serde_json::json!({"params": {}})),
+            Err("/params/target")
+        );
     }
 
     #[test]
@@ -287,7 +297,9 @@ mod tests {
         std::fs::write(&bad, "not json").expect("write");
         let err = load(&bad).expect_err("not JSON").to_string();
         assert!(err.contains("bad.json: not JSON"), "{err}");
-        let err = load(&dir.path().join("missing.json")).expect_err("absent").to_string();
+        let err = load(&dir.path().join("missing.json"))
+            .expect_err("absent")
+            .to_string();
         assert!(err.contains("missing.json"), "{err}");
     }
 }
