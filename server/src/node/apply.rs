@@ -219,9 +219,11 @@ impl Runtime {
                 Some(l) => LeaseAnswer::TimeToLive {
                     remaining_s: self.lease_clock.remaining_s(id, now).unwrap_or(l.ttl_s),
                     granted_ttl_s: l.ttl_s,
-                    keys: keys
-                        .then(|| l.keys.iter().map(|k| k.to_vec()).collect())
-                        .unwrap_or_default(),
+                    keys: if keys {
+                        l.keys.iter().map(|k| k.to_vec()).collect()
+                    } else {
+                        Vec::new()
+                    },
                 },
                 None => LeaseAnswer::TimeToLive {
                     remaining_s: -1,

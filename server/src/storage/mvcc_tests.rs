@@ -651,7 +651,13 @@ fn puts_attach_keys_to_leases_and_deletes_detach_them() {
     s.lease_grant(1, 10).expect("grant 1");
     s.lease_grant(2, 10).expect("grant 2");
     // (ops, expected result, keys of lease 1, keys of lease 2)
-    let table: Vec<(Vec<RequestOp>, Result<(), MvccError>, Vec<&str>, Vec<&str>)> = vec![
+    type Row = (
+        Vec<RequestOp>,
+        Result<(), MvccError>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+    let table: Vec<Row> = vec![
         (
             vec![leased_put("a", 1), leased_put("b", 1)],
             Ok(()),
@@ -819,4 +825,44 @@ fn snapshot_round_trip_restores_leases_and_their_attached_keys() {
         decode_snapshot(&mut &buf[..], &small).is_err(),
         "lease bound"
     );
+}
+
+#[test]
+fn a_version_2_snapshot_from_before_leases_still_loads_with_no_leases() {
+    use crate::raft::{Entry, EntryKind, SnapshotMeta};
+    use crate::storage::snapshot_codec::{
+        SNAPSHOT_VERSION_NO_LEASES, decode_snapshot, encode_snapshot,
+    };
+    use crate::storage::{Command, SnapshotLimits, StateMachine};
+    let mut sm = StateMachine::new();
+    let e = Entry {
+        index: 1,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: Command::Txn(txn(vec![put("a", "1")])).encode(),
+    };
+    sm.apply(&e);
+    let meta = SnapshotMeta {
+        index: 1,
+        ..SnapshotMeta::default()
+    };
+    let mut v3 = Vec::new();
+    encode_snapshot(&mut v3, &meta, &sm).expect("encode");
+    // Rewrite as format 2: version 2 in the header (new header CRC) and no
+    // lease table (an empty one is 4 zero bytes) before the trailer.
+    let header_len = u32::from_le_bytes(v3[12..16].try_into().expect("4 bytes")) as usize;
+    let header_end = 16 + header_len;
+    let mut v2 = v3[..header_end].to_vec();
+    v2[8..12].copy_from_slice(&SNAPSHOT_VERSION_NO_LEASES.to_le_bytes());
+    v2.extend_from_slice(&crc32fast::hash(&v2).to_le_bytes());
+    let body = &v3[header_end + 4..v3.len() - 12];
+    assert_eq!(&body[body.len() - 4..], &[0, 0, 0, 0], "empty lease table");
+    let body = &body[..body.len() - 4];
+    v2.extend_from_slice(body);
+    v2.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    v2.extend_from_slice(&v3[v3.len() - 8..]);
+    let (header, back) = decode_snapshot(&mut &v2[..], &SnapshotLimits::default()).expect("v2");
+    assert_eq!(header.version, SNAPSHOT_VERSION_NO_LEASES);
+    assert_eq!(back.kv().get(b"a").map(|kv| kv.version), Some(1));
+    assert_eq!(back.kv().lease_count(), 0);
 }
