@@ -308,6 +308,11 @@ fn apply_and_check(sm: &mut StateMachine, entry: &Entry) {
         (ApplyOutcome::Rejected(ApplyError::MalformedCommand(_)), EntryKind::Normal) => {
             assert!(Command::decode(&entry.data).is_err());
         }
+        // The store refused a well-formed command (e.g. a put with a lease
+        // that was never granted): nothing changed but the applied index.
+        (ApplyOutcome::Rejected(ApplyError::Mvcc(_)), EntryKind::Normal) => {
+            assert!(Command::decode(&entry.data).is_ok());
+        }
         (ApplyOutcome::ConfChange(cc), EntryKind::ConfChange) => check_conf_change(sm, cc),
         (ApplyOutcome::Rejected(_), EntryKind::ConfChange)
         | (ApplyOutcome::Noop, EntryKind::Noop) => {}
