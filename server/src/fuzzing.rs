@@ -205,6 +205,7 @@ const SNAPSHOT_LIMITS: SnapshotLimits = SnapshotLimits {
     max_header_bytes: 1 << 16,
     max_key_bytes: 1 << 12,
     max_value_bytes: 1 << 12,
+    max_leases: 1 << 12,
 };
 
 /// The snapshot decoder: [`decode_snapshot`] and [`verify_snapshot`] agree;
@@ -307,6 +308,11 @@ fn apply_and_check(sm: &mut StateMachine, entry: &Entry) {
         (ApplyOutcome::Rejected(ApplyError::MalformedCommand(_)), EntryKind::Normal) => {
             assert!(Command::decode(&entry.data).is_err());
         }
+        // The store refused a well-formed command (e.g. a put with a lease
+        // that was never granted): nothing changed but the applied index.
+        (ApplyOutcome::Rejected(ApplyError::Mvcc(_)), EntryKind::Normal) => {
+            assert!(Command::decode(&entry.data).is_ok());
+        }
         (ApplyOutcome::ConfChange(cc), EntryKind::ConfChange) => check_conf_change(sm, cc),
         (ApplyOutcome::Rejected(_), EntryKind::ConfChange)
         | (ApplyOutcome::Noop, EntryKind::Noop) => {}
@@ -337,6 +343,11 @@ fn check_write(sm: &StateMachine, cmd: &Command, succeeded: bool) {
         // Their outcomes are checked by the MVCC store's own model tests;
         // here they must only apply without panicking and replay as no-ops.
         (Command::Txn(_) | Command::Compact(_), _) => {}
+        (Command::LeaseGrant { id, ttl_s }, true) => {
+            assert!(sm.kv().lease(*id).is_some_and(|l| l.ttl_s == *ttl_s));
+        }
+        (Command::LeaseRevoke(id), true) => assert!(sm.kv().lease(*id).is_none()),
+        (Command::LeaseGrant { .. } | Command::LeaseRevoke(_), false) => {}
     }
 }
 

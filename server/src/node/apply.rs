@@ -5,15 +5,19 @@
 use std::collections::BTreeMap;
 
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
+use super::lease_clock::min_ttl_s;
 use super::reads::PendingRead;
 use super::runtime::{PendingWrite, Runtime};
 use super::store as adapter;
 use super::{
-    Header, KvEntry, Member, NodeError, ReadAnswer, ReadQuery, ReadResult, WriteOp, WriteResult,
-    reason,
+    Header, KvEntry, LeaseAnswer, LeaseQuery, LeaseResult, Member, NodeError, ReadAnswer,
+    ReadQuery, ReadResult, WriteOp, WriteResult, reason,
 };
 use crate::raft::{Entry, EntryKind, NodeId, RaftError};
+use crate::storage::Command;
+use crate::storage::mvcc_codec::lease_command;
 
 impl Runtime {
     /// Proposes a client write; the reply waits in `pending_writes`.
@@ -22,6 +26,7 @@ impl Runtime {
         op: WriteOp,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
     ) {
+        let op = self.choose_lease(op);
         let data = adapter::encode_write(&op);
         match self.raw.propose(data) {
             Ok((index, term)) => {
@@ -63,6 +68,9 @@ impl Runtime {
             w
         });
         self.applied = self.applied.max(index);
+        if kind == EntryKind::Normal {
+            self.follow_lease_entry(&e.data);
+        }
         if kind == EntryKind::ConfChange {
             self.sync_peers_from_directory();
             self.answer_conf(index, term);
@@ -130,6 +138,106 @@ impl Runtime {
             read_index: read_index.max(self.applied),
             header: self.header(self.sm.kv().revision(), term),
         }));
+    }
+
+    /// A grant as proposed: id 0 becomes a fresh id (member prefix plus a
+    /// counter, chosen here before proposing so every replica applies the
+    /// same id) and a TTL below the minimum is raised to it, as etcd does.
+    fn choose_lease(&mut self, op: WriteOp) -> WriteOp {
+        let WriteOp::LeaseGrant { id, ttl_s } = op else {
+            return op;
+        };
+        let kv = self.sm.kv();
+        let id = match id {
+            0 => self.lease_clock.next_id(|id| kv.lease(id).is_some()),
+            id => id,
+        };
+        let min = min_ttl_s(self.cfg.tick * self.cfg.election_ticks);
+        WriteOp::LeaseGrant {
+            id,
+            ttl_s: ttl_s.max(min),
+        }
+    }
+
+    /// Keeps the lease clock in step with applied grants and revokes.
+    fn follow_lease_entry(&mut self, data: &[u8]) {
+        match lease_command(data) {
+            Some(Command::LeaseGrant { id, .. }) => {
+                if let Some(l) = self.sm.kv().lease(id) {
+                    let ttl_s = l.ttl_s;
+                    self.lease_clock.granted(id, ttl_s, Instant::now());
+                }
+            }
+            Some(Command::LeaseRevoke(id)) => self.lease_clock.revoked(id),
+            _ => {}
+        }
+    }
+
+    /// Leadership changed: a new leader gives every lease a full TTL; a node
+    /// that stopped leading forgets its deadlines.
+    pub(super) fn on_lease_role(&mut self, was_leader: bool, is_leader: bool) {
+        if is_leader && !was_leader {
+            let leases = self.sm.kv().leases().map(|(id, l)| (id, l.ttl_s));
+            self.lease_clock.promote(leases, Instant::now());
+        } else if was_leader && !is_leader {
+            self.lease_clock.demote();
+        }
+    }
+
+    /// Leader only: proposes a revoke for each lease past its deadline
+    /// (bounded by the clock). Nobody waits for these entries.
+    pub(super) fn expire_leases(&mut self, now: Instant) {
+        for id in self.lease_clock.expired(now) {
+            let data = adapter::encode_write(&WriteOp::LeaseRevoke(id));
+            match self.raw.propose(data) {
+                Ok((index, _)) => self.last_proposed = index,
+                Err(e) => {
+                    tracing::debug!(lease = id, error = %e, "expiry revoke refused; will retry");
+                }
+            }
+        }
+    }
+
+    /// Answers a keep-alive or lease query from the leader's clock.
+    pub(super) fn answer_lease(&mut self, query: LeaseQuery) -> Result<LeaseResult, NodeError> {
+        if !self.lease_clock.is_active() {
+            return Err(self.proposal_error(RaftError::NotLeader {
+                leader: self.leader,
+            }));
+        }
+        let now = Instant::now();
+        let kv = self.sm.kv();
+        let answer = match query {
+            LeaseQuery::KeepAlive(id) => {
+                let ttl_s = kv.lease(id).map_or(0, |l| l.ttl_s);
+                let alive = ttl_s > 0 && self.lease_clock.refresh(id, ttl_s, now);
+                LeaseAnswer::KeepAlive {
+                    ttl_s: if alive { ttl_s } else { 0 },
+                }
+            }
+            LeaseQuery::TimeToLive { id, keys } => match kv.lease(id) {
+                Some(l) => LeaseAnswer::TimeToLive {
+                    remaining_s: self.lease_clock.remaining_s(id, now).unwrap_or(l.ttl_s),
+                    granted_ttl_s: l.ttl_s,
+                    keys: if keys {
+                        l.keys.iter().map(|k| k.to_vec()).collect()
+                    } else {
+                        Vec::new()
+                    },
+                },
+                None => LeaseAnswer::TimeToLive {
+                    remaining_s: -1,
+                    granted_ttl_s: 0,
+                    keys: Vec::new(),
+                },
+            },
+            LeaseQuery::List => LeaseAnswer::List(kv.leases().map(|(id, _)| id).collect()),
+        };
+        let term = self.raw.status().term;
+        Ok(LeaseResult {
+            answer,
+            header: self.header(self.sm.kv().revision(), term),
+        })
     }
 
     /// The etcd response header for a request answered now.

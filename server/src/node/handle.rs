@@ -8,8 +8,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use super::{
-    Member, MemberStatus, NodeError, NodeStatus, ReadAnswer, ReadQuery, ReadResult, SnapshotInfo,
-    WriteOp, WriteResult, reason,
+    LeaseQuery, LeaseResult, Member, MemberStatus, NodeError, NodeStatus, ReadAnswer, ReadQuery,
+    ReadResult, SnapshotInfo, WriteOp, WriteResult, reason,
 };
 use crate::raft::{Message, NodeId, SnapshotMeta};
 
@@ -76,6 +76,13 @@ pub(crate) enum ClientInput {
     Admin {
         cmd: AdminCmd,
         reply: oneshot::Sender<Result<AdminReply, NodeError>>,
+    },
+    /// A lease keep-alive or query for the leader's lease clock.
+    Lease {
+        /// What is asked.
+        query: LeaseQuery,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<LeaseResult, NodeError>>,
     },
 }
 
@@ -231,6 +238,25 @@ impl NodeHandle {
         }
         let (reply, rx) = oneshot::channel();
         self.submit(ClientInput::Propose { op, reply }, rx).await
+    }
+
+    /// Asks the leader's lease clock (keep-alive, time-to-live, list). On a
+    /// follower this is [`NodeError::NotLeader`]: the caller forwards.
+    pub async fn lease(&self, query: LeaseQuery) -> Result<LeaseResult, NodeError> {
+        let deadline = Instant::now() + self.leader_wait;
+        let view = self.wait_for_leader(deadline).await?;
+        if !view.is_self {
+            let leader = view.leader.unwrap_or_default();
+            return Err(NodeError::NotLeader {
+                client_addr: leader.client_addr,
+                grpc_addr: leader.grpc_addr,
+            });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.submit(ClientInput::Lease { query, reply }, rx)
+            .await?
+            .wait()
+            .await
     }
 
     /// Reads `key`; linearizable unless `linearizable` is false.

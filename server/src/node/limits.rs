@@ -56,7 +56,10 @@ pub fn check_write(op: &WriteOp) -> Result<(), NodeError> {
         // etcd writes arrive through the etcd service, which refuses any
         // request over `ETCD_MAX_REQUEST_BYTES` (etcd's own 1.5 MiB default);
         // the assertion below keeps that far inside one WAL record.
-        WriteOp::Txn(_) | WriteOp::Compact(_) => Ok(()),
+        WriteOp::Txn(_)
+        | WriteOp::Compact(_)
+        | WriteOp::LeaseGrant { .. }
+        | WriteOp::LeaseRevoke(_) => Ok(()),
     }
 }
 

@@ -12,6 +12,7 @@ mod apply;
 pub mod bootstrap;
 pub mod handle;
 pub mod identity;
+mod lease_clock;
 pub mod limits;
 pub mod log;
 pub mod reads;
@@ -106,8 +107,8 @@ pub mod reason {
 }
 
 pub use crate::storage::mvcc::{
-    Event, EventBatch, HistoryStats, MvccError, RangeRequest, RangeResponse, TxnRequest,
-    TxnResponse,
+    Event, EventBatch, HistoryStats, LeaseGrant, MvccError, RangeRequest, RangeResponse,
+    TxnRequest, TxnResponse,
 };
 
 /// What an etcd `ResponseHeader` carries, filled in by the runtime.
@@ -157,6 +158,16 @@ pub enum WriteOp {
     Txn(Box<TxnRequest>),
     /// Compact the MVCC history up to a revision.
     Compact(i64),
+    /// Grant a lease. Id 0 asks the runtime to choose one (member id plus a
+    /// counter) before proposing; a TTL below the minimum is raised to it.
+    LeaseGrant {
+        /// Requested id (0 = choose).
+        id: i64,
+        /// Requested TTL in seconds.
+        ttl_s: i64,
+    },
+    /// Revoke a lease, deleting its keys.
+    LeaseRevoke(i64),
 }
 
 /// The applied result of a write.
@@ -173,6 +184,8 @@ pub struct WriteResult {
     pub header: Header,
     /// The etcd response ([`WriteOp::Txn`] only).
     pub txn: Option<Box<TxnResponse>>,
+    /// The granted lease ([`WriteOp::LeaseGrant`] only).
+    pub lease: Option<LeaseGrant>,
 }
 
 /// One key with its value and version.
@@ -240,6 +253,52 @@ pub enum ReadAnswer {
     EtcdStats(HistoryStats),
     /// Result of [`ReadQuery::EtcdEvents`], with the compaction point.
     EtcdEvents(Result<EventBatch, MvccError>, i64),
+}
+
+/// A lease request answered by the leader's lease clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseQuery {
+    /// Refresh a lease's deadline to now + TTL.
+    KeepAlive(i64),
+    /// A lease's granted and remaining TTL, with its keys when asked.
+    TimeToLive {
+        /// Lease id.
+        id: i64,
+        /// List the attached keys.
+        keys: bool,
+    },
+    /// Every lease id.
+    List,
+}
+
+/// The answer to a [`LeaseQuery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseAnswer {
+    /// The TTL the lease now has (0: no such lease, as etcd answers).
+    KeepAlive {
+        /// Seconds.
+        ttl_s: i64,
+    },
+    /// For [`LeaseQuery::TimeToLive`]; `remaining_s` is -1 for no lease.
+    TimeToLive {
+        /// Seconds left (rounded up); -1 when the lease does not exist.
+        remaining_s: i64,
+        /// TTL granted.
+        granted_ttl_s: i64,
+        /// Attached keys (when asked).
+        keys: Vec<Vec<u8>>,
+    },
+    /// Every lease id, ascending.
+    List(Vec<i64>),
+}
+
+/// A lease answer with its etcd header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseResult {
+    /// The data.
+    pub answer: LeaseAnswer,
+    /// etcd response header.
+    pub header: Header,
 }
 
 /// A read result with the applied index it was served at.

@@ -117,6 +117,8 @@ pub struct Runtime {
     pub(super) last_proposed: u64,
     /// Since when no leader has been known (reads fail after `leader_wait`).
     pub(super) leaderless_since: Option<Instant>,
+    /// Lease deadlines (kept while leading) and lease-id generation.
+    pub(super) lease_clock: super::lease_clock::LeaseClock,
 }
 
 impl Runtime {
@@ -186,6 +188,7 @@ impl Runtime {
         self.reads.retry_stale(now, retry_after, false);
         self.fail_reads_without_leader(now);
         self.update_progress_metrics();
+        self.expire_leases(now);
     }
 
     /// Linearizable reads cannot be served without a leader; after
@@ -332,6 +335,9 @@ impl Runtime {
                 }
             }
             ClientInput::Admin { cmd, reply } => self.on_admin(cmd, reply),
+            ClientInput::Lease { query, reply } => {
+                let _ = reply.send(self.answer_lease(query));
+            }
         }
     }
 
@@ -410,6 +416,7 @@ impl Runtime {
         let was_leader = self.role == Role::Leader;
         self.leader = leader;
         self.role = role;
+        self.on_lease_role(was_leader, role == Role::Leader);
         self.metrics.is_leader.set(i64::from(role == Role::Leader));
         was_leader && role != Role::Leader
     }

@@ -186,7 +186,9 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         cluster_id_rx,
         metrics.clone(),
     );
+    let lease_clock = super::lease_clock::LeaseClock::new(identity.id, super::store::now_unix_ms());
     let rt = Runtime {
+        lease_clock,
         snap: SnapshotState::new(parts.files, cfg.snapshot_threshold_entries),
         cfg: cfg.clone(),
         identity,

@@ -57,6 +57,11 @@ pub fn encode_write(op: &WriteOp) -> Vec<u8> {
         },
         WriteOp::Txn(t) => return Command::encode_txn(t),
         WriteOp::Compact(rev) => Command::Compact(*rev),
+        WriteOp::LeaseGrant { id, ttl_s } => Command::LeaseGrant {
+            id: *id,
+            ttl_s: *ttl_s,
+        },
+        WriteOp::LeaseRevoke(id) => Command::LeaseRevoke(*id),
     };
     cmd.encode()
 }
@@ -78,6 +83,7 @@ pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, NodeError>
                 ..header
             },
             txn: w.txn,
+            lease: w.lease,
         }),
         ApplyOutcome::Rejected(ApplyError::Mvcc(err)) => Err(NodeError::Mvcc(err)),
         ApplyOutcome::Rejected(err) => Err(NodeError::Invalid(err.to_string())),
@@ -87,6 +93,7 @@ pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, NodeError>
             existed: false,
             header,
             txn: None,
+            lease: None,
         }),
     }
 }

@@ -15,6 +15,11 @@
 //!   [`MAX_HISTORY_BYTES`] trigger a deterministic compaction on apply, so
 //!   every replica compacts at the same revision. [`MvccStore::stats`]
 //!   reports the history held.
+//! - Leases (etcd's Lease service) are replicated state here too: each
+//!   lease has an id, its granted TTL and the live keys attached to it.
+//!   [`MvccStore::lease_grant`] and [`MvccStore::lease_revoke`] run from log
+//!   entries; a revoke deletes every attached key in one revision. Deadlines
+//!   are not replicated: the leader keeps them (`node::lease_clock`).
 //!
 //! The index is a persistent map ([`imbl::OrdMap`]) of persistent vectors:
 //! cloning the store for a snapshot is O(1).
@@ -22,7 +27,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
-use imbl::{OrdMap, Vector};
+use imbl::{OrdMap, OrdSet, Vector};
 
 /// Revisions kept by the automatic compaction: once the store is this many
 /// revisions past its compaction point twice over, it compacts to
@@ -33,6 +38,29 @@ pub const AUTO_COMPACT_RETENTION_REVISIONS: i64 = 10_000;
 pub const MAX_HISTORY_BYTES: u64 = 256 << 20;
 /// Deepest nesting of a txn inside a txn.
 pub const MAX_TXN_DEPTH: usize = 4;
+/// Largest lease TTL granted (etcd's `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL_S: i64 = 9_000_000_000;
+/// Most leases the store holds at once; a grant beyond it is refused, so
+/// lease state (and the leader's deadline table) stays bounded.
+pub const MAX_LEASES: usize = 1_000_000;
+
+/// One lease: its granted TTL and the live keys attached to it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Lease {
+    /// TTL granted (seconds, already raised to the minimum by the proposer).
+    pub ttl_s: i64,
+    /// Live keys whose `lease` is this lease.
+    pub keys: OrdSet<Arc<[u8]>>,
+}
+
+/// A granted lease as a grant reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LeaseGrant {
+    /// Lease id.
+    pub id: i64,
+    /// Granted TTL in seconds.
+    pub ttl_s: i64,
+}
 
 /// A key-value pair as etcd clients see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +119,15 @@ pub enum MvccError {
     /// Txn nesting deeper than [`MAX_TXN_DEPTH`].
     #[error("etcdserver: txn nested too deeply")]
     TxnTooDeep,
+    /// A grant for an id that a lease already has.
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    /// A grant with a TTL above [`MAX_LEASE_TTL_S`].
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
+    /// A grant while [`MAX_LEASES`] leases exist.
+    #[error("etcdserver: too many leases")]
+    TooManyLeases,
 }
 
 /// Sort order of a range.
@@ -337,6 +374,8 @@ pub struct MvccStore {
     records: u64,
     /// Value bytes in superseded records.
     history_value_bytes: u64,
+    /// Lease id → lease.
+    leases: OrdMap<i64, Lease>,
 }
 
 impl Default for MvccStore {
@@ -384,6 +423,7 @@ impl MvccStore {
             compact_revision: 0,
             records: 0,
             history_value_bytes: 0,
+            leases: OrdMap::new(),
         }
     }
 
@@ -575,6 +615,10 @@ impl MvccStore {
             (true, Some(l)) => l.lease,
             _ => p.lease,
         };
+        if lease != 0 && !self.leases.contains_key(&lease) {
+            return Err(MvccError::LeaseNotFound);
+        }
+        self.move_lease(&key, prev_live.map_or(0, |l| l.lease), lease);
         let live = Live {
             value,
             create_revision: prev_live.map_or(rev, |l| l.create_revision),
@@ -592,11 +636,103 @@ impl MvccStore {
     fn delete_range(&mut self, d: &DeleteRangeRequest, rev: i64) -> DeleteRangeResponse {
         let doomed: Vec<KeyValue> = self.live_at(&d.key, &d.range_end, i64::MAX).collect();
         for kv in &doomed {
+            self.move_lease(&kv.key, kv.lease, 0);
             self.push_record(kv.key.clone(), rev, None);
         }
         DeleteRangeResponse {
             deleted: doomed.len() as i64,
             prev_kvs: if d.prev_kv { doomed } else { Vec::new() },
+        }
+    }
+
+    /// Detaches `key` from lease `from` and attaches it to `to` (0 = none).
+    fn move_lease(&mut self, key: &Arc<[u8]>, from: i64, to: i64) {
+        if from == to {
+            return;
+        }
+        if let Some(l) = self.leases.get_mut(&from) {
+            l.keys.remove(key);
+        }
+        if let Some(l) = self.leases.get_mut(&to) {
+            l.keys.insert(key.clone());
+        }
+    }
+
+    /// Grants lease `id` with `ttl_s` (the proposer chose both). Does not
+    /// advance the revision, as in etcd.
+    pub fn lease_grant(&mut self, id: i64, ttl_s: i64) -> Result<LeaseGrant, MvccError> {
+        if ttl_s > MAX_LEASE_TTL_S {
+            return Err(MvccError::LeaseTtlTooLarge);
+        }
+        if id == 0 {
+            return Err(MvccError::LeaseNotFound);
+        }
+        if self.leases.contains_key(&id) {
+            return Err(MvccError::LeaseExists);
+        }
+        if self.leases.len() >= MAX_LEASES {
+            return Err(MvccError::TooManyLeases);
+        }
+        let lease = Lease {
+            ttl_s,
+            keys: OrdSet::new(),
+        };
+        self.leases.insert(id, lease);
+        Ok(LeaseGrant { id, ttl_s })
+    }
+
+    /// Revokes lease `id`: every attached key is deleted in one new
+    /// revision (none when no key is attached), then the lease is gone.
+    pub fn lease_revoke(&mut self, id: i64) -> Result<(), MvccError> {
+        let lease = self.leases.remove(&id).ok_or(MvccError::LeaseNotFound)?;
+        if lease.keys.is_empty() {
+            return Ok(());
+        }
+        let rev = self.revision + 1;
+        for key in lease.keys {
+            self.push_record(key, rev, None);
+        }
+        self.revision = rev;
+        self.auto_compact();
+        Ok(())
+    }
+
+    /// One lease by id.
+    pub fn lease(&self, id: i64) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// Every lease, by id.
+    pub fn leases(&self) -> impl Iterator<Item = (i64, &Lease)> {
+        self.leases.iter().map(|(id, l)| (*id, l))
+    }
+
+    /// Number of leases.
+    pub fn lease_count(&self) -> usize {
+        self.leases.len()
+    }
+
+    /// Adds a lease read from a snapshot (keys are attached by
+    /// [`MvccStore::attach_lease_keys`] once every history is in).
+    pub(crate) fn insert_lease(&mut self, id: i64, ttl_s: i64) {
+        let lease = Lease {
+            ttl_s,
+            keys: OrdSet::new(),
+        };
+        self.leases.insert(id, lease);
+    }
+
+    /// Rebuilds every lease's key set from the live keys (snapshot load).
+    pub(crate) fn attach_lease_keys(&mut self) {
+        let leased: Vec<(Arc<[u8]>, i64)> = self
+            .iter_live()
+            .filter(|kv| kv.lease != 0)
+            .map(|kv| (kv.key, kv.lease))
+            .collect();
+        for (key, id) in leased {
+            if let Some(l) = self.leases.get_mut(&id) {
+                l.keys.insert(key);
+            }
         }
     }
 

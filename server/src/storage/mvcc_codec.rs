@@ -9,6 +9,8 @@
 //! 2 Delete  | cond | key_len u32 | key                    (titan.v1, TCP)
 //! 3 Txn     | txn                                         (etcd KV)
 //! 4 Compact | revision i64                                (etcd KV)
+//! 5 LeaseGrant  | id i64 | ttl_s i64                      (etcd Lease)
+//! 6 LeaseRevoke | id i64                                  (etcd Lease; also expiry)
 //! cond:  0 none | 1 expected-version u64 | 2 must-be-absent
 //! txn:   n u32, n × compare | n u32, n × op | n u32, n × op   (success, failure)
 //! compare: result u8 | target u8 | key bytes | range_end bytes | operand
@@ -28,6 +30,8 @@
 //! key_count × (key_len u32 | key | n u32 | n × record)
 //! record: mod_revision i64 | 0 (tombstone)
 //!                          | 1 | create i64 | version i64 | lease i64 | value_len u32 | value
+//! then (snapshot version 3 on): lease_count u32 | lease_count × (id i64 | ttl_s i64),
+//! ids strictly ascending; attached keys are rebuilt from the live keys.
 //! ```
 
 use std::io::{self, Read, Write};
@@ -77,12 +81,23 @@ pub enum Command {
     Txn(TxnRequest),
     /// Drop history below a revision.
     Compact(i64),
+    /// Grant a lease (the proposer chose the id and raised the TTL).
+    LeaseGrant {
+        /// Lease id (never 0).
+        id: i64,
+        /// TTL in seconds.
+        ttl_s: i64,
+    },
+    /// Revoke a lease and delete its keys (a client revoke or an expiry).
+    LeaseRevoke(i64),
 }
 
 const OP_PUT: u8 = 1;
 const OP_DELETE: u8 = 2;
 const OP_TXN: u8 = 3;
 const OP_COMPACT: u8 = 4;
+const OP_LEASE_GRANT: u8 = 5;
+const OP_LEASE_REVOKE: u8 = 6;
 
 const REQ_RANGE: u8 = 1;
 const REQ_PUT: u8 = 2;
@@ -138,6 +153,14 @@ impl Command {
                 out.push(OP_COMPACT);
                 out.extend_from_slice(&rev.to_le_bytes());
             }
+            Command::LeaseGrant { id, ttl_s } => {
+                out.push(OP_LEASE_GRANT);
+                put_i64s(&mut out, &[*id, *ttl_s]);
+            }
+            Command::LeaseRevoke(id) => {
+                out.push(OP_LEASE_REVOKE);
+                put_i64s(&mut out, &[*id]);
+            }
         }
         out
     }
@@ -156,12 +179,26 @@ impl Command {
             op @ (OP_PUT | OP_DELETE) => return decode_legacy(op, &mut r),
             OP_TXN => Command::Txn(decode_txn(&mut r, 0)?),
             OP_COMPACT => Command::Compact(i64_(&mut r)?),
+            OP_LEASE_GRANT => Command::LeaseGrant {
+                id: i64_(&mut r)?,
+                ttl_s: i64_(&mut r)?,
+            },
+            OP_LEASE_REVOKE => Command::LeaseRevoke(i64_(&mut r)?),
             t => return Err(DecodeError::UnknownTag(t)),
         };
         if !r.is_empty() {
             return Err(DecodeError::Trailing);
         }
         Ok(cmd)
+    }
+}
+
+/// The lease command an entry payload carries, if it is one (the node's
+/// lease clock follows grants and revokes without decoding other entries).
+pub fn lease_command(buf: &[u8]) -> Option<Command> {
+    match buf.first() {
+        Some(&(OP_LEASE_GRANT | OP_LEASE_REVOKE)) => Command::decode(buf).ok(),
+        _ => None,
     }
 }
 
@@ -449,6 +486,45 @@ pub fn write_history<W: Write>(w: &mut W, key: &[u8], history: &Vector<Record>) 
     Ok(n)
 }
 
+/// Writes the lease table (after every key history); returns the bytes
+/// written.
+pub fn write_leases<W: Write>(w: &mut W, leases: &[(i64, i64)]) -> io::Result<u64> {
+    w.write_all(&(leases.len() as u32).to_le_bytes())?;
+    for (id, ttl_s) in leases {
+        w.write_all(&id.to_le_bytes())?;
+        w.write_all(&ttl_s.to_le_bytes())?;
+    }
+    Ok(4 + 16 * leases.len() as u64)
+}
+
+/// Reads the lease table written by [`write_leases`]: at most `max_leases`
+/// entries, ids strictly ascending, TTLs within etcd's bounds.
+pub fn read_leases<R: Read>(
+    r: &mut R,
+    max_leases: usize,
+) -> Result<Vec<(i64, i64)>, HistoryDecodeError> {
+    let n = read_u32(r)?;
+    if n as usize > max_leases {
+        return Err(HistoryDecodeError::TooLarge {
+            what: "lease table",
+            len: n.into(),
+            max: max_leases as u64,
+        });
+    }
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let (id, ttl_s) = (read_i64(r)?, read_i64(r)?);
+        if id == 0 || out.last().is_some_and(|(prev, _)| *prev >= id) {
+            return Err(HistoryDecodeError::Malformed("lease ids out of order"));
+        }
+        if !(0..=super::mvcc::MAX_LEASE_TTL_S).contains(&ttl_s) {
+            return Err(HistoryDecodeError::Malformed("lease ttl out of range"));
+        }
+        out.push((id, ttl_s));
+    }
+    Ok(out)
+}
+
 /// Why a key history in a snapshot body is invalid.
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryDecodeError {
@@ -615,6 +691,11 @@ mod tests {
             },
             Command::Txn(sample_txn()),
             Command::Compact(42),
+            Command::LeaseGrant {
+                id: 0x1234_5678,
+                ttl_s: 60,
+            },
+            Command::LeaseRevoke(-3),
         ];
         for cmd in cmds {
             assert_eq!(Command::decode(&cmd.encode()), Ok(cmd));
@@ -649,6 +730,30 @@ mod tests {
             };
         }
         assert!(Command::decode(&Command::Txn(t).encode()).is_err());
+    }
+
+    #[test]
+    fn lease_commands_are_recognised_and_other_entries_are_not() {
+        let grant = Command::LeaseGrant { id: 7, ttl_s: 5 };
+        assert_eq!(lease_command(&grant.encode()), Some(grant));
+        assert_eq!(lease_command(&Command::Compact(3).encode()), None);
+        assert_eq!(lease_command(&[OP_LEASE_REVOKE, 1]), None, "truncated");
+    }
+
+    #[test]
+    fn lease_table_round_trips_and_refuses_disorder_and_oversize() {
+        let leases = vec![(1, 5), (9, 60)];
+        let mut buf = Vec::new();
+        let n = write_leases(&mut buf, &leases).expect("write");
+        assert_eq!(n, buf.len() as u64);
+        assert_eq!(read_leases(&mut &buf[..], 10).expect("read"), leases);
+        assert!(read_leases(&mut &buf[..], 1).is_err(), "count limit");
+        let mut bad = Vec::new();
+        write_leases(&mut bad, &[(9, 5), (1, 5)]).expect("write");
+        assert!(read_leases(&mut &bad[..], 10).is_err(), "order");
+        for cut in 0..buf.len() {
+            assert!(read_leases(&mut &buf[..cut], 10).is_err(), "cut {cut}");
+        }
     }
 
     #[test]

@@ -604,3 +604,265 @@ fn events_replay_history_in_revision_order_with_prev_kv_and_whole_revisions() {
         Err(MvccError::Compacted)
     );
 }
+
+fn leased_put(key: &str, lease: i64) -> RequestOp {
+    RequestOp::Put(PutRequest {
+        key: key.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..PutRequest::default()
+    })
+}
+
+fn lease_keys(s: &MvccStore, id: i64) -> Option<Vec<String>> {
+    s.lease(id).map(|l| {
+        l.keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect()
+    })
+}
+
+#[test]
+fn lease_grants_follow_etcd_rules() {
+    // (id, ttl_s, expected)
+    let table: [(i64, i64, Result<(), MvccError>); 5] = [
+        (1, 10, Ok(())),
+        (2, MAX_LEASE_TTL_S, Ok(())),
+        (1, 10, Err(MvccError::LeaseExists)),
+        (3, MAX_LEASE_TTL_S + 1, Err(MvccError::LeaseTtlTooLarge)),
+        (0, 10, Err(MvccError::LeaseNotFound)),
+    ];
+    let mut s = MvccStore::new();
+    for (i, (id, ttl, want)) in table.into_iter().enumerate() {
+        let got = s
+            .lease_grant(id, ttl)
+            .map(|g| assert_eq!(g, LeaseGrant { id, ttl_s: ttl }));
+        assert_eq!(got, want, "row {i}");
+    }
+    assert_eq!(s.revision(), 1, "a grant does not advance the revision");
+    let ids: Vec<i64> = s.leases().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![1, 2]);
+}
+
+#[test]
+fn puts_attach_keys_to_leases_and_deletes_detach_them() {
+    let mut s = MvccStore::new();
+    s.lease_grant(1, 10).expect("grant 1");
+    s.lease_grant(2, 10).expect("grant 2");
+    // (ops, expected result, keys of lease 1, keys of lease 2)
+    type Row = (
+        Vec<RequestOp>,
+        Result<(), MvccError>,
+        Vec<&'static str>,
+        Vec<&'static str>,
+    );
+    let table: Vec<Row> = vec![
+        (
+            vec![leased_put("a", 1), leased_put("b", 1)],
+            Ok(()),
+            vec!["a", "b"],
+            vec![],
+        ),
+        (vec![leased_put("a", 2)], Ok(()), vec!["b"], vec!["a"]),
+        (
+            vec![leased_put("c", 9)],
+            Err(MvccError::LeaseNotFound),
+            vec!["b"],
+            vec!["a"],
+        ),
+        (vec![put("b", "plain")], Ok(()), vec![], vec!["a"]),
+        (
+            vec![leased_put("b", 1), del("a", "")],
+            Ok(()),
+            vec!["b"],
+            vec![],
+        ),
+        (
+            vec![RequestOp::Put(PutRequest {
+                key: b"b".to_vec(),
+                value: b"kept lease".to_vec(),
+                ignore_lease: true,
+                ..PutRequest::default()
+            })],
+            Ok(()),
+            vec!["b"],
+            vec![],
+        ),
+    ];
+    for (i, (ops, want, k1, k2)) in table.into_iter().enumerate() {
+        assert_eq!(s.txn(&txn(ops)).map(|_| ()), want, "row {i}");
+        let owned = |v: Vec<&str>| v.into_iter().map(String::from).collect::<Vec<_>>();
+        assert_eq!(lease_keys(&s, 1), Some(owned(k1)), "row {i} lease 1");
+        assert_eq!(lease_keys(&s, 2), Some(owned(k2)), "row {i} lease 2");
+    }
+    assert_eq!(s.get(b"b").map(|kv| kv.lease), Some(1));
+    assert_eq!(lease_keys(&s, 3), None);
+}
+
+#[test]
+fn revoke_deletes_every_attached_key_in_one_revision_with_delete_events() {
+    let mut s = MvccStore::new();
+    s.lease_grant(7, 5).expect("grant");
+    s.txn(&txn(vec![
+        leased_put("a", 7),
+        leased_put("b", 7),
+        put("c", "x"),
+    ]))
+    .expect("puts");
+    let before = s.revision();
+    s.lease_revoke(7).expect("revoke");
+    assert_eq!(s.revision(), before + 1, "one revision for every key");
+    assert_eq!((s.get(b"a"), s.get(b"b")), (None, None));
+    assert!(s.get(b"c").is_some(), "an unleased key stays");
+    let batch = s
+        .events(b"a", b"z", before + 1, false, 100)
+        .expect("events");
+    let got: Vec<(bool, String, i64)> = batch
+        .events
+        .iter()
+        .map(|e| {
+            (
+                e.is_put,
+                String::from_utf8_lossy(&e.kv.key).into_owned(),
+                e.kv.mod_revision,
+            )
+        })
+        .collect();
+    let want = vec![
+        (false, "a".into(), before + 1),
+        (false, "b".into(), before + 1),
+    ];
+    assert_eq!(got, want);
+    // Revoking again, or revoking a lease with no keys: etcd's answers.
+    assert_eq!(s.lease_revoke(7), Err(MvccError::LeaseNotFound));
+    s.lease_grant(8, 5).expect("grant");
+    s.lease_revoke(8).expect("empty revoke");
+    assert_eq!(s.revision(), before + 1, "an empty revoke changes no key");
+}
+
+#[test]
+fn expiry_and_client_revokes_are_the_same_log_entry() {
+    use crate::raft::{Entry, EntryKind};
+    use crate::storage::{ApplyOutcome, Command, StateMachine};
+    let mut sm = StateMachine::new();
+    let cmds = [
+        Command::LeaseGrant { id: 5, ttl_s: 3 },
+        Command::Txn(txn(vec![leased_put("k", 5)])),
+        Command::LeaseRevoke(5),
+        Command::LeaseRevoke(5),
+    ];
+    let mut outcomes = Vec::new();
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let e = Entry {
+            index: i as u64 + 1,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: cmd.encode(),
+        };
+        outcomes.push(sm.apply(&e));
+    }
+    assert!(
+        matches!(&outcomes[0], ApplyOutcome::Write(w) if w.lease == Some(LeaseGrant { id: 5, ttl_s: 3 }))
+    );
+    assert!(matches!(&outcomes[2], ApplyOutcome::Write(w) if w.revision == 3));
+    assert!(matches!(
+        &outcomes[3],
+        ApplyOutcome::Rejected(crate::storage::ApplyError::Mvcc(MvccError::LeaseNotFound))
+    ));
+    assert_eq!(sm.kv().get(b"k"), None);
+    assert_eq!(sm.kv().lease_count(), 0);
+}
+
+#[test]
+fn snapshot_round_trip_restores_leases_and_their_attached_keys() {
+    use crate::raft::{Entry, EntryKind, SnapshotMeta};
+    use crate::storage::snapshot_codec::{decode_snapshot, encode_snapshot};
+    use crate::storage::{Command, SnapshotLimits, StateMachine};
+    let mut sm = StateMachine::new();
+    let cmds = [
+        Command::LeaseGrant { id: 1, ttl_s: 10 },
+        Command::LeaseGrant { id: 2, ttl_s: 60 },
+        Command::LeaseGrant { id: 3, ttl_s: 5 },
+        Command::Txn(txn(vec![
+            leased_put("a", 1),
+            leased_put("b", 1),
+            leased_put("c", 2),
+        ])),
+        Command::Txn(txn(vec![leased_put("b", 2)])),
+        Command::LeaseRevoke(3),
+    ];
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let e = Entry {
+            index: i as u64 + 1,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: cmd.encode(),
+        };
+        sm.apply(&e);
+    }
+    let meta = SnapshotMeta {
+        index: sm.applied_index(),
+        ..SnapshotMeta::default()
+    };
+    let mut buf = Vec::new();
+    encode_snapshot(&mut buf, &meta, &sm).expect("encode");
+    let (_, back) = decode_snapshot(&mut &buf[..], &SnapshotLimits::default()).expect("decode");
+    let leases = |s: &MvccStore| -> Vec<(i64, Lease)> {
+        s.leases().map(|(id, l)| (id, l.clone())).collect()
+    };
+    assert_eq!(leases(back.kv()), leases(sm.kv()));
+    assert_eq!(lease_keys(back.kv(), 1), Some(vec!["a".to_string()]));
+    assert_eq!(
+        lease_keys(back.kv(), 2),
+        Some(vec!["b".to_string(), "c".to_string()])
+    );
+    let small = SnapshotLimits {
+        max_leases: 1,
+        ..SnapshotLimits::default()
+    };
+    assert!(
+        decode_snapshot(&mut &buf[..], &small).is_err(),
+        "lease bound"
+    );
+}
+
+#[test]
+fn a_version_2_snapshot_from_before_leases_still_loads_with_no_leases() {
+    use crate::raft::{Entry, EntryKind, SnapshotMeta};
+    use crate::storage::snapshot_codec::{
+        SNAPSHOT_VERSION_NO_LEASES, decode_snapshot, encode_snapshot,
+    };
+    use crate::storage::{Command, SnapshotLimits, StateMachine};
+    let mut sm = StateMachine::new();
+    let e = Entry {
+        index: 1,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: Command::Txn(txn(vec![put("a", "1")])).encode(),
+    };
+    sm.apply(&e);
+    let meta = SnapshotMeta {
+        index: 1,
+        ..SnapshotMeta::default()
+    };
+    let mut v3 = Vec::new();
+    encode_snapshot(&mut v3, &meta, &sm).expect("encode");
+    // Rewrite as format 2: version 2 in the header (new header CRC) and no
+    // lease table (an empty one is 4 zero bytes) before the trailer.
+    let header_len = u32::from_le_bytes(v3[12..16].try_into().expect("4 bytes")) as usize;
+    let header_end = 16 + header_len;
+    let mut v2 = v3[..header_end].to_vec();
+    v2[8..12].copy_from_slice(&SNAPSHOT_VERSION_NO_LEASES.to_le_bytes());
+    v2.extend_from_slice(&crc32fast::hash(&v2).to_le_bytes());
+    let body = &v3[header_end + 4..v3.len() - 12];
+    assert_eq!(&body[body.len() - 4..], &[0, 0, 0, 0], "empty lease table");
+    let body = &body[..body.len() - 4];
+    v2.extend_from_slice(body);
+    v2.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    v2.extend_from_slice(&v3[v3.len() - 8..]);
+    let (header, back) = decode_snapshot(&mut &v2[..], &SnapshotLimits::default()).expect("v2");
+    assert_eq!(header.version, SNAPSHOT_VERSION_NO_LEASES);
+    assert_eq!(back.kv().get(b"a").map(|kv| kv.version), Some(1));
+    assert_eq!(back.kv().lease_count(), 0);
+}

@@ -10,6 +10,7 @@
 //! body:    the MVCC store (see `mvcc_codec`): revision i64 | compact_revision i64
 //!          | key_count × key history (every record since the compaction point),
 //!          keys strictly ascending
+//!          | lease table (version 3 on): n u32, n × (id i64 | ttl_s i64)
 //! trailer: body_crc u32 (over the body) | end magic "TSNPEND!"
 //! ```
 //! Encoding walks the (cloned, immutable) map and writes through the given
@@ -31,10 +32,14 @@ use crate::raft::{ConfState, NodeId, SnapshotMeta};
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"TITANSNP";
 /// Trailer magic, written last.
 pub const SNAPSHOT_END_MAGIC: &[u8; 8] = b"TSNPEND!";
-/// Format version written by this code. Version 1 (a plain key → value map,
+/// Format version written by this code (3: the MVCC store plus its lease
+/// table). Version 2 (the MVCC store before leases, when no lease could
+/// exist) still loads, with no leases. Version 1 (a plain key → value map,
 /// before MVCC) is refused: such a node restores from a newer snapshot or
 /// from the WAL, whose pre-MVCC entries still decode.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
+/// The MVCC format before leases, still read.
+pub const SNAPSHOT_VERSION_NO_LEASES: u32 = 2;
 
 /// Bounds applied while decoding untrusted snapshot bytes.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +50,8 @@ pub struct SnapshotLimits {
     pub max_key_bytes: u32,
     /// Largest value accepted (must be ≥ what the WAL accepts in one record).
     pub max_value_bytes: u32,
+    /// Most leases accepted (the store's own bound).
+    pub max_leases: usize,
 }
 
 impl Default for SnapshotLimits {
@@ -53,6 +60,7 @@ impl Default for SnapshotLimits {
             max_header_bytes: 16 << 20,
             max_key_bytes: 16 << 20,
             max_value_bytes: 16 << 20,
+            max_leases: super::mvcc::MAX_LEASES,
         }
     }
 }
@@ -66,6 +74,8 @@ pub struct SnapshotHeader {
     pub key_count: u64,
     /// The member directory as of `meta.index`.
     pub members: BTreeMap<NodeId, MemberInfo>,
+    /// Format version the file was written in (see [`SNAPSHOT_VERSION`]).
+    pub version: u32,
 }
 
 /// Why a snapshot stream could not be decoded.
@@ -82,7 +92,7 @@ pub enum SnapshotDecodeError {
     BadMagic,
     /// A newer or unknown format (1 = the pre-MVCC map, no longer read).
     #[error(
-        "unsupported snapshot format version {0} (this build reads version 2, the MVCC store; version 1 snapshots predate MVCC and are not migrated)"
+        "unsupported snapshot format version {0} (this build reads versions 2 and 3, the MVCC store without and with leases; version 1 snapshots predate MVCC and are not migrated)"
     )]
     UnsupportedVersion(u32),
     /// A length field exceeds its limit.
@@ -186,6 +196,7 @@ pub fn encode_snapshot<W: Write>(
         meta: meta.clone(),
         key_count: sm.len() as u64,
         members: sm.members().clone(),
+        version: SNAPSHOT_VERSION,
     };
     let header = encode_header(&header);
     w.write_all(&header)?;
@@ -199,6 +210,8 @@ pub fn encode_snapshot<W: Write>(
     for (key, history) in kv.histories() {
         bytes += mvcc_codec::write_history(&mut body, key, history)?;
     }
+    let leases: Vec<(i64, i64)> = kv.leases().map(|(id, l)| (id, l.ttl_s)).collect();
+    bytes += mvcc_codec::write_leases(&mut body, &leases)?;
     let crc = body.hasher.finalize();
     w.write_all(&crc.to_le_bytes())?;
     w.write_all(SNAPSHOT_END_MAGIC)?;
@@ -235,10 +248,13 @@ pub fn decode_header<R: Read>(
     if hasher.finalize() != u32::from_le_bytes(crc) {
         return Err(SnapshotDecodeError::Checksum("header"));
     }
-    if version != SNAPSHOT_VERSION {
+    if version != SNAPSHOT_VERSION && version != SNAPSHOT_VERSION_NO_LEASES {
         return Err(SnapshotDecodeError::UnsupportedVersion(version));
     }
-    parse_header_body(&body).map_err(|e| SnapshotDecodeError::Malformed(format!("header: {e}")))
+    let mut header = parse_header_body(&body)
+        .map_err(|e| SnapshotDecodeError::Malformed(format!("header: {e}")))?;
+    header.version = version;
+    Ok(header)
 }
 
 /// Reads exactly `len` bytes, growing the buffer only as data arrives.
@@ -283,6 +299,7 @@ fn parse_header_body(body: &[u8]) -> Result<SnapshotHeader, DecodeError> {
         meta: SnapshotMeta { index, term, conf },
         key_count,
         members,
+        version: SNAPSHOT_VERSION,
     })
 }
 
@@ -297,7 +314,9 @@ pub fn decode_snapshot<R: Read>(
     let header = decode_stream(r, limits, |item| match item {
         BodyItem::Revisions(rev, compact) => kv = MvccStore::from_parts(rev, compact),
         BodyItem::Key(key, history) => kv.insert_history(key, history),
+        BodyItem::Lease(id, ttl_s) => kv.insert_lease(id, ttl_s),
     })?;
+    kv.attach_lease_keys();
     let sm = StateMachine::at_snapshot(header.meta.index, header.members.clone(), kv);
     Ok((header, sm))
 }
@@ -316,6 +335,8 @@ enum BodyItem {
     Revisions(i64, i64),
     /// One key's history.
     Key(Arc<[u8]>, imbl::Vector<Record>),
+    /// One lease: id and TTL (after every key).
+    Lease(i64, i64),
 }
 
 fn history_error(e: HistoryDecodeError) -> SnapshotDecodeError {
@@ -363,6 +384,13 @@ where
         }
         prev = Some(key.clone());
         sink(BodyItem::Key(key, history));
+    }
+    if header.version >= SNAPSHOT_VERSION {
+        let leases =
+            mvcc_codec::read_leases(&mut body, limits.max_leases).map_err(history_error)?;
+        for (id, ttl_s) in leases {
+            sink(BodyItem::Lease(id, ttl_s));
+        }
     }
     let body_crc = body.hasher.finalize();
     check_trailer(r, body_crc)?;

@@ -13,8 +13,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::mvcc::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, MvccError, MvccStore,
-    PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, LeaseGrant, MvccError,
+    MvccStore, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
 use super::wal_record::ByteReader;
 use crate::raft::{ConfChange, ConfChangeType, Entry, EntryKind, NodeId};
@@ -113,6 +113,8 @@ pub struct WriteOutcome {
     pub revision: i64,
     /// The etcd response, for [`Command::Txn`].
     pub txn: Option<Box<TxnResponse>>,
+    /// The granted lease, for [`Command::LeaseGrant`].
+    pub lease: Option<LeaseGrant>,
 }
 
 /// Why an entry changed nothing.
@@ -201,6 +203,7 @@ impl StateMachine {
             existed: false,
             revision,
             txn: None,
+            lease: None,
         };
         match cmd {
             Command::Txn(t) => {
@@ -211,6 +214,16 @@ impl StateMachine {
             }
             Command::Compact(rev) => {
                 self.kv.compact(rev)?;
+                Ok(done(true, self.kv.revision()))
+            }
+            Command::LeaseGrant { id, ttl_s } => {
+                let granted = self.kv.lease_grant(id, ttl_s)?;
+                let mut w = done(true, self.kv.revision());
+                w.lease = Some(granted);
+                Ok(w)
+            }
+            Command::LeaseRevoke(id) => {
+                self.kv.lease_revoke(id)?;
                 Ok(done(true, self.kv.revision()))
             }
             Command::Put { key, value, cond } => self.run_legacy(key, Some(value), cond),
@@ -241,6 +254,7 @@ impl StateMachine {
             existed: before.is_some(),
             revision: self.kv.revision(),
             txn: None,
+            lease: None,
         })
     }
 

@@ -1,5 +1,6 @@
 //! etcd protobuf ↔ MVCC types, and the request checks etcd does at its
-//! edge (empty key, leases, size, txn op count, duplicate keys).
+//! edge (empty key, size, txn op count, duplicate keys). Whether a lease
+//! exists is the MVCC store's check, at apply.
 
 use std::collections::BTreeSet;
 
@@ -21,14 +22,6 @@ use crate::storage::mvcc::{
 pub fn check_key(key: &[u8]) -> Result<(), Status> {
     if key.is_empty() {
         return Err(Status::invalid_argument("etcdserver: key is not provided"));
-    }
-    Ok(())
-}
-
-/// Leases are not granted by this server yet, so every lease id is unknown.
-fn check_lease(lease: i64) -> Result<(), Status> {
-    if lease != 0 {
-        return Err(super::etcd_kv::status_from_mvcc(MvccError::LeaseNotFound));
     }
     Ok(())
 }
@@ -133,7 +126,6 @@ pub fn range_to_pb(r: RangeResponse, h: &Header) -> pb::RangeResponse {
 /// A put request, checked.
 pub fn put_from_pb(p: pb::PutRequest) -> Result<PutRequest, Status> {
     check_key(&p.key)?;
-    check_lease(p.lease)?;
     if p.key.len() + p.value.len() > MAX_REQUEST_BYTES {
         return Err(request_too_large());
     }
@@ -313,7 +305,15 @@ mod tests {
             lease: 7,
             ..pb::PutRequest::default()
         };
-        let e = put_from_pb(leased).expect_err("lease");
+        // The edge passes the lease on; the store, which knows the leases,
+        // refuses it at apply with etcd's code and message.
+        let put = put_from_pb(leased).expect("converted");
+        let mut store = crate::storage::mvcc::MvccStore::new();
+        let txn = TxnRequest {
+            success: vec![RequestOp::Put(put)],
+            ..TxnRequest::default()
+        };
+        let e = super::super::etcd_kv::status_from_mvcc(store.txn(&txn).expect_err("lease"));
         assert_eq!(
             (e.code(), e.message()),
             (

@@ -37,6 +37,9 @@ pub fn status_from_mvcc(e: MvccError) -> Status {
     match e {
         MvccError::Compacted | MvccError::FutureRevision => Status::out_of_range(e.to_string()),
         MvccError::LeaseNotFound => Status::not_found(e.to_string()),
+        MvccError::LeaseExists => Status::failed_precondition(e.to_string()),
+        MvccError::LeaseTtlTooLarge => Status::out_of_range(e.to_string()),
+        MvccError::TooManyLeases => Status::resource_exhausted(e.to_string()),
         MvccError::KeyNotFound | MvccError::TxnTooDeep => Status::invalid_argument(e.to_string()),
     }
 }

@@ -11,6 +11,7 @@ pub mod etcd_cluster;
 pub mod etcd_convert;
 pub mod etcd_forward;
 pub mod etcd_kv;
+pub mod etcd_lease;
 pub mod etcd_watch;
 #[doc(hidden)]
 pub mod kv_fuzz;
@@ -30,6 +31,7 @@ use tonic::transport::server::TcpIncoming;
 
 use titan_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
+use titan_proto::etcdserverpb::lease_server::LeaseServer as EtcdLeaseServer;
 use titan_proto::etcdserverpb::maintenance_server::MaintenanceServer as EtcdMaintenanceServer;
 use titan_proto::etcdserverpb::watch_server::WatchServer as EtcdWatchServer;
 use titan_proto::v1::admin_server::AdminServer;
@@ -160,6 +162,9 @@ pub async fn serve_grpc(
         .add_service(EtcdMaintenanceServer::new(
             etcd_cluster::EtcdClusterService::new(node.clone()),
         ))
+        .add_service(EtcdLeaseServer::new(etcd_lease::EtcdLeaseService::new(
+            node.clone(),
+        )))
         .add_service(EtcdWatchServer::new(etcd_watch::EtcdWatchService::new(
             node,
         )))
