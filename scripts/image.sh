@@ -16,7 +16,8 @@
 # busybox-static for /bin/sh (the operator's entry script) and the few tools
 # the pods use (chown in the storage fix-up init container, hostname).
 #
-# Env: TITAN_RELEASE_DIR (target/release, or $CARGO_TARGET_DIR/release).
+# Env: TITAN_RELEASE_DIR: where the binaries are (target/release, or
+# $CARGO_TARGET_DIR/release; CI points it at the debug build it already has).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -80,7 +80,7 @@ mod tests {
             };
             let v1 = pdb(&cluster, &names, &input);
             let beta = as_v1beta1(&v1)
-                .and_then(|o| serde_json::to_value(o))
+                .and_then(serde_json::to_value)
                 .unwrap_or_else(|e| panic!("conversion failed for {replicas}: {e}"));
             assert_eq!(beta["apiVersion"], "policy/v1beta1");
             assert_eq!(beta["kind"], "PodDisruptionBudget");
