@@ -2,8 +2,9 @@
 # Runs every test Titan has: unit tests, the Raft simulator, storage crash and
 # property tests, process-level cluster tests (real titan-server processes on
 # loopback), operator tests (builders, mock API server, real kube-apiserver
-# tier) and the packaging checks (shellcheck, helm lint/template, generated
-# manifests up to date).
+# tier), the packaging checks (shellcheck, helm lint/template, generated
+# manifests up to date) and, as root, the e2e scenario on a real one-node
+# Kubernetes (scripts/ci/k8s-node.sh, tests/e2e/node.sh).
 #
 # It installs what it needs (cargo-nextest, helm, shellcheck, kube-apiserver +
 # etcd built from Debian's sources and cached under ~/.cache/titan-tools,
@@ -61,4 +62,27 @@ cargo test --workspace --doc --locked
 if [ -x scripts/ci/check-packaging.sh ]; then
   stage "packaging checks"
   scripts/ci/check-packaging.sh
+fi
+
+# The real-Kubernetes tier: one node (Kubernetes 1.20.2 built from Debian's
+# sources, containerd, CNI bridge) started on this machine, the e2e scenario
+# on real pods, then a stop that must leave nothing behind. It needs root;
+# where root is available the node is expected to start, and a node that does
+# not start is a failure. TITAN_SKIP_K8S_NODE=1 skips the tier.
+if [ "${TITAN_SKIP_K8S_NODE:-0}" = 1 ] || [ "$(id -u)" != 0 ]; then
+  echo "== k8s node tier: skipped (needs root; TITAN_SKIP_K8S_NODE=${TITAN_SKIP_K8S_NODE:-0})"
+else
+  stage "k8s node: build the node binaries and images (cached)"
+  scripts/ci/k8s-node.sh build
+  stage "k8s node: binaries for the image (debug)"
+  cargo build --locked --bin titan-server --bin titan-operator --bin titanctl
+  stage "k8s node: start (until Ready)"
+  scripts/ci/k8s-node.sh stop
+  trap 'scripts/ci/k8s-node.sh stop || true; stage_close' EXIT
+  scripts/ci/k8s-node.sh start
+  stage "k8s node: e2e scenario on real pods (tests/e2e/node.sh)"
+  TITAN_RELEASE_DIR="${CARGO_TARGET_DIR:-$PWD/target}/debug" tests/e2e/node.sh
+  stage "k8s node: stop (nothing left behind)"
+  trap stage_close EXIT
+  scripts/ci/k8s-node.sh stop
 fi

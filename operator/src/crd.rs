@@ -175,6 +175,13 @@ pub struct StorageSpec {
     /// Storage class of the PVCs; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// Opt-in: a `fix-permissions` init container (uid 0, only `CAP_CHOWN`)
+    /// makes the volume's root directory owned by the server's uid/gid 65532
+    /// before the server starts. For provisioners that ignore `fsGroup` (the
+    /// host-path provisioner); the namespace must admit the Pod Security
+    /// `baseline` profile, as `restricted` forbids a root container.
+    #[serde(default)]
+    pub fix_permissions: bool,
 }
 
 impl Default for StorageSpec {
@@ -182,6 +189,7 @@ impl Default for StorageSpec {
         Self {
             size: default_storage_size(),
             storage_class_name: None,
+            fix_permissions: false,
         }
     }
 }

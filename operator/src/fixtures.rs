@@ -348,6 +348,8 @@ pub mod paths {
     pub const CLIENT_SERVICE: &str = "/api/v1/namespaces/prod/services/demo";
     /// PDB.
     pub const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/demo";
+    /// PDB on API servers that serve only `policy/v1beta1` (Kubernetes 1.20).
+    pub const PDB_V1BETA1: &str = "/apis/policy/v1beta1/namespaces/prod/poddisruptionbudgets/demo";
     /// Event collection.
     pub const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/prod/events";
     /// Status subresource.

@@ -364,8 +364,8 @@ async fn reconcile_applies_objects_with_ssa_and_patches_status(
         .conditions
         .iter()
         .find(|c| c.type_ == "DisruptionBudget");
-    // 1.20 serves only policy/v1beta1: the operator must report, not fail.
-    assert_eq!(pdb.map(|c| c.reason.as_str()), Some("PolicyV1Unavailable"));
+    // 1.20 serves only policy/v1beta1: the operator applies the PDB there.
+    assert_eq!(pdb.map(|c| c.reason.as_str()), Some("Applied"));
     assert!(
         cluster
             .metadata

@@ -4,6 +4,7 @@
 #   1. shellcheck on every shell script in the repo (*.sh and .ci/run);
 #   2. hadolint on the Dockerfile (when hadolint is available);
 #   3. one version everywhere: Cargo workspace = Chart appVersion = Dockerfile VERSION;
+#      scripts/image.sh (the image without Docker) has the Dockerfile's config;
 #   4. `helm lint --strict` is clean (no warnings) and `helm template` renders,
 #      with default values and with every optional object switched on;
 #   5. generated files equal what they are generated from:
@@ -164,6 +165,46 @@ check_versions() {
     log "manifests/examples/titancluster.yaml must use image tag ${crate}"
     return 1
   }
+}
+
+# scripts/image.sh builds the image without Docker: its runtime config must be
+# the one the Dockerfile describes (entrypoint, user, working dir, ports,
+# labels with the version substituted, and the data dir's owner and mode).
+dockerfile_config() {
+  local df="${WORK}/runtime-stage" version
+  version="$(workspace_version)"
+  # Only the last stage describes the image.
+  tac "${ROOT}/Dockerfile" | sed '/^FROM /q' | tac >"${df}"
+  local labels
+  labels="$(sed -n '/^LABEL /,/[^\\]$/p' "${df}" | grep -o '[a-z.]*="[^"]*"' |
+    sed "s/\${VERSION}/${version}/" |
+    jq -R 'capture("(?<k>[^=]*)=\"(?<v>.*)\"") | {(.k): .v}' | jq -s 'add')"
+  jq -n --argjson entry "$(sed -n 's/^ENTRYPOINT //p' "${df}")" \
+    --arg user "$(sed -n 's/^USER //p' "${df}")" \
+    --arg dir "$(sed -n 's/^WORKDIR //p' "${df}")" \
+    --arg ports "$(sed -n 's/^EXPOSE //p' "${df}")" --argjson labels "${labels}" '{
+      User: $user, WorkingDir: $dir, Entrypoint: $entry, Labels: $labels,
+      ExposedPorts: ($ports | split(" ") | map({("\(.)/tcp"): {}}) | add)}'
+}
+
+check_image_matches_dockerfile() {
+  local want got
+  want="$(dockerfile_config | jq -S .)"
+  got="$("${ROOT}/scripts/image.sh" --config | jq -S 'del(.Env)')"
+  if [ "${want}" != "${got}" ]; then
+    log "scripts/image.sh --config differs from the Dockerfile:"
+    diff <(echo "${want}") <(echo "${got}") >&2 || true
+    return 1
+  fi
+  # The data dir: created 0750 and owned by the image user in both.
+  local user="${want#*\"User\": \"}"
+  user="${user%%:*}"
+  if ! grep -q "install -d -o ${user} -g ${user} -m 0750 /var/lib/titan" "${ROOT}/Dockerfile" ||
+    ! grep -q "^UID_GID=${user}\$" "${ROOT}/scripts/image.sh" ||
+    ! grep -qF "chmod 0750 \"\${rootfs}\${DATA_DIR}\"" "${ROOT}/scripts/image.sh"; then
+    log "the data dir's owner (${user}) or mode (0750) differs between Dockerfile and scripts/image.sh"
+    return 1
+  fi
 }
 
 # Every optional object switched on, so lint/template cover all templates.
@@ -392,6 +433,7 @@ main() {
     skip "hadolint (not available on $(uname -m))"
   fi
   step "one version in Cargo.toml, Chart.yaml, Dockerfile, example" check_versions
+  step "scripts/image.sh builds what the Dockerfile describes" check_image_matches_dockerfile
   step "helm lint --strict (no warnings)" check_helm_lint
   step "helm template renders every object" check_helm_template
   if [ "${TITAN_SKIP_CARGO:-0}" = 1 ]; then

@@ -14,6 +14,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     init_logging(&cli)?;
     let cfg = cli.into_config().context("invalid configuration")?;
+    check_data_dir_writable(&cfg.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -42,6 +43,49 @@ fn main() -> anyhow::Result<()> {
     })?;
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
+}
+
+/// Name of the probe file that proves the data dir is writable.
+const WRITE_PROBE: &str = ".titan-write-check";
+
+/// Fails start-up, naming the directory, its owner and mode and our uid, when
+/// the data dir cannot be created or written (a volume the provisioner made
+/// root-owned, for example), instead of failing later inside storage.
+fn check_data_dir_writable(dir: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let probe = dir.join(WRITE_PROBE);
+    let result = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"ok"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    let Err(err) = result else { return Ok(()) };
+    let owner = match std::fs::metadata(dir) {
+        Ok(m) => format!(
+            "owned by uid {} gid {} with mode {:o}",
+            m.uid(),
+            m.gid(),
+            m.permissions().mode() & 0o7777
+        ),
+        Err(e) => format!("not readable ({e})"),
+    };
+    anyhow::bail!(
+        "data dir {} is not writable: {err}; it is {owner}, and titan-server runs as uid {} \
+         (make the volume writable for that uid, e.g. fsGroup or the operator's \
+         spec.storage.fixPermissions)",
+        dir.display(),
+        process_uid()
+    )
+}
+
+/// The effective uid, from /proc (no libc dependency); `unknown` elsewhere.
+fn process_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(str::to_string))
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 /// Logs go to stderr: text (ANSI colours only on a terminal and without
@@ -92,4 +136,29 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod data_dir_tests {
+    use super::*;
+
+    /// A data dir that cannot be created is reported with its path and our
+    /// uid; a writable one passes and keeps no probe file.
+    #[test]
+    fn unwritable_data_dir_is_reported_with_owner_mode_and_uid() {
+        let tmp = std::env::temp_dir().join(format!("titan-dd-{}", std::process::id()));
+        let file = tmp.join("a-file");
+        std::fs::create_dir_all(&tmp).unwrap();
+        std::fs::write(&file, b"x").unwrap();
+        let bad = file.join("data");
+        let msg = check_data_dir_writable(&bad).unwrap_err().to_string();
+        assert!(msg.contains(&bad.display().to_string()), "{msg}");
+        assert!(msg.contains("runs as uid"), "{msg}");
+        assert!(msg.contains("not writable"), "{msg}");
+
+        let good = tmp.join("data");
+        check_data_dir_writable(&good).unwrap();
+        assert!(!good.join(WRITE_PROBE).exists());
+        std::fs::remove_dir_all(&tmp).unwrap();
+    }
 }

@@ -12,7 +12,9 @@ mod statefulset;
 pub use configmap::{
     BOOTSTRAPPED_KEY, CLUSTER_ID_KEY, INITIAL_PEERS_KEY, INITIAL_REPLICAS_KEY, configmap,
 };
-pub use pdb::{max_unavailable, pdb};
+pub use pdb::{
+    as_v1beta1 as pdb_as_v1beta1, max_unavailable, pdb, v1beta1_resource as pdb_v1beta1_resource,
+};
 pub use service::{client_service, peers_service};
 pub use statefulset::{DATA_DIR, statefulset};
 

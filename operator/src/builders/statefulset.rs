@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SecurityContext, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SeccompProfile, SecurityContext, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -67,11 +68,21 @@ fn pod_template(cluster: &TitanCluster, names: &Names) -> PodTemplateSpec {
         }),
         spec: Some(PodSpec {
             containers: vec![server_container(cluster, names)],
+            init_containers: spec
+                .storage
+                .fix_permissions
+                .then(|| vec![fix_permissions_container(cluster)]),
+            // The server never talks to the API server.
+            automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
                 run_as_non_root: Some(true),
                 run_as_user: Some(RUN_AS_ID),
                 run_as_group: Some(RUN_AS_ID),
                 fs_group: Some(RUN_AS_ID),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".to_string(),
+                    localhost_profile: None,
+                }),
                 ..PodSecurityContext::default()
             }),
             termination_grace_period_seconds: Some(TERMINATION_GRACE_PERIOD_SECONDS),
@@ -81,6 +92,38 @@ fn pod_template(cluster: &TitanCluster, names: &Names) -> PodTemplateSpec {
             topology_spread_constraints: spec.topology_spread_constraints.clone(),
             ..PodSpec::default()
         }),
+    }
+}
+
+/// `spec.storage.fixPermissions`: chowns the volume's root directory (not
+/// recursively: everything below it is written by the server itself) to the
+/// server's uid/gid. Runs as uid 0 with only `CAP_CHOWN`, no privilege
+/// escalation, read-only root filesystem.
+fn fix_permissions_container(cluster: &TitanCluster) -> Container {
+    let owner = format!("{RUN_AS_ID}:{RUN_AS_ID}");
+    Container {
+        name: "fix-permissions".to_string(),
+        image: Some(cluster.spec.image.clone()),
+        image_pull_policy: Some(cluster.spec.image_pull_policy.as_str().to_string()),
+        command: Some(vec!["chown".to_string(), owner, DATA_DIR.to_string()]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "data".to_string(),
+            mount_path: DATA_DIR.to_string(),
+            ..VolumeMount::default()
+        }]),
+        security_context: Some(SecurityContext {
+            run_as_user: Some(0),
+            run_as_group: Some(0),
+            run_as_non_root: Some(false),
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: Some(vec!["CHOWN".to_string()]),
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
     }
 }
 
@@ -269,5 +312,81 @@ fn data_claim(cluster: &TitanCluster, names: &Names) -> PersistentVolumeClaim {
             ..PersistentVolumeClaimSpec::default()
         }),
         status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures;
+
+    fn pod_spec(spec: serde_json::Value) -> PodSpec {
+        let cluster = fixtures::cluster(spec);
+        let names = Names::of(&cluster);
+        let input = BuildInput {
+            initial_replicas: 3,
+            cluster_id: "id".to_string(),
+            bootstrapped: false,
+            statefulset_replicas: 3,
+            voters: 3,
+        };
+        statefulset(&cluster, &names, &input)
+            .spec
+            .template
+            .spec
+            .unwrap_or_else(|| panic!("statefulset without a pod spec"))
+    }
+
+    /// Database pods get no API token and the runtime's default seccomp
+    /// profile, whatever the storage settings.
+    #[test]
+    fn database_pods_have_no_token_and_runtime_default_seccomp() {
+        for spec in [
+            serde_json::json!({"replicas": 3}),
+            serde_json::json!({"replicas": 3, "storage": {"fixPermissions": true}}),
+        ] {
+            let pod = pod_spec(spec.clone());
+            assert_eq!(pod.automount_service_account_token, Some(false), "{spec}");
+            let seccomp = pod.security_context.and_then(|s| s.seccomp_profile);
+            assert_eq!(seccomp.map(|s| s.type_).as_deref(), Some("RuntimeDefault"));
+        }
+    }
+
+    /// `storage.fixPermissions` adds exactly one init container that chowns
+    /// the data dir as root with only CAP_CHOWN; without it there is none.
+    #[test]
+    fn fix_permissions_adds_a_chown_only_init_container() {
+        let cases = [
+            (serde_json::json!({"replicas": 3}), false),
+            (
+                serde_json::json!({"storage": {"fixPermissions": false}}),
+                false,
+            ),
+            (
+                serde_json::json!({"storage": {"fixPermissions": true}}),
+                true,
+            ),
+        ];
+        for (spec, want) in cases {
+            let init = pod_spec(spec.clone()).init_containers.unwrap_or_default();
+            assert_eq!(init.len(), usize::from(want), "{spec}");
+            let Some(c) = init.first() else { continue };
+            assert_eq!(
+                c.command.as_deref(),
+                Some(
+                    &[
+                        "chown".to_string(),
+                        "65532:65532".to_string(),
+                        DATA_DIR.to_string()
+                    ][..]
+                )
+            );
+            let sc = c.security_context.clone().unwrap_or_default();
+            assert_eq!(sc.run_as_user, Some(0));
+            assert_eq!(sc.allow_privilege_escalation, Some(false));
+            let caps = sc.capabilities.unwrap_or_default();
+            assert_eq!(caps.add, Some(vec!["CHOWN".to_string()]));
+            assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
+        }
     }
 }

@@ -3,7 +3,7 @@
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -15,7 +15,7 @@ use crate::crd::TitanCluster;
 /// What applying revealed about the API server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {
-    /// `policy/v1` PodDisruptionBudget is served (false on Kubernetes < 1.21).
+    /// A PodDisruptionBudget (`policy/v1` or `policy/v1beta1`) is served.
     pub pdb_supported: bool,
 }
 
@@ -105,17 +105,44 @@ pub async fn apply_objects(
         )
         .await;
     }
+    apply_pdb(ctx, cluster, names, input).await
+}
+
+/// Applies the PDB as `policy/v1`, or as `policy/v1beta1` where only that is
+/// served (Kubernetes 1.20); warns when neither is.
+async fn apply_pdb(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    input: &BuildInput,
+) -> Result<Applied, Error> {
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &names.namespace);
     let pdb = builders::pdb(cluster, names, input);
-    match pdbs
+    let mut result = pdbs
         .patch(&names.pdb(), &params(), &Patch::Apply(&pdb))
         .await
-    {
-        Ok(_) => Ok(Applied {
+        .map(|_| ());
+    if matches!(&result, Err(kube::Error::Api(status)) if status.code == 404) {
+        let beta = builders::pdb_as_v1beta1(&pdb).map_err(|e| Error::Kube {
+            op: "encode policy/v1beta1 pdb",
+            source: kube::Error::SerdeError(e),
+        })?;
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            ctx.client.clone(),
+            &names.namespace,
+            &builders::pdb_v1beta1_resource(),
+        );
+        result = api
+            .patch(&names.pdb(), &params(), &Patch::Apply(&beta))
+            .await
+            .map(|_| ());
+    }
+    match result {
+        Ok(()) => Ok(Applied {
             pdb_supported: true,
         }),
         Err(kube::Error::Api(status)) if status.code == 404 => {
-            let note = "policy/v1 PodDisruptionBudget is not served by this cluster; no PDB protects quorum";
+            let note = "Neither policy/v1 nor policy/v1beta1 PodDisruptionBudget is served by this cluster, so no PDB protects quorum.";
             publish(
                 ctx,
                 cluster,

@@ -85,22 +85,42 @@ async fn mark_bootstrapped(
     Ok("initial members formed a cluster; new pods join".to_string())
 }
 
+/// A delete that found nothing already has the result it wanted (the
+/// observation it was planned from can lag the API server): true when this
+/// call deleted it, false when it was already gone, other errors as errors.
+pub(crate) fn deleted_or_gone<T>(result: Result<T, kube::Error>) -> Result<bool, kube::Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 async fn delete_pvc(ctx: &Context, names: &Names, ordinal: u32) -> Result<String, Error> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    api.delete(&names.pvc(ordinal), &DeleteParams::default())
-        .await
-        .map_err(Error::kube("delete pvc"))?;
+    let deleted = deleted_or_gone(
+        api.delete(&names.pvc(ordinal), &DeleteParams::default())
+            .await,
+    )
+    .map_err(Error::kube("delete pvc"))?;
+    let verb = if deleted {
+        "deleted"
+    } else {
+        "found already deleted"
+    };
     Ok(format!(
-        "deleted PVC {} of removed member",
+        "{verb} PVC {} of removed member",
         names.pvc(ordinal)
     ))
 }
 
 async fn delete_pod(ctx: &Context, names: &Names, ordinal: u32) -> Result<String, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    api.delete(&names.pod(ordinal), &DeleteParams::default())
-        .await
-        .map_err(Error::kube("delete pod"))?;
+    deleted_or_gone(
+        api.delete(&names.pod(ordinal), &DeleteParams::default())
+            .await,
+    )
+    .map_err(Error::kube("delete pod"))?;
     Ok(format!(
         "restarting {} onto the current revision",
         names.pod(ordinal)
@@ -237,4 +257,34 @@ async fn snapshot(
         time: Some(Time(now)),
         request_token: token.or(previous_token),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> kube::Error {
+        let status = serde_json::json!({"kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "code": code, "message": "m"});
+        let status: kube::core::Status =
+            serde_json::from_value(status).unwrap_or_else(|e| panic!("status: {e}"));
+        kube::Error::Api(Box::new(status))
+    }
+
+    /// A PVC or pod that is already gone (a stale observation planned the
+    /// delete) is success, not a reconcile failure; other errors stay errors.
+    #[test]
+    fn deleting_what_is_already_gone_is_not_a_failure() {
+        assert!(matches!(deleted_or_gone(Ok::<(), _>(())), Ok(true)));
+        assert!(matches!(
+            deleted_or_gone::<()>(Err(api_error(404))),
+            Ok(false)
+        ));
+        for code in [403, 409, 500] {
+            assert!(
+                deleted_or_gone::<()>(Err(api_error(code))).is_err(),
+                "{code}"
+            );
+        }
+    }
 }

@@ -266,7 +266,7 @@ async fn paused_cluster_only_writes_status() {
 }
 
 #[tokio::test]
-async fn missing_policy_v1_is_a_warning_and_condition_not_a_failure() {
+async fn policy_v1beta1_pdb_is_applied_where_policy_v1_is_not_served() {
     let cluster = fixtures::cluster(json!({"replicas": 3}));
     let admin = Arc::new(FakeAdmin {
         statuses: fixtures::healthy_statuses(3, 0),
@@ -277,6 +277,35 @@ async fn missing_policy_v1_is_a_warning_and_condition_not_a_failure() {
         *last = Expect::new(Method::PATCH, paths::PDB, Reply::NotFound);
     }
     expects.push(
+        Expect::new(Method::PATCH, paths::PDB_V1BETA1, Reply::Echo).check(|b| {
+            assert_eq!(b["apiVersion"], "policy/v1beta1");
+            assert_eq!(b["spec"]["maxUnavailable"], 1);
+        }),
+    );
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(condition(b, "DisruptionBudget")["status"], "True");
+        assert_eq!(condition(b, "DisruptionBudget")["reason"], "Applied");
+    }));
+    run(cluster, admin, expects).await;
+}
+
+#[tokio::test]
+async fn no_pdb_api_at_all_is_a_warning_and_condition_not_a_failure() {
+    let cluster = fixtures::cluster(json!({"replicas": 3}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 0),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    if let Some(last) = expects.last_mut() {
+        *last = Expect::new(Method::PATCH, paths::PDB, Reply::NotFound);
+    }
+    expects.push(Expect::new(
+        Method::PATCH,
+        paths::PDB_V1BETA1,
+        Reply::NotFound,
+    ));
+    expects.push(
         Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
             assert_eq!(b["type"], "Warning");
             assert_eq!(b["reason"], "PodDisruptionBudgetUnavailable");
@@ -286,7 +315,7 @@ async fn missing_policy_v1_is_a_warning_and_condition_not_a_failure() {
         assert_eq!(condition(b, "DisruptionBudget")["status"], "False");
         assert_eq!(
             condition(b, "DisruptionBudget")["reason"],
-            "PolicyV1Unavailable"
+            "PolicyUnavailable"
         );
     }));
     run(cluster, admin, expects).await;

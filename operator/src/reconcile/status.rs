@@ -89,7 +89,8 @@ pub fn build_status(input: &StatusInput<'_>) -> TitanClusterStatus {
         .filter(|p| p.view.ready && !p.view.terminating)
         .count();
     let mut conditions = prev.conditions.clone();
-    for (type_, status, reason, message) in condition_values(input, leader.is_some()) {
+    let availability = Availability::of(leader.is_some(), &members);
+    for (type_, status, reason, message) in condition_values(input, &availability) {
         set_condition(
             &mut conditions,
             type_,
@@ -115,7 +116,58 @@ pub fn build_status(input: &StatusInput<'_>) -> TitanClusterStatus {
 
 type ConditionValue = (&'static str, bool, String, String);
 
-fn condition_values(input: &StatusInput<'_>, has_leader: bool) -> Vec<ConditionValue> {
+/// The `Available` condition: a leader exists and a quorum (majority) of the
+/// voting members is Ready, so writes can commit. It agrees with
+/// `readyReplicas` and the member list by construction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Availability {
+    /// Condition status.
+    pub available: bool,
+    /// CamelCase reason.
+    pub reason: &'static str,
+    /// A sentence for humans.
+    pub message: String,
+}
+
+impl Availability {
+    /// Decides availability from the leader and the members it reports.
+    pub fn of(has_leader: bool, members: &[MemberStatus]) -> Self {
+        let voters = members
+            .iter()
+            .filter(|m| m.role != MemberRole::Learner)
+            .count();
+        let ready = members
+            .iter()
+            .filter(|m| m.role != MemberRole::Learner && m.ready)
+            .count();
+        let quorum = voters / 2 + 1;
+        if !has_leader {
+            return Self {
+                available: false,
+                reason: "NoLeader",
+                message: "No member reports itself leader, so writes cannot commit.".to_string(),
+            };
+        }
+        if ready < quorum {
+            return Self {
+                available: false,
+                reason: "QuorumNotReady",
+                message: format!(
+                    "Only {ready} of {voters} voting members are Ready; {quorum} are needed for a quorum."
+                ),
+            };
+        }
+        Self {
+            available: true,
+            reason: "QuorumReady",
+            message: format!(
+                "A leader is elected and {ready} of {voters} voting members are Ready (quorum {quorum})."
+            ),
+        }
+    }
+}
+
+fn condition_values(input: &StatusInput<'_>, availability: &Availability) -> Vec<ConditionValue> {
     let action = &input.plan.action;
     let (progressing, progress_reason) = progress(action);
     let degraded = degraded(action, input.plan.phase);
@@ -123,40 +175,37 @@ fn condition_values(input: &StatusInput<'_>, has_leader: bool) -> Vec<ConditionV
     vec![
         (
             AVAILABLE,
-            has_leader,
-            if has_leader {
-                "LeaderElected"
-            } else {
-                "NoLeader"
-            }
-            .to_string(),
-            if has_leader {
-                "a leader serves the cluster"
-            } else {
-                "no reachable leader"
-            }
-            .to_string(),
+            availability.available,
+            availability.reason.to_string(),
+            availability.message.clone(),
         ),
         (
             PROGRESSING,
             progressing,
-            progress_reason,
-            format!("{action:?}"),
+            progress_reason.clone(),
+            progress_message(progressing, &progress_reason, action),
         ),
         (
             DEGRADED,
             degraded.is_some(),
             degraded.clone().unwrap_or_else(|| "AsExpected".to_string()),
-            degraded.map_or_else(String::new, |_| format!("{action:?}")),
+            degraded.map_or_else(
+                || "Every member is healthy.".to_string(),
+                |reason| {
+                    format!(
+                        "The cluster is degraded ({reason}); the operator is at step {action:?}."
+                    )
+                },
+            ),
         ),
         (
             RECONCILIATION_PAUSED,
             paused,
             if paused { "SpecPaused" } else { "NotPaused" }.to_string(),
             if paused {
-                "spec.paused is true; no changes are made"
+                "The spec sets paused: true, so the operator makes no changes."
             } else {
-                ""
+                "The operator applies changes as they come."
             }
             .to_string(),
         ),
@@ -166,17 +215,26 @@ fn condition_values(input: &StatusInput<'_>, has_leader: bool) -> Vec<ConditionV
             if input.pdb_supported {
                 "Applied"
             } else {
-                "PolicyV1Unavailable"
+                "PolicyUnavailable"
             }
             .to_string(),
             if input.pdb_supported {
-                ""
+                "A PodDisruptionBudget keeps voluntary disruptions within what a quorum tolerates."
             } else {
-                "policy/v1 PodDisruptionBudget is not served; voluntary disruptions are not limited"
+                "No PodDisruptionBudget API is served, so voluntary disruptions are not limited."
             }
             .to_string(),
         ),
     ]
+}
+
+/// The `Progressing` message: a sentence naming the step in flight.
+fn progress_message(progressing: bool, reason: &str, action: &Action) -> String {
+    match (progressing, reason) {
+        (true, _) => format!("The operator is changing the cluster, step {action:?}."),
+        (false, "Stable") => "No change is in progress.".to_string(),
+        (false, _) => format!("No change is in progress; waiting ({reason})."),
+    }
 }
 
 /// Is a change in flight, and its reason.
@@ -392,6 +450,102 @@ mod tests {
             condition(&third, AVAILABLE).last_transition_time,
             Time(t(100))
         );
+    }
+
+    #[test]
+    fn available_requires_a_leader_and_a_ready_quorum_of_voters() {
+        fn m(role: MemberRole, ready: bool) -> MemberStatus {
+            MemberStatus {
+                name: "x".to_string(),
+                id: "1".to_string(),
+                role,
+                ready,
+                lag_entries: 0,
+            }
+        }
+        use MemberRole::{Follower as F, Leader as L, Learner as N};
+        let cases: [(&str, bool, Vec<MemberStatus>, bool, &str); 7] = [
+            (
+                "no leader",
+                false,
+                vec![m(F, true), m(F, true)],
+                false,
+                "NoLeader",
+            ),
+            (
+                "3 all ready",
+                true,
+                vec![m(L, true), m(F, true), m(F, true)],
+                true,
+                "QuorumReady",
+            ),
+            (
+                "3 one down",
+                true,
+                vec![m(L, true), m(F, false), m(F, true)],
+                true,
+                "QuorumReady",
+            ),
+            (
+                "3 two down",
+                true,
+                vec![m(L, true), m(F, false), m(F, false)],
+                false,
+                "QuorumNotReady",
+            ),
+            (
+                "learner not counted",
+                true,
+                vec![m(L, true), m(F, false), m(F, false), m(N, true)],
+                false,
+                "QuorumNotReady",
+            ),
+            (
+                "5 three ready",
+                true,
+                vec![m(L, true), m(F, true), m(F, true), m(F, false), m(F, false)],
+                true,
+                "QuorumReady",
+            ),
+            ("single member", true, vec![m(L, true)], true, "QuorumReady"),
+        ];
+        for (name, has_leader, members, want, reason) in cases {
+            let a = Availability::of(has_leader, &members);
+            assert_eq!((a.available, a.reason), (want, reason), "{name}");
+            assert!(a.message.ends_with('.'), "{name}: {}", a.message);
+            assert!(
+                a.message.starts_with(char::is_uppercase),
+                "{name}: {}",
+                a.message
+            );
+        }
+    }
+
+    /// Every condition message is a sentence for humans, whatever the plan.
+    #[test]
+    fn every_condition_message_is_a_sentence() {
+        let plans = [
+            (Action::Steady, Phase::Running),
+            (Action::Wait(WaitReason::CatchingUp(1)), Phase::Scaling),
+            (Action::Wait(WaitReason::Paused), Phase::Paused),
+            (Action::Wait(WaitReason::NoLeader), Phase::Degraded),
+        ];
+        for (action, phase) in plans {
+            let plan = Plan { action, phase };
+            for leader_ready in [true, false] {
+                let pods = pods(leader_ready);
+                let s = build_status(&input(&plan, &pods, None, 100));
+                for c in &s.conditions {
+                    assert!(
+                        c.message.starts_with(char::is_uppercase) && c.message.ends_with('.'),
+                        "{:?} {}: {:?}",
+                        plan.action,
+                        c.type_,
+                        c.message
+                    );
+                }
+            }
+        }
     }
 
     #[test]
