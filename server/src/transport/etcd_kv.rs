@@ -3,7 +3,10 @@
 //! one Raft entry carrying a whole txn (etcd's Put and DeleteRange are
 //! one-op txns), applied atomically. Range is linearizable (ReadIndex)
 //! unless `serializable`. Errors carry etcd's gRPC codes and messages.
-//! A follower forwards writes to the leader (`etcd_forward`).
+//! A follower forwards writes to the leader (`etcd_forward`) and answers
+//! once it has applied them itself, as etcd does.
+
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
@@ -24,6 +27,10 @@ use crate::storage::mvcc::{RequestOp, ResponseOp};
 pub const MAX_REQUEST_BYTES: usize = crate::node::limits::ETCD_MAX_REQUEST_BYTES;
 /// Most operations in one txn branch (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;
+/// Longest a follower waits to apply a forwarded write before answering.
+pub const FORWARD_APPLY_WAIT_MS: u64 = 5_000;
+/// How often a follower looks whether it has applied a forwarded write.
+const FORWARD_APPLY_POLL_MS: u64 = 5;
 /// gRPC decoding limit: the request limit plus etcd's framing allowance.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
 
@@ -84,6 +91,30 @@ impl EtcdKvService {
         (!view.is_self && view.leader_id != 0 && !addr.is_empty()).then_some(addr)
     }
 
+    /// Makes a relayed answer this node's own, as etcd's are: waits (at
+    /// most [`FORWARD_APPLY_WAIT_MS`]) until the local store has applied the
+    /// write's revision, so a serializable read here sees it, and stamps
+    /// this member's id in the header.
+    async fn settle(&self, header: &mut Option<pb::ResponseHeader>) {
+        let Some(h) = header.as_mut() else {
+            return;
+        };
+        let wait = Duration::from_millis(FORWARD_APPLY_WAIT_MS);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if let Ok(local) = self.node.read(ReadQuery::EtcdStats, false).await {
+                h.member_id = local.header.member_id;
+                if local.header.revision >= h.revision {
+                    return;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(FORWARD_APPLY_POLL_MS)).await;
+        }
+    }
+
     /// Proposes `txn` and returns the applied response with its header.
     async fn write_txn(&self, txn: TxnRequest) -> Result<(TxnResponse, Header), Status> {
         conv::check_txn(&txn)?;
@@ -131,11 +162,9 @@ impl Kv for EtcdKvService {
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            return self
-                .fwd
-                .put(&leader, req.into_inner())
-                .await
-                .map(Response::new);
+            let mut resp = self.fwd.put(&leader, req.into_inner()).await?;
+            self.settle(&mut resp.header).await;
+            return Ok(Response::new(resp));
         }
         let p = conv::put_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::Put(p))).await?;
@@ -153,8 +182,9 @@ impl Kv for EtcdKvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            let r = req.into_inner();
-            return self.fwd.delete_range(&leader, r).await.map(Response::new);
+            let mut resp = self.fwd.delete_range(&leader, req.into_inner()).await?;
+            self.settle(&mut resp.header).await;
+            return Ok(Response::new(resp));
         }
         let d = conv::delete_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::DeleteRange(d))).await?;
@@ -170,11 +200,9 @@ impl Kv for EtcdKvService {
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            return self
-                .fwd
-                .txn(&leader, req.into_inner())
-                .await
-                .map(Response::new);
+            let mut resp = self.fwd.txn(&leader, req.into_inner()).await?;
+            self.settle(&mut resp.header).await;
+            return Ok(Response::new(resp));
         }
         let txn = conv::txn_from_pb(req.into_inner(), 0)?;
         let (resp, header) = self.write_txn(txn).await?;
@@ -186,11 +214,9 @@ impl Kv for EtcdKvService {
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
         if let Some(leader) = self.forward_to(&req) {
-            return self
-                .fwd
-                .compact(&leader, req.into_inner())
-                .await
-                .map(Response::new);
+            let mut resp = self.fwd.compact(&leader, req.into_inner()).await?;
+            self.settle(&mut resp.header).await;
+            return Ok(Response::new(resp));
         }
         let rev = req.into_inner().revision;
         let w = self
