@@ -2,8 +2,9 @@
 # Opt-in process-level soak (not in CI): real titan-server processes, each in
 # its own network namespace with its own address and a small tmpfs disk, a
 # seeded nemesis (partition, kill -9, SIGSTOP/SIGCONT, netem delay/loss, full
-# disk, add/promote/remove/replace members) and clients recording a history
-# that is checked for linearizability at the end. Needs root.
+# disk, add/promote/remove/replace members), clients recording a history
+# that is checked for linearizability at the end, and etcd watchers whose
+# streams must agree with the committed history. Needs root.
 #
 #   scripts/soak.sh                  # 5 minutes, random seed
 #   scripts/soak.sh 2                # 2 minutes

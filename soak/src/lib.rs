@@ -1,8 +1,8 @@
 //! Test support for Titan's opt-in soak (`scripts/soak.sh`): the
 //! linearizability checker over a recorded client history, and the check
 //! that watch streams agree with the committed history (`watch_check`).
-//! The driver that builds the namespaced cluster, runs the nemesis and
-//! records the history is the `titan-soak` binary in this crate.
+//! The driver that builds the namespaced cluster, runs the nemesis, records
+//! the history and runs the watchers is the `titan-soak` binary in this crate.
 
 pub mod linearizability;
 pub mod watch_check;

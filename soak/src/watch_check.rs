@@ -47,6 +47,13 @@ pub enum WatchViolation<K, V> {
         /// The committed event.
         event: WatchEvent<K, V>,
     },
+    /// A stream over single-write revisions did not hold `expected` next.
+    RevisionGap {
+        /// The revision owed next.
+        expected: i64,
+        /// The revision that came instead (`None`: the stream ended).
+        seen: Option<i64>,
+    },
     /// The event at a revision and key carried another value.
     Mismatch {
         /// What was committed.
@@ -126,6 +133,37 @@ where
         if same_revision.any(|e| e.key == b.key) {
             return Err(WatchViolation::Duplicate { event: b.clone() });
         }
+    }
+    Ok(())
+}
+
+/// For a history where every revision is one write on a watched key (the
+/// soak's single-key puts): the stream holds each revision of
+/// `from..=through` exactly once, in order, and nothing else.
+pub fn check_every_revision<K, V>(
+    seen: &[WatchEvent<K, V>],
+    from: i64,
+    through: i64,
+) -> Result<(), WatchViolation<K, V>>
+where
+    K: Clone,
+    V: Clone,
+{
+    let mut expected = from;
+    for e in seen {
+        if e.revision != expected || expected > through {
+            return Err(WatchViolation::RevisionGap {
+                expected,
+                seen: Some(e.revision),
+            });
+        }
+        expected += 1;
+    }
+    if expected <= through {
+        return Err(WatchViolation::RevisionGap {
+            expected,
+            seen: None,
+        });
     }
     Ok(())
 }
@@ -272,6 +310,54 @@ mod tests {
         ];
         for (what, seen, want) in table {
             assert_eq!(check_stream(&c, 2, 6, &seen), Err(want), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_single_write_history_owes_every_revision_exactly_once() {
+        let seen = [put(2, "a", 1), put(3, "b", 2), del(4, "a")];
+        assert_eq!(check_every_revision(&seen, 2, 4), Ok(()));
+        let table: Vec<(&str, Vec<E>, WatchViolation<&str, u32>)> = vec![
+            (
+                "a revision skipped",
+                vec![seen[0].clone(), seen[2].clone()],
+                WatchViolation::RevisionGap {
+                    expected: 3,
+                    seen: Some(4),
+                },
+            ),
+            (
+                "a revision repeated",
+                vec![seen[0].clone(), seen[0].clone()],
+                WatchViolation::RevisionGap {
+                    expected: 3,
+                    seen: Some(2),
+                },
+            ),
+            (
+                "ended early",
+                seen[..2].to_vec(),
+                WatchViolation::RevisionGap {
+                    expected: 4,
+                    seen: None,
+                },
+            ),
+            (
+                "past the end",
+                vec![
+                    seen[0].clone(),
+                    seen[1].clone(),
+                    seen[2].clone(),
+                    put(5, "c", 3),
+                ],
+                WatchViolation::RevisionGap {
+                    expected: 5,
+                    seen: Some(5),
+                },
+            ),
+        ];
+        for (what, s, want) in table {
+            assert_eq!(check_every_revision(&s, 2, 4), Err(want), "{what}");
         }
     }
 

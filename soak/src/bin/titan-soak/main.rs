@@ -5,14 +5,17 @@
 //! Real `titan-server` processes, each in its own network namespace with its
 //! own address and tmpfs disk; clients write and read through `titan-client`
 //! and record a history; a seeded nemesis injects faults and membership
-//! changes. At the end everything is healed and the run checks: no
-//! acknowledged write lost, every key's history linearizable (WGL), and the
-//! cluster converged. The seed is printed so a run can be replayed.
+//! changes; watchers follow every key through the etcd Watch API, resuming
+//! across faults. At the end everything is healed and the run checks: no
+//! acknowledged write lost, every key's history linearizable (WGL), every
+//! watch stream equal to the committed history (each revision once, in
+//! order, values matching), and the cluster converged. The seed is printed so a run can be replayed.
 
 mod cluster;
 mod nemesis;
 mod net;
 mod report;
+mod watchers;
 mod workload;
 
 use std::path::PathBuf;
@@ -53,7 +56,13 @@ struct Args {
     /// Concurrent clients.
     #[arg(long, default_value_t = 4)]
     clients: u64,
+    /// Watchers of every key (etcd Watch API), checked against the history.
+    #[arg(long, default_value_t = 2)]
+    watchers: usize,
 }
+
+/// How long watchers may take to reach the final revision after the run.
+const WATCHERS_CATCH_UP: Duration = Duration::from_secs(60);
 
 static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
@@ -127,9 +136,23 @@ async fn soak(args: &Args, seed: u64) -> Result<bool> {
     let mut nem = setup(args).await?;
     let endpoints: Vec<String> = nem.nodes.iter().map(Node::grpc_addr).collect();
     wait_first_write(&endpoints).await?;
-    log("cluster up; starting clients and nemesis");
+    log("cluster up; starting clients, watchers and nemesis");
     let history = History::new();
     let stop = Arc::new(AtomicBool::new(false));
+    let from = watchers::current_revision(&endpoints).await? + 1;
+    let target = watchers::Target::default();
+    let watching: Vec<_> = (0..args.watchers)
+        .map(|i| {
+            let w = watchers::run_watcher(
+                i,
+                endpoints.clone(),
+                from,
+                target.clone(),
+                WATCHERS_CATCH_UP,
+            );
+            tokio::spawn(w)
+        })
+        .collect();
     let mut clients = Vec::new();
     for id in 1..=args.clients {
         let task = workload::run_client(
@@ -155,7 +178,39 @@ async fn soak(args: &Args, seed: u64) -> Result<bool> {
     for c in clients {
         c.await??;
     }
-    report::finish(&mut nem, &history, args.keys, &endpoints, log).await
+    let watched = check_watchers(&endpoints, &history, from, target, watching).await?;
+    let reported = report::finish(&mut nem, &history, args.keys, &endpoints, log).await?;
+    Ok(reported && watched)
+}
+
+/// Lets the watchers reach the final revision, then checks every stream and
+/// acknowledged put against the committed history.
+async fn check_watchers(
+    endpoints: &[String],
+    history: &History,
+    from: i64,
+    target: watchers::Target,
+    watching: Vec<tokio::task::JoinHandle<watchers::WatchLog>>,
+) -> Result<bool> {
+    let through = watchers::current_revision(endpoints).await?;
+    target.store(through, Ordering::Relaxed);
+    let mut logs = Vec::new();
+    for w in watching {
+        logs.push(w.await?);
+    }
+    let acked: Vec<(Vec<u8>, Vec<u8>)> = history
+        .snapshot()
+        .iter()
+        .filter(|r| r.outcome == workload::Outcome::Ok)
+        .filter_map(|r| match r.op.kind {
+            titan_soak::linearizability::OpKind::Put { value } => Some((
+                r.op.key.to_string().into_bytes(),
+                value.to_string().into_bytes(),
+            )),
+            _ => None,
+        })
+        .collect();
+    Ok(watchers::check_all(from, through, &logs, &acked, log))
 }
 
 /// Waits until a write succeeds (a leader exists and commits).
