@@ -128,6 +128,8 @@ async fn real_apiserver_tier() {
     };
     let mut env = TestEnv::start(&assets, Backend::Etcd);
     operator_scenarios(&env).await;
+    env.wait_for_apiserver_compaction().await;
+    println!("ok: the API server's compactor compacted its storage");
     storage_faults::objects_crds_and_watch_survive_apiserver_restarts(&mut env).await;
 }
 
@@ -141,6 +143,8 @@ async fn kube_apiserver_on_titan_serves_the_operator_tier_across_apiserver_resta
     };
     let mut env = TestEnv::start(&assets, Backend::Titan);
     operator_scenarios(&env).await;
+    env.wait_for_apiserver_compaction().await;
+    println!("ok: the API server's compactor compacted its storage");
     storage_faults::objects_crds_and_watch_survive_apiserver_restarts(&mut env).await;
 }
 
