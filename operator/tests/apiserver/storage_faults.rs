@@ -304,24 +304,22 @@ async fn write_counter(api: Api<ConfigMap>, name: String, progress: Arc<AtomicU3
     failed
 }
 
-/// SIGKILLs the Titan leader while a writer updates a ConfigMap through the
-/// API server and a watch is open. Every acknowledged update arrives on the
-/// watch exactly once, in order; objects from before the kill are intact;
-/// CRUD, watch and CRD defaulting work afterwards, and again once the killed
-/// member is back.
-pub async fn apiserver_serves_crud_and_watch_across_titan_leader_kill(env: &mut TestEnv) {
-    env.kubectl(&["create", "namespace", "failover"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    let client = env.client(None).await;
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "failover");
-    create_cm(&api, "before-kill", 5).await;
-    create_cm(&api, "counter", 0).await;
-    let before = cm_state(&api, "before-kill").await;
-    let watch = CmWatch::open(&api).await;
+/// Creates ConfigMap `name` at 0, opens a watch, and updates it to
+/// 1..=[`COUNTER_WRITES`] while the Titan leader is SIGKILLed after
+/// [`KILL_AFTER_WRITES`] acknowledged updates. Every update arrives on the
+/// watch exactly once, in order. Returns the killed member and the failed
+/// attempts that were retried.
+async fn counter_across_leader_kill(
+    env: &mut TestEnv,
+    api: &Api<ConfigMap>,
+    name: &str,
+) -> (usize, u32) {
+    create_cm(api, name, 0).await;
+    let watch = CmWatch::open(api).await;
     let progress = Arc::new(AtomicU32::new(0));
     let writer = tokio::spawn(write_counter(
         api.clone(),
-        "counter".to_string(),
+        name.to_string(),
         progress.clone(),
     ));
     let started = Instant::now();
@@ -334,30 +332,56 @@ pub async fn apiserver_serves_crud_and_watch_across_titan_leader_kill(env: &mut 
     }
     let killed = env.kill_titan_leader();
     let at = progress.load(Ordering::SeqCst);
-    println!("  killed the Titan leader (member {killed}) after {at} acknowledged updates");
+    println!(
+        "  killed the Titan leader (member {killed}) after {at} acknowledged updates of {name}"
+    );
     let failed = writer.await.unwrap_or_else(|e| panic!("writer task: {e}"));
     let want: Vec<String> = (1..=COUNTER_WRITES)
-        .map(|n| format!("MODIFIED counter {n}"))
+        .map(|n| format!("MODIFIED {name} {n}"))
         .collect();
     watch
         .expect(&want, "a watch open across the leader kill")
         .await;
+    let (_, last) = cm_state(api, name).await;
+    assert_eq!(last, COUNTER_WRITES.to_string());
+    println!(
+        "ok: {COUNTER_WRITES} updates of {name} across a Titan leader kill ({failed} failed \
+         attempts retried) reached the watch once each, in order"
+    );
+    (killed, failed)
+}
+
+/// SIGKILLs the Titan leader while a writer updates a ConfigMap through the
+/// API server and a watch is open ([`counter_across_leader_kill`]); objects
+/// from before the kill are intact; CRUD, watch and CRD defaulting work
+/// afterwards. Then the killed member comes back and the new leader is
+/// killed the same way (each kill drops the API server's etcd streams on
+/// that member, so two kills cover most of them).
+pub async fn apiserver_serves_crud_and_watch_across_titan_leader_kill(env: &mut TestEnv) {
+    env.kubectl(&["create", "namespace", "failover"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = env.client(None).await;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), "failover");
+    create_cm(&api, "before-kill", 5).await;
+    let before = cm_state(&api, "before-kill").await;
+    let (first, _) = counter_across_leader_kill(env, &api, "counter").await;
     assert_eq!(
         cm_state(&api, "before-kill").await,
         before,
         "written before the kill"
     );
-    let (_, counter) = cm_state(&api, "counter").await;
-    assert_eq!(counter, COUNTER_WRITES.to_string());
     let after = crud_and_watch_work(&client, "failover", "after-kill").await;
     crd_defaults_still_apply(&client, "failover", "after-kill").await;
-    println!(
-        "ok: {COUNTER_WRITES} updates across a Titan leader kill ({failed} failed attempts retried) \
-         reached the watch once each, in order; CRUD + watch + CRDs work after it ({after} retries)"
-    );
-    env.restart_titan_member(killed);
+    println!("ok: CRUD + watch + CRDs work after the kill ({after} failed attempts retried)");
+    env.restart_titan_member(first);
+    let (second, _) = counter_across_leader_kill(env, &api, "counter-2").await;
+    assert_ne!(first, second, "the second kill hits another member");
+    crud_and_watch_work(&client, "failover", "second-kill").await;
+    env.restart_titan_member(second);
     crud_and_watch_work(&client, "failover", "rejoined").await;
     let ready = env.kubectl(&["get", "--raw", "/readyz"]);
     assert_eq!(ready.map(|s| s.trim().to_string()), Ok("ok".to_string()));
-    println!("ok: the killed Titan member rejoined; CRUD + watch still work, /readyz ok");
+    println!(
+        "ok: a second leader kill too; both killed members rejoined; CRUD + watch work, /readyz ok"
+    );
 }
