@@ -1,12 +1,24 @@
 //! Real kube-apiserver tier (envtest style). Runs when `KUBEBUILDER_ASSETS`
 //! points at a directory with `kube-apiserver`, `etcd` and `kubectl`
 //! (`export KUBEBUILDER_ASSETS="$(scripts/ci/kube-apiserver.sh)"`); otherwise
-//! it prints why it is skipped and passes.
+//! it prints why it is skipped and passes (and fails instead when
+//! `TITAN_REQUIRE_ALL_TIERS` is set).
 //!
-//! One API server is started for the whole tier (start-up takes seconds), and
-//! the checks run in order against it: CRD install and schema, reconcile
-//! through SSA, status patches, `kubectl scale`, and the RBAC of
-//! `manifests/rbac.yaml` under impersonation of the operator's ServiceAccount.
+//! One API server is started per test (start-up takes seconds), and the
+//! checks run in order against it: CRD install and schema, reconcile
+//! through SSA, status patches, `kubectl scale`, the RBAC of
+//! `manifests/rbac.yaml` under impersonation of the operator's
+//! ServiceAccount, the operator process, then restarts of the API server.
+//!
+//! The tier runs twice: on etcd (the reference) and on a 3-node Titan
+//! cluster (`--etcd-servers` names every member's etcd-compatible gRPC
+//! port; `titan-server` from `TITAN_SERVER_BIN` or this test's target dir).
+//! On Titan it also SIGKILLs the Titan leader mid-test ([`storage_faults`]).
+
+#[path = "apiserver/env.rs"]
+mod env;
+#[path = "apiserver/storage_faults.rs"]
+mod storage_faults;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,9 +31,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, Config, CustomResourceExt};
+use kube::{Client, CustomResourceExt};
 use serde_json::json;
 use titan_operator::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
 use titan_operator::crd::TitanCluster;
@@ -31,155 +42,9 @@ use titan_operator::planner::NodeStatus;
 use titan_operator::reconcile::{self, Context, Settings};
 use titan_testkit::free_port;
 
-const TOKEN: &str = "titan-test-admin-token";
+use env::{Backend, TOKEN, TestEnv};
+
 const OPERATOR_SA: &str = "system:serviceaccount:titan-system:titan-operator";
-/// Longest wait for the API server to become ready.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// etcd + kube-apiserver processes, killed on drop.
-struct TestEnv {
-    children: Vec<Child>,
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for TestEnv {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn spawn(program: &Path, args: &[String], log: &Path) -> Child {
-    let out = std::fs::File::create(log).unwrap_or_else(|e| panic!("log {}: {e}", log.display()));
-    let err = out.try_clone().unwrap_or_else(|e| panic!("log clone: {e}"));
-    Command::new(program)
-        .args(args)
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {}: {e}", program.display()))
-}
-
-impl TestEnv {
-    fn start(assets: &Path) -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let d = dir.path();
-        let (etcd_port, etcd_peer, api_port) = (free_port(), free_port(), free_port());
-        let etcd = spawn(
-            &assets.join("etcd"),
-            &[
-                format!("--data-dir={}", d.join("etcd").display()),
-                format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
-                format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
-                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
-            ],
-            &d.join("etcd.log"),
-        );
-        let key = d.join("sa.key");
-        let status = Command::new("openssl")
-            .args(["genrsa", "-out"])
-            .arg(&key)
-            .arg("2048")
-            .stderr(Stdio::null())
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "openssl genrsa failed");
-        let tokens = d.join("tokens.csv");
-        std::fs::write(
-            &tokens,
-            format!("{TOKEN},admin,admin-uid,\"system:masters\"\n"),
-        )
-        .unwrap_or_else(|e| panic!("tokens: {e}"));
-        let apiserver = spawn(
-            &assets.join("kube-apiserver"),
-            &[
-                format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".to_string(),
-                "--advertise-address=127.0.0.1".to_string(),
-                format!("--cert-dir={}", d.join("certs").display()),
-                format!("--token-auth-file={}", tokens.display()),
-                "--authorization-mode=RBAC".to_string(),
-                "--service-account-issuer=https://kubernetes.default.svc".to_string(),
-                format!("--service-account-key-file={}", key.display()),
-                format!("--service-account-signing-key-file={}", key.display()),
-                "--service-cluster-ip-range=10.96.0.0/12".to_string(),
-                "--disable-admission-plugins=ServiceAccount".to_string(),
-            ],
-            &d.join("apiserver.log"),
-        );
-        let kubeconfig = d.join("kubeconfig");
-        std::fs::write(&kubeconfig, kubeconfig_yaml(api_port))
-            .unwrap_or_else(|e| panic!("kubeconfig: {e}"));
-        let env = Self {
-            children: vec![etcd, apiserver],
-            kubeconfig,
-            kubectl: assets.join("kubectl"),
-            _dir: dir,
-        };
-        env.wait_ready();
-        env
-    }
-
-    fn wait_ready(&self) {
-        let started = Instant::now();
-        while started.elapsed() < STARTUP_TIMEOUT {
-            let ok = self
-                .kubectl(&["get", "--raw", "/readyz"])
-                .is_ok_and(|o| o.trim() == "ok");
-            if ok {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        panic!("kube-apiserver not ready after {STARTUP_TIMEOUT:?}");
-    }
-
-    /// Runs kubectl as the admin; Ok(stdout) on success, Err(stderr) otherwise.
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new(&self.kubectl)
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(args)
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    /// `kubectl auth can-i ...` answer ("yes"/"no"); it exits non-zero on "no".
-    fn can_i(&self, args: &[&str]) -> String {
-        Command::new(&self.kubectl)
-            .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .args(args)
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default()
-    }
-
-    async fn client(&self, impersonate: Option<&str>) -> Client {
-        let kubeconfig =
-            Kubeconfig::read_from(&self.kubeconfig).unwrap_or_else(|e| panic!("kubeconfig: {e}"));
-        let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .unwrap_or_else(|e| panic!("config: {e}"));
-        config.auth_info.impersonate = impersonate.map(str::to_string);
-        Client::try_from(config).unwrap_or_else(|e| panic!("client: {e}"))
-    }
-}
-
-fn kubeconfig_yaml(port: u16) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: t\n  cluster:\n    server: https://127.0.0.1:{port}\n    \
-insecure-skip-tls-verify: true\nusers:\n- name: admin\n  user:\n    token: {TOKEN}\ncontexts:\n- name: t\n  \
-context:\n    cluster: t\n    user: admin\ncurrent-context: t\n"
-    )
-}
 
 /// No pod ever runs without a kubelet, so the admin API is never reachable.
 struct Unreachable;
@@ -225,29 +90,75 @@ fn context(client: Client) -> Arc<Context> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_apiserver_tier() {
+/// `KUBEBUILDER_ASSETS`, or None (after saying why) when the tier is skipped.
+/// With `TITAN_REQUIRE_ALL_TIERS` set, a missing directory is a failure.
+fn assets_or_skip(test: &str) -> Option<PathBuf> {
     let Some(assets) = std::env::var_os("KUBEBUILDER_ASSETS").map(PathBuf::from) else {
         assert!(
             std::env::var_os("TITAN_REQUIRE_ALL_TIERS").is_none(),
             "TITAN_REQUIRE_ALL_TIERS is set but KUBEBUILDER_ASSETS is not"
         );
         eprintln!(
-            "SKIPPED real_apiserver_tier: KUBEBUILDER_ASSETS is not set \
+            "SKIPPED {test}: KUBEBUILDER_ASSETS is not set \
              (export KUBEBUILDER_ASSETS=\"$(scripts/ci/kube-apiserver.sh)\")"
         );
+        return None;
+    };
+    Some(assets)
+}
+
+/// The operator's checks, in order, against one API server.
+async fn operator_scenarios(env: &TestEnv) {
+    let admin = env.client(None).await;
+    crd_installs_with_schema_defaults_and_validation(env, &admin).await;
+    reconcile_applies_objects_with_ssa_and_patches_status(&admin, "ssa", 3).await;
+    kubectl_scale_updates_spec_replicas(env).await;
+    operator_service_account_rbac_suffices(env).await;
+    operator_process_leads_reconciles_and_shuts_down_gracefully(env, &admin).await;
+    operator_run_without_lease_namespace_uses_the_kubeconfig_namespace(env, &admin).await;
+    operator_run_with_missing_lease_namespace_exits_naming_the_flag(env);
+    operator_run_without_lease_rbac_exits_naming_the_fix(env);
+}
+
+/// The reference run: the API server on etcd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_apiserver_tier() {
+    let Some(assets) = assets_or_skip("real_apiserver_tier") else {
         return;
     };
-    let env = TestEnv::start(&assets);
+    let mut env = TestEnv::start(&assets, Backend::Etcd);
+    operator_scenarios(&env).await;
+    env.wait_for_apiserver_compaction().await;
+    println!("ok: the API server's compactor compacted its storage");
+    storage_faults::objects_crds_and_watch_survive_apiserver_restarts(&mut env).await;
+}
+
+/// The same tier with `--etcd-servers` naming every member of a 3-node
+/// Titan cluster: the operator's checks, then API server restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_on_titan_serves_the_operator_tier_across_apiserver_restarts() {
+    let test = "kube_apiserver_on_titan_serves_the_operator_tier_across_apiserver_restarts";
+    let Some(assets) = assets_or_skip(test) else {
+        return;
+    };
+    let mut env = TestEnv::start(&assets, Backend::Titan);
+    operator_scenarios(&env).await;
+    env.wait_for_apiserver_compaction().await;
+    println!("ok: the API server's compactor compacted its storage");
+    storage_faults::objects_crds_and_watch_survive_apiserver_restarts(&mut env).await;
+}
+
+/// The API server on Titan keeps serving CRUD, watch and CRDs when the Titan
+/// leader is SIGKILLed mid-test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_apiserver_on_titan_survives_titan_leader_kill() {
+    let Some(assets) = assets_or_skip("kube_apiserver_on_titan_survives_titan_leader_kill") else {
+        return;
+    };
+    let mut env = TestEnv::start(&assets, Backend::Titan);
     let admin = env.client(None).await;
     crd_installs_with_schema_defaults_and_validation(&env, &admin).await;
-    reconcile_applies_objects_with_ssa_and_patches_status(&admin, "ssa", 3).await;
-    kubectl_scale_updates_spec_replicas(&env).await;
-    operator_service_account_rbac_suffices(&env).await;
-    operator_process_leads_reconciles_and_shuts_down_gracefully(&env, &admin).await;
-    operator_run_without_lease_namespace_uses_the_kubeconfig_namespace(&env, &admin).await;
-    operator_run_with_missing_lease_namespace_exits_naming_the_flag(&env);
-    operator_run_without_lease_rbac_exits_naming_the_fix(&env);
+    storage_faults::apiserver_serves_crud_and_watch_across_titan_leader_kill(&mut env).await;
 }
 
 async fn crd_installs_with_schema_defaults_and_validation(env: &TestEnv, client: &Client) {
