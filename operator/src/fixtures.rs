@@ -346,6 +346,13 @@ pub mod paths {
     pub const PEERS_SERVICE: &str = "/api/v1/namespaces/prod/services/demo-peers";
     /// Client Service.
     pub const CLIENT_SERVICE: &str = "/api/v1/namespaces/prod/services/demo";
+    /// Leader Service.
+    pub const LEADER_SERVICE: &str = "/api/v1/namespaces/prod/services/demo-leader";
+
+    /// One pod.
+    pub fn pod(ordinal: u32) -> String {
+        format!("{PODS}/demo-{ordinal}")
+    }
     /// PDB.
     pub const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/demo";
     /// PDB on API servers that serve only `policy/v1beta1` (Kubernetes 1.20).

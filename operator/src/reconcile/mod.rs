@@ -1,9 +1,11 @@
 //! The controller: `kube::runtime::Controller` + finalizer around a reconcile
-//! that follows validate → observe → apply → plan → execute one step → status.
+//! that follows validate → observe → apply → plan → label the leader's pod →
+//! execute one step → status.
 
 mod apply;
 mod execute;
 pub mod observe;
+pub mod routing;
 pub mod status;
 
 use std::sync::Arc;
@@ -191,7 +193,8 @@ pub(crate) async fn publish(
     }
 }
 
-/// validate → (paused: status only) → observe → apply → plan → execute → status.
+/// validate → (paused: status only) → observe → apply → plan → leader label →
+/// execute → status.
 async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> {
     let now = (ctx.clock)();
     let names = Names::of(cluster);
@@ -228,6 +231,10 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
         now,
     );
     let plan = planner::plan(&observed, &ctx.settings.planner, &|n| names.ordinal_of(n));
+    let leader = status::leader(&pods).map(|(name, _)| name.to_string());
+    let target = routing::label_target(&pods, leader.as_deref(), &plan.action);
+    let labels = routing::label_changes(&pods, target.as_deref());
+    routing::apply_label_changes(ctx, &names, &labels).await?;
     let snapshot = execute::execute(ctx, cluster, &names, &input, &pods, &plan.action, now).await?;
     let status_input = status::StatusInput {
         previous: cluster.status.as_ref(),
