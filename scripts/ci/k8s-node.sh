@@ -366,7 +366,10 @@ authentication:
   x509: {clientCAFile: ${PKI}/ca.crt}
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
-evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# Absolute floors: on a large shared CI disk even 1% is gigabytes, and other
+# jobs' builds filling it must not evict the test's pods.
+evictionHard: {memory.available: "50Mi", nodefs.available: "256Mi", imagefs.available: "256Mi"}
+evictionPressureTransitionPeriod: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
