@@ -353,6 +353,16 @@ pvc_loss_phase() {
   log "${victim}: member id ${old_id} -> $(member_id_of "${victim}"), new PVC, joined, no re-bootstrap"
 }
 
+pvc_count_is() { [ "$(kt get pvc -o name | grep -c "/data-${TC}-" || true)" = "$1" ]; }
+
+# scale_to, then also until the removed members' PVCs are deleted (the last
+# step of a scale-down, after membership already shows the new size).
+scale_and_settle() {
+  scale_to "$1"
+  wait_until "${SCALE_TIMEOUT_S}" pvc_count_is "$1" ||
+    die "expected $1 data PVCs after scaling, found: $(kt get pvc -o name | tr '\n' ' ')"
+}
+
 phase_is() { [ "$(tc_field '{.status.phase}')" = "$1" ]; }
 
 # paused: true: a replicas change is not acted on (no StatefulSet change, no
@@ -370,7 +380,8 @@ paused_phase() {
   wait_until "${SCALE_TIMEOUT_S}" membership_is 5 ||
     die "unpaused cluster did not reach 5 members: $(tc_field '{.status.members}')"
   log "unpaused: 5 members"
-  scale_to 3
+  scale_and_settle 3
+  kt get tc "${TC}" -o wide >&2
 }
 
 # The second storage setup: static host-path PVs in 0777 directories (like
@@ -442,8 +453,8 @@ node_main() {
   start_leader_writer
   phase "delete the leader pod under load" && step6_kill_leader && verify_everywhere
   check_leader_writer
-  phase "scale 3 -> 5 under load" && scale_to 5 && verify_everywhere
-  phase "scale 5 -> 3 under load" && scale_to 3 && stop_writer && verify_everywhere
+  phase "scale 3 -> 5 under load" && scale_and_settle 5 && verify_everywhere
+  phase "scale 5 -> 3 under load" && scale_and_settle 3 && stop_writer && verify_everywhere
   check_leader_writer
   local extra
   for extra in ${E2E_PHASES:-rollout snapshot pvc-loss paused cleanup world-writable}; do
