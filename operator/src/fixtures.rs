@@ -218,7 +218,12 @@ pub fn context(admin: Arc<FakeAdmin>) -> (Arc<Context>, Handle) {
         recorder: Recorder::new(client, reporter),
         metrics: Arc::new(Metrics::default()),
         admin,
-        settings: Settings::default(),
+        // No real pause between unlabelling and a transfer: the mock server
+        // expects each call within CALL_TIMEOUT.
+        settings: Settings {
+            leader_label_drain: Duration::ZERO,
+            ..Settings::default()
+        },
         clock: Arc::new(now),
     };
     (Arc::new(ctx), handle)

@@ -24,6 +24,10 @@ use crate::crd::{Phase, TitanCluster, TitanClusterStatus};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Plan, PlannerConfig, WaitReason};
 
+/// Default [`Settings::leader_label_drain`]: endpoint removal reaches
+/// kube-proxy within about a second on a quiet node.
+pub const LEADER_LABEL_DRAIN_SECS: u64 = 3;
+
 /// Finalizer the operator puts on every TitanCluster.
 pub const FINALIZER: &str = "titan.dev/cleanup";
 
@@ -38,6 +42,9 @@ pub struct Settings {
     pub requeue_while_waiting: Duration,
     /// When steady (watches trigger earlier on any change).
     pub requeue_when_steady: Duration,
+    /// Pause between taking the leader label off a pod and moving leadership
+    /// away from it, so kube-proxy stops routing `NAME-leader` there first.
+    pub leader_label_drain: Duration,
 }
 
 impl Default for Settings {
@@ -47,6 +54,7 @@ impl Default for Settings {
             requeue_after_step: Duration::from_secs(2),
             requeue_while_waiting: Duration::from_secs(5),
             requeue_when_steady: Duration::from_secs(60),
+            leader_label_drain: Duration::from_secs(LEADER_LABEL_DRAIN_SECS),
         }
     }
 }
@@ -235,6 +243,9 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
     let target = routing::label_target(&pods, leader.as_deref(), &plan.action);
     let labels = routing::label_changes(&pods, target.as_deref());
     routing::apply_label_changes(ctx, &names, &labels).await?;
+    if routing::drain_before_step(&labels, &plan.action) {
+        tokio::time::sleep(ctx.settings.leader_label_drain).await;
+    }
     let snapshot = execute::execute(ctx, cluster, &names, &input, &pods, &plan.action, now).await?;
     let status_input = status::StatusInput {
         previous: cluster.status.as_ref(),

@@ -68,6 +68,18 @@ pub fn label_changes(
     removals.chain(addition).collect()
 }
 
+/// True when `changes` take the label off a pod and `action` is the step that
+/// moves leadership away from it: the step must then wait until the endpoint
+/// removal has reached kube-proxy, else a client can still be routed to the
+/// old leader after the transfer and get `ERR NOT_LEADER` (seen on a real node).
+pub fn drain_before_step(changes: &[LabelChange], action: &Action) -> bool {
+    let moves = matches!(
+        action,
+        Action::TransferLeadership { .. } | Action::DeletePod(_)
+    );
+    moves && changes.iter().any(|c| !c.leader)
+}
+
 /// Applies `changes` in order with JSON merge patches. A pod that is gone
 /// (404) needs no label; other failures fail the reconcile, which retries.
 pub async fn apply_label_changes(
@@ -170,6 +182,21 @@ mod tests {
             label_target(&p, Some("c-0"), &follower_restart).as_deref(),
             Some("c-0")
         );
+    }
+
+    #[test]
+    fn a_transfer_right_after_unlabelling_waits_for_the_endpoint_to_drain() {
+        let transfer = Action::TransferLeadership {
+            to_id: 1,
+            to_ordinal: 1,
+            via: 0,
+        };
+        let removed = [change("c-0", false)];
+        assert!(drain_before_step(&removed, &transfer));
+        assert!(drain_before_step(&removed, &Action::DeletePod(0)));
+        assert!(!drain_before_step(&[], &transfer), "label already gone");
+        assert!(!drain_before_step(&removed, &Action::Steady));
+        assert!(!drain_before_step(&[change("c-1", true)], &transfer));
     }
 
     #[test]
