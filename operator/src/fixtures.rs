@@ -218,7 +218,12 @@ pub fn context(admin: Arc<FakeAdmin>) -> (Arc<Context>, Handle) {
         recorder: Recorder::new(client, reporter),
         metrics: Arc::new(Metrics::default()),
         admin,
-        settings: Settings::default(),
+        // No real pause between unlabelling and a transfer: the mock server
+        // expects each call within CALL_TIMEOUT.
+        settings: Settings {
+            leader_label_drain: Duration::ZERO,
+            ..Settings::default()
+        },
         clock: Arc::new(now),
     };
     (Arc::new(ctx), handle)
@@ -346,6 +351,13 @@ pub mod paths {
     pub const PEERS_SERVICE: &str = "/api/v1/namespaces/prod/services/demo-peers";
     /// Client Service.
     pub const CLIENT_SERVICE: &str = "/api/v1/namespaces/prod/services/demo";
+    /// Leader Service.
+    pub const LEADER_SERVICE: &str = "/api/v1/namespaces/prod/services/demo-leader";
+
+    /// One pod.
+    pub fn pod(ordinal: u32) -> String {
+        format!("{PODS}/demo-{ordinal}")
+    }
     /// PDB.
     pub const PDB: &str = "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/demo";
     /// PDB on API servers that serve only `policy/v1beta1` (Kubernetes 1.20).

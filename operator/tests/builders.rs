@@ -40,6 +40,7 @@ fn render_all(cluster: &TitanCluster, input: &BuildInput) -> String {
     let docs = [
         serde_saphyr::to_string(&builders::peers_service(cluster, &names)),
         serde_saphyr::to_string(&builders::client_service(cluster, &names)),
+        serde_saphyr::to_string(&builders::leader_service(cluster, &names)),
         serde_saphyr::to_string(&builders::configmap(cluster, &names, input)),
         serde_saphyr::to_string(&builders::statefulset(cluster, &names, input)),
         serde_saphyr::to_string(&builders::pdb(cluster, &names, input)),
@@ -102,6 +103,7 @@ fn every_object_is_owned_by_the_cluster_and_labelled() {
     let metas = [
         builders::peers_service(&c, &names).metadata,
         builders::client_service(&c, &names).metadata,
+        builders::leader_service(&c, &names).metadata,
         builders::configmap(&c, &names, &input).metadata,
         builders::statefulset(&c, &names, &input).metadata,
         builders::pdb(&c, &names, &input).metadata,
@@ -117,6 +119,58 @@ fn every_object_is_owned_by_the_cluster_and_labelled() {
             Some("demo")
         );
     }
+}
+
+#[test]
+fn leader_service_selects_only_the_labelled_pod_of_its_cluster() {
+    let c = cluster("demo", serde_json::json!({}));
+    let names = Names::of(&c);
+    let svc = builders::leader_service(&c, &names);
+    assert_eq!(svc.metadata.name.as_deref(), Some("demo-leader"));
+    let spec = svc.spec.unwrap_or_default();
+    let mut want = names.selector_labels();
+    want.insert("titan.dev/role".to_string(), "leader".to_string());
+    assert_eq!(spec.selector, Some(want));
+    assert_eq!(spec.cluster_ip, None, "a normal ClusterIP Service");
+    assert_eq!(
+        spec.publish_not_ready_addresses, None,
+        "only a Ready leader is routed to"
+    );
+    let ports: Vec<i32> = spec
+        .ports
+        .unwrap_or_default()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, vec![6001, 7001]);
+    // The StatefulSet's pod template never sets the role: the operator owns it per pod.
+    let sts = builders::statefulset(&c, &names, &input(3, false));
+    let template_labels = sts.spec.template.metadata.unwrap_or_default().labels;
+    assert!(
+        !template_labels
+            .unwrap_or_default()
+            .contains_key("titan.dev/role")
+    );
+}
+
+#[test]
+fn server_pods_keep_serving_until_their_endpoint_is_gone() {
+    let c = cluster("demo", serde_json::json!({}));
+    let sts = builders::statefulset(&c, &Names::of(&c), &input(3, false));
+    let pod = sts.spec.template.spec.unwrap_or_default();
+    let server = &pod.containers[0];
+    let pre_stop = server
+        .lifecycle
+        .as_ref()
+        .and_then(|l| l.pre_stop.as_ref())
+        .and_then(|h| h.exec.as_ref())
+        .and_then(|e| e.command.clone());
+    assert_eq!(pre_stop, Some(vec!["sleep".to_string(), "5".to_string()]));
+    let grace = pod.termination_grace_period_seconds.unwrap_or(0);
+    assert!(
+        grace > 5 + 10,
+        "the drain leaves the server time to hand off: {grace}"
+    );
 }
 
 #[test]

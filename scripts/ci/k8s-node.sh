@@ -8,6 +8,7 @@
 #   scripts/ci/k8s-node.sh env      # prints `export KUBECONFIG=...` for eval
 #   scripts/ci/k8s-node.sh kubectl ARGS...      # the node's kubectl 1.20 as admin
 #   scripts/ci/k8s-node.sh import IMAGE.tar     # docker-archive into the node's containerd
+#   scripts/ci/k8s-node.sh world-writable-pvs N  # N PVs of StorageClass world-writable
 #
 # Binaries: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
 # kube-proxy and kubectl 1.20.2 from ONE `make` over Debian's `kubernetes` source
@@ -18,7 +19,10 @@
 # Service range 10.96.0.0/16 is routed on-link to the bridge. DNS: dnsmasq on the
 # bridge address answers cluster.local from a hosts file that a small loop writes
 # from `kubectl get services,endpoints`. Storage: the host-path provisioner
-# (always /tmp/hostpath_pv) behind the default StorageClass `standard`.
+# (always /tmp/hostpath_pv) behind the default StorageClass `standard`, whose
+# directories are root-owned 0750 and ignore fsGroup; and StorageClass
+# `world-writable` of static host-path PVs in 0777 directories (what kind's
+# local-path provisioner gives), both made on demand by `world-writable-pvs`.
 #
 # Needs root. Env: K8S_NODE_STATE (/var/lib/titan-k8s), TITAN_TOOLS_CACHE.
 set -euo pipefail
@@ -362,7 +366,10 @@ authentication:
   x509: {clientCAFile: ${PKI}/ca.crt}
   webhook: {enabled: false}
 authorization: {mode: AlwaysAllow}
-evictionHard: {memory.available: "50Mi", nodefs.available: "1%", imagefs.available: "1%"}
+# Absolute floors: on a large shared CI disk even 1% is gigabytes, and other
+# jobs' builds filling it must not evict the test's pods.
+evictionHard: {memory.available: "50Mi", nodefs.available: "256Mi", imagefs.available: "256Mi"}
+evictionPressureTransitionPeriod: 10s
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
@@ -427,6 +434,38 @@ provisioner: kubernetes.io/host-path
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 EOF
+}
+
+# N host-path PVs of StorageClass world-writable in 0777 directories under
+# HOSTPATH_PV_DIR (so stop removes them); reclaim Delete, which the host-path
+# deleter honours for paths under /tmp.
+world_writable_pvs() {
+  local n="$1" i dir
+  kctl apply -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: world-writable
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+EOF
+  for i in $(seq 1 "${n}"); do
+    dir="${HOSTPATH_PV_DIR}/world-writable-${i}"
+    mkdir -p "${dir}"
+    chmod 0777 "${dir}"
+    kctl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: world-writable-${i}
+spec:
+  storageClassName: world-writable
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Delete
+  hostPath: {path: ${dir}, type: Directory}
+EOF
+  done
 }
 
 cmd_start() {
@@ -547,6 +586,7 @@ case "${1:-}" in
     shift
     kctl "$@"
     ;;
+  world-writable-pvs) world_writable_pvs "${2:?usage: $0 world-writable-pvs N}" ;;
   dns-loop) dns_loop ;;
   *)
     echo "usage: $0 build|start|stop|status|env|kubectl ARGS..." >&2

@@ -10,14 +10,23 @@
 #
 # Phases: image import; helm install; 3-member TitanCluster with
 # storage.fixPermissions (the host-path provisioner ignores fsGroup); wait
-# Available; writes through the Service following ERR NOT_LEADER; delete the
-# leader pod while a writer runs; scale 3 -> 5 -> 3; after every phase every
-# acknowledged write is read back from every member by its per-pod name; then
-# delete the TitanCluster and helm uninstall, and nothing of it is left.
+# Available; writes through the Service following ERR NOT_LEADER; from then on
+# a second writer sends through the NAME-leader Service without following
+# redirects and must never get ERR NOT_LEADER (connection errors while the
+# label moves are allowed); delete the leader pod while both write; scale
+# 3 -> 5 -> 3; rolling update; on-demand and scheduled snapshots in status;
+# one member's PVC and pod deleted (it comes back under a new Raft identity,
+# joining, no re-bootstrap); paused: true holds a scale-up until unpaused;
+# after every phase every acknowledged write is read back from every member by
+# its per-pod name; then delete the TitanCluster and helm uninstall, and
+# nothing of it is left. Finally a short run on the second storage setup
+# (StorageClass world-writable: 0777 volumes, no fixPermissions): install,
+# Available, writes, leader pod delete under load, per-member check, cleanup.
 # Prints a timeline with each phase's duration at the end (and on failure).
 #
 # Env: ARTIFACTS_DIR (./e2e-artifacts), E2E_PHASES (all; or a space-separated
-# subset of: rollout snapshot cleanup, run after the core phases).
+# subset of: rollout snapshot pvc-loss paused cleanup world-writable, run
+# after the core phases).
 set -euo pipefail
 
 E2E_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -35,6 +44,13 @@ MEMBER_READ_ATTEMPTS=15
 WRITER_MAX_S=900
 WRITER_LOG=""
 WRITER_PID=""
+LEADER_WRITER_MAX_S=1800
+LEADER_WRITER_LOG=""
+LEADER_WRITER_PID=""
+# The storage lines the TitanCluster gets (install); the second setup swaps them.
+STORAGE_LINES='    fixPermissions: true'
+# How long a paused cluster is watched for not acting on a replicas change.
+PAUSE_HOLD_S=20
 
 k() { "${NODE_KUBECTL}" "$@"; }
 
@@ -63,6 +79,7 @@ print_timeline() {
 node_on_exit() {
   local rc=$?
   [ -n "${WRITER_PID}" ] && kill "${WRITER_PID}" 2>/dev/null
+  [ -n "${LEADER_WRITER_PID}" ] && kill "${LEADER_WRITER_PID}" 2>/dev/null
   if [ "${rc}" -ne 0 ]; then
     TIMELINE+=("$(printf '%-52s %4ds FAILED' "${PHASE}" "$((SECONDS - PHASE_STARTED))")")
     PHASE=""
@@ -91,7 +108,7 @@ install() {
     --set image.pullPolicy=IfNotPresent --set replicaCount=1 --wait --timeout 180s
   k create namespace "${TITAN_NS}" --dry-run=client -o yaml | k apply -f -
   sed -e "s|^\(  image:\).*|\1 ${IMAGE_REPO}:${TAG_A}|" \
-    -e 's|^  storage:$|  imagePullPolicy: IfNotPresent\n  storage:\n    fixPermissions: true|' \
+    -e "s|^  storage:\$|  imagePullPolicy: IfNotPresent\n  storage:\n${STORAGE_LINES}|" \
     "${E2E_ROOT}/manifests/examples/titancluster.yaml" | kt apply -f -
   kt delete pod "${CLIENT_POD}" --ignore-not-found --wait=true
   kt run "${CLIENT_POD}" --image="${CLIENT_IMAGE}" --image-pull-policy=Never \
@@ -143,6 +160,9 @@ acknowledged_writes() {
     fi
   done
   [ -n "${WRITER_LOG}" ] && [ -f "${WRITER_LOG}" ] && sed -n 's/^OK //p' "${WRITER_LOG}"
+  [ -n "${LEADER_WRITER_LOG}" ] && [ -f "${LEADER_WRITER_LOG}" ] &&
+    sed -n 's/^OK //p' "${LEADER_WRITER_LOG}"
+  [ -f "${ARTIFACTS_DIR}/.acked-extra" ] && cat "${ARTIFACTS_DIR}/.acked-extra"
   return 0
 }
 
@@ -200,6 +220,192 @@ stop_writer() {
   log "writer: $(grep -c '^OK' "${WRITER_LOG}" || true) acknowledged, $(grep -c '^FAIL' "${WRITER_LOG}" || true) failed"
 }
 
+# Writes through the NAME-leader Service, never following a redirect: one line
+# per attempt, "OK key value", "CONNERR key" (no reply: no endpoint while the
+# leader label moves, or the connection dropped) or "REPLY key <reply>".
+leader_writer() {
+  local n=0 reply deadline=$((SECONDS + LEADER_WRITER_MAX_S))
+  while [ "${SECONDS}" -lt "${deadline}" ]; do
+    n=$((n + 1))
+    reply="$(nc_request "${TC}-leader:6001" "SET lw-${n} lw_${n}")" || reply=""
+    case "${reply}" in
+      OK) echo "OK lw-${n} lw_${n}" ;;
+      "") echo "CONNERR lw-${n}" && sleep 1 ;;
+      *) echo "REPLY lw-${n} ${reply}" ;;
+    esac
+  done
+}
+
+start_leader_writer() {
+  LEADER_WRITER_LOG="${ARTIFACTS_DIR}/leader-writer.log"
+  mkdir -p "${ARTIFACTS_DIR}"
+  : >"${LEADER_WRITER_LOG}"
+  leader_writer >>"${LEADER_WRITER_LOG}" &
+  LEADER_WRITER_PID=$!
+}
+
+# No write through NAME-leader ever got ERR NOT_LEADER.
+check_leader_writer() {
+  local log="${LEADER_WRITER_LOG}" bad
+  [ -n "${log}" ] || return 0
+  bad="$(grep -c 'ERR NOT_LEADER' "${log}" || true)"
+  [ "${bad}" = 0 ] || {
+    grep 'ERR NOT_LEADER' "${log}" | head -5 >&2
+    die "${bad} writes through ${TC}-leader got ERR NOT_LEADER"
+  }
+  log "leader Service writer: $(grep -c '^OK' "${log}" || true) acknowledged," \
+    "$(grep -c '^CONNERR' "${log}" || true) connection errors," \
+    "$(grep -c '^REPLY' "${log}" || true) other replies, 0 NOT_LEADER"
+}
+
+stop_leader_writer() {
+  [ -n "${LEADER_WRITER_PID}" ] || return 0
+  kill "${LEADER_WRITER_PID}" 2>/dev/null || true
+  wait "${LEADER_WRITER_PID}" 2>/dev/null || true
+  LEADER_WRITER_PID=""
+  check_leader_writer
+}
+
+# The rolling update of kind.sh, with values the per-member check can read
+# back: every write acknowledged during it is recorded.
+step8_rolling_update() {
+  local target="${IMAGE_REPO}:${TAG_B}" quorum=2 ready n=0 selector
+  selector="$(titan_selector)"
+  log "8. rolling update to ${target}"
+  kt patch "tc/${TC}" --type merge -p "{\"spec\":{\"image\":\"${target}\"}}"
+  local deadline=$((SECONDS + ROLLOUT_TIMEOUT_S))
+  until all_pods_run_image "${target}" "${selector}"; do
+    [ "${SECONDS}" -lt "${deadline}" ] || die "rolling update not done in ${ROLLOUT_TIMEOUT_S}s"
+    ready="$(ready_titan_pods "${selector}")"
+    [ "${ready}" -ge "${quorum}" ] || die "quorum lost during rollout: ${ready} ready pods"
+    n=$((n + 1))
+    titan_set "rollout-${n}" "rollout_${n}" || die "write failed during the rolling update"
+    echo "rollout-${n} rollout_${n}" >>"${ARTIFACTS_DIR}/.acked-extra"
+    sleep "${POLL_INTERVAL_S}"
+  done
+  log "rollout done; ${n} writes succeeded during it"
+  verify_keys before
+  verify_keys after-failover
+}
+
+snapshot_time_moved() {
+  local now
+  now="$(tc_field '{.status.lastSnapshot.time}')"
+  [ -n "${now}" ] && [ "${now}" != "$1" ]
+}
+
+# spec.snapshot.intervalSeconds: a scheduled round shows in status (a new
+# lastSnapshot.time, the request token untouched), then the schedule goes back.
+scheduled_snapshot_phase() {
+  local before token
+  before="$(tc_field '{.status.lastSnapshot.time}')"
+  token="$(tc_field '{.status.lastSnapshot.requestToken}')"
+  kt patch "tc/${TC}" --type merge -p '{"spec":{"snapshot":{"intervalSeconds":5}}}'
+  wait_until "${SNAPSHOT_TIMEOUT_S}" snapshot_time_moved "${before}" ||
+    die "no scheduled snapshot in status within ${SNAPSHOT_TIMEOUT_S}s (lastSnapshot.time still ${before})"
+  [ "$(tc_field '{.status.lastSnapshot.requestToken}')" = "${token}" ] ||
+    die "a scheduled snapshot changed the request token"
+  kt patch "tc/${TC}" --type merge -p '{"spec":{"snapshot":{"intervalSeconds":600}}}'
+  log "scheduled snapshot: $(tc_field '{.status.lastSnapshot}')"
+}
+
+pvc_uid() { kt get pvc "$1" -o jsonpath='{.metadata.uid}' 2>/dev/null || true; }
+
+member_id_of() { tc_field "{.status.members[?(@.name==\"$1\")].id}"; }
+
+member_replaced() {
+  local id
+  id="$(member_id_of "$1")"
+  [ -n "${id}" ] && [ "${id}" != "$2" ] && membership_is 3
+}
+
+# Deletes one follower's PVC and pod: the pod comes back on a new, empty
+# volume, joins under a new Raft identity (the operator removes the old one)
+# and the cluster never bootstraps again.
+pvc_loss_phase() {
+  local leader victim old_id old_uid cluster_id deadline
+  leader="$(tc_field '{.status.leader}')"
+  victim="$(tc_field '{range .status.members[*]}{.name}{"\n"}{end}' | grep -vx "${leader}" | sort | tail -1)"
+  old_id="$(member_id_of "${victim}")"
+  old_uid="$(pvc_uid "data-${victim}")"
+  cluster_id="$(kt get configmap "${TC}-config" -o 'jsonpath={.data.cluster-id}')"
+  if [ -z "${victim}" ] || [ -z "${old_id}" ] || [ -z "${old_uid}" ]; then
+    die "no follower to replace"
+  fi
+  log "deleting PVC data-${victim} and pod ${victim} (member id ${old_id})"
+  kt delete pvc "data-${victim}" --wait=false
+  # The claim goes once no scheduled pod uses it; a pod the StatefulSet made
+  # meanwhile still names the old claim, so it is deleted until the claim is gone.
+  deadline=$((SECONDS + SCALE_TIMEOUT_S))
+  while [ "$(pvc_uid "data-${victim}")" = "${old_uid}" ]; do
+    [ "${SECONDS}" -lt "${deadline}" ] || die "PVC data-${victim} was never deleted"
+    kt delete pod "${victim}" --ignore-not-found --wait=true --timeout=60s >/dev/null
+    sleep "${POLL_INTERVAL_S}"
+  done
+  kt delete pod "${victim}" --ignore-not-found --wait=true --timeout=60s >/dev/null
+  wait_until "${SCALE_TIMEOUT_S}" member_replaced "${victim}" "${old_id}" ||
+    die "${victim} did not come back as a new member: $(tc_field '{.status.members}')"
+  [ "$(kt get configmap "${TC}-config" -o 'jsonpath={.data.cluster-id}')" = "${cluster_id}" ] ||
+    die "the cluster id changed"
+  if kt logs "${victim}" -c titan | grep -q 'bootstrapping a new cluster'; then
+    die "${victim} bootstrapped a new cluster on its empty volume"
+  fi
+  log "${victim}: member id ${old_id} -> $(member_id_of "${victim}"), new PVC, joined, no re-bootstrap"
+}
+
+pvc_count_is() { [ "$(kt get pvc -o name | grep -c "/data-${TC}-" || true)" = "$1" ]; }
+
+# scale_to, then also until the removed members' PVCs are deleted (the last
+# step of a scale-down, after membership already shows the new size).
+scale_and_settle() {
+  scale_to "$1"
+  wait_until "${SCALE_TIMEOUT_S}" pvc_count_is "$1" ||
+    die "expected $1 data PVCs after scaling, found: $(kt get pvc -o name | tr '\n' ' ')"
+}
+
+phase_is() { [ "$(tc_field '{.status.phase}')" = "$1" ]; }
+
+# paused: true: a replicas change is not acted on (no StatefulSet change, no
+# new pod) until unpaused; then the cluster scales and comes back to 3.
+paused_phase() {
+  kt patch "tc/${TC}" --type merge -p '{"spec":{"paused":true}}'
+  wait_until 60 phase_is Paused || die "phase never became Paused"
+  kt scale "tc/${TC}" --replicas=5
+  sleep "${PAUSE_HOLD_S}"
+  [ "$(kt get statefulset "${TC}" -o 'jsonpath={.spec.replicas}')" = 3 ] ||
+    die "a paused cluster changed its StatefulSet"
+  ! kt get pod "${TC}-3" >/dev/null 2>&1 || die "a paused cluster started pod ${TC}-3"
+  log "paused for ${PAUSE_HOLD_S}s: replicas 5 not acted on (StatefulSet 3, no ${TC}-3)"
+  kt patch "tc/${TC}" --type merge -p '{"spec":{"paused":false}}'
+  wait_until "${SCALE_TIMEOUT_S}" membership_is 5 ||
+    die "unpaused cluster did not reach 5 members: $(tc_field '{.status.members}')"
+  log "unpaused: 5 members"
+  scale_and_settle 3
+  kt get tc "${TC}" -o wide >&2
+}
+
+# The second storage setup: static host-path PVs in 0777 directories (like
+# kind's local-path), no fixPermissions; a short scenario on fresh state.
+world_writable_phase() {
+  rm -f "${ARTIFACTS_DIR}"/.wrote-* "${ARTIFACTS_DIR}/.acked-extra"
+  WRITER_LOG=""
+  LEADER_WRITER_LOG=""
+  STORAGE_LINES='    storageClassName: world-writable'
+  "${NODE}" world-writable-pvs 3
+  install
+  step4_wait_available
+  [ -z "$(kt get pod "${TC}-0" -o 'jsonpath={.spec.initContainers}')" ] ||
+    die "fixPermissions is off, yet the pods have an init container"
+  step5_write_read
+  start_writer
+  start_leader_writer
+  step6_kill_leader
+  stop_writer
+  stop_leader_writer
+  verify_everywhere
+  cleanup_phase
+}
+
 owned_objects_gone() {
   [ -z "$(k get statefulsets,pods,services,configmaps,poddisruptionbudgets -n "${TITAN_NS}" \
     -l app.kubernetes.io/instance="${TC}" -o name 2>/dev/null)" ] &&
@@ -224,6 +430,9 @@ cleanup_phase() {
   [ "${retained}" = 3 ] || die "expected the 3 data PVCs to be retained, found ${retained}"
   log "owned objects gone; ${retained} data PVCs retained as documented; deleting them"
   kt delete pvc --all --wait=true --timeout=60s
+  # Static PVs: the host-path deleter removes their /tmp directories; the
+  # objects go with them (deleted here when the deleter is slower).
+  k get pv -o name | grep '/world-writable-' | xargs -r "${NODE_KUBECTL}" delete --wait=false >/dev/null 2>&1 || true
   wait_until 120 volumes_gone || die "volumes left: $(k get pvc,pv -A -o name)"
   k get crd titanclusters.titan.dev >/dev/null 2>&1 && log "CRD kept (helm keeps crds/ on uninstall)"
   return 0
@@ -241,15 +450,38 @@ node_main() {
   phase "wait Available" && step4_wait_available
   phase "write/read through the Service (NOT_LEADER)" && step5_write_read && verify_everywhere
   start_writer
+  start_leader_writer
   phase "delete the leader pod under load" && step6_kill_leader && verify_everywhere
-  phase "scale 3 -> 5 under load" && scale_to 5 && verify_everywhere
-  phase "scale 5 -> 3 under load" && scale_to 3 && stop_writer && verify_everywhere
+  check_leader_writer
+  phase "scale 3 -> 5 under load" && scale_and_settle 5 && verify_everywhere
+  phase "scale 5 -> 3 under load" && scale_and_settle 3 && stop_writer && verify_everywhere
+  check_leader_writer
   local extra
-  for extra in ${E2E_PHASES:-rollout snapshot cleanup}; do
+  for extra in ${E2E_PHASES:-rollout snapshot pvc-loss paused cleanup world-writable}; do
     case "${extra}" in
-      rollout) phase "rolling update to ${TAG_B}" && step8_rolling_update && verify_everywhere ;;
-      snapshot) phase "on-demand snapshot in status" && step9_snapshot ;;
-      cleanup) phase "delete tc + helm uninstall leaves nothing" && cleanup_phase ;;
+      rollout)
+        phase "rolling update to ${TAG_B}" && step8_rolling_update && verify_everywhere
+        check_leader_writer
+        ;;
+      snapshot)
+        phase "on-demand snapshot in status" && step9_snapshot
+        phase "scheduled snapshot in status" && scheduled_snapshot_phase
+        ;;
+      pvc-loss)
+        phase "delete a member's PVC + pod: new identity" && pvc_loss_phase && verify_everywhere
+        check_leader_writer
+        ;;
+      paused)
+        phase "paused holds replicas 5; unpause; back to 3" && paused_phase && verify_everywhere
+        check_leader_writer
+        ;;
+      cleanup)
+        stop_leader_writer
+        phase "delete tc + helm uninstall leaves nothing" && cleanup_phase
+        ;;
+      world-writable)
+        phase "world-writable volumes: install .. leader delete" && world_writable_phase
+        ;;
       *) die "unknown phase ${extra}" ;;
     esac
   done

@@ -15,7 +15,7 @@ pub use configmap::{
 pub use pdb::{
     as_v1beta1 as pdb_as_v1beta1, max_unavailable, pdb, v1beta1_resource as pdb_v1beta1_resource,
 };
-pub use service::{client_service, peers_service};
+pub use service::{client_service, leader_role_patch, leader_service, peers_service};
 pub use statefulset::{DATA_DIR, statefulset};
 
 use std::collections::BTreeMap;
@@ -35,6 +35,11 @@ pub const GRPC_PORT: i32 = 7001;
 pub const HTTP_PORT: i32 = 8080;
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "titan-operator";
+/// Pod label the operator sets on the current Raft leader's pod only; the
+/// `NAME-leader` Service selects it.
+pub const ROLE_LABEL: &str = "titan.dev/role";
+/// Value of [`ROLE_LABEL`] on the leader's pod.
+pub const LEADER_ROLE: &str = "leader";
 
 /// Stable names of everything that belongs to one cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +67,11 @@ impl Names {
     /// Client-facing Service (same name as the cluster).
     pub fn client_service(&self) -> String {
         self.cluster.clone()
+    }
+
+    /// Service over the current leader's pod only (`NAME-leader`).
+    pub fn leader_service(&self) -> String {
+        format!("{}-leader", self.cluster)
     }
 
     /// ConfigMap with initial members and the bootstrapped flag.
@@ -209,6 +219,7 @@ mod tests {
             (n.grpc_addr(4), "demo-4.demo-peers.prod.svc:7001"),
             (n.peers_service(), "demo-peers"),
             (n.configmap(), "demo-config"),
+            (n.leader_service(), "demo-leader"),
         ];
         for (got, want) in cases {
             assert_eq!(got, want);

@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecurityContext, VolumeMount, VolumeResourceRequirements,
-    WeightedPodAffinityTerm,
+    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
+    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -30,6 +30,12 @@ pub const DATA_DIR: &str = "/var/lib/titan";
 const RUN_AS_ID: i64 = 65532;
 /// Time a stopping server gets to finish in-flight requests and hand off.
 const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
+/// Seconds a deleted pod keeps serving before it gets SIGTERM (its preStop
+/// hook): a terminating pod leaves the Services' endpoints at once, but
+/// kube-proxy on every node needs a moment to stop sending new connections to
+/// it. Without it a client could be routed to a server that is already
+/// stopping. Counts against the termination grace period.
+const PRE_STOP_DRAIN_SECONDS: u32 = 5;
 
 /// The StatefulSet. `input.statefulset_replicas` is the planner's current
 /// step, not `spec.replicas`: scaling moves one member at a time.
@@ -151,6 +157,7 @@ fn server_container(cluster: &TitanCluster, names: &Names) -> Container {
             mount_path: DATA_DIR.to_string(),
             ..VolumeMount::default()
         }]),
+        lifecycle: Some(drain_before_stop()),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         security_context: Some(SecurityContext {
@@ -249,6 +256,25 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
         container_port: port,
         protocol: Some("TCP".to_string()),
         ..ContainerPort::default()
+    }
+}
+
+/// preStop: keep serving for [`PRE_STOP_DRAIN_SECONDS`] while the endpoint
+/// removal reaches every kube-proxy (an exec `sleep`: the `sleep` lifecycle
+/// action needs Kubernetes 1.29).
+fn drain_before_stop() -> Lifecycle {
+    Lifecycle {
+        pre_stop: Some(LifecycleHandler {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "sleep".to_string(),
+                    PRE_STOP_DRAIN_SECONDS.to_string(),
+                ]),
+            }),
+            ..LifecycleHandler::default()
+        }),
+        post_start: None,
+        stop_signal: None,
     }
 }
 

@@ -67,7 +67,7 @@ pub async fn apply_configmap(
     .await
 }
 
-/// Applies Services, ConfigMap, StatefulSet and PDB. A missing `policy/v1`
+/// Applies the Services (peers, client, leader), ConfigMap, StatefulSet and PDB. A missing `policy/v1`
 /// (404 on the PDB) is reported, not fatal.
 pub async fn apply_objects(
     ctx: &Context,
@@ -89,6 +89,13 @@ pub async fn apply_objects(
         &names.client_service(),
         &builders::client_service(cluster, names),
         "apply client service",
+    )
+    .await?;
+    ssa(
+        &services,
+        &names.leader_service(),
+        &builders::leader_service(cluster, names),
+        "apply leader service",
     )
     .await?;
     apply_configmap(ctx, cluster, names, input).await?;

@@ -1,9 +1,11 @@
 //! The controller: `kube::runtime::Controller` + finalizer around a reconcile
-//! that follows validate → observe → apply → plan → execute one step → status.
+//! that follows validate → observe → apply → plan → label the leader's pod →
+//! execute one step → status.
 
 mod apply;
 mod execute;
 pub mod observe;
+pub mod routing;
 pub mod status;
 
 use std::sync::Arc;
@@ -22,6 +24,10 @@ use crate::crd::{Phase, TitanCluster, TitanClusterStatus};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Plan, PlannerConfig, WaitReason};
 
+/// Default [`Settings::leader_label_drain`]: endpoint removal reaches
+/// kube-proxy within about a second on a quiet node.
+pub const LEADER_LABEL_DRAIN_SECS: u64 = 3;
+
 /// Finalizer the operator puts on every TitanCluster.
 pub const FINALIZER: &str = "titan.dev/cleanup";
 
@@ -36,6 +42,9 @@ pub struct Settings {
     pub requeue_while_waiting: Duration,
     /// When steady (watches trigger earlier on any change).
     pub requeue_when_steady: Duration,
+    /// Pause between taking the leader label off a pod and moving leadership
+    /// away from it, so kube-proxy stops routing `NAME-leader` there first.
+    pub leader_label_drain: Duration,
 }
 
 impl Default for Settings {
@@ -45,6 +54,7 @@ impl Default for Settings {
             requeue_after_step: Duration::from_secs(2),
             requeue_while_waiting: Duration::from_secs(5),
             requeue_when_steady: Duration::from_secs(60),
+            leader_label_drain: Duration::from_secs(LEADER_LABEL_DRAIN_SECS),
         }
     }
 }
@@ -191,7 +201,8 @@ pub(crate) async fn publish(
     }
 }
 
-/// validate → (paused: status only) → observe → apply → plan → execute → status.
+/// validate → (paused: status only) → observe → apply → plan → leader label →
+/// execute → status.
 async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> {
     let now = (ctx.clock)();
     let names = Names::of(cluster);
@@ -228,6 +239,13 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
         now,
     );
     let plan = planner::plan(&observed, &ctx.settings.planner, &|n| names.ordinal_of(n));
+    let leader = status::leader(&pods).map(|(name, _)| name.to_string());
+    let target = routing::label_target(&pods, leader.as_deref(), &plan.action);
+    let labels = routing::label_changes(&pods, target.as_deref());
+    routing::apply_label_changes(ctx, &names, &labels).await?;
+    if routing::drain_before_step(&labels, &plan.action) {
+        tokio::time::sleep(ctx.settings.leader_label_drain).await;
+    }
     let snapshot = execute::execute(ctx, cluster, &names, &input, &pods, &plan.action, now).await?;
     let status_input = status::StatusInput {
         previous: cluster.status.as_ref(),

@@ -40,6 +40,8 @@ pub struct PodObservation {
     pub endpoint: Option<String>,
     /// What the planner sees.
     pub view: PodView,
+    /// The pod carries `titan.dev/role=leader` (the leader Service selects it).
+    pub leader_labeled: bool,
 }
 
 /// Reads the ConfigMap, StatefulSet, pods and PVCs of the cluster.
@@ -169,12 +171,17 @@ pub fn pods_by_ordinal(
             node: None,
         };
         let endpoint = ip.map(|ip| format!("http://{ip}:{PEER_PORT}"));
+        let leader_labeled = pod
+            .labels()
+            .get(builders::ROLE_LABEL)
+            .is_some_and(|v| v == builders::LEADER_ROLE);
         out.insert(
             ordinal,
             PodObservation {
                 name,
                 endpoint,
                 view,
+                leader_labeled,
             },
         );
     }

@@ -33,6 +33,10 @@ fn apply_calls(creating: bool) -> Vec<Expect> {
             assert_eq!(b["spec"]["clusterIP"], "None");
         }),
         Expect::new(Method::PATCH, paths::CLIENT_SERVICE, Reply::Echo),
+        Expect::new(Method::PATCH, paths::LEADER_SERVICE, Reply::Echo).check(|b| {
+            assert_eq!(b["spec"]["selector"]["titan.dev/role"], "leader");
+            assert_eq!(b["spec"]["selector"]["app.kubernetes.io/instance"], "demo");
+        }),
         Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo),
         Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo),
     ];
@@ -41,6 +45,28 @@ fn apply_calls(creating: bool) -> Vec<Expect> {
     }
     calls.push(Expect::new(Method::PATCH, paths::PDB, Reply::Echo));
     calls
+}
+
+/// The merge patch that labels (`leader`) or unlabels the pod of `ordinal`.
+fn label_call(ordinal: u32, leader: bool) -> Expect {
+    let patched =
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": format!("demo-{ordinal}")}});
+    let expect = Expect::new(Method::PATCH, paths::pod(ordinal), Reply::Json(patched));
+    if leader {
+        expect.check(|b| {
+            assert_eq!(
+                b,
+                &json!({"metadata": {"labels": {"titan.dev/role": "leader"}}})
+            )
+        })
+    } else {
+        expect.check(|b| {
+            assert_eq!(
+                b,
+                &json!({"metadata": {"labels": {"titan.dev/role": null}}})
+            )
+        })
+    }
 }
 
 fn event(reason: &'static str) -> Expect {
@@ -94,7 +120,7 @@ async fn create_applies_every_object_and_reports_bootstrapping() {
         fixtures::pvcs_json(&[]),
     );
     let mut applies = apply_calls(true);
-    applies[2] = Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo).check(|b| {
+    applies[3] = Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo).check(|b| {
         assert_eq!(b["data"]["bootstrapped"], "false");
         assert_eq!(b["data"]["initial-replicas"], "3");
         assert_eq!(
@@ -102,7 +128,7 @@ async fn create_applies_every_object_and_reports_bootstrapping() {
             "11111111-2222-4333-8444-555555555555"
         );
     });
-    applies[3] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
+    applies[4] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
         assert_eq!(b["spec"]["replicas"], 3);
         assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
         assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "TitanCluster");
@@ -123,10 +149,27 @@ async fn create_applies_every_object_and_reports_bootstrapping() {
 }
 
 fn steady_state_calls(replicas_in_sts: u32, pods: &[u32]) -> Vec<Expect> {
+    steady_state_calls_labeled(replicas_in_sts, pods, None)
+}
+
+/// As [`steady_state_calls`], with the pod of `labeled` carrying `titan.dev/role=leader`.
+fn steady_state_calls_labeled(
+    replicas_in_sts: u32,
+    pods: &[u32],
+    labeled: Option<u32>,
+) -> Vec<Expect> {
+    let mut pods_json = fixtures::pods_json(pods);
+    if let Some(items) = pods_json["items"].as_array_mut() {
+        for item in items {
+            if labeled.is_some_and(|o| item["metadata"]["name"] == format!("demo-{o}")) {
+                item["metadata"]["labels"]["titan.dev/role"] = json!("leader");
+            }
+        }
+    }
     let mut expects = observe_calls(
         Some(fixtures::configmap_json(true, 3)),
         Some(fixtures::statefulset_json(replicas_in_sts)),
-        fixtures::pods_json(pods),
+        pods_json,
         fixtures::pvcs_json(pods),
     );
     expects.extend(apply_calls(false));
@@ -141,6 +184,7 @@ async fn scale_up_step_grows_the_statefulset_by_one() {
         ..FakeAdmin::default()
     });
     let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    expects.push(label_call(0, true));
     expects.push(
         Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo)
             .check(|b| assert_eq!(b["spec"]["replicas"], 4)),
@@ -176,6 +220,7 @@ async fn scale_up_step_adds_the_joining_pod_as_learner_on_the_leader() {
         ..FakeAdmin::default()
     });
     let mut expects = steady_state_calls(4, &[0, 1, 2, 3]);
+    expects.push(label_call(1, true));
     expects.push(event("AddLearner"));
     expects.push(status_call(&cluster, |b| {
         assert_eq!(b["status"]["phase"], "Scaling")
@@ -203,7 +248,9 @@ async fn scale_down_step_transfers_leadership_away_from_the_leaving_leader() {
         statuses: fixtures::healthy_statuses(3, 2),
         ..FakeAdmin::default()
     });
-    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(2));
+    // The leader Service stops routing to the leaving leader before the transfer.
+    expects.push(label_call(2, false));
     expects.push(event("TransferLeadership"));
     expects.push(status_call(&cluster, |b| {
         assert_eq!(b["status"]["phase"], "Scaling");
@@ -226,7 +273,7 @@ async fn steady_cluster_writes_members_and_conditions_without_changes() {
         statuses: fixtures::healthy_statuses(3, 1),
         ..FakeAdmin::default()
     });
-    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(1));
     expects.push(status_call(&cluster, |b| {
         let s = &b["status"];
         assert_eq!(s["phase"], "Running");
@@ -246,6 +293,36 @@ async fn steady_cluster_writes_members_and_conditions_without_changes() {
     let requeue = run(cluster, admin.clone(), expects).await;
     assert_eq!(requeue, Requeue::requeue(Duration::from_secs(60)));
     assert!(admin.recorded().is_empty());
+}
+
+#[tokio::test]
+async fn leader_label_moves_from_the_old_leader_pod_to_the_new_one_removal_first() {
+    let cluster = fixtures::cluster(json!({"replicas": 3}));
+    let admin = Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 2),
+        ..FakeAdmin::default()
+    });
+    let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(0));
+    expects.push(label_call(0, false));
+    expects.push(label_call(2, true));
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(b["status"]["leader"], "demo-2");
+        assert_eq!(b["status"]["phase"], "Running");
+    }));
+    run(cluster, admin.clone(), expects).await;
+    assert!(admin.recorded().is_empty(), "relabelling is no Raft change");
+}
+
+#[tokio::test]
+async fn no_reachable_leader_unlabels_every_pod() {
+    let cluster = fixtures::cluster(json!({"replicas": 3}));
+    let admin = Arc::new(FakeAdmin::default());
+    let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(1));
+    expects.push(label_call(1, false));
+    expects.push(status_call(&cluster, |b| {
+        assert_eq!(condition(b, "Available")["status"], "False");
+    }));
+    run(cluster, admin, expects).await;
 }
 
 #[tokio::test]
@@ -282,6 +359,7 @@ async fn policy_v1beta1_pdb_is_applied_where_policy_v1_is_not_served() {
             assert_eq!(b["spec"]["maxUnavailable"], 1);
         }),
     );
+    expects.push(label_call(0, true));
     expects.push(status_call(&cluster, |b| {
         assert_eq!(condition(b, "DisruptionBudget")["status"], "True");
         assert_eq!(condition(b, "DisruptionBudget")["reason"], "Applied");
@@ -311,6 +389,7 @@ async fn no_pdb_api_at_all_is_a_warning_and_condition_not_a_failure() {
             assert_eq!(b["reason"], "PodDisruptionBudgetUnavailable");
         }),
     );
+    expects.push(label_call(0, true));
     expects.push(status_call(&cluster, |b| {
         assert_eq!(condition(b, "DisruptionBudget")["status"], "False");
         assert_eq!(
@@ -336,7 +415,7 @@ async fn snapshot_request_annotation_is_answered_and_echoed_in_status() {
         statuses: fixtures::healthy_statuses(3, 0),
         ..FakeAdmin::default()
     });
-    let mut expects = steady_state_calls(3, &[0, 1, 2]);
+    let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(0));
     expects.push(event("TakeSnapshot"));
     expects.push(status_call(&cluster, |b| {
         assert_eq!(b["status"]["lastSnapshot"]["requestToken"], "req-7");

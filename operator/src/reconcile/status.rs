@@ -366,6 +366,7 @@ mod tests {
                 unready_secs: 0,
                 node: Some(node),
             },
+            leader_labeled: false,
         };
         BTreeMap::from([
             (0, obs("c-0", leader_ready, node(11, NodeRole::Leader))),
