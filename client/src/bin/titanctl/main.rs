@@ -27,7 +27,7 @@ use titan_client::{ClientConfig, Error};
 #[command(
     name = "titanctl",
     version,
-    about = "Command-line client for a Titan cluster: keys, watch, leases, txn, status, membership, snapshots"
+    about = "Command-line client for a Titan cluster: keys, status, membership, snapshots"
 )]
 struct Cli {
     /// Client gRPC endpoints (etcd v3 API, client gRPC port), comma-separated.
