@@ -390,3 +390,61 @@ async fn titanctl_watch_lease_txn_and_revision_reads_work_end_to_end() {
     // Bad txn syntax is a command-line error (clap's exit 2).
     assert_eq!(ctl(&["txn", "--if", "size(k) = 1"]).0, Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_on_another_node_when_its_node_is_killed_without_gaps_or_repeats() {
+    let mut cluster = TestCluster::start();
+    let leader = cluster.leader;
+    let others: Vec<String> = (1..3)
+        .map(|d| cluster.inner.nodes[(leader + d) % 3].grpc_endpoint())
+        .collect();
+    // The watch opens on its first seed, the leader, which is then killed.
+    let watcher = cluster.client_of(&[cluster.leader_endpoint(), others[1].clone()]);
+    let writer = cluster.client_of(&others);
+    let first = writer.put("r/0000", "0").await.expect("first put");
+    let mut watch = watcher
+        .watch(WatchQuery::prefix("r/").from_revision(first as i64))
+        .await
+        .expect("open watch");
+    let mut acked = vec![(first, "r/0000".to_string())];
+    let mut unknown = Vec::new();
+    for i in 1..40 {
+        if i == 20 {
+            tokio::task::block_in_place(|| cluster.inner.nodes[leader].kill());
+        }
+        let key = format!("r/{i:04}");
+        match writer.put(key.as_str(), i.to_string()).await {
+            Ok(rev) => acked.push((rev, key)),
+            Err(titan_client::Error::OutcomeUnknown { .. }) => unknown.push(key),
+            Err(e) => panic!("write {i} failed: {e}"),
+        }
+    }
+    assert!(
+        unknown.len() <= 1,
+        "one write in flight at most: {unknown:?}"
+    );
+    let last = acked
+        .last()
+        .map(|(rev, _)| *rev as i64)
+        .expect("acked writes");
+    let mut events = Vec::new();
+    while events.last().map_or(0, WatchEvent::revision) < last {
+        events.extend(next_batch(&mut watch, "the writes after the kill").await);
+    }
+    let revisions: Vec<i64> = events.iter().map(WatchEvent::revision).collect();
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "each event once, in revision order: {revisions:?}"
+    );
+    let seen: Vec<(u64, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                e.kv.version,
+                String::from_utf8_lossy(&e.kv.key).into_owned(),
+            )
+        })
+        .filter(|(_, key)| !unknown.contains(key))
+        .collect();
+    assert_eq!(seen, acked, "every acknowledged write, and nothing else");
+}
