@@ -1,20 +1,19 @@
-//! [`Client`]: the KV operations, each run through one bounded retry loop.
+//! [`Client`]: the connection pool, the cached endpoint and the one bounded
+//! retry loop every operation runs through. The operations themselves are
+//! in `kv.rs`, `lease.rs` and `watch.rs` (all over the etcd v3 API).
 
 use crate::backoff::{Backoff, jitter_seed};
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
 use crate::pool::ChannelPool;
 use crate::redirect::{Failure, classify};
-use crate::types::{CasResult, Consistency, DeleteResult, KeyValue, RangePage, RangeQuery};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use titan_proto::v1 as pb;
-use titan_proto::v1::kv_client::KvClient;
 use tonic::transport::Channel;
 
-/// A Titan KV client. Cheap to clone; clones share the connection pool and the
+/// A Titan client over the etcd v3 API. Cheap to clone; clones share the connection pool and the
 /// cached leader.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -27,7 +26,9 @@ struct Inner {
     config: ClientConfig,
     /// One channel per endpoint.
     pool: ChannelPool,
-    /// The last known leader's gRPC address; writes go there first.
+    /// The endpoint that last served a request, or a leader named by a
+    /// redirect; requests go there first. (Titan forwards etcd writes from
+    /// followers, so this is "a node known to work", usually the leader.)
     leader: Mutex<Option<String>>,
     /// Round-robin cursor over the seeds, used when no leader is known.
     next_seed: AtomicUsize,
@@ -35,7 +36,7 @@ struct Inner {
 
 /// What the retry loop may do after an attempt whose outcome is unknown.
 #[derive(Debug, Clone, Copy)]
-enum OnUnknown {
+pub(crate) enum OnUnknown {
     /// Reads: retry freely.
     Retry,
     /// Conditional writes: retry (the condition makes a second execution
@@ -46,10 +47,11 @@ enum OnUnknown {
 }
 
 /// The result of the retry loop.
-struct Attempted<T> {
-    value: T,
+pub(crate) struct Attempted<T> {
+    /// The successful attempt's answer.
+    pub(crate) value: T,
     /// Some earlier attempt of this operation had an unknown outcome.
-    after_unknown: bool,
+    pub(crate) after_unknown: bool,
 }
 
 impl Client {
@@ -77,183 +79,6 @@ impl Client {
     pub fn pooled_channels(&self) -> usize {
         self.inner.pool.len()
     }
-
-    /// Reads `key`. Returns the value and its version, or `None` if absent.
-    pub async fn get(
-        &self,
-        key: impl Into<Vec<u8>>,
-        consistency: Consistency,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
-        let req = pb::GetRequest {
-            key: key.into(),
-            consistency: consistency.to_proto() as i32,
-        };
-        let done = self
-            .run(OnUnknown::Retry, &req.key, |mut kv| {
-                let req = req.clone();
-                async move { kv.get(req).await }
-            })
-            .await?;
-        Ok(done.value.kv.map(|kv| (kv.value, kv.version)))
-    }
-
-    /// Writes `key = value` unconditionally; returns the new version.
-    ///
-    /// Returns [`Error::OutcomeUnknown`] if the request was sent and no answer
-    /// came back; it is not retried then, since that could apply it twice
-    /// around someone else's write.
-    pub async fn put(&self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Result<u64> {
-        let req = pb::PutRequest {
-            key: key.into(),
-            value: value.into(),
-            condition: None,
-        };
-        let done = self.send_put(req, OnUnknown::Fail("put")).await?;
-        Ok(done.value.version)
-    }
-
-    /// Deletes `key` unconditionally (succeeds also when it did not exist).
-    /// Like [`Client::put`], never retried after an unknown outcome.
-    pub async fn delete(&self, key: impl Into<Vec<u8>>) -> Result<DeleteResult> {
-        let req = pb::DeleteRequest {
-            key: key.into(),
-            condition: None,
-        };
-        let done = self.send_delete(req, OnUnknown::Fail("delete")).await?;
-        Ok(DeleteResult {
-            existed: done.value.existed,
-            version: done.value.version,
-        })
-    }
-
-    /// Writes `key = value` only if the key's version is `expected_version`.
-    ///
-    /// Safe under unknown outcomes: the client retries (a second execution
-    /// would fail the condition) and, if the retry reports a conflict, reads the
-    /// key back: if it now holds `value`, the earlier attempt applied and
-    /// `Applied` is returned with the key's current version.
-    pub async fn put_if_version(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-        expected_version: u64,
-    ) -> Result<CasResult> {
-        let cond = pb::condition::Kind::ExpectedVersion(expected_version);
-        self.conditional_put(key.into(), value.into(), cond).await
-    }
-
-    /// Writes `key = value` only if the key does not exist. Unknown outcomes
-    /// are resolved as for [`Client::put_if_version`].
-    pub async fn put_if_absent(
-        &self,
-        key: impl Into<Vec<u8>>,
-        value: impl Into<Vec<u8>>,
-    ) -> Result<CasResult> {
-        let cond = pb::condition::Kind::MustBeAbsent(true);
-        self.conditional_put(key.into(), value.into(), cond).await
-    }
-
-    /// Deletes `key` only if its version is `expected_version`.
-    ///
-    /// After an unknown outcome the client retries; if the retry conflicts
-    /// because the key is now absent, the earlier attempt is taken to have
-    /// applied and `Applied { version: 0 }` is returned (the delete's own log
-    /// index is then not known).
-    pub async fn delete_if_version(
-        &self,
-        key: impl Into<Vec<u8>>,
-        expected_version: u64,
-    ) -> Result<CasResult> {
-        let condition = Some(pb::Condition {
-            kind: Some(pb::condition::Kind::ExpectedVersion(expected_version)),
-        });
-        let req = pb::DeleteRequest {
-            key: key.into(),
-            condition,
-        };
-        let done = self.send_delete(req, OnUnknown::RetryAndFlag).await?;
-        let resp = done.value;
-        Ok(match (resp.succeeded, done.after_unknown, resp.version) {
-            (true, _, version) => CasResult::Applied { version },
-            (false, true, 0) => CasResult::Applied { version: 0 },
-            (false, _, current_version) => CasResult::Conflict { current_version },
-        })
-    }
-
-    /// Reads a key range or prefix (see [`RangeQuery`]).
-    pub async fn range(&self, query: RangeQuery) -> Result<RangePage> {
-        let req = query.to_proto();
-        let done = self
-            .run(OnUnknown::Retry, &req.prefix, |mut kv| {
-                let req = req.clone();
-                async move { kv.range(req).await }
-            })
-            .await?;
-        let resp = done.value;
-        Ok(RangePage {
-            kvs: resp.kvs.into_iter().map(KeyValue::from_proto).collect(),
-            more: resp.more,
-            read_index: resp.read_index,
-        })
-    }
-
-    async fn conditional_put(
-        &self,
-        key: Vec<u8>,
-        value: Vec<u8>,
-        cond: pb::condition::Kind,
-    ) -> Result<CasResult> {
-        let condition = Some(pb::Condition { kind: Some(cond) });
-        let req = pb::PutRequest {
-            key: key.clone(),
-            value: value.clone(),
-            condition,
-        };
-        let done = self.send_put(req, OnUnknown::RetryAndFlag).await?;
-        let resp = done.value;
-        if resp.succeeded {
-            return Ok(CasResult::Applied {
-                version: resp.version,
-            });
-        }
-        if !done.after_unknown {
-            return Ok(CasResult::Conflict {
-                current_version: resp.version,
-            });
-        }
-        // An earlier attempt may have applied: the current value tells.
-        match self.get(key, Consistency::Linearizable).await? {
-            Some((current, version)) if current == value => Ok(CasResult::Applied { version }),
-            Some((_, version)) => Ok(CasResult::Conflict {
-                current_version: version,
-            }),
-            None => Ok(CasResult::Conflict { current_version: 0 }),
-        }
-    }
-
-    async fn send_put(
-        &self,
-        req: pb::PutRequest,
-        on_unknown: OnUnknown,
-    ) -> Result<Attempted<pb::PutResponse>> {
-        self.run(on_unknown, &req.key, |mut kv| {
-            let req = req.clone();
-            async move { kv.put(req).await }
-        })
-        .await
-    }
-
-    async fn send_delete(
-        &self,
-        req: pb::DeleteRequest,
-        on_unknown: OnUnknown,
-    ) -> Result<Attempted<pb::DeleteResponse>> {
-        self.run(on_unknown, &req.key, |mut kv| {
-            let req = req.clone();
-            async move { kv.delete(req).await }
-        })
-        .await
-    }
 }
 
 /// Where the retry loop is within one operation.
@@ -280,14 +105,14 @@ impl Client {
     /// Runs one operation: pick an endpoint (leader first), attempt, classify
     /// the failure, follow redirects, back off, until success, a permanent
     /// error, `max_attempts` or the overall deadline.
-    async fn run<T, F, Fut>(
+    pub(crate) async fn run<T, F, Fut>(
         &self,
         on_unknown: OnUnknown,
         key: &[u8],
         mut f: F,
     ) -> Result<Attempted<T>>
     where
-        F: FnMut(KvClient<Channel>) -> Fut,
+        F: FnMut(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let retry = &self.inner.config.retry;
@@ -339,7 +164,7 @@ impl Client {
         f: &mut F,
     ) -> std::result::Result<tonic::Response<T>, Failure>
     where
-        F: FnMut(KvClient<Channel>) -> Fut,
+        F: FnMut(Channel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let channel = self
@@ -349,7 +174,7 @@ impl Client {
             .await
             .map_err(Failure::NotExecuted)?;
         let budget = self.inner.config.request_timeout.min(left);
-        match tokio::time::timeout(budget, f(KvClient::new(channel))).await {
+        match tokio::time::timeout(budget, f(channel)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(status)) => Err(classify(&status)),
             Err(_) => Err(Failure::Unknown(format!(
@@ -427,7 +252,7 @@ impl Client {
     }
 
     /// The cached leader, else the next seed in round-robin order.
-    fn pick_endpoint(&self) -> String {
+    pub(crate) fn pick_endpoint(&self) -> String {
         if let Some(leader) = self.lock_leader().clone() {
             return leader;
         }

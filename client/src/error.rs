@@ -24,7 +24,7 @@ pub enum Error {
     /// (e.g. read the key back, or use a conditional write).
     #[error("outcome of {op} on key {key:?} is unknown: {detail}")]
     OutcomeUnknown {
-        /// The operation (`put`, `delete`).
+        /// The operation (`put`, `delete`, `txn`, `lease grant`, ...).
         op: &'static str,
         /// The key, lossily decoded for display.
         key: String,
@@ -41,6 +41,16 @@ pub enum Error {
         elapsed_ms: u64,
         /// The last retryable failure seen.
         last: String,
+    },
+    /// The server canceled a watch: its start revision was compacted away
+    /// (`compact_revision` is then the oldest revision still available;
+    /// watch again from there and re-read the state), or it refused it.
+    #[error("watch canceled by the server (compact_revision {compact_revision}): {reason}")]
+    WatchCanceled {
+        /// The compaction point when that is the reason, else 0.
+        compact_revision: i64,
+        /// The server's reason.
+        reason: String,
     },
     /// The server rejected the request for a reason retrying cannot fix
     /// (invalid argument, permission, unimplemented...).

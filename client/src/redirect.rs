@@ -1,10 +1,14 @@
 //! Reading the server's answer to a failed RPC: was it a `NOT_LEADER` redirect
 //! (and to where), a definite "not executed", or an unknown outcome?
 //!
-//! Server contract (see the crate docs): a write sent to a follower fails with
-//! `FAILED_PRECONDITION`, a message starting with `NOT_LEADER`, and metadata
-//! `titan-leader-grpc` (the leader's KV gRPC address) and `titan-leader-client`
-//! (its TCP address).
+//! Server contract (see the crate docs): on the etcd v3 API a follower
+//! forwards writes to the leader itself; a write lost after it was forwarded
+//! is `DEADLINE_EXCEEDED` "outcome unknown", one never sent is `UNAVAILABLE`
+//! ("leader changed", "request not sent"). A server that redirects instead
+//! (`titan.v1.KV`) fails a write on a follower with `FAILED_PRECONDITION`, a
+//! message starting with `NOT_LEADER`, and metadata `titan-leader-grpc` (the
+//! leader's KV gRPC address) and `titan-leader-client` (its TCP address);
+//! the client follows such a hint at once.
 //!
 //! The server also answers `UNAVAILABLE` both when it proposed nothing (no
 //! leader, overloaded, transfer in progress, entry overwritten) and when the
@@ -29,6 +33,10 @@ pub const NOT_EXECUTED_MARKERS: &[&str] = &[
     "leadership transfer in progress",
     "membership change is in progress",
     "not applied",
+    // etcd API: a node that is not (or no longer) the leader refused the
+    // request before proposing it, or could not reach the leader at all.
+    "etcdserver: leader changed",
+    "request not sent",
 ];
 /// Substring of the server's `RESOURCE_EXHAUSTED` for a key or value over
 /// the size limit (`key too large (max N bytes)`): permanent, never retried.
@@ -213,6 +221,9 @@ mod tests {
                 false,
             ),
             ("UNAVAILABLE something new", false),
+            // The etcd API (server/src/transport/etcd_kv.rs, etcd_forward.rs).
+            ("etcdserver: leader changed", true),
+            ("etcdserver: leader unreachable; request not sent", true),
         ];
         for (message, not_executed) in cases {
             let failure = classify(&Status::new(Code::Unavailable, *message));
@@ -240,6 +251,16 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let status = Status::from_error(Box::new(io));
         assert!(matches!(classify(&status), Failure::NotExecuted(_)));
+    }
+
+    #[test]
+    fn a_forwarded_write_lost_mid_flight_is_an_unknown_outcome() {
+        // What a follower answers when the leader was lost after it
+        // forwarded the write (server/src/transport/etcd_forward.rs).
+        let status = Status::deadline_exceeded(
+            "etcdserver: request timed out, outcome unknown (the leader was lost mid-write)",
+        );
+        assert!(matches!(classify(&status), Failure::Unknown(_)));
     }
 
     #[test]

@@ -1,14 +1,19 @@
-//! The client against an in-process fake cluster: three tonic KV servers on
-//! loopback sharing one store, where the test decides who leads and injects
-//! faults (a reply that never comes after the write applied). This covers
-//! the client's retry and unknown-outcome rules exactly; the real-server
-//! test is `real_cluster.rs`.
+//! The client against an in-process fake cluster: three tonic etcd KV
+//! servers (`etcdserverpb.KV`) on loopback sharing one store, where the test
+//! decides who leads and injects faults (a reply that never comes after the
+//! write applied). Unlike Titan, which forwards writes from followers, this
+//! fake answers a write on a follower with a `NOT_LEADER` redirect, so the
+//! client's redirect path is covered too. This covers the client's retry and
+//! unknown-outcome rules exactly; the real-server test is `real_cluster.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use titan_client::proto::kv_server::{Kv, KvServer};
-use titan_client::proto::{self as pb, condition::Kind};
+use titan_client::etcd_proto::compare::{CompareResult, TargetUnion};
+use titan_client::etcd_proto::kv_server::{Kv, KvServer};
+use titan_client::etcd_proto::{
+    self as pb, request_op::Request as Op, response_op::Response as OpResp,
+};
 use titan_client::{CasResult, Client, ClientConfig, Consistency, Error, TlsConfig};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -22,11 +27,14 @@ enum Fault {
     ApplyThenHang,
 }
 
+/// One stored key: value, mod_revision, create_revision.
+type Stored = (Vec<u8>, i64, i64);
+
 #[derive(Debug, Default)]
 struct State {
     leader: Option<String>,
-    store: BTreeMap<Vec<u8>, (Vec<u8>, u64)>,
-    index: u64,
+    store: BTreeMap<Vec<u8>, Stored>,
+    revision: i64,
     writes_applied: u64,
     fault: Option<Fault>,
 }
@@ -91,6 +99,56 @@ impl Cluster {
     }
 }
 
+fn header(revision: i64) -> Option<pb::ResponseHeader> {
+    Some(pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    })
+}
+
+fn kv_pb(key: &[u8], (value, mod_rev, create_rev): &Stored) -> pb::RangeResponse {
+    pb::RangeResponse {
+        kvs: vec![kv_of(key, value, *mod_rev, *create_rev)],
+        ..Default::default()
+    }
+}
+
+fn kv_of(
+    key: &[u8],
+    value: &[u8],
+    mod_rev: i64,
+    create_rev: i64,
+) -> titan_client::mvccpb::KeyValue {
+    titan_client::mvccpb::KeyValue {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        mod_revision: mod_rev,
+        create_revision: create_rev,
+        version: 1,
+        lease: 0,
+    }
+}
+
+/// Whether one etcd compare holds against the store.
+fn holds(store: &BTreeMap<Vec<u8>, Stored>, c: &pb::Compare) -> bool {
+    let cur = store.get(&c.key);
+    let ord = match (c.target_union.as_ref(), cur) {
+        (Some(TargetUnion::Value(v)), Some((val, _, _))) => val.cmp(v),
+        (Some(TargetUnion::Value(_)), None) => return false,
+        (Some(TargetUnion::ModRevision(n)), _) => cur.map_or(0, |s| s.1).cmp(n),
+        (Some(TargetUnion::CreateRevision(n)), _) => cur.map_or(0, |s| s.2).cmp(n),
+        (Some(TargetUnion::Version(n)), _) => i64::from(cur.is_some()).cmp(n),
+        _ => return false,
+    };
+    match CompareResult::try_from(c.result) {
+        Ok(CompareResult::Equal) => ord.is_eq(),
+        Ok(CompareResult::NotEqual) => !ord.is_eq(),
+        Ok(CompareResult::Greater) => ord.is_gt(),
+        Ok(CompareResult::Less) => ord.is_lt(),
+        Err(_) => false,
+    }
+}
+
 impl Node {
     /// Leader check: NOT_LEADER with the hint, or UNAVAILABLE without leader.
     fn check_leader(&self) -> Result<(), Status> {
@@ -107,32 +165,74 @@ impl Node {
         }
     }
 
-    /// Applies a write if `cond` holds; returns (succeeded, version) and the
-    /// fault to act on afterwards.
-    fn apply(
-        &self,
-        key: Vec<u8>,
-        value: Option<Vec<u8>>,
-        cond: Option<Kind>,
-    ) -> ((bool, u64), Fault) {
-        let mut state = self.state.lock().expect("state lock");
-        let current = state.store.get(&key).map(|(_, v)| *v).unwrap_or(0);
-        let holds = match cond {
-            None => true,
-            Some(Kind::ExpectedVersion(v)) => v == current,
-            Some(Kind::MustBeAbsent(_)) => current == 0,
-        };
-        if !holds {
-            return ((false, current), Fault::None);
+    /// Runs one op of a write (the caller bumped the revision); returns its
+    /// response.
+    fn run_op(state: &mut State, op: &Op) -> OpResp {
+        let rev = state.revision;
+        match op {
+            Op::RequestPut(p) => {
+                let create = state.store.get(&p.key).map_or(rev, |s| s.2);
+                state
+                    .store
+                    .insert(p.key.clone(), (p.value.clone(), rev, create));
+                OpResp::ResponsePut(pb::PutResponse::default())
+            }
+            Op::RequestDeleteRange(d) => {
+                let deleted = i64::from(state.store.remove(&d.key).is_some());
+                OpResp::ResponseDeleteRange(pb::DeleteRangeResponse {
+                    deleted,
+                    ..Default::default()
+                })
+            }
+            Op::RequestRange(r) => OpResp::ResponseRange(match state.store.get(&r.key) {
+                Some(stored) => kv_pb(&r.key, stored),
+                None => pb::RangeResponse::default(),
+            }),
+            Op::RequestTxn(_) => OpResp::ResponseTxn(pb::TxnResponse::default()),
         }
-        state.index += 1;
-        state.writes_applied += 1;
-        let index = state.index;
-        match value {
-            Some(v) => state.store.insert(key, (v, index)),
-            None => state.store.remove(&key),
+    }
+
+    /// Applies a txn: evaluates compares, runs a branch (a branch with a
+    /// write counts as one applied write at a new revision); returns the
+    /// response and the fault to act on afterwards.
+    fn apply(&self, txn: &pb::TxnRequest) -> (pb::TxnResponse, Fault) {
+        let mut state = self.state.lock().expect("state lock");
+        let succeeded = txn.compare.iter().all(|c| holds(&state.store, c));
+        let branch = if succeeded {
+            &txn.success
+        } else {
+            &txn.failure
         };
-        ((true, index), state.fault.take().unwrap_or(Fault::None))
+        let writes = branch
+            .iter()
+            .any(|op| !matches!(op.request, Some(Op::RequestRange(_))));
+        let mut fault = Fault::None;
+        if writes {
+            state.revision += 1;
+            state.writes_applied += 1;
+            fault = state.fault.take().unwrap_or(Fault::None);
+        }
+        let responses = branch
+            .iter()
+            .filter_map(|op| op.request.as_ref())
+            .map(|op| pb::ResponseOp {
+                response: Some(Node::run_op(&mut state, op)),
+            })
+            .collect();
+        let resp = pb::TxnResponse {
+            header: header(state.revision),
+            succeeded,
+            responses,
+        };
+        (resp, fault)
+    }
+
+    /// A single write op as a txn without compares.
+    fn apply_one(&self, op: Op) -> (pb::TxnResponse, Fault) {
+        self.apply(&pb::TxnRequest {
+            success: vec![pb::RequestOp { request: Some(op) }],
+            ..Default::default()
+        })
     }
 }
 
@@ -144,70 +244,72 @@ async fn act_on(fault: Fault) {
 
 #[tonic::async_trait]
 impl Kv for Node {
-    async fn get(&self, req: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
-        let key = req.into_inner().key;
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = req.into_inner();
         let state = self.state.lock().expect("state lock");
-        let kv = state.store.get(&key).map(|(value, version)| pb::KeyValue {
-            key: key.clone(),
-            value: value.clone(),
-            version: *version,
-        });
-        Ok(Response::new(pb::GetResponse {
-            kv,
-            read_index: state.index,
+        let in_range = |k: &Vec<u8>| {
+            if r.range_end.is_empty() {
+                *k == r.key
+            } else {
+                *k >= r.key && (r.range_end == [0] || *k < r.range_end)
+            }
+        };
+        let kvs = state
+            .store
+            .iter()
+            .filter(|(k, _)| in_range(k))
+            .map(|(k, (v, m, c))| kv_of(k, v, *m, *c))
+            .collect();
+        Ok(Response::new(pb::RangeResponse {
+            header: header(state.revision),
+            kvs,
+            ..Default::default()
         }))
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
         self.check_leader()?;
-        let r = req.into_inner();
-        let cond = r.condition.and_then(|c| c.kind);
-        let ((succeeded, version), fault) = self.apply(r.key, Some(r.value), cond);
+        let (resp, fault) = self.apply_one(Op::RequestPut(req.into_inner()));
         act_on(fault).await;
-        Ok(Response::new(pb::PutResponse { succeeded, version }))
+        Ok(Response::new(pb::PutResponse {
+            header: resp.header,
+            prev_kv: None,
+        }))
     }
 
-    async fn delete(
+    async fn delete_range(
         &self,
-        req: Request<pb::DeleteRequest>,
-    ) -> Result<Response<pb::DeleteResponse>, Status> {
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         self.check_leader()?;
-        let r = req.into_inner();
-        let cond = r.condition.and_then(|c| c.kind);
-        let existed = self
-            .state
-            .lock()
-            .expect("state lock")
-            .store
-            .contains_key(&r.key);
-        let ((succeeded, version), fault) = self.apply(r.key, None, cond);
+        let (resp, fault) = self.apply_one(Op::RequestDeleteRange(req.into_inner()));
         act_on(fault).await;
-        Ok(Response::new(pb::DeleteResponse {
-            succeeded,
-            existed,
-            version,
+        let deleted = match resp.responses.first().and_then(|r| r.response.as_ref()) {
+            Some(OpResp::ResponseDeleteRange(d)) => d.deleted,
+            _ => 0,
+        };
+        Ok(Response::new(pb::DeleteRangeResponse {
+            header: resp.header,
+            deleted,
+            prev_kvs: Vec::new(),
         }))
     }
 
-    async fn range(
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.check_leader()?;
+        let (resp, fault) = self.apply(&req.into_inner());
+        act_on(fault).await;
+        Ok(Response::new(resp))
+    }
+
+    async fn compact(
         &self,
-        _: Request<pb::RangeRequest>,
-    ) -> Result<Response<pb::RangeResponse>, Status> {
-        let state = self.state.lock().expect("state lock");
-        let kvs = state
-            .store
-            .iter()
-            .map(|(k, (v, ver))| pb::KeyValue {
-                key: k.clone(),
-                value: v.clone(),
-                version: *ver,
-            })
-            .collect();
-        Ok(Response::new(pb::RangeResponse {
-            kvs,
-            more: false,
-            read_index: state.index,
-        }))
+        _: Request<pb::CompactionRequest>,
+    ) -> Result<Response<pb::CompactionResponse>, Status> {
+        Err(Status::unimplemented("the fake keeps no history"))
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::output::{Table, print_json};
 use crate::{Exit, Format};
 use serde_json::json;
-use titan_client::{CasResult, Client, Consistency, Error, RangeQuery};
+use titan_client::{CasResult, Client, Consistency, Error, RangePage, RangeQuery};
 
 /// `titanctl get KEY`
 #[derive(Debug, clap::Args)]
@@ -13,9 +13,15 @@ pub struct GetArgs {
     /// Serve from the contacted node without confirming with the leader.
     #[arg(long)]
     serializable: bool,
+    /// Treat KEY as a prefix and list every matching key (like `range --prefix`).
+    #[arg(long)]
+    prefix: bool,
+    /// Read as of this store revision (0 = the newest).
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
 }
 
-/// `titanctl set KEY VALUE`
+/// `titanctl set KEY VALUE` (alias `put`)
 #[derive(Debug, clap::Args)]
 pub struct SetArgs {
     /// The key.
@@ -28,6 +34,10 @@ pub struct SetArgs {
     /// Only write if the key does not exist.
     #[arg(long)]
     if_absent: bool,
+    /// Attach the key to this lease (hex id, as `lease grant` prints it);
+    /// the key vanishes when the lease is revoked or expires.
+    #[arg(long, value_parser = crate::etcd_cmd::parse_lease_id, conflicts_with_all = ["if_version", "if_absent"])]
+    lease: Option<i64>,
 }
 
 /// `titanctl del KEY`
@@ -56,6 +66,9 @@ pub struct RangeArgs {
     /// Serve from the contacted node without confirming with the leader.
     #[arg(long)]
     serializable: bool,
+    /// Read as of this store revision (0 = the newest).
+    #[arg(long, default_value_t = 0)]
+    rev: i64,
 }
 
 fn consistency(serializable: bool) -> Consistency {
@@ -66,14 +79,30 @@ fn consistency(serializable: bool) -> Consistency {
     }
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
 pub async fn get(client: &Client, args: &GetArgs, fmt: Format) -> Result<Exit, Error> {
+    if args.prefix {
+        let query = RangeQuery::prefix(args.key.as_str())
+            .with_consistency(consistency(args.serializable))
+            .at_revision(args.rev);
+        return print_page(client.range(query).await?, fmt);
+    }
+    // [KEY, KEY + "\0") holds exactly KEY.
+    let mut end = args.key.clone().into_bytes();
+    end.push(0);
+    let query = RangeQuery::between(args.key.as_str(), end)
+        .with_consistency(consistency(args.serializable))
+        .at_revision(args.rev);
     let found = client
-        .get(args.key.as_str(), consistency(args.serializable))
-        .await?;
+        .range(query)
+        .await?
+        .kvs
+        .into_iter()
+        .find(|kv| kv.key == args.key.as_bytes())
+        .map(|kv| (kv.value, kv.version));
     match (found, fmt) {
         (Some((value, version)), Format::Json) => {
             print_json(&json!({"key": args.key, "value": text(&value), "version": version}));
@@ -100,7 +129,9 @@ pub async fn set(client: &Client, args: &SetArgs, fmt: Format) -> Result<Exit, E
         (Some(v), _) => client.put_if_version(key, value, v).await?,
         (None, true) => client.put_if_absent(key, value).await?,
         (None, false) => CasResult::Applied {
-            version: client.put(key, value).await?,
+            version: client
+                .put_with_lease(key, value, args.lease.unwrap_or(0))
+                .await?,
         },
     };
     Ok(report_cas(&args.key, result, fmt))
@@ -157,17 +188,23 @@ pub async fn range(client: &Client, args: &RangeArgs, fmt: Format) -> Result<Exi
     };
     let query = query
         .with_limit(args.limit)
-        .with_consistency(consistency(args.serializable));
-    let page = client.range(query).await?;
+        .with_consistency(consistency(args.serializable))
+        .at_revision(args.rev);
+    print_page(client.range(query).await?, fmt)
+}
+
+/// Prints a page of keys as a table or as JSON.
+fn print_page(page: RangePage, fmt: Format) -> Result<Exit, Error> {
     if fmt == Format::Json {
         let kvs: Vec<_> = page
             .kvs
             .iter()
-            .map(
-                |kv| json!({"key": text(&kv.key), "value": text(&kv.value), "version": kv.version}),
-            )
+            .map(|kv| {
+                json!({"key": text(&kv.key), "value": text(&kv.value), "version": kv.version,
+                    "create_revision": kv.create_revision, "lease": kv.lease})
+            })
             .collect();
-        print_json(&json!({"kvs": kvs, "more": page.more, "read_index": page.read_index}));
+        print_json(&json!({"kvs": kvs, "more": page.more, "revision": page.revision}));
         return Ok(Exit::Ok);
     }
     let mut table = Table::new(["KEY", "VERSION", "VALUE"]);

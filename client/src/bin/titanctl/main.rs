@@ -4,13 +4,16 @@
 //! - 0: success
 //! - 1: the server rejected the request, or another error
 //! - 2: bad command line (from clap)
-//! - 3: `get` of a key that does not exist
-//! - 4: a conditional write's condition did not hold
+//! - 3: `get` of a key that does not exist; `lease ttl`/`keep-alive` of a
+//!   lease that does not exist (any more)
+//! - 4: a conditional write's condition did not hold; `txn` ran its
+//!   failure branch
 //! - 5: the cluster could not be reached / no leader within the retry bounds
 //! - 6: a write's outcome is unknown (it may or may not have applied)
 //! - 7: `status` reached only some members
 
 mod admin_cmd;
+mod etcd_cmd;
 mod kv_cmd;
 mod output;
 
@@ -27,7 +30,7 @@ use titan_client::{ClientConfig, Error};
     about = "Command-line client for a Titan cluster: keys, status, membership, snapshots"
 )]
 struct Cli {
-    /// KV gRPC endpoints (client gRPC port), comma-separated.
+    /// Client gRPC endpoints (etcd v3 API, client gRPC port), comma-separated.
     #[arg(
         long,
         env = "TITAN_ENDPOINTS",
@@ -67,14 +70,26 @@ enum Format {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Read a key (exit 3 when absent).
+    /// Read a key (exit 3 when absent), or a prefix; optionally at a past revision.
     Get(kv_cmd::GetArgs),
-    /// Write a key, optionally as compare-and-set (exit 4 on conflict).
+    /// Write a key, optionally as compare-and-set (exit 4 on conflict) or
+    /// attached to a lease.
+    #[command(visible_alias = "put")]
     Set(kv_cmd::SetArgs),
     /// Delete a key, optionally only at a given version.
     Del(kv_cmd::DelArgs),
     /// List keys by prefix or range.
     Range(kv_cmd::RangeArgs),
+    /// Stream changes to a key or prefix, optionally from a past revision.
+    Watch(etcd_cmd::WatchArgs),
+    /// Leases: grant, revoke, keep-alive, ttl, list.
+    Lease {
+        #[command(subcommand)]
+        action: etcd_cmd::LeaseAction,
+    },
+    /// Transaction: compares, then --then ops if all hold, else --else ops
+    /// (exit 4 when the failure branch ran).
+    Txn(etcd_cmd::TxnArgs),
     /// Cluster status: every member's role, term, commit, applied, lag, snapshot.
     Status,
     /// Membership: list, add (as learner), promote, remove.
@@ -160,6 +175,9 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Set(args) => kv_cmd::set(&kv()?, args, fmt).await,
         Command::Del(args) => kv_cmd::del(&kv()?, args, fmt).await,
         Command::Range(args) => kv_cmd::range(&kv()?, args, fmt).await,
+        Command::Watch(args) => etcd_cmd::watch(&kv()?, args, fmt).await,
+        Command::Lease { action } => etcd_cmd::lease(&kv()?, action, fmt).await,
+        Command::Txn(args) => etcd_cmd::txn(&kv()?, args, fmt).await,
         Command::Status => admin_cmd::status(&admin()?, fmt).await,
         Command::Members { action } => admin_cmd::members(&admin()?, action, fmt).await,
         Command::TransferLeader(args) => admin_cmd::transfer(&admin()?, args, fmt).await,

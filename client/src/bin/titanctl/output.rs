@@ -75,6 +75,7 @@ fn error_kind(err: &Error) -> &'static str {
         Error::OutcomeUnknown { .. } => "outcome_unknown",
         Error::RetriesExhausted { .. } => "unreachable",
         Error::Rejected { .. } => "rejected",
+        Error::WatchCanceled { .. } => "watch_canceled",
     }
 }
 
