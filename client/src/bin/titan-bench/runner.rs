@@ -1,11 +1,13 @@
 //! Runs the workers, the progress line and the optional preload.
 
-use crate::conn::{ConnSlot, Op, OpError, OpSettings};
+use crate::conn::{ConnSlot, Op, OpError, OpSettings, Outcome};
+use crate::etcd_ops::prefix_end;
 use crate::stats::{Recorder, Summary};
 use crate::workload::{Workload, value_of_size};
 use crate::{Args, ReadConsistency};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -56,6 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         value: Arc::from(value_of_size(args.value_size)),
         serializable: args.consistency == ReadConsistency::Serializable,
         timeout: Duration::from_millis(args.timeout_ms),
+        range_end: prefix_end(args.key_prefix.as_bytes()),
+        range_limit: args.range_limit,
     });
     let slots = make_slots(&args);
     if args.preload {
@@ -92,7 +96,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     Ok(Summary::from_recorder(&total, elapsed, params))
 }
 
-fn make_slots(args: &Args) -> Vec<Arc<ConnSlot>> {
+pub fn make_slots(args: &Args) -> Vec<Arc<ConnSlot>> {
     let count = match args.connections {
         0 => args.clients,
         n => n.min(args.clients),
@@ -167,6 +171,9 @@ async fn worker(
 ) -> Recorder {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut rec = Recorder::new();
+    // The mod_revision this worker last saw per key (`--op txn`), as the
+    // kube-apiserver's cache: at most one entry per key of `--keys`.
+    let mut revisions: HashMap<String, i64> = HashMap::new();
     while !shared.stop.load(Ordering::Relaxed) {
         if let Some(left) = &shared.ops_left
             && left
@@ -175,15 +182,31 @@ async fn worker(
         {
             break;
         }
-        let op = workload.next_op(&mut rng);
+        let mut op = workload.next_op(&mut rng);
+        if let Op::Txn {
+            key,
+            expected_mod_revision,
+        } = &mut op
+        {
+            *expected_mod_revision = revisions.get(key).copied().unwrap_or(0);
+        }
         let started = Instant::now();
         let result = run_op(&slot, &op, &settings, &mut rec).await;
         let latency = started.elapsed();
+        if let (Op::Txn { key, .. }, Ok(Outcome::Txn { mod_revision, .. })) = (&op, &result) {
+            revisions.insert(key.clone(), *mod_revision);
+        }
         if !shared.measuring.load(Ordering::Relaxed) {
             continue;
         }
         match result {
-            Ok(()) => {
+            Ok(outcome) => {
+                if let Outcome::Txn {
+                    succeeded: false, ..
+                } = outcome
+                {
+                    rec.txn_conflicts += 1;
+                }
                 rec.ok(latency);
                 shared.done_ops.fetch_add(1, Ordering::Relaxed);
             }
@@ -199,15 +222,15 @@ async fn worker(
 }
 
 /// One operation, following up to [`MAX_REDIRECTS_PER_OP`] redirects.
-async fn run_op(
+pub async fn run_op(
     slot: &ConnSlot,
     op: &Op,
     settings: &OpSettings,
     rec: &mut Recorder,
-) -> Result<(), &'static str> {
+) -> Result<Outcome, &'static str> {
     for _ in 0..=MAX_REDIRECTS_PER_OP {
         match slot.run(op, settings).await {
-            Ok(()) => return Ok(()),
+            Ok(outcome) => return Ok(outcome),
             Err(OpError::NotLeader(hint)) => {
                 rec.redirects += 1;
                 if hint.is_none() {

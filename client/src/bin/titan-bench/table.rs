@@ -90,7 +90,8 @@ pub fn parse(s: &serde_json::Value) -> Result<Run, &'static str> {
     Ok(Run {
         system: str_at("/params/target")?.to_string(),
         op: str_at("/params/mix")?.to_string(),
-        clients: u64_at("/params/clients")?,
+        // Watch and lease summaries group by watchers / leases instead.
+        clients: u64_at("/clients").or_else(|_| u64_at("/params/clients"))?,
         throughput_ops_s: f64_at("/throughput_ops_s")?,
         p50_us: f64_at("/latency_us/p50")?,
         p99_us: f64_at("/latency_us/p99")?,
