@@ -101,6 +101,51 @@ pub fn txn_outcome(resp: &etcdpb::TxnResponse) -> Option<Outcome> {
     })
 }
 
+/// Keys per page of [`list_revisions`].
+const LIST_PAGE_KEYS: i64 = 1000;
+
+/// The mod_revision of every key under `prefix`, by paged keys-only Ranges
+/// (the LIST a kube-apiserver's cache starts from). Bounded by the key count.
+pub async fn list_revisions(
+    addr: &str,
+    prefix: &str,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let ch = crate::conn::channel(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to {addr}: {e:?}"))?;
+    let mut kv = etcdpb::kv_client::KvClient::new(ch);
+    let end = prefix_end(prefix.as_bytes());
+    let mut from = prefix.as_bytes().to_vec();
+    let mut out = std::collections::HashMap::new();
+    loop {
+        let req = etcdpb::RangeRequest {
+            key: from.clone(),
+            range_end: end.clone(),
+            limit: LIST_PAGE_KEYS,
+            keys_only: true,
+            ..Default::default()
+        };
+        let resp = kv.range(req).await?.into_inner();
+        for item in &resp.kvs {
+            out.insert(
+                String::from_utf8_lossy(&item.key).into_owned(),
+                item.mod_revision,
+            );
+        }
+        match resp.kvs.last() {
+            Some(last) if resp.more => from = next_key(&last.key),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The smallest key after `key`.
+pub fn next_key(key: &[u8]) -> Vec<u8> {
+    let mut next = key.to_vec();
+    next.push(0);
+    next
+}
+
 /// Sends one operation over etcd's KV service.
 pub async fn etcd_op(
     mut kv: etcdpb::kv_client::KvClient<Channel>,
@@ -153,6 +198,13 @@ mod tests {
         assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
         assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
         assert_eq!(prefix_end(b""), vec![0]);
+    }
+
+    #[test]
+    fn next_key_is_the_key_with_a_zero_byte() {
+        assert_eq!(next_key(b"k/1"), b"k/1\0".to_vec());
+        assert!(next_key(b"k/1").as_slice() > &b"k/1"[..]);
+        assert!(next_key(b"k/1").as_slice() < &b"k/10"[..]);
     }
 
     #[test]

@@ -216,17 +216,32 @@ async fn keep_alive(
     let (tx, rx) = mpsc::channel::<etcdpb::LeaseKeepAliveRequest>(KEEPALIVE_QUEUE_BOUND);
     let requests =
         futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-    let mut responses = match client.lease_keep_alive(requests).await {
-        Ok(r) => r.into_inner(),
-        Err(_) => {
+    // Sent and not yet answered, by lease: at most one entry per lease.
+    let mut pending: HashMap<i64, Instant> = HashMap::with_capacity(leases.len());
+    let Some(&first) = leases.first() else {
+        return rec;
+    };
+    // The first request goes before the call: a server may send its
+    // response headers only with its first answer.
+    pending.insert(first, Instant::now());
+    if tx
+        .send(etcdpb::LeaseKeepAliveRequest { id: first })
+        .await
+        .is_err()
+    {
+        rec.error("keepalive_stream_failed");
+        return rec;
+    }
+    let call = client.lease_keep_alive(requests);
+    let mut responses = match tokio::time::timeout_at(until.into(), call).await {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(_)) | Err(_) => {
             rec.error("keepalive_stream_failed");
             return rec;
         }
     };
-    // Sent and not yet answered, by lease: at most one entry per lease.
-    let mut pending: HashMap<i64, Instant> = HashMap::with_capacity(leases.len());
     let start = Instant::now();
-    let mut k = 0u64;
+    let mut k = 1u64;
     loop {
         let due = start + keepalive_due(k, leases.len(), interval);
         tokio::select! {
@@ -235,9 +250,15 @@ async fn keep_alive(
                 let id = leases[(k % leases.len().max(1) as u64) as usize];
                 k += 1;
                 pending.entry(id).or_insert_with(Instant::now);
-                if tx.send(etcdpb::LeaseKeepAliveRequest { id }).await.is_err() {
-                    rec.error("keepalive_stream_ended");
-                    break;
+                let send = tx.send(etcdpb::LeaseKeepAliveRequest { id });
+                match tokio::time::timeout_at(until.into(), send).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => {
+                        rec.error("keepalive_stream_ended");
+                        break;
+                    }
+                    // The run ended while the server was not taking requests.
+                    Err(_) => break,
                 }
             }
             msg = responses.message() => match msg {

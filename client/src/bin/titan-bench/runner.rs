@@ -1,15 +1,16 @@
 //! Runs the workers, the progress line and the optional preload.
 
 use crate::conn::{ConnSlot, Op, OpError, OpSettings, Outcome};
-use crate::etcd_ops::prefix_end;
+use crate::etcd_ops::{list_revisions, prefix_end};
 use crate::stats::{Recorder, Summary};
+use crate::workload::Mix;
 use crate::workload::{Workload, value_of_size};
 use crate::{Args, ReadConsistency};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Redirects one operation may follow before it counts as `not_leader`.
@@ -65,6 +66,14 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     if args.preload {
         preload(&args, &slots, &workload, &settings).await;
     }
+    let revisions = Arc::new(Mutex::new(HashMap::new()));
+    if args.mix == Mix::Txn {
+        let listed = list_revisions(&args.endpoints[0], &args.key_prefix).await?;
+        if !args.quiet {
+            eprintln!("txn: listed the mod_revision of {} keys", listed.len());
+        }
+        *lock(&revisions) = listed;
+    }
     let shared = Arc::new(Shared {
         ops_left: args.ops.map(AtomicU64::new),
         // Without a warm-up every operation counts from the start. Setting
@@ -78,14 +87,14 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let mut handles = Vec::with_capacity(args.clients);
     for id in 0..args.clients {
         let slot = slots[id % slots.len()].clone();
-        let (w, s, sh) = (workload.clone(), settings.clone(), shared.clone());
-        handles.push(tokio::spawn(worker(
-            args.seed.wrapping_add(id as u64),
+        let ctx = WorkerCtx {
             slot,
-            w,
-            s,
-            sh,
-        )));
+            workload: workload.clone(),
+            settings: settings.clone(),
+            shared: shared.clone(),
+            revisions: revisions.clone(),
+        };
+        handles.push(tokio::spawn(worker(args.seed.wrapping_add(id as u64), ctx)));
     }
     let elapsed = control(&args, &shared).await;
     let mut total = Recorder::new();
@@ -162,18 +171,33 @@ impl Progress {
     }
 }
 
-async fn worker(
-    seed: u64,
+/// The mod_revision last seen per key (`--op txn`), shared by all workers
+/// like a kube-apiserver's cache: at most one entry per key of the prefix.
+type Revisions = Arc<Mutex<HashMap<String, i64>>>;
+
+fn lock(r: &Revisions) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What one worker shares with the others.
+struct WorkerCtx {
     slot: Arc<ConnSlot>,
     workload: Arc<Workload>,
     settings: Arc<OpSettings>,
     shared: Arc<Shared>,
-) -> Recorder {
+    revisions: Revisions,
+}
+
+async fn worker(seed: u64, ctx: WorkerCtx) -> Recorder {
+    let WorkerCtx {
+        slot,
+        workload,
+        settings,
+        shared,
+        revisions,
+    } = ctx;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut rec = Recorder::new();
-    // The mod_revision this worker last saw per key (`--op txn`), as the
-    // kube-apiserver's cache: at most one entry per key of `--keys`.
-    let mut revisions: HashMap<String, i64> = HashMap::new();
     while !shared.stop.load(Ordering::Relaxed) {
         if let Some(left) = &shared.ops_left
             && left
@@ -188,13 +212,13 @@ async fn worker(
             expected_mod_revision,
         } = &mut op
         {
-            *expected_mod_revision = revisions.get(key).copied().unwrap_or(0);
+            *expected_mod_revision = lock(&revisions).get(key).copied().unwrap_or(0);
         }
         let started = Instant::now();
         let result = run_op(&slot, &op, &settings, &mut rec).await;
         let latency = started.elapsed();
         if let (Op::Txn { key, .. }, Ok(Outcome::Txn { mod_revision, .. })) = (&op, &result) {
-            revisions.insert(key.clone(), *mod_revision);
+            lock(&revisions).insert(key.clone(), *mod_revision);
         }
         if !shared.measuring.load(Ordering::Relaxed) {
             continue;
