@@ -224,3 +224,33 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Args {
+        Args::parse_from(std::iter::once("titan-bench").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn etcd_only_ops_are_refused_on_other_targets() {
+        for op in ["range", "txn", "watch", "lease"] {
+            let err = validate(&args(&format!("--target titan-tcp --op {op}")));
+            assert!(err.is_err_and(|e| e.contains("needs the etcd api")), "{op}");
+            assert_eq!(
+                validate(&args(&format!("--target titan-etcd --op {op}"))),
+                Ok(())
+            );
+            assert_eq!(validate(&args(&format!("--target etcd --op {op}"))), Ok(()));
+        }
+    }
+
+    #[test]
+    fn empty_watch_and_lease_runs_are_refused() {
+        assert!(validate(&args("--target etcd --op watch --watchers 0")).is_err());
+        assert!(validate(&args("--target etcd --op watch --rate=-1")).is_err());
+        assert!(validate(&args("--target etcd --op lease --leases 0")).is_err());
+        assert!(validate(&args("--target etcd --op lease --lease-ttl-secs 0")).is_err());
+    }
+}

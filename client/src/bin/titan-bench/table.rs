@@ -292,6 +292,17 @@ mod tests {
     }
 
     #[test]
+    fn watch_and_lease_summaries_group_by_their_own_client_count() {
+        let summary = serde_json::json!({
+            "params": {"target": "titan-etcd", "mix": "watch", "clients": 4},
+            "clients": 1000, "errors_total": 0, "throughput_ops_s": 2e5,
+            "latency_us": {"p50": 900, "p99": 4000}
+        });
+        let r = parse(&summary).expect("a watch summary");
+        assert_eq!((r.op.as_str(), r.clients), ("watch", 1000));
+    }
+
+    #[test]
     fn an_unreadable_or_non_json_file_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tempdir");
         let bad = dir.path().join("bad.json");
