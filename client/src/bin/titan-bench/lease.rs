@@ -262,14 +262,7 @@ async fn keep_alive(
                 }
             }
             msg = responses.message() => match msg {
-                Ok(Some(resp)) => {
-                    if let Some(sent) = pending.remove(&resp.id) {
-                        rec.ok(sent.elapsed());
-                    }
-                    if resp.ttl <= 0 {
-                        rec.error("keepalive_ttl_zero");
-                    }
-                }
+                Ok(Some(resp)) => on_response(&resp, &mut pending, &mut rec),
                 Ok(None) | Err(_) => {
                     rec.error("keepalive_stream_ended");
                     break;
@@ -278,6 +271,21 @@ async fn keep_alive(
         }
     }
     rec
+}
+
+/// Records a keep-alive answer: its round trip from the first unanswered
+/// send for that lease, and a TTL of 0 (the lease is gone) as an error.
+fn on_response(
+    resp: &etcdpb::LeaseKeepAliveResponse,
+    pending: &mut HashMap<i64, Instant>,
+    rec: &mut Recorder,
+) {
+    if let Some(sent) = pending.remove(&resp.id) {
+        rec.ok(sent.elapsed());
+    }
+    if resp.ttl <= 0 {
+        rec.error("keepalive_ttl_zero");
+    }
 }
 
 #[cfg(test)]
