@@ -1,7 +1,8 @@
-//! The three load targets behind one interface: Titan over TCP, Titan over
-//! gRPC, and etcd over its v3 gRPC API. A [`ConnSlot`] holds one connection,
+//! The load targets behind one interface: Titan over TCP, Titan over gRPC,
+//! and the etcd v3 gRPC API (served by Titan or by etcd, one code path). A [`ConnSlot`] holds one connection,
 //! reconnecting (or moving to the leader) when told to.
 
+use crate::etcd_ops::etcd_op;
 use crate::tcp::TcpConn;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,8 +20,18 @@ pub enum Target {
     TitanTcp,
     /// Titan's KV gRPC service (port 7001).
     TitanGrpc,
+    /// Titan's etcd v3 API (client gRPC port 7001): the same requests, the
+    /// same code as `etcd`.
+    TitanEtcd,
     /// etcd v3 KV gRPC (port 2379).
     Etcd,
+}
+
+impl Target {
+    /// Whether the target speaks etcd's v3 API (watch and lease modes need it).
+    pub fn speaks_etcd(self) -> bool {
+        matches!(self, Target::TitanEtcd | Target::Etcd)
+    }
 }
 
 /// One operation of the workload.
@@ -35,6 +46,27 @@ pub enum Op {
     /// Read the version, then write conditionally on it (Titan gRPC only).
     Cas {
         key: String,
+    },
+    /// A page of the key prefix from `key` on (etcd API only).
+    Range {
+        key: String,
+    },
+    /// Compare the key's mod_revision with the one the worker last saw, then
+    /// put, else get (etcd API only; see `etcd_ops::txn_request`).
+    Txn {
+        key: String,
+        expected_mod_revision: i64,
+    },
+}
+
+/// What a successful operation reports back to its worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// A Txn: which branch ran, and the key's mod_revision after it.
+    Txn {
+        succeeded: bool,
+        mod_revision: i64,
     },
 }
 
@@ -92,6 +124,10 @@ pub struct OpSettings {
     pub value: Arc<str>,
     pub serializable: bool,
     pub timeout: Duration,
+    /// End of the key prefix (`--op range`).
+    pub range_end: Vec<u8>,
+    /// Keys per page (`--op range`).
+    pub range_limit: i64,
 }
 
 impl ConnSlot {
@@ -154,7 +190,7 @@ impl ConnSlot {
 
     /// Runs one operation once. On a redirect or a connection failure the slot
     /// is reset so that the caller's retry goes to the right place.
-    pub async fn run(&self, op: &Op, settings: &OpSettings) -> Result<(), OpError> {
+    pub async fn run(&self, op: &Op, settings: &OpSettings) -> Result<Outcome, OpError> {
         let (generation, conn) = self.current().await?;
         let result =
             match tokio::time::timeout(settings.timeout, execute(&conn, op, settings)).await {
@@ -182,13 +218,13 @@ async fn connect(target: Target, addr: &str) -> Result<Conn, OpError> {
         Target::TitanGrpc => Ok(Conn::TitanGrpc(pb::kv_client::KvClient::new(
             channel(addr).await?,
         ))),
-        Target::Etcd => Ok(Conn::Etcd(etcdpb::kv_client::KvClient::new(
+        Target::TitanEtcd | Target::Etcd => Ok(Conn::Etcd(etcdpb::kv_client::KvClient::new(
             channel(addr).await?,
         ))),
     }
 }
 
-async fn channel(addr: &str) -> Result<Channel, OpError> {
+pub async fn channel(addr: &str) -> Result<Channel, OpError> {
     let uri = format!("http://{addr}");
     let endpoint = Endpoint::from_shared(uri).map_err(|_| OpError::Failed("bad_endpoint"))?;
     endpoint
@@ -199,10 +235,12 @@ async fn channel(addr: &str) -> Result<Channel, OpError> {
         .map_err(|_| OpError::Failed("connect"))
 }
 
-async fn execute(conn: &Conn, op: &Op, s: &OpSettings) -> Result<(), OpError> {
+async fn execute(conn: &Conn, op: &Op, s: &OpSettings) -> Result<Outcome, OpError> {
     match conn {
-        Conn::Tcp(tcp) => tcp_op(tcp, op, s).await,
-        Conn::TitanGrpc(kv) => titan_grpc_op(kv.clone(), op, s).await,
+        Conn::Tcp(tcp) => tcp_op(tcp, op, s).await.map(|()| Outcome::Done),
+        Conn::TitanGrpc(kv) => titan_grpc_op(kv.clone(), op, s)
+            .await
+            .map(|()| Outcome::Done),
         Conn::Etcd(kv) => etcd_op(kv.clone(), op, s).await,
     }
 }
@@ -211,7 +249,9 @@ async fn tcp_op(tcp: &TcpConn, op: &Op, s: &OpSettings) -> Result<(), OpError> {
     let line = match op {
         Op::Put { key } => format!("SET {key} {}", s.value),
         Op::Get { key } => format!("GET {key}"),
-        Op::Cas { .. } => return Err(OpError::Failed("unsupported")),
+        Op::Cas { .. } | Op::Range { .. } | Op::Txn { .. } => {
+            return Err(OpError::Failed("unsupported"));
+        }
     };
     let reply = tcp
         .call(line)
@@ -255,6 +295,7 @@ async fn titan_grpc_op(
             .await
             .map(|_| ()),
         Op::Cas { key } => return titan_cas(kv, key, s, consistency).await,
+        Op::Range { .. } | Op::Txn { .. } => return Err(OpError::Failed("unsupported")),
     };
     result.map_err(|status| grpc_error(&status))
 }
@@ -291,34 +332,7 @@ async fn titan_cas(
     }
 }
 
-async fn etcd_op(
-    mut kv: etcdpb::kv_client::KvClient<Channel>,
-    op: &Op,
-    s: &OpSettings,
-) -> Result<(), OpError> {
-    let result = match op {
-        Op::Put { key } => {
-            let req = etcdpb::PutRequest {
-                key: key.clone().into(),
-                value: s.value.as_bytes().to_vec(),
-                ..Default::default()
-            };
-            kv.put(req).await.map(|_| ())
-        }
-        Op::Get { key } => {
-            let req = etcdpb::RangeRequest {
-                key: key.clone().into(),
-                serializable: s.serializable,
-                ..Default::default()
-            };
-            kv.range(req).await.map(|_| ())
-        }
-        Op::Cas { .. } => return Err(OpError::Failed("unsupported")),
-    };
-    result.map_err(|status| grpc_error(&status))
-}
-
-fn grpc_error(status: &tonic::Status) -> OpError {
+pub fn grpc_error(status: &tonic::Status) -> OpError {
     match classify(status) {
         Failure::NotLeader { leader_grpc } => OpError::NotLeader(leader_grpc),
         Failure::NotExecuted(_) if std::error::Error::source(status).is_some() => {

@@ -1,15 +1,20 @@
-//! `titan-bench`: closed-loop load generator for Titan (TCP or gRPC) and, for
-//! comparison, etcd (v3 gRPC). Each client sends one operation, waits for the
-//! reply, records the latency and sends the next.
+//! `titan-bench`: closed-loop load generator for Titan (TCP, gRPC or its etcd
+//! v3 API) and, for comparison, etcd (v3 gRPC). Each client sends one
+//! operation, waits for the reply, records the latency and sends the next.
+//! Over the etcd API two more modes exist: watch fan-out (`--op watch`, see
+//! `watch`) and leases kept alive (`--op lease`, see `lease`).
 //!
 //! `titan-bench table FILE...` instead prints a Markdown comparison table of
 //! the JSON summaries earlier `--json` runs wrote (see `table`).
 
 mod conn;
+mod etcd_ops;
+mod lease;
 mod runner;
 mod stats;
 mod table;
 mod tcp;
+mod watch;
 mod workload;
 mod zipf;
 
@@ -88,6 +93,33 @@ pub struct Args {
     /// Prefix of every key.
     #[arg(long, default_value = "bench/")]
     pub key_prefix: String,
+    /// Keys per page with `--op range` (a page of the prefix from a random key).
+    #[arg(long, default_value_t = 10)]
+    pub range_limit: i64,
+    /// Watchers on the key prefix (`--op watch`).
+    #[arg(long, default_value_t = 1000)]
+    pub watchers: usize,
+    /// Watch streams the watchers are spread over, one connection each,
+    /// round-robin over the endpoints (`--op watch`).
+    #[arg(long, default_value_t = 10)]
+    pub watch_streams: usize,
+    /// Puts per second of all writers together (`--op watch`); 0 = as fast
+    /// as the `--clients` writers can.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// After the writers stop, how long to wait for events still in flight
+    /// (`--op watch`).
+    #[arg(long, default_value_t = 5.0)]
+    pub drain_secs: f64,
+    /// Leases granted and kept alive (`--op lease`).
+    #[arg(long, default_value_t = 10_000)]
+    pub leases: usize,
+    /// TTL of every lease, seconds; each is renewed every TTL/3 (`--op lease`).
+    #[arg(long, default_value_t = 10)]
+    pub lease_ttl_secs: i64,
+    /// LeaseKeepAlive streams the leases are spread over (`--op lease`).
+    #[arg(long, default_value_t = 16)]
+    pub keepalive_streams: usize,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -115,8 +147,21 @@ fn validate(args: &Args) -> Result<(), String> {
     if args.mix == Mix::Cas && args.target != Target::TitanGrpc {
         return Err("--op cas needs --target titan-grpc (the TCP protocol has no CAS)".into());
     }
-    if args.target == Target::Etcd && args.consistency == ReadConsistency::Serializable {
-        // Supported: etcd's serializable flag. Nothing to reject.
+    if args.mix.needs_etcd_api() && !args.target.speaks_etcd() {
+        return Err(format!(
+            "--op {:?} needs the etcd API: --target titan-etcd or etcd",
+            args.mix
+        )
+        .to_lowercase());
+    }
+    if args.mix == Mix::Watch && (args.watchers == 0 || args.rate < 0.0) {
+        return Err("--op watch needs --watchers >= 1 and --rate >= 0".into());
+    }
+    if args.mix == Mix::Lease && (args.leases == 0 || args.lease_ttl_secs < 1) {
+        return Err("--op lease needs --leases >= 1 and --lease-ttl-secs >= 1".into());
+    }
+    if args.range_limit < 0 {
+        return Err("--range-limit must not be negative".into());
     }
     if args.duration_secs <= 0.0 && args.ops.is_none() {
         return Err("give a positive --duration-secs or --ops".into());
@@ -152,7 +197,12 @@ async fn main() -> ExitCode {
         eprintln!("titan-bench: {msg}");
         return ExitCode::from(2);
     }
-    match runner::run(args.clone()).await {
+    let result = match args.mix {
+        Mix::Watch => watch::run(args.clone()).await,
+        Mix::Lease => lease::run(args.clone()).await,
+        _ => runner::run(args.clone()).await,
+    };
+    match result {
         Ok(summary) => {
             if args.json {
                 match serde_json::to_string_pretty(&summary) {
@@ -172,5 +222,35 @@ async fn main() -> ExitCode {
             eprintln!("titan-bench: {err:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(line: &str) -> Args {
+        Args::parse_from(std::iter::once("titan-bench").chain(line.split_whitespace()))
+    }
+
+    #[test]
+    fn etcd_only_ops_are_refused_on_other_targets() {
+        for op in ["range", "txn", "watch", "lease"] {
+            let err = validate(&args(&format!("--target titan-tcp --op {op}")));
+            assert!(err.is_err_and(|e| e.contains("needs the etcd api")), "{op}");
+            assert_eq!(
+                validate(&args(&format!("--target titan-etcd --op {op}"))),
+                Ok(())
+            );
+            assert_eq!(validate(&args(&format!("--target etcd --op {op}"))), Ok(()));
+        }
+    }
+
+    #[test]
+    fn empty_watch_and_lease_runs_are_refused() {
+        assert!(validate(&args("--target etcd --op watch --watchers 0")).is_err());
+        assert!(validate(&args("--target etcd --op watch --rate=-1")).is_err());
+        assert!(validate(&args("--target etcd --op lease --leases 0")).is_err());
+        assert!(validate(&args("--target etcd --op lease --lease-ttl-secs 0")).is_err());
     }
 }

@@ -1,13 +1,16 @@
 //! Runs the workers, the progress line and the optional preload.
 
-use crate::conn::{ConnSlot, Op, OpError, OpSettings};
+use crate::conn::{ConnSlot, Op, OpError, OpSettings, Outcome};
+use crate::etcd_ops::{list_revisions, prefix_end};
 use crate::stats::{Recorder, Summary};
+use crate::workload::Mix;
 use crate::workload::{Workload, value_of_size};
 use crate::{Args, ReadConsistency};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Redirects one operation may follow before it counts as `not_leader`.
@@ -56,10 +59,20 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
         value: Arc::from(value_of_size(args.value_size)),
         serializable: args.consistency == ReadConsistency::Serializable,
         timeout: Duration::from_millis(args.timeout_ms),
+        range_end: prefix_end(args.key_prefix.as_bytes()),
+        range_limit: args.range_limit,
     });
     let slots = make_slots(&args);
     if args.preload {
         preload(&args, &slots, &workload, &settings).await;
+    }
+    let revisions = Arc::new(Mutex::new(HashMap::new()));
+    if args.mix == Mix::Txn {
+        let listed = list_revisions(&args.endpoints[0], &args.key_prefix).await?;
+        if !args.quiet {
+            eprintln!("txn: listed the mod_revision of {} keys", listed.len());
+        }
+        *lock(&revisions) = listed;
     }
     let shared = Arc::new(Shared {
         ops_left: args.ops.map(AtomicU64::new),
@@ -74,14 +87,14 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     let mut handles = Vec::with_capacity(args.clients);
     for id in 0..args.clients {
         let slot = slots[id % slots.len()].clone();
-        let (w, s, sh) = (workload.clone(), settings.clone(), shared.clone());
-        handles.push(tokio::spawn(worker(
-            args.seed.wrapping_add(id as u64),
+        let ctx = WorkerCtx {
             slot,
-            w,
-            s,
-            sh,
-        )));
+            workload: workload.clone(),
+            settings: settings.clone(),
+            shared: shared.clone(),
+            revisions: revisions.clone(),
+        };
+        handles.push(tokio::spawn(worker(args.seed.wrapping_add(id as u64), ctx)));
     }
     let elapsed = control(&args, &shared).await;
     let mut total = Recorder::new();
@@ -92,7 +105,7 @@ pub async fn run(args: Args) -> anyhow::Result<Summary> {
     Ok(Summary::from_recorder(&total, elapsed, params))
 }
 
-fn make_slots(args: &Args) -> Vec<Arc<ConnSlot>> {
+pub fn make_slots(args: &Args) -> Vec<Arc<ConnSlot>> {
     let count = match args.connections {
         0 => args.clients,
         n => n.min(args.clients),
@@ -158,13 +171,31 @@ impl Progress {
     }
 }
 
-async fn worker(
-    seed: u64,
+/// The mod_revision last seen per key (`--op txn`), shared by all workers
+/// like a kube-apiserver's cache: at most one entry per key of the prefix.
+type Revisions = Arc<Mutex<HashMap<String, i64>>>;
+
+fn lock(r: &Revisions) -> std::sync::MutexGuard<'_, HashMap<String, i64>> {
+    r.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What one worker shares with the others.
+struct WorkerCtx {
     slot: Arc<ConnSlot>,
     workload: Arc<Workload>,
     settings: Arc<OpSettings>,
     shared: Arc<Shared>,
-) -> Recorder {
+    revisions: Revisions,
+}
+
+async fn worker(seed: u64, ctx: WorkerCtx) -> Recorder {
+    let WorkerCtx {
+        slot,
+        workload,
+        settings,
+        shared,
+        revisions,
+    } = ctx;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut rec = Recorder::new();
     while !shared.stop.load(Ordering::Relaxed) {
@@ -175,15 +206,31 @@ async fn worker(
         {
             break;
         }
-        let op = workload.next_op(&mut rng);
+        let mut op = workload.next_op(&mut rng);
+        if let Op::Txn {
+            key,
+            expected_mod_revision,
+        } = &mut op
+        {
+            *expected_mod_revision = lock(&revisions).get(key).copied().unwrap_or(0);
+        }
         let started = Instant::now();
         let result = run_op(&slot, &op, &settings, &mut rec).await;
         let latency = started.elapsed();
+        if let (Op::Txn { key, .. }, Ok(Outcome::Txn { mod_revision, .. })) = (&op, &result) {
+            lock(&revisions).insert(key.clone(), *mod_revision);
+        }
         if !shared.measuring.load(Ordering::Relaxed) {
             continue;
         }
         match result {
-            Ok(()) => {
+            Ok(outcome) => {
+                if let Outcome::Txn {
+                    succeeded: false, ..
+                } = outcome
+                {
+                    rec.txn_conflicts += 1;
+                }
                 rec.ok(latency);
                 shared.done_ops.fetch_add(1, Ordering::Relaxed);
             }
@@ -199,15 +246,15 @@ async fn worker(
 }
 
 /// One operation, following up to [`MAX_REDIRECTS_PER_OP`] redirects.
-async fn run_op(
+pub async fn run_op(
     slot: &ConnSlot,
     op: &Op,
     settings: &OpSettings,
     rec: &mut Recorder,
-) -> Result<(), &'static str> {
+) -> Result<Outcome, &'static str> {
     for _ in 0..=MAX_REDIRECTS_PER_OP {
         match slot.run(op, settings).await {
-            Ok(()) => return Ok(()),
+            Ok(outcome) => return Ok(outcome),
             Err(OpError::NotLeader(hint)) => {
                 rec.redirects += 1;
                 if hint.is_none() {

@@ -21,6 +21,9 @@ pub struct Recorder {
     pub errors: BTreeMap<&'static str, u64>,
     /// NOT_LEADER redirects followed (not errors unless they ran out).
     pub redirects: u64,
+    /// Txns whose compare failed (the else branch ran): counted as
+    /// completed operations, reported apart.
+    pub txn_conflicts: u64,
 }
 
 impl Recorder {
@@ -32,6 +35,7 @@ impl Recorder {
             latency_us,
             errors: BTreeMap::new(),
             redirects: 0,
+            txn_conflicts: 0,
         }
     }
 
@@ -51,6 +55,7 @@ impl Recorder {
             *self.errors.entry(kind).or_insert(0) += n;
         }
         self.redirects += other.redirects;
+        self.txn_conflicts += other.txn_conflicts;
     }
 }
 
@@ -84,6 +89,15 @@ pub struct Summary {
     pub errors: BTreeMap<String, u64>,
     /// NOT_LEADER redirects followed.
     pub redirects: u64,
+    /// Txns that took the else branch (`--op txn`).
+    pub txn_conflicts: u64,
+    /// The client count the comparison table groups by, when it is not
+    /// `params.clients`: watchers (watch mode) or leases (lease mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clients: Option<u64>,
+    /// Mode-specific figures (watch and lease modes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Value>,
 }
 
 impl Summary {
@@ -116,6 +130,9 @@ impl Summary {
                 .map(|(k, v)| (k.to_string(), *v))
                 .collect(),
             redirects: rec.redirects,
+            txn_conflicts: rec.txn_conflicts,
+            clients: None,
+            extra: None,
         }
     }
 
@@ -140,8 +157,19 @@ impl Summary {
         if self.redirects > 0 {
             out.push_str(&format!("redirects followed: {}\n", self.redirects));
         }
+        if self.txn_conflicts > 0 {
+            out.push_str(&format!(
+                "txn compare failed (else branch ran): {}\n",
+                self.txn_conflicts
+            ));
+        }
         for (kind, n) in &self.errors {
             out.push_str(&format!("error {kind}: {n}\n"));
+        }
+        if let Some(serde_json::Value::Object(extra)) = &self.extra {
+            for (name, value) in extra {
+                out.push_str(&format!("{name}: {value}\n"));
+            }
         }
         out
     }

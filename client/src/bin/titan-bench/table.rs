@@ -90,7 +90,8 @@ pub fn parse(s: &serde_json::Value) -> Result<Run, &'static str> {
     Ok(Run {
         system: str_at("/params/target")?.to_string(),
         op: str_at("/params/mix")?.to_string(),
-        clients: u64_at("/params/clients")?,
+        // Watch and lease summaries group by watchers / leases instead.
+        clients: u64_at("/clients").or_else(|_| u64_at("/params/clients"))?,
         throughput_ops_s: f64_at("/throughput_ops_s")?,
         p50_us: f64_at("/latency_us/p50")?,
         p99_us: f64_at("/latency_us/p99")?,
@@ -288,6 +289,17 @@ mod tests {
             parse(&serde_json::json!({"params": {}})),
             Err("/params/target")
         );
+    }
+
+    #[test]
+    fn watch_and_lease_summaries_group_by_their_own_client_count() {
+        let summary = serde_json::json!({
+            "params": {"target": "titan-etcd", "mix": "watch", "clients": 4},
+            "clients": 1000, "errors_total": 0, "throughput_ops_s": 2e5,
+            "latency_us": {"p50": 900, "p99": 4000}
+        });
+        let r = parse(&summary).expect("a watch summary");
+        assert_eq!((r.op.as_str(), r.clients), ("watch", 1000));
     }
 
     #[test]

@@ -16,6 +16,24 @@ pub enum Mix {
     Mixed,
     /// Read-then-conditional-write (Titan gRPC only).
     Cas,
+    /// Paged prefix reads of `--range-limit` keys (etcd API only).
+    Range,
+    /// Compare mod_revision, then put, else get: the kube-apiserver's update
+    /// (etcd API only).
+    Txn,
+    /// Watch fan-out mode: `--watchers` on the key prefix, writers putting
+    /// into it; reports events/s and delivery latency (etcd API only).
+    Watch,
+    /// Lease mode: grant `--leases`, keep them all alive for the run; reports
+    /// keep-alive responses/s, latency and leases lost (etcd API only).
+    Lease,
+}
+
+impl Mix {
+    /// Whether this mix needs etcd's v3 API.
+    pub fn needs_etcd_api(self) -> bool {
+        matches!(self, Mix::Range | Mix::Txn | Mix::Watch | Mix::Lease)
+    }
 }
 
 /// How keys are picked.
@@ -76,7 +94,14 @@ impl Workload {
         };
         let key = self.key(index);
         match self.mix {
-            Mix::Put => Op::Put { key },
+            // The watch mode's writers put; the lease mode draws no ops.
+            Mix::Put | Mix::Watch | Mix::Lease => Op::Put { key },
+            Mix::Range => Op::Range { key },
+            // The worker fills in the mod_revision it last saw for the key.
+            Mix::Txn => Op::Txn {
+                key,
+                expected_mod_revision: 0,
+            },
             Mix::Get => Op::Get { key },
             Mix::Cas => Op::Cas { key },
             Mix::Mixed if rng.random_range(0.0..1.0) < self.read_ratio => Op::Get { key },
