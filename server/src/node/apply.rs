@@ -122,7 +122,9 @@ impl Runtime {
                     adapter::range(&self.sm, &start, &end, (limit, max_bytes));
                 ReadAnswer::Range(kvs, more)
             }
-            ReadQuery::Etcd(req) => ReadAnswer::Etcd(self.sm.kv().range(&req)),
+            ReadQuery::Etcd(req) => {
+                ReadAnswer::Etcd(super::RangeAt::new(self.sm.kv().clone(), req))
+            }
             ReadQuery::EtcdStats => ReadAnswer::EtcdStats(self.sm.kv().stats()),
             ReadQuery::EtcdEvents(q) => {
                 let kv = self.sm.kv();

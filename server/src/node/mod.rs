@@ -240,15 +240,36 @@ pub struct EventsQuery {
     pub max_events: usize,
 }
 
+/// An etcd range and a point-in-time view of the store to run it on. The
+/// runtime only takes the view (O(1)); the caller's task runs the range, so
+/// a range over many keys never stalls the Raft loop.
+#[derive(Debug, Clone)]
+pub struct RangeAt {
+    store: crate::storage::mvcc::MvccStore,
+    req: Box<RangeRequest>,
+}
+
+impl RangeAt {
+    /// The range `req` on the view `store`.
+    pub(crate) fn new(store: crate::storage::mvcc::MvccStore, req: Box<RangeRequest>) -> Self {
+        Self { store, req }
+    }
+
+    /// Runs the range on the view.
+    pub fn run(&self) -> Result<RangeResponse, MvccError> {
+        self.store.range(&self.req)
+    }
+}
+
 /// The answer to a [`ReadQuery`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum ReadAnswer {
     /// Result of [`ReadQuery::Get`].
     Get(Option<KvEntry>),
     /// Result of [`ReadQuery::Range`]: entries and whether more matched.
     Range(Vec<KvEntry>, bool),
-    /// Result of [`ReadQuery::Etcd`].
-    Etcd(Result<RangeResponse, MvccError>),
+    /// Answer to [`ReadQuery::Etcd`]: the range and a view to run it on.
+    Etcd(RangeAt),
     /// Result of [`ReadQuery::EtcdStats`].
     EtcdStats(HistoryStats),
     /// Result of [`ReadQuery::EtcdEvents`], with the compaction point.
@@ -302,7 +323,7 @@ pub struct LeaseResult {
 }
 
 /// A read result with the applied index it was served at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ReadResult {
     /// The data.
     pub answer: ReadAnswer,

@@ -212,6 +212,38 @@ fn range_options_follow_etcd_semantics() {
             false,
             3,
         ),
+        // A limit with a filter pages over the pairs that pass it.
+        (
+            RangeRequest {
+                limit: 1,
+                min_mod_revision: 4,
+                ..base.clone()
+            },
+            vec!["b"],
+            true,
+            3,
+        ),
+        // A limit with a sort other than by key sorts everything first.
+        (
+            RangeRequest {
+                limit: 2,
+                sort_order: SortOrder::Descend,
+                sort_target: SortTarget::Mod,
+                ..base.clone()
+            },
+            vec!["b", "c"],
+            true,
+            3,
+        ),
+        (
+            RangeRequest {
+                limit: 3,
+                ..base.clone()
+            },
+            vec!["a", "b", "c"],
+            false,
+            3,
+        ),
         (
             RangeRequest {
                 count_only: true,

@@ -154,8 +154,10 @@ impl Kv for EtcdKvService {
             .await
             .map_err(etcd_status)?;
         match res.answer {
-            ReadAnswer::Etcd(Ok(rr)) => Ok(Response::new(conv::range_to_pb(rr, &res.header))),
-            ReadAnswer::Etcd(Err(e)) => Err(status_from_mvcc(e)),
+            ReadAnswer::Etcd(view) => match view.run() {
+                Ok(rr) => Ok(Response::new(conv::range_to_pb(rr, &res.header))),
+                Err(e) => Err(status_from_mvcc(e)),
+            },
             _ => Err(Status::internal("wrong read answer")),
         }
     }
