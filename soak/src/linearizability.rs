@@ -5,6 +5,10 @@
 //! operation without a response (timeout, crash, unknown outcome) may or may
 //! not have taken effect: its return is placed after every other event.
 //!
+//! Single-key transactions are registers too: a compare-and-swap (etcd's
+//! `Txn` comparing the key's value, or its absence, then putting; the
+//! failure branch reads the key) is one operation of its key's history.
+//!
 //! The search is iterative (no recursion), so histories of thousands of
 //! operations per key do not exhaust the stack; the linearized set is a
 //! growable bitset, so there is no bound on operations per key.
@@ -24,6 +28,44 @@ pub enum OpKind {
         /// The value observed.
         value: Option<u64>,
     },
+    /// A transaction: if the key holds `expect` (`None`: absent), put
+    /// `value` (unique per write), else read the key.
+    Cas {
+        /// The value compared against (`None`: the key must be absent).
+        expect: Option<u64>,
+        /// The value written when the compare holds.
+        value: u64,
+        /// What the reply said; `None` when no reply came.
+        outcome: Option<CasOutcome>,
+    },
+}
+
+/// The answer to a [`OpKind::Cas`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CasOutcome {
+    /// The compare held and the value was written.
+    Swapped,
+    /// The compare failed; the failure branch read `observed`.
+    Failed {
+        /// The value the failure branch read (`None`: absent).
+        observed: Option<u64>,
+    },
+}
+
+impl OpKind {
+    /// The value this operation wrote, or may have written (an
+    /// unanswered transaction); `None` for reads and failed compares.
+    pub fn written(&self) -> Option<u64> {
+        match *self {
+            OpKind::Put { value } => Some(value),
+            OpKind::Cas {
+                value,
+                outcome: Some(CasOutcome::Swapped) | None,
+                ..
+            } => Some(value),
+            _ => None,
+        }
+    }
 }
 
 /// One operation in the history; times come from one monotonic clock.
@@ -165,11 +207,26 @@ impl EventList {
     }
 }
 
+/// The register after `kind` runs on `state`, or `None` when the reply
+/// rules that order out.
 fn step(state: Option<u64>, kind: OpKind) -> Option<Option<u64>> {
     match kind {
         OpKind::Put { value } => Some(Some(value)),
         OpKind::Get { value } if value == state => Some(state),
         OpKind::Get { .. } => None,
+        OpKind::Cas {
+            expect,
+            value,
+            outcome,
+        } => match outcome {
+            Some(CasOutcome::Swapped) => (state == expect).then_some(Some(value)),
+            Some(CasOutcome::Failed { observed }) => {
+                (state != expect && observed == state).then_some(state)
+            }
+            // Unanswered: it ran here (swapping if the compare held).
+            None if state == expect => Some(Some(value)),
+            None => Some(state),
+        },
     }
 }
 
@@ -283,6 +340,105 @@ mod tests {
         assert_eq!(check(&h), Verdict::Linearizable);
         h.push(get(Some(3), 1 << 40, (1 << 40) + 1));
         assert_eq!(check(&h), Verdict::Violation { key: 0 });
+    }
+
+    fn cas(expect: Option<u64>, value: u64, outcome: Option<CasOutcome>, call: u64) -> Op {
+        Op {
+            key: 0,
+            kind: OpKind::Cas {
+                expect,
+                value,
+                outcome,
+            },
+            call,
+            ret: outcome.map(|_| call + 1),
+        }
+    }
+
+    #[test]
+    fn transactions_follow_their_compare() {
+        use CasOutcome::{Failed, Swapped};
+        // (history, verdict)
+        let table: Vec<(Vec<Op>, bool)> = vec![
+            // Swap from absent, then from the swapped value.
+            (
+                vec![
+                    cas(None, 1, Some(Swapped), 0),
+                    cas(Some(1), 2, Some(Swapped), 2),
+                ],
+                true,
+            ),
+            (
+                vec![cas(None, 1, Some(Swapped), 0), get(Some(1), 2, 3)],
+                true,
+            ),
+            // Two swaps from the same value, one after the other: lost update.
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(1), 2, Some(Swapped), 2),
+                    cas(Some(1), 3, Some(Swapped), 4),
+                ],
+                false,
+            ),
+            // A failed compare must read the value that made it fail.
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(7), 2, Some(Failed { observed: Some(1) }), 2),
+                ],
+                true,
+            ),
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(7), 2, Some(Failed { observed: None }), 2),
+                ],
+                false,
+            ),
+            // A compare that should have held must not fail.
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(1), 2, Some(Failed { observed: Some(1) }), 2),
+                ],
+                false,
+            ),
+            // An unanswered transaction may have swapped, or not.
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(1), 2, None, 2),
+                    get(Some(2), 5, 6),
+                ],
+                true,
+            ),
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(1), 2, None, 2),
+                    get(Some(1), 5, 6),
+                ],
+                true,
+            ),
+            // ... but never swap from a value the key did not hold.
+            (
+                vec![
+                    put(1, 0, Some(1)),
+                    cas(Some(9), 2, None, 2),
+                    get(Some(2), 5, 6),
+                ],
+                false,
+            ),
+        ];
+        for (i, (h, ok)) in table.into_iter().enumerate() {
+            let want = if ok {
+                Verdict::Linearizable
+            } else {
+                Verdict::Violation { key: 0 }
+            };
+            assert_eq!(check(&h), want, "row {i}");
+        }
     }
 
     #[test]

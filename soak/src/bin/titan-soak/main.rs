@@ -202,12 +202,12 @@ async fn check_watchers(
         .snapshot()
         .iter()
         .filter(|r| r.outcome == workload::Outcome::Ok)
-        .filter_map(|r| match r.op.kind {
-            titan_soak::linearizability::OpKind::Put { value } => Some((
+        .filter_map(|r| {
+            let value = r.op.kind.written()?;
+            Some((
                 r.op.key.to_string().into_bytes(),
                 value.to_string().into_bytes(),
-            )),
-            _ => None,
+            ))
         })
         .collect();
     Ok(watchers::check_all(from, through, &logs, &acked, log))

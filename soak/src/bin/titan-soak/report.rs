@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use titan_client::Consistency;
-use titan_soak::linearizability::{self, OpKind, Verdict};
+use titan_soak::linearizability::{self, CasOutcome, OpKind, Verdict};
 
 use crate::cluster::{self, Node};
 use crate::nemesis::Nemesis;
@@ -139,20 +139,19 @@ async fn replicas_agree(
     agree
 }
 
-/// Acknowledged puts invoked after the put whose value survived returned:
-/// they should have overwritten it, so they were lost.
+/// Acknowledged writes (puts and swapped transactions) invoked after the
+/// write whose value survived returned: they should have overwritten it,
+/// so they were lost.
 fn lost_acknowledged_writes(records: &[Record], finals: &BTreeMap<u32, Option<u64>>) -> usize {
     let mut lost = 0;
     for (key, fin) in finals {
         let puts = records.iter().filter(|r| r.op.key == *key);
-        let puts: Vec<_> = puts
-            .filter(|r| matches!(r.op.kind, OpKind::Put { .. }))
-            .collect();
+        let puts: Vec<_> = puts.filter(|r| r.op.kind.written().is_some()).collect();
         let survivor_ret = match fin {
             None => Some(0),
             Some(v) => puts
                 .iter()
-                .find(|r| r.op.kind == OpKind::Put { value: *v })
+                .find(|r| r.op.kind.written() == Some(*v))
                 .map(|r| r.op.ret.unwrap_or(u64::MAX)),
         };
         // A value no put wrote is caught by the linearizability check.
@@ -174,21 +173,29 @@ fn print_summary(
     converged: bool,
     log: fn(&str),
 ) {
-    let count = |put: bool, o: Outcome| {
-        let is_put = |r: &&Record| matches!(r.op.kind, OpKind::Put { .. }) == put;
+    let count = |kind: &str, o: Outcome| {
+        let of_kind = |r: &&Record| kind_name(r.op.kind) == kind;
         records
             .iter()
-            .filter(is_put)
+            .filter(of_kind)
             .filter(|r| r.outcome == o)
             .count()
     };
+    let swapped = records
+        .iter()
+        .filter(|r| r.outcome == Outcome::Ok && kind_name(r.op.kind) == "cas")
+        .filter(|r| r.op.kind.written().is_some())
+        .count();
     log(&format!(
-        "ops: {} total; puts ok {} unknown {}; reads ok {} failed {}",
+        "ops: {} total; puts ok {} unknown {}; reads ok {} failed {}; \
+         txns (compare-and-swap) answered {} (swapped {swapped}) unknown {}",
         records.len(),
-        count(true, Outcome::Ok),
-        count(true, Outcome::Unknown),
-        count(false, Outcome::Ok),
-        count(false, Outcome::Fail)
+        count("put", Outcome::Ok),
+        count("put", Outcome::Unknown),
+        count("get", Outcome::Ok),
+        count("get", Outcome::Fail),
+        count("cas", Outcome::Ok),
+        count("cas", Outcome::Unknown),
     ));
     let total: u64 = nem.counts.values().sum();
     log(&format!("faults injected: {total} {:?}", nem.counts));
@@ -214,21 +221,51 @@ fn print_summary(
         log(&format!("  {f}"));
     }
     log(&format!("acknowledged writes lost: {lost}"));
-    log(&format!("linearizability (WGL, per key): {verdict:?}"));
+    log(&format!(
+        "linearizability (WGL, per key, txns included): {verdict:?}"
+    ));
     log(&format!(
         "cluster converged and replicas agree: {converged}"
     ));
 }
 
+/// The history's name for an operation kind.
+fn kind_name(kind: OpKind) -> &'static str {
+    match kind {
+        OpKind::Put { .. } => "put",
+        OpKind::Get { .. } => "get",
+        OpKind::Cas { .. } => "cas",
+    }
+}
+
+/// A value or `absent`.
+fn shown(v: Option<u64>) -> String {
+    v.map_or("absent".into(), |v| v.to_string())
+}
+
 /// Writes the history, one operation per line:
-/// `key  put|get  value  call_ns  return_ns|-  ok|fail|unknown`.
+/// `key  put|get|cas  value  call_ns  return_ns|-  ok|fail|unknown`, where
+/// a cas's value is `EXPECT>VALUE:swapped|failed=OBSERVED|?`.
 fn write_history(records: &[Record], path: &std::path::Path) -> std::io::Result<()> {
     use std::io::Write;
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     for r in records {
-        let (kind, value) = match r.op.kind {
-            OpKind::Put { value } => ("put", value.to_string()),
-            OpKind::Get { value } => ("get", value.map_or("absent".into(), |v| v.to_string())),
+        let kind = kind_name(r.op.kind);
+        let value = match r.op.kind {
+            OpKind::Put { value } => value.to_string(),
+            OpKind::Get { value } => shown(value),
+            OpKind::Cas {
+                expect,
+                value,
+                outcome,
+            } => {
+                let how = match outcome {
+                    Some(CasOutcome::Swapped) => "swapped".to_string(),
+                    Some(CasOutcome::Failed { observed }) => format!("failed={}", shown(observed)),
+                    None => "?".to_string(),
+                };
+                format!("{}>{value}:{how}", shown(expect))
+            }
         };
         let ret = r.op.ret.map_or("-".into(), |t| t.to_string());
         let outcome = format!("{:?}", r.outcome).to_lowercase();

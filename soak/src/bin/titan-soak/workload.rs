@@ -1,6 +1,10 @@
-//! The soak's clients: each writes unique values and reads (linearizable)
-//! random keys through `titan-client` while the nemesis runs, recording
-//! every operation as invoke / ok / fail / unknown with timestamps.
+//! The soak's clients: each writes unique values, reads (linearizable) and
+//! runs compare-and-swap transactions (etcd `Txn`: compare the value it last
+//! saw, put on success, read on failure) on random keys through
+//! `titan-client` while the nemesis runs, recording every operation as
+//! invoke / ok / fail / unknown with timestamps.
+
+use std::collections::HashMap;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -8,8 +12,11 @@ use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use titan_client::{Client, ClientConfig, Consistency, RetryConfig};
-use titan_soak::linearizability::{Op, OpKind};
+use titan_client::{
+    Client, ClientConfig, Compare, CompareField, CompareOp, Consistency, RetryConfig, Txn, TxnOp,
+    TxnOpResult, TxnResult,
+};
+use titan_soak::linearizability::{CasOutcome, Op, OpKind};
 
 /// How one operation ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,7 +114,95 @@ pub async fn read(c: &Client, h: &History, key: u32) -> Option<Option<u64>> {
     observed
 }
 
-/// One client's loop until `stop`: half puts, half reads, over `keys` keys.
+/// Parses a stored value (the soak writes decimal `u64`s).
+fn parse_value(v: &[u8]) -> Option<u64> {
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// The transaction for a compare-and-swap: `expect` (`None`: absent) →
+/// put `value`, else read the key.
+fn cas_txn(key: u32, expect: Option<u64>, value: u64) -> Txn {
+    let k = key.to_string().into_bytes();
+    let compare = match expect {
+        Some(v) => Compare::new(
+            k.clone(),
+            CompareOp::Equal,
+            CompareField::Value(v.to_string().into_bytes()),
+        ),
+        None => Compare::new(k.clone(), CompareOp::Equal, CompareField::Create(0)),
+    };
+    Txn {
+        compares: vec![compare],
+        success: vec![TxnOp::Put {
+            key: k.clone(),
+            value: value.to_string().into_bytes(),
+            lease: 0,
+        }],
+        failure: vec![TxnOp::Get {
+            key: k,
+            prefix: false,
+        }],
+    }
+}
+
+/// What a compare-and-swap reply says, or `None` for a malformed reply.
+fn cas_outcome(r: &TxnResult) -> Option<CasOutcome> {
+    if r.succeeded {
+        return Some(CasOutcome::Swapped);
+    }
+    match r.results.first()? {
+        TxnOpResult::Get(kvs) => Some(CasOutcome::Failed {
+            observed: match kvs.first() {
+                Some(kv) => Some(parse_value(&kv.value)?),
+                None => None,
+            },
+        }),
+        _ => None,
+    }
+}
+
+/// Runs one compare-and-swap and records it; returns the key's value as
+/// the reply showed it (`None` when there was no usable reply).
+pub async fn cas(
+    c: &Client,
+    h: &History,
+    key: u32,
+    expect: Option<u64>,
+    value: u64,
+) -> Option<Option<u64>> {
+    let call = h.now();
+    let outcome = match c.txn(&cas_txn(key, expect, value)).await {
+        Ok(r) => cas_outcome(&r),
+        Err(_) => None,
+    };
+    let (ret, recorded) = match outcome {
+        Some(_) => (Some(h.now()), Outcome::Ok),
+        None => (None, Outcome::Unknown),
+    };
+    let kind = OpKind::Cas {
+        expect,
+        value,
+        outcome,
+    };
+    let op = Op {
+        key,
+        kind,
+        call,
+        ret,
+    };
+    h.push(Record {
+        op,
+        outcome: recorded,
+    });
+    match outcome? {
+        CasOutcome::Swapped => Some(Some(value)),
+        CasOutcome::Failed { observed } => Some(observed),
+    }
+}
+
+/// One client's loop until `stop`: 40% reads, 40% puts and 20%
+/// compare-and-swap transactions (against the value this client last saw
+/// under the key), over `keys` keys.
 pub async fn run_client(
     id: u64,
     seed: u64,
@@ -118,32 +213,52 @@ pub async fn run_client(
 ) -> anyhow::Result<()> {
     let c = client(&endpoints)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ id.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut seen: HashMap<u32, Option<u64>> = HashMap::new();
     let mut n = 0;
     while !stop.load(Ordering::Relaxed) {
         let key = rng.random_range(0..keys);
-        if rng.random_range(0..2) == 0 {
-            read(&c, &h, key).await;
+        let dice = rng.random_range(0..10);
+        if dice < 4 {
+            if let Some(v) = read(&c, &h, key).await {
+                seen.insert(key, v);
+            }
             continue;
         }
         n += 1;
         let value = value_of(id, n);
-        let call = h.now();
-        let res = c.put(key.to_string(), value.to_string()).await;
-        let (ret, outcome) = match res {
-            Ok(_) => (Some(h.now()), Outcome::Ok),
-            Err(_) => (None, Outcome::Unknown),
+        let answered = if dice < 8 {
+            put(&c, &h, key, value).await.then_some(Some(value))
+        } else {
+            let expect = seen.get(&key).copied().flatten();
+            cas(&c, &h, key, expect, value).await
         };
-        let kind = OpKind::Put { value };
-        let op = Op {
-            key,
-            kind,
-            call,
-            ret,
-        };
-        h.push(Record { op, outcome });
-        if outcome == Outcome::Unknown {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match answered {
+            Some(v) => {
+                seen.insert(key, v);
+            }
+            None => {
+                seen.remove(&key);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
     }
     Ok(())
+}
+
+/// Puts `value` under `key` and records it; true when acknowledged.
+async fn put(c: &Client, h: &History, key: u32, value: u64) -> bool {
+    let call = h.now();
+    let res = c.put(key.to_string(), value.to_string()).await;
+    let (ret, outcome) = match res {
+        Ok(_) => (Some(h.now()), Outcome::Ok),
+        Err(_) => (None, Outcome::Unknown),
+    };
+    let op = Op {
+        key,
+        kind: OpKind::Put { value },
+        call,
+        ret,
+    };
+    h.push(Record { op, outcome });
+    outcome == Outcome::Ok
 }
