@@ -400,7 +400,11 @@ fn empty_bounds(key: &[u8], range_end: &[u8]) -> bool {
 
 /// The record visible at `rev`: the newest one at or below it.
 fn visible(history: &Vector<Record>, rev: i64) -> Option<&Record> {
-    history.iter().rev().find(|r| r.mod_revision <= rev)
+    // Most reads are at the current revision: the newest record answers.
+    match history.last() {
+        Some(newest) if newest.mod_revision <= rev => Some(newest),
+        _ => history.iter().rev().find(|r| r.mod_revision <= rev),
+    }
 }
 
 fn to_kv(key: &Arc<[u8]>, mod_revision: i64, live: &Live) -> KeyValue {
