@@ -78,7 +78,16 @@ impl<S: Storage> Raft<S> {
         let (hs, _) = storage.initial_state();
         let mut log = RaftLog::new(storage);
         let first = log.first_index();
-        log.committed = hs.commit.clamp(first - 1, log.last_index());
+        if hs.commit > log.last_index() {
+            return Err(RaftError::InconsistentState(format!(
+                "hard state commit {} is past the last log index {}",
+                hs.commit,
+                log.last_index()
+            )));
+        }
+        // A snapshot may be newer than the recorded commit: it is committed.
+        log.committed = hs.commit.max(first - 1);
+        log.applied = start_applied(cfg.applied, first - 1, log.committed)?;
         let mut raft = Raft {
             id: cfg.id,
             term: hs.term,
@@ -383,6 +392,21 @@ fn is_sane(m: &Message) -> bool {
         && m.snapshot
             .as_ref()
             .is_none_or(|s| ok(s.index) && ok(s.term))
+}
+
+/// Where applying resumes: `applied` (0 = the snapshot's index), refused
+/// outside `[snapshot, commit]`: a state machine ahead of the durable commit,
+/// or behind the snapshot the log starts at, cannot be continued.
+fn start_applied(applied: u64, snapshot: u64, commit: u64) -> Result<u64, RaftError> {
+    if applied == 0 {
+        return Ok(snapshot);
+    }
+    if applied < snapshot || applied > commit {
+        return Err(RaftError::InvalidConfig(format!(
+            "applied index {applied} is outside [snapshot {snapshot}, commit {commit}]"
+        )));
+    }
+    Ok(applied)
 }
 
 fn validate(cfg: &Config) -> Result<(), RaftError> {

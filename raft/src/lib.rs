@@ -192,6 +192,12 @@ pub struct Config {
     pub check_quorum: bool,
     /// Seed of the core's deterministic RNG (election timeouts).
     pub seed: u64,
+    /// Highest index the node's state machine has already applied when the
+    /// core starts (etcd-raft's `Config.Applied`): committed entries are
+    /// handed out from the one after it, so none is delivered twice after a
+    /// restart. 0 means "the snapshot's index". Must lie between the
+    /// snapshot's index and the durable commit index, or `new` fails.
+    pub applied: u64,
 }
 
 impl Config {
@@ -211,6 +217,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             seed: id,
+            applied: 0,
         }
     }
 }
@@ -246,6 +253,10 @@ pub enum RaftError {
     InvalidConfChange(String),
     #[error("invalid config: {0}")]
     InvalidConfig(String),
+    /// The durable state handed to `new` contradicts itself (a commit index
+    /// past the last entry): a broken invariant, never repaired by clamping.
+    #[error("inconsistent durable state: {0}")]
+    InconsistentState(String),
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
 }

@@ -179,6 +179,70 @@ fn restart_rebuilds_membership_from_snapshot_plus_log_including_uncommitted_chan
     );
 }
 
+/// A node whose state machine already applied part of the committed log
+/// (boot replays the WAL up to commit) restarts with `Config::applied`, and
+/// the core hands out only what comes after it; an applied index outside
+/// `[snapshot, commit]` is refused, not clamped.
+#[test]
+fn restart_with_applied_hands_out_only_later_committed_entries() {
+    let mut node = single_voter();
+    let mut proposed = Vec::new();
+    for v in [b"a", b"b", b"c"] {
+        proposed.push(node.propose(v.to_vec()).unwrap().0);
+        persist_all(&mut node);
+    }
+    let commit = node.status().commit;
+    assert_eq!(commit, proposed[2]);
+    let disk = node.storage().clone();
+
+    let cases: [(u64, Option<Vec<u64>>); 5] = [
+        (0, Some((1..=commit).collect())),
+        (proposed[0], Some(vec![proposed[1], proposed[2]])),
+        (commit, Some(vec![])),
+        (commit + 1, None),
+        (u64::MAX, None),
+    ];
+    for (applied, want) in cases {
+        let mut cfg = Config::new(1);
+        cfg.applied = applied;
+        match (RawNode::new(&cfg, disk.clone()), want) {
+            (Ok(mut restarted), Some(want)) => {
+                let got: Vec<u64> = if restarted.has_ready() {
+                    let rd = restarted.ready();
+                    rd.committed_entries.iter().map(|e| e.index).collect()
+                } else {
+                    Vec::new()
+                };
+                assert_eq!(got, want, "applied = {applied}");
+            }
+            (Err(e), None) => assert!(
+                matches!(e, titan_raft::RaftError::InvalidConfig(_)),
+                "applied = {applied}: {e}"
+            ),
+            (got, want) => panic!(
+                "applied = {applied}: started = {}, want {want:?}",
+                got.is_ok()
+            ),
+        }
+    }
+}
+
+/// A hard state whose commit index is past the last durable entry is a
+/// contradiction in what the node persisted: `new` refuses it with a typed
+/// error instead of clamping the commit index down.
+#[test]
+fn a_commit_index_past_the_log_is_refused_at_start_not_clamped() {
+    let node = single_voter();
+    let mut disk = node.storage().clone();
+    let mut hs = disk.hard_state();
+    hs.commit = disk.last_index() + 1;
+    disk.set_hard_state(hs);
+    assert!(matches!(
+        RawNode::new(&Config::new(1), disk),
+        Err(titan_raft::RaftError::InconsistentState(_))
+    ));
+}
+
 #[test]
 fn invalid_configs_are_refused_with_a_typed_error() {
     let mut cfg = Config::new(1);

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::lease_clock::min_ttl_s;
 use super::reads::PendingRead;
 use super::runtime::{PendingWrite, Runtime};
-use super::store as adapter;
+use super::store::{self as adapter, StorageFailure};
 use super::{
     Header, KvEntry, LeaseAnswer, LeaseQuery, LeaseResult, Member, NodeError, ReadAnswer,
     ReadQuery, ReadResult, WriteOp, WriteResult, reason,
@@ -58,16 +58,25 @@ impl Runtime {
         }
     }
 
-    /// Applies one committed entry and answers whoever waits for it.
-    pub(super) fn apply_entry(&mut self, e: &Entry) {
+    /// Applies one committed entry and answers whoever waits for it. The
+    /// core hands out committed entries exactly once and in order, starting
+    /// after what the state machine had applied; anything else means the
+    /// core and the state machine disagree, and the node stops.
+    pub(super) fn apply_entry(&mut self, e: &Entry) -> Result<(), StorageFailure> {
         let index = e.index;
         let term = e.term;
         let kind = e.kind;
+        if index != self.applied + 1 {
+            return Err(StorageFailure(format!(
+                "internal invariant broken: committed entry {index} handed out with {} applied",
+                self.applied
+            )));
+        }
         let outcome = adapter::apply(&mut self.sm, e).map(|mut w| {
             w.header = self.header(w.header.revision, term);
             w
         });
-        self.applied = self.applied.max(index);
+        self.applied = index;
         if kind == EntryKind::Normal {
             self.follow_lease_entry(&e.data);
         }
@@ -89,6 +98,7 @@ impl Runtime {
             };
             let _ = w.reply.send(result);
         }
+        Ok(())
     }
 
     fn answer_conf(&mut self, index: u64, term: u64) {

@@ -28,7 +28,13 @@ pub struct CoreParts {
 pub fn into_parts(b: Booted, config: &raft::Config) -> Result<CoreParts, StorageFailure> {
     let mem = MemStorage::from_parts(b.hard_state, b.snapshot_meta, b.entries)
         .map_err(|e| StorageFailure(format!("recovered log is not contiguous: {e}")))?;
-    let raw = RawNode::new(config, mem).map_err(StorageFailure::other)?;
+    // The state machine already applied the WAL up to the durable commit;
+    // the core hands out committed entries from the one after it.
+    let config = raft::Config {
+        applied: b.applied,
+        ..config.clone()
+    };
+    let raw = RawNode::new(&config, mem).map_err(StorageFailure::other)?;
     Ok(CoreParts {
         raw,
         wal: b.wal,

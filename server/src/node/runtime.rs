@@ -374,10 +374,9 @@ impl Runtime {
         // `advance` reads `committed_entries`, `entries` and `snapshot`, so
         // they stay in the Ready; entries are applied by reference.
         let committed = std::mem::take(&mut rd.committed_entries);
-        for e in &committed {
-            self.apply_entry(e);
-        }
+        let applied = committed.iter().try_for_each(|e| self.apply_entry(e));
         rd.committed_entries = committed;
+        applied?;
         if stepped_down {
             // After applying: a leader that removed itself still answers the
             // removal it committed in this Ready.
