@@ -5,6 +5,8 @@
 //! Nodes come from `titan-testkit`: the server binary is `TITAN_SERVER_BIN`,
 //! else `titan-server` in this test's target dir (`cargo build -p titan-server
 //! --bins` first; the test never builds it).
+// Scenarios read top to bottom; the workspace's 70-line limit is for code.
+#![allow(clippy::too_many_lines)]
 
 use std::process::Command;
 use std::time::{Duration, Instant};

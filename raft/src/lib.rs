@@ -167,10 +167,13 @@ use std::collections::BTreeMap;
 /// Tunables. Times are in ticks; the node decides how long a tick is.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// This member's id (never [`NO_NODE`]).
     pub id: NodeId,
     /// Election timeout is drawn uniformly from `[election_tick_min, election_tick_max)`.
     pub election_tick_min: u32,
+    /// Upper bound (exclusive) of the election timeout.
     pub election_tick_max: u32,
+    /// Ticks between a leader's heartbeats (below `election_tick_min`).
     pub heartbeat_tick: u32,
     /// Max AppendEntries messages in flight per follower (pipelining window).
     pub max_inflight_msgs: usize,
@@ -188,7 +191,11 @@ pub struct Config {
     /// batch adds besides entries, so no `Ready` can build a batch the WAL
     /// refuses, whatever was proposed or received.
     pub max_ready_entry_bytes: usize,
+    /// Run a PreVote round before raising the term, so a partitioned node
+    /// cannot disrupt a healthy leader when it returns.
     pub pre_vote: bool,
+    /// A leader that has not heard from a quorum within an election timeout
+    /// steps down; followers ignore votes while they hear from a leader.
     pub check_quorum: bool,
     /// Seed of the core's deterministic RNG (election timeouts).
     pub seed: u64,
@@ -239,24 +246,37 @@ pub enum StorageError {
 /// Errors returned to callers of the core.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RaftError {
+    /// Only the leader takes proposals.
     #[error("not leader (leader hint: {leader})")]
-    NotLeader { leader: NodeId },
+    NotLeader {
+        /// The leader this node knows of, or [`NO_NODE`].
+        leader: NodeId,
+    },
+    /// The proposal was not appended (for example empty or malformed).
     #[error("proposal dropped")]
     ProposalDropped,
+    /// A leadership transfer is under way; proposals wait for its end.
     #[error("leadership transfer in progress")]
     TransferInProgress,
+    /// One membership change at a time: the previous one is not applied yet.
     #[error("a configuration change is already pending")]
     ConfChangePending,
+    /// `max_uncommitted_bytes` is reached; retry once commits catch up.
     #[error("too many uncommitted bytes")]
     TooManyUncommitted,
+    /// The membership change is not allowed (for example removing the last
+    /// voter, or promoting a node that is not a learner).
     #[error("invalid configuration change: {0}")]
     InvalidConfChange(String),
+    /// A [`Config`] that cannot work (zero id, inverted timeouts, an applied
+    /// index outside the log).
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     /// The durable state handed to `new` contradicts itself (a commit index
     /// past the last entry): a broken invariant, never repaired by clamping.
     #[error("inconsistent durable state: {0}")]
     InconsistentState(String),
+    /// The log storage refused a read.
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
 }
@@ -264,29 +284,38 @@ pub enum RaftError {
 /// The node's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// Follows a leader (or waits for one).
     Follower,
+    /// Running a PreVote round, term unchanged.
     PreCandidate,
+    /// Asking for votes in a new term.
     Candidate,
+    /// Replicates the log and takes proposals.
     Leader,
 }
 
 /// Volatile state reported in a [`Ready`] when it changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SoftState {
+    /// The leader this node knows of, or [`NO_NODE`].
     pub leader: NodeId,
+    /// This node's role.
     pub role: Role,
 }
 
 /// A linearizable read is safe once the state machine has applied `index`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadState {
+    /// The commit index confirmed by a quorum when the read was asked.
     pub index: u64,
+    /// The context the read was asked with.
     pub context: Vec<u8>,
 }
 
 /// Work the core hands to the node. See the module docs for the order.
 #[derive(Debug, Default)]
 pub struct Ready {
+    /// Leader or role changed since the last Ready.
     pub soft_state: Option<SoftState>,
     /// Persist before sending `persisted_messages`.
     pub hard_state: Option<HardState>,
@@ -300,6 +329,7 @@ pub struct Ready {
     pub persisted_messages: Vec<Message>,
     /// Apply in order.
     pub committed_entries: Vec<Entry>,
+    /// Confirmed reads: answer each once applied reaches its index.
     pub read_states: Vec<ReadState>,
     /// Whether persisting needs an fsync.
     pub must_sync: bool,
@@ -308,24 +338,37 @@ pub struct Ready {
 /// Replication progress of one peer, as seen by the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerProgress {
+    /// Highest index known replicated on the peer.
     pub match_index: u64,
+    /// Next index the leader will send.
     pub next_index: u64,
+    /// Voter (true) or learner.
     pub voter: bool,
 }
 
 /// A read-only view of the core.
 #[derive(Debug, Clone)]
 pub struct Status {
+    /// This member's id.
     pub id: NodeId,
+    /// Current term.
     pub term: u64,
+    /// Vote cast in `term`, or [`NO_NODE`].
     pub vote: NodeId,
+    /// Current role.
     pub role: Role,
+    /// Known leader, or [`NO_NODE`].
     pub leader: NodeId,
+    /// Highest index known committed.
     pub commit: u64,
+    /// Highest index handed out for applying.
     pub applied: u64,
+    /// Last index in the log (durable or not).
     pub last_index: u64,
+    /// Membership in force (effective on append).
     pub conf: ConfState,
     /// Empty unless leader.
     pub progress: BTreeMap<NodeId, PeerProgress>,
+    /// Target of a leadership transfer in progress, or [`NO_NODE`].
     pub transferring_to: NodeId,
 }

@@ -35,9 +35,13 @@ impl EntryKind {
 /// One Raft log entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Position in the log, from 1.
     pub index: u64,
+    /// Term of the leader that appended it.
     pub term: u64,
+    /// What `data` holds.
     pub kind: EntryKind,
+    /// The payload: a command, nothing (no-op) or an encoded [`ConfChange`].
     pub data: Vec<u8>,
 }
 
@@ -69,9 +73,11 @@ impl Entry {
 /// depends on it (Raft Figure 2 "persistent state", plus the commit index).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct HardState {
+    /// The latest term this node has seen.
     pub term: u64,
     /// Who this node voted for in `term`; [`NO_NODE`] if nobody.
     pub vote: NodeId,
+    /// Highest index known committed when this state was written.
     pub commit: u64,
 }
 
@@ -79,7 +85,9 @@ pub struct HardState {
 /// receive the log.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ConfState {
+    /// Members that vote and count towards the commit quorum.
     pub voters: BTreeSet<NodeId>,
+    /// Members that receive the log but neither vote nor count.
     pub learners: BTreeSet<NodeId>,
 }
 
@@ -95,8 +103,11 @@ impl ConfState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ConfChangeType {
+    /// Add a non-voting member that receives the log.
     AddLearner = 0,
+    /// Turn a caught-up learner into a voter.
     PromoteLearner = 1,
+    /// Remove a voter or a learner.
     RemoveNode = 2,
 }
 
@@ -105,8 +116,11 @@ pub enum ConfChangeType {
 /// addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfChange {
+    /// The kind of change.
     pub change: ConfChangeType,
+    /// The member it applies to.
     pub node_id: NodeId,
+    /// Opaque to Raft: the node's name and addresses for this member.
     pub context: Vec<u8>,
 }
 
@@ -125,13 +139,23 @@ pub struct SnapshotMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum MessageType {
+    /// Would you vote for me? Asked without raising the term (PreVote).
     PreVote = 1,
+    /// Answer to [`MessageType::PreVote`]; `reject` says no.
     PreVoteResp = 2,
+    /// A candidate asks for a vote in `term`.
     Vote = 3,
+    /// Answer to [`MessageType::Vote`]; `reject` says no.
     VoteResp = 4,
+    /// Leader → follower: `entries` after (`index`, `log_term`), and `commit`.
     Append = 5,
+    /// Answer to [`MessageType::Append`]: `index` matched, or `reject` with
+    /// `reject_hint`/`hint_term` for fast backtracking.
     AppendResp = 6,
+    /// Leader → follower: keeps authority, carries `commit` and a ReadIndex
+    /// `context`.
     Heartbeat = 7,
+    /// Answer to [`MessageType::Heartbeat`], echoing its `context`.
     HeartbeatResp = 8,
     /// Leader → follower: install the snapshot described by `Message::snapshot`.
     /// The node streams the snapshot data out of band.
@@ -140,6 +164,7 @@ pub enum MessageType {
     TimeoutNow = 10,
     /// Follower → leader: ask for a read index for `context`.
     ReadIndex = 11,
+    /// Leader → follower: the read index (`index`) for `context`.
     ReadIndexResp = 12,
 }
 
@@ -170,18 +195,33 @@ impl MessageType {
 /// The transport maps it field-for-field to `titan.v1.RaftMessage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
+    /// What the message is; decides which fields below mean anything.
     pub msg_type: MessageType,
+    /// Sender.
     pub from: NodeId,
+    /// Receiver.
     pub to: NodeId,
+    /// The sender's term (stale terms are ignored or answered).
     pub term: u64,
+    /// Term of the entry at `index` (Append: the previous entry; votes: the
+    /// candidate's last entry).
     pub log_term: u64,
+    /// A log index: the previous entry (Append), the last entry (votes), the
+    /// matched index (AppendResp) or the read index (ReadIndexResp).
     pub index: u64,
+    /// Entries carried by an Append.
     pub entries: Vec<Entry>,
+    /// The leader's commit index.
     pub commit: u64,
+    /// A refusal (vote denied, append did not match).
     pub reject: bool,
+    /// On a refused Append: the follower's last index, where to retry.
     pub reject_hint: u64,
+    /// On a refused Append: the term at `reject_hint`, to skip whole terms.
     pub hint_term: u64,
+    /// Opaque bytes echoed back: ReadIndex contexts, transfer markers.
     pub context: Vec<u8>,
+    /// The snapshot a [`MessageType::Snapshot`] message offers.
     pub snapshot: Option<SnapshotMeta>,
 }
 

@@ -171,6 +171,11 @@ impl Metrics {
             "Follower lag behind the leader",
             self.follower_lag.clone(),
         );
+        self.register_snapshot_and_peer()
+    }
+
+    fn register_snapshot_and_peer(mut self) -> Self {
+        let r = &mut self.registry;
         r.register("snapshots", "Snapshots written", self.snapshots.clone());
         r.register(
             "snapshot_duration_seconds",

@@ -132,7 +132,9 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReadConsistency {
+    /// Confirmed with a quorum (ReadIndex) before answering.
     Linearizable,
+    /// Served from the member's applied state, possibly stale.
     Serializable,
 }
 

@@ -139,12 +139,19 @@ fn print_completion(shell: Shell) -> Exit {
 /// Exit codes, one per outcome class a script may branch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
+    /// The command did what it was asked.
     Ok = 0,
+    /// A failure not covered below (bad arguments, refused request).
     Failed = 1,
+    /// The key (or lease) does not exist.
     NotFound = 3,
+    /// A compare-and-swap, conditional write or txn compare did not hold.
     Conflict = 4,
+    /// Retries ran out without an answer (no endpoint reachable).
     Unreachable = 5,
+    /// A write was sent but its outcome is unknown (the leader was lost).
     OutcomeUnknown = 6,
+    /// `status`: some members answered, others were unreachable.
     Partial = 7,
 }
 
