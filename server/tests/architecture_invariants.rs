@@ -1,6 +1,7 @@
 //! Enforces the ARCHITECTURE.md invariants that the compiler cannot check on
 //! its own: the `titan-raft` crate depends on nothing that can do IO and uses
-//! no clock, thread, env or file API from std; only `transport/` knows tonic
+//! no clock, thread, env or file API from std; `titan-snapfile` stays a
+//! pure byte layout; only `transport/` knows tonic
 //! and the protos; nothing but the operator knows kube.
 
 use std::path::{Path, PathBuf};
@@ -71,21 +72,37 @@ fn raft_core_does_no_io_and_reads_no_clock_or_os_randomness() {
 /// nothing but `thiserror`, so no runtime, socket or file crate can reach it.
 #[test]
 fn raft_crate_depends_only_on_thiserror() {
-    let manifest =
-        std::fs::read_to_string(src("../raft/Cargo.toml")).expect("read raft/Cargo.toml");
-    let deps: Vec<&str> = manifest
-        .split("[dependencies]")
+    assert_eq!(
+        dependencies("../raft/Cargo.toml"),
+        ["thiserror.workspace = true"],
+        "titan-raft must stay IO-free"
+    );
+}
+
+/// The `[dependencies]` lines of a manifest, comments and blanks dropped.
+fn dependencies(manifest: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(src(manifest)).expect("read manifest");
+    text.split("[dependencies]")
         .nth(1)
         .and_then(|rest| rest.split("\n[").next())
         .unwrap_or("")
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .collect();
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn snapshot_format_crate_stays_pure() {
     assert_eq!(
-        deps,
-        ["thiserror.workspace = true"],
-        "titan-raft must stay IO-free"
+        dependencies("../snapfile/Cargo.toml"),
+        [
+            "crc32fast.workspace = true",
+            "sha2.workspace = true",
+            "thiserror.workspace = true"
+        ],
+        "titan-snapfile is the byte layout only (titanctl uses it without the server)"
     );
 }
 

@@ -136,6 +136,10 @@ impl Runtime {
                 ReadAnswer::Etcd(super::RangeAt::new(self.sm.kv().clone(), req))
             }
             ReadQuery::EtcdStats => ReadAnswer::EtcdStats(self.sm.kv().stats()),
+            ReadQuery::EtcdSnapshot => {
+                let meta = super::snapshot::snapshot_meta_at(&self.raw, self.applied);
+                ReadAnswer::EtcdSnapshot(super::SnapshotAt::new(self.sm.snapshot_view(), meta))
+            }
             ReadQuery::EtcdEvents(q) => {
                 let kv = self.sm.kv();
                 let batch = kv.events(&q.key, &q.range_end, q.from, q.prev_kv, q.max_events);

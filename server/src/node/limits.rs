@@ -77,7 +77,10 @@ pub fn check_read(query: &ReadQuery) -> Result<(), NodeError> {
             check_key(end)
         }
         // Bounded by the etcd services' request size (see `check_write`).
-        ReadQuery::Etcd(_) | ReadQuery::EtcdStats | ReadQuery::EtcdEvents(_) => Ok(()),
+        ReadQuery::Etcd(_)
+        | ReadQuery::EtcdStats
+        | ReadQuery::EtcdEvents(_)
+        | ReadQuery::EtcdSnapshot => Ok(()),
     }
 }
 

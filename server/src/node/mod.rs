@@ -223,6 +223,9 @@ pub enum ReadQuery {
     EtcdStats,
     /// Watch events of a range from a revision on (always local).
     EtcdEvents(Box<EventsQuery>),
+    /// A point-in-time copy of the applied state (etcd's
+    /// Maintenance.Snapshot; asked locally, as etcd serves it).
+    EtcdSnapshot,
 }
 
 /// What a watcher polls for.
@@ -261,6 +264,40 @@ impl RangeAt {
     }
 }
 
+/// A point-in-time copy of the applied state for etcd's
+/// Maintenance.Snapshot: an O(1) view of the state machine (persistent
+/// maps) and the snapshot metadata of its applied index, exactly what the
+/// node's own snapshots record. The runtime only takes the view; the
+/// caller's task encodes it, so a large store never stalls the Raft loop.
+#[derive(Debug, Clone)]
+pub struct SnapshotAt {
+    sm: crate::storage::StateMachine,
+    meta: crate::raft::SnapshotMeta,
+}
+
+impl SnapshotAt {
+    /// The view `sm` as of `meta`.
+    pub(crate) fn new(sm: crate::storage::StateMachine, meta: crate::raft::SnapshotMeta) -> Self {
+        Self { sm, meta }
+    }
+
+    /// Index, term and membership the copy covers.
+    pub fn meta(&self) -> &crate::raft::SnapshotMeta {
+        &self.meta
+    }
+
+    /// The store revision of the copy.
+    pub fn revision(&self) -> i64 {
+        self.sm.kv().revision()
+    }
+
+    /// Writes the copy in the snapshot file format; returns the bytes
+    /// written. Writing it twice gives the same bytes.
+    pub fn encode<W: std::io::Write>(&self, w: &mut W) -> std::io::Result<u64> {
+        crate::storage::snapshot_codec::encode_snapshot(w, &self.meta, &self.sm)
+    }
+}
+
 /// The answer to a [`ReadQuery`].
 #[derive(Debug, Clone)]
 pub enum ReadAnswer {
@@ -274,6 +311,8 @@ pub enum ReadAnswer {
     EtcdStats(HistoryStats),
     /// Result of [`ReadQuery::EtcdEvents`], with the compaction point.
     EtcdEvents(Result<EventBatch, MvccError>, i64),
+    /// Answer to [`ReadQuery::EtcdSnapshot`].
+    EtcdSnapshot(SnapshotAt),
 }
 
 /// A lease request answered by the leader's lease clock.

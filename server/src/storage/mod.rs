@@ -7,8 +7,9 @@
 //! - [`state_machine`]: what Raft entries are applied to: the MVCC store,
 //!   the member directory, the applied index.
 //! - [`mvcc`]: the MVCC store (revisions, key histories, compaction), pure.
-//! - [`mvcc_codec`]: the state machine's byte codecs (commands, key histories).
-//! - [`snapshot_codec`]: the snapshot file's byte layout, streamed both ways.
+//! - [`mvcc_codec`]: the state machine's command codec (entry payloads).
+//! - [`snapshot_codec`]: the store mapped onto the snapshot file's byte
+//!   layout (crate `titan-snapfile`), streamed both ways.
 //! - [`snapshot`]: the snapshot directory (atomic write, keep two, install).
 //! - [`mod@boot`]: startup: snapshot + WAL replay ([`boot()`]).
 //! - [`fsutil`]: atomic small-file writes and directory fsync.

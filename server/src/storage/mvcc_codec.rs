@@ -1,5 +1,5 @@
-//! The state machine's byte codecs: client commands as carried in Raft
-//! entries, and MVCC key histories as carried in snapshot files. Pure and
+//! The state machine's command codec: client commands as carried in Raft
+//! entries. Pure and
 //! panic-free on any input; every count is checked against the bytes left
 //! before anything is allocated for it.
 //!
@@ -24,24 +24,12 @@
 //! ```
 //! Tags 1 and 2 are the pre-MVCC format: old WAL entries still decode.
 //!
-//! Snapshot body (written by `snapshot_codec` after its header):
-//! ```text
-//! revision i64 | compact_revision i64
-//! key_count × (key_len u32 | key | n u32 | n × record)
-//! record: mod_revision i64 | 0 (tombstone)
-//!                          | 1 | create i64 | version i64 | lease i64 | value_len u32 | value
-//! then (snapshot version 3 on): lease_count u32 | lease_count × (id i64 | ttl_s i64),
-//! ids strictly ascending; attached keys are rebuilt from the live keys.
-//! ```
-
-use std::io::{self, Read, Write};
-use std::sync::Arc;
-
-use imbl::Vector;
+//! The snapshot body's layout (key histories, the lease table) is in the
+//! `titan-snapfile` crate; `snapshot_codec` maps the store onto it.
 
 use super::mvcc::{
-    Compare, CompareResult, CompareTarget, DeleteRangeRequest, Live, MAX_TXN_DEPTH, PutRequest,
-    RangeRequest, Record, RequestOp, SortOrder, SortTarget, TxnRequest,
+    Compare, CompareResult, CompareTarget, DeleteRangeRequest, MAX_TXN_DEPTH, PutRequest,
+    RangeRequest, RequestOp, SortOrder, SortTarget, TxnRequest,
 };
 use super::state_machine::DecodeError;
 use super::wal_record::ByteReader;
@@ -448,184 +436,6 @@ fn decode_range(r: &mut ByteReader<'_>) -> Result<RangeRequest, DecodeError> {
     })
 }
 
-// ---- snapshot body -------------------------------------------------------
-
-/// Writes the store's revision state (the body preamble).
-pub fn write_revisions<W: Write>(w: &mut W, revision: i64, compact: i64) -> io::Result<u64> {
-    w.write_all(&revision.to_le_bytes())?;
-    w.write_all(&compact.to_le_bytes())?;
-    Ok(16)
-}
-
-/// Reads the body preamble.
-pub fn read_revisions<R: Read>(r: &mut R) -> io::Result<(i64, i64)> {
-    Ok((read_i64(r)?, read_i64(r)?))
-}
-
-/// Writes one key's history; returns the bytes written.
-pub fn write_history<W: Write>(w: &mut W, key: &[u8], history: &Vector<Record>) -> io::Result<u64> {
-    w.write_all(&(key.len() as u32).to_le_bytes())?;
-    w.write_all(key)?;
-    w.write_all(&(history.len() as u32).to_le_bytes())?;
-    let mut n = 8 + key.len() as u64;
-    for rec in history {
-        w.write_all(&rec.mod_revision.to_le_bytes())?;
-        let Some(l) = &rec.live else {
-            w.write_all(&[0])?;
-            n += 9;
-            continue;
-        };
-        w.write_all(&[1])?;
-        for v in [l.create_revision, l.version, l.lease] {
-            w.write_all(&v.to_le_bytes())?;
-        }
-        w.write_all(&(l.value.len() as u32).to_le_bytes())?;
-        w.write_all(&l.value)?;
-        n += 37 + l.value.len() as u64;
-    }
-    Ok(n)
-}
-
-/// Writes the lease table (after every key history); returns the bytes
-/// written.
-pub fn write_leases<W: Write>(w: &mut W, leases: &[(i64, i64)]) -> io::Result<u64> {
-    w.write_all(&(leases.len() as u32).to_le_bytes())?;
-    for (id, ttl_s) in leases {
-        w.write_all(&id.to_le_bytes())?;
-        w.write_all(&ttl_s.to_le_bytes())?;
-    }
-    Ok(4 + 16 * leases.len() as u64)
-}
-
-/// Reads the lease table written by [`write_leases`]: at most `max_leases`
-/// entries, ids strictly ascending, TTLs within etcd's bounds.
-pub fn read_leases<R: Read>(
-    r: &mut R,
-    max_leases: usize,
-) -> Result<Vec<(i64, i64)>, HistoryDecodeError> {
-    let n = read_u32(r)?;
-    if n as usize > max_leases {
-        return Err(HistoryDecodeError::TooLarge {
-            what: "lease table",
-            len: n.into(),
-            max: max_leases as u64,
-        });
-    }
-    let mut out = Vec::new();
-    for _ in 0..n {
-        let (id, ttl_s) = (read_i64(r)?, read_i64(r)?);
-        if id == 0 || out.last().is_some_and(|(prev, _)| *prev >= id) {
-            return Err(HistoryDecodeError::Malformed("lease ids out of order"));
-        }
-        if !(0..=super::mvcc::MAX_LEASE_TTL_S).contains(&ttl_s) {
-            return Err(HistoryDecodeError::Malformed("lease ttl out of range"));
-        }
-        out.push((id, ttl_s));
-    }
-    Ok(out)
-}
-
-/// Why a key history in a snapshot body is invalid.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryDecodeError {
-    /// Reading failed or the input ended.
-    #[error("{0}")]
-    Io(#[from] io::Error),
-    /// A length exceeds its limit.
-    #[error("{what} length {len} exceeds limit {max}")]
-    TooLarge {
-        /// Which field.
-        what: &'static str,
-        /// Its value.
-        len: u64,
-        /// The limit.
-        max: u64,
-    },
-    /// Records out of revision order, or an empty history.
-    #[error("malformed key history: {0}")]
-    Malformed(&'static str),
-}
-
-fn read_i64<R: Read>(r: &mut R) -> io::Result<i64> {
-    let mut b = [0u8; 8];
-    r.read_exact(&mut b)?;
-    Ok(i64::from_le_bytes(b))
-}
-
-fn read_u32<R: Read>(r: &mut R) -> io::Result<u32> {
-    let mut b = [0u8; 4];
-    r.read_exact(&mut b)?;
-    Ok(u32::from_le_bytes(b))
-}
-
-/// Reads `len ≤ max` bytes, growing the buffer only as data arrives.
-fn read_field<R: Read>(
-    r: &mut R,
-    what: &'static str,
-    max: u32,
-) -> Result<Vec<u8>, HistoryDecodeError> {
-    let len = read_u32(r)?;
-    if len > max {
-        return Err(HistoryDecodeError::TooLarge {
-            what,
-            len: len.into(),
-            max: max.into(),
-        });
-    }
-    let mut buf = Vec::new();
-    r.by_ref().take(len.into()).read_to_end(&mut buf)?;
-    if buf.len() < len as usize {
-        return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-    }
-    Ok(buf)
-}
-
-/// Reads one key's history written by [`write_history`].
-pub fn read_history<R: Read>(
-    r: &mut R,
-    max_key_bytes: u32,
-    max_value_bytes: u32,
-) -> Result<(Arc<[u8]>, Vector<Record>), HistoryDecodeError> {
-    let key = read_field(r, "key", max_key_bytes)?;
-    let n = read_u32(r)?;
-    if n == 0 {
-        return Err(HistoryDecodeError::Malformed("empty history"));
-    }
-    let mut history = Vector::new();
-    let mut prev_rev = i64::MIN;
-    for _ in 0..n {
-        let mod_revision = read_i64(r)?;
-        if mod_revision <= prev_rev {
-            return Err(HistoryDecodeError::Malformed("revisions out of order"));
-        }
-        prev_rev = mod_revision;
-        history.push_back(Record {
-            mod_revision,
-            live: read_live(r, max_value_bytes)?,
-        });
-    }
-    Ok((key.into(), history))
-}
-
-fn read_live<R: Read>(r: &mut R, max_value_bytes: u32) -> Result<Option<Live>, HistoryDecodeError> {
-    let mut tag = [0u8; 1];
-    r.read_exact(&mut tag)?;
-    match tag[0] {
-        0 => Ok(None),
-        1 => {
-            let (create_revision, version, lease) = (read_i64(r)?, read_i64(r)?, read_i64(r)?);
-            let value = read_field(r, "value", max_value_bytes)?;
-            Ok(Some(Live {
-                value: value.into(),
-                create_revision,
-                version,
-                lease,
-            }))
-        }
-        _ => Err(HistoryDecodeError::Malformed("unknown record tag")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -738,54 +548,5 @@ mod tests {
         assert_eq!(lease_command(&grant.encode()), Some(grant));
         assert_eq!(lease_command(&Command::Compact(3).encode()), None);
         assert_eq!(lease_command(&[OP_LEASE_REVOKE, 1]), None, "truncated");
-    }
-
-    #[test]
-    fn lease_table_round_trips_and_refuses_disorder_and_oversize() {
-        let leases = vec![(1, 5), (9, 60)];
-        let mut buf = Vec::new();
-        let n = write_leases(&mut buf, &leases).expect("write");
-        assert_eq!(n, buf.len() as u64);
-        assert_eq!(read_leases(&mut &buf[..], 10).expect("read"), leases);
-        assert!(read_leases(&mut &buf[..], 1).is_err(), "count limit");
-        let mut bad = Vec::new();
-        write_leases(&mut bad, &[(9, 5), (1, 5)]).expect("write");
-        assert!(read_leases(&mut &bad[..], 10).is_err(), "order");
-        for cut in 0..buf.len() {
-            assert!(read_leases(&mut &buf[..cut], 10).is_err(), "cut {cut}");
-        }
-    }
-
-    #[test]
-    fn key_history_round_trips_and_refuses_disorder() {
-        let live = |v: &[u8]| {
-            Some(Live {
-                value: Arc::from(v),
-                create_revision: 2,
-                version: 1,
-                lease: 5,
-            })
-        };
-        let h: Vector<Record> = vec![
-            Record {
-                mod_revision: 2,
-                live: live(b"a"),
-            },
-            Record {
-                mod_revision: 3,
-                live: None,
-            },
-        ]
-        .into();
-        let mut buf = Vec::new();
-        let n = write_history(&mut buf, b"key", &h).expect("write");
-        assert_eq!(n, buf.len() as u64);
-        let (k, back) = read_history(&mut &buf[..], 16, 16).expect("read");
-        assert_eq!((&k[..], back), (&b"key"[..], h.clone()));
-        let reversed: Vector<Record> = h.iter().rev().cloned().collect();
-        let mut bad = Vec::new();
-        write_history(&mut bad, b"key", &reversed).expect("write");
-        assert!(read_history(&mut &bad[..], 16, 16).is_err());
-        assert!(read_history(&mut &buf[..], 2, 16).is_err(), "key limit");
     }
 }

@@ -1,10 +1,14 @@
 //! `etcdserverpb.Cluster` (MemberList) and `etcdserverpb.Maintenance`
-//! (Status, Alarm) on the client gRPC port: what `etcdctl member list`,
-//! `endpoint status` and `endpoint health` and clients' endpoint sync call.
+//! (Status, Alarm, Snapshot) on the client gRPC port: what `etcdctl member
+//! list`, `endpoint status`, `endpoint health`, `snapshot save` and clients'
+//! endpoint sync call. Snapshot streams through `etcd_snapshot`.
 //! Membership changes stay on Titan's Admin API (the operator's); the other
 //! methods answer `Unimplemented`.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::Semaphore;
 
 use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
@@ -16,6 +20,7 @@ use titan_proto::etcdserverpb::maintenance_server::Maintenance;
 
 use super::etcd_convert::header_to_pb;
 use super::etcd_forward::{FORWARD_CONNECT_TIMEOUT_MS, FORWARD_TIMEOUT_MS};
+use super::etcd_snapshot::{self, MAX_SNAPSHOT_STREAMS};
 use super::status_from_error;
 use crate::node::handle::{AdminCmd, AdminReply};
 use crate::node::{Header, HistoryStats, NodeHandle, NodeRole, NodeStatus, ReadAnswer, ReadQuery};
@@ -28,12 +33,17 @@ pub const ETCD_VERSION: &str = "3.5.0";
 pub struct EtcdClusterService {
     /// The local node.
     node: NodeHandle,
+    /// Snapshot streams running (at most [`MAX_SNAPSHOT_STREAMS`]).
+    snapshots: Arc<Semaphore>,
 }
 
 impl EtcdClusterService {
     /// Serves `node`.
     pub fn new(node: NodeHandle) -> Self {
-        EtcdClusterService { node }
+        EtcdClusterService {
+            node,
+            snapshots: Arc::new(Semaphore::new(MAX_SNAPSHOT_STREAMS)),
+        }
     }
 
     async fn status(&self) -> Result<NodeStatus, Status> {
@@ -214,7 +224,23 @@ impl Maintenance for EtcdClusterService {
         &self,
         _: Request<pb::SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        unimplemented("Snapshot")
+        let permit = self.snapshots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many snapshot streams on this member (at most {MAX_SNAPSHOT_STREAMS})"
+            ))
+        })?;
+        // Local, as etcd serves it: a member that lost its quorum can still
+        // be backed up.
+        let res = self
+            .node
+            .read(ReadQuery::EtcdSnapshot, false)
+            .await
+            .map_err(status_from_error)?;
+        let ReadAnswer::EtcdSnapshot(at) = res.answer else {
+            return Err(Status::internal("wrong read answer"));
+        };
+        let header = header_to_pb(&res.header);
+        Ok(Response::new(etcd_snapshot::stream(at, header, permit)))
     }
 
     async fn move_leader(

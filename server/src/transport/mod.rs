@@ -12,6 +12,7 @@ pub mod etcd_convert;
 pub mod etcd_forward;
 pub mod etcd_kv;
 pub mod etcd_lease;
+pub mod etcd_snapshot;
 pub mod etcd_watch;
 #[doc(hidden)]
 pub mod kv_fuzz;

@@ -11,11 +11,15 @@
 //! - 5: the cluster could not be reached / no leader within the retry bounds
 //! - 6: a write's outcome is unknown (it may or may not have applied)
 //! - 7: `status` reached only some members
+//!
+//! `snapshot save`/`verify` exit 1 for a bad or corrupt backup (the message
+//! names the file and the damage) and 5 when the member cannot be reached.
 
 mod admin_cmd;
 mod etcd_cmd;
 mod kv_cmd;
 mod output;
+mod snapshot_cmd;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
@@ -99,8 +103,9 @@ enum Command {
     },
     /// Move leadership to another voter.
     TransferLeader(admin_cmd::TransferArgs),
-    /// Take a snapshot now on one node.
-    Snapshot(admin_cmd::SnapshotArgs),
+    /// Snapshots: take one now on a node (`snapshot` alone, or `snapshot
+    /// take`), `save` a backup streamed from a member, `verify` one offline.
+    Snapshot(snapshot_cmd::SnapshotCmd),
     /// Print a shell completion script (e.g. `source <(titanctl completion bash)`).
     Completion {
         /// The shell to complete for.
@@ -188,8 +193,25 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Status => admin_cmd::status(&admin()?, fmt).await,
         Command::Members { action } => admin_cmd::members(&admin()?, action, fmt).await,
         Command::TransferLeader(args) => admin_cmd::transfer(&admin()?, args, fmt).await,
-        Command::Snapshot(args) => admin_cmd::snapshot(&admin()?, args, fmt).await,
+        Command::Snapshot(cmd) => snapshot(&cli, cmd).await,
         Command::Completion { shell } => Ok(print_completion(*shell)),
+    }
+}
+
+async fn snapshot(cli: &Cli, cmd: &snapshot_cmd::SnapshotCmd) -> Result<Exit, Error> {
+    use snapshot_cmd::SnapshotAction;
+    let admin = || titan_client::AdminClient::connect(cli.config(&cli.admin_endpoints));
+    let (timeout, idle) = (
+        Duration::from_millis(cli.timeout_ms),
+        Duration::from_millis(cli.deadline_ms),
+    );
+    match &cmd.action {
+        None => admin_cmd::snapshot(&admin()?, &cmd.take, cli.output).await,
+        Some(SnapshotAction::Take(args)) => admin_cmd::snapshot(&admin()?, args, cli.output).await,
+        Some(SnapshotAction::Save(args)) => {
+            Ok(snapshot_cmd::save(args, &cli.endpoints, timeout, idle, cli.output).await)
+        }
+        Some(SnapshotAction::Verify(args)) => Ok(snapshot_cmd::verify(args, cli.output)),
     }
 }
 
