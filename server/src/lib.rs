@@ -8,6 +8,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod storage;
 pub mod transport;
 

@@ -263,13 +263,13 @@ impl Runtime {
         let me = self.identity.id;
         for (id, m) in &dir {
             if *id != me && !m.peer_addr.is_empty() {
-                self.transport.set_peer(*id, &m.peer_addr);
+                self.outbound.set_peer(*id, &m.peer_addr);
             }
         }
         let conf = self.raw.status().conf;
-        for id in self.transport.peer_ids() {
+        for id in self.outbound.peer_ids() {
             if !dir.contains_key(&id) && !conf.contains(id) && self.leader != id {
-                self.transport.remove_peer(id);
+                self.outbound.remove_peer(id);
             }
         }
     }

@@ -26,6 +26,7 @@ use tracing::{info, warn};
 use super::handle::{ClientInput, LeaderView, PeerInput};
 use super::identity::Identity;
 use super::log::RawNode;
+use super::outbound::Outbound;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
@@ -35,7 +36,6 @@ use crate::metrics::{Metrics, gauge_value};
 use crate::node::handle::AdminReply;
 use crate::raft::{Message, NodeId, Ready, Role};
 use crate::storage::{StateMachine, Wal};
-use crate::transport::peer::PeerTransport;
 
 /// Client inputs taken per loop iteration before the core is asked for a Ready.
 const MAX_CLIENT_INPUTS_PER_BATCH: usize = 4096;
@@ -83,8 +83,8 @@ pub struct Runtime {
     pub(super) sm: StateMachine,
     /// Snapshot files and in-progress snapshot work.
     pub(super) snap: SnapshotState,
-    /// Outbound peer streams.
-    pub(super) transport: PeerTransport,
+    /// Outbound peer streams (the transport, behind the node's trait).
+    pub(super) outbound: Box<dyn Outbound>,
     /// Stamped on outbound batches; set once when a joining node is adopted.
     pub(super) cluster_id_tx: watch::Sender<String>,
     /// Published leader view for handles, /readyz and the admin API.
@@ -255,16 +255,16 @@ impl Runtime {
     /// the client addresses fill gaps in bootstrap entries (`-peers` names no
     /// gRPC port) for redirects.
     fn observe_sender(&mut self, from: NodeId, sender: Member) {
-        if !self.transport.has_peer(from) && !sender.peer_addr.is_empty() {
+        if !self.outbound.has_peer(from) && !sender.peer_addr.is_empty() {
             let dir = self.directory();
             let unknown = self
-                .transport
+                .outbound
                 .peer_ids()
                 .into_iter()
                 .filter(|id| !dir.contains_key(id))
                 .count();
             if dir.contains_key(&from) || unknown < MAX_UNKNOWN_PEER_LINKS {
-                self.transport.set_peer(from, &sender.peer_addr);
+                self.outbound.set_peer(from, &sender.peer_addr);
             } else {
                 tracing::debug!(
                     from,
@@ -446,7 +446,7 @@ impl Runtime {
                 continue;
             }
             let to = m.to;
-            if !self.transport.send(m) {
+            if !self.outbound.send(m) {
                 self.raw.report_unreachable(to);
             }
         }
