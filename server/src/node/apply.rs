@@ -260,17 +260,10 @@ impl Runtime {
     /// Makes the peer transport match the member directory.
     pub(super) fn sync_peers_from_directory(&mut self) {
         let dir = self.directory();
-        let me = self.identity.id;
-        for (id, m) in &dir {
-            if *id != me && !m.peer_addr.is_empty() {
-                self.outbound.set_peer(*id, &m.peer_addr);
-            }
-        }
         let conf = self.raw.status().conf;
-        for id in self.outbound.peer_ids() {
-            if !dir.contains_key(&id) && !conf.contains(id) && self.leader != id {
-                self.outbound.remove_peer(id);
-            }
-        }
+        let leader = self.leader;
+        self.peers.sync(&dir, self.identity.id, |id| {
+            conf.contains(id) || leader == id
+        });
     }
 }

@@ -15,6 +15,7 @@ use super::bootstrap::{self, StartMode};
 use super::handle::{ClientInput, LeaderView, NodeHandle, PeerInbox};
 use super::identity::{Identity, IdentityError, Origin};
 use super::outbound::{Outbound, OutboundContext, StatusProbe};
+use super::peers::Peers;
 use super::reads::ReadQueue;
 use super::runtime::Runtime;
 use super::snapshot::SnapshotState;
@@ -172,7 +173,7 @@ where
         raw: parts.raw,
         wal: parts.wal,
         sm: parts.sm,
-        outbound,
+        peers: Peers::new(outbound),
         cluster_id_tx,
         leader_tx,
         metrics,
@@ -188,7 +189,6 @@ where
         shutdown,
         leaderless_since: None,
         last_proposed: 0,
-        observed: Default::default(),
     };
     Ok(BuiltNode {
         runtime,

@@ -24,6 +24,7 @@ mod lease_clock;
 pub mod limits;
 pub mod log;
 pub mod outbound;
+mod peers;
 pub mod reads;
 pub mod runtime;
 pub mod snapshot;

@@ -26,7 +26,7 @@ use tracing::{info, warn};
 use super::handle::{ClientInput, LeaderView, PeerInput};
 use super::identity::Identity;
 use super::log::RawNode;
-use super::outbound::Outbound;
+use super::peers::Peers;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
@@ -43,12 +43,6 @@ const MAX_CLIENT_INPUTS_PER_BATCH: usize = 4096;
 const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 /// Applied may trail commit by this much and the node still counts as ready.
 const READY_MAX_APPLY_LAG: u64 = 1000;
-/// Peers whose self-advertised addresses are remembered.
-const MAX_OBSERVED_PEERS: usize = 1024;
-/// Outbound streams opened for senders that are not in the member directory
-/// (e.g. a leader a joining node has not learnt yet). Each is a task with a
-/// queue, so a flood of made-up sender ids must not open one each.
-const MAX_UNKNOWN_PEER_LINKS: usize = 8;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
 
@@ -83,8 +77,8 @@ pub struct Runtime {
     pub(super) sm: StateMachine,
     /// Snapshot files and in-progress snapshot work.
     pub(super) snap: SnapshotState,
-    /// Outbound peer streams (the transport, behind the node's trait).
-    pub(super) outbound: Box<dyn Outbound>,
+    /// Outbound peer streams and what peers advertise about themselves.
+    pub(super) peers: Peers,
     /// Stamped on outbound batches; set once when a joining node is adopted.
     pub(super) cluster_id_tx: watch::Sender<String>,
     /// Published leader view for handles, /readyz and the admin API.
@@ -111,8 +105,6 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
-    /// Addresses peers advertise about themselves (see `observe_sender`).
-    pub(super) observed: std::collections::HashMap<NodeId, Member>,
     /// Index of the newest write proposed here (see `PendingRead::min_index`).
     pub(super) last_proposed: u64,
     /// Since when no leader has been known (reads fail after `leader_wait`).
@@ -226,7 +218,9 @@ impl Runtime {
                     return;
                 }
                 if let Some(from) = msgs.first().map(|m| m.from) {
-                    self.observe_sender(from, sender);
+                    let sm = &self.sm;
+                    self.peers
+                        .observe(from, sender, || super::store::directory(sm));
                 }
                 for m in msgs {
                     self.step(m);
@@ -247,33 +241,6 @@ impl Runtime {
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
             PeerInput::SnapshotWritten(result) => self.on_snapshot_written(result),
-        }
-    }
-
-    /// Remembers the addresses a peer advertises about itself: the peer
-    /// address lets a joining node reply before it has the member directory,
-    /// the client addresses fill gaps in bootstrap entries (`-peers` names no
-    /// gRPC port) for redirects.
-    fn observe_sender(&mut self, from: NodeId, sender: Member) {
-        if !self.outbound.has_peer(from) && !sender.peer_addr.is_empty() {
-            let dir = self.directory();
-            let unknown = self
-                .outbound
-                .peer_ids()
-                .into_iter()
-                .filter(|id| !dir.contains_key(id))
-                .count();
-            if dir.contains_key(&from) || unknown < MAX_UNKNOWN_PEER_LINKS {
-                self.outbound.set_peer(from, &sender.peer_addr);
-            } else {
-                tracing::debug!(
-                    from,
-                    "not dialling back another unknown sender: MAX_UNKNOWN_PEER_LINKS reached"
-                );
-            }
-        }
-        if self.observed.len() < MAX_OBSERVED_PEERS || self.observed.contains_key(&from) {
-            self.observed.insert(from, sender);
         }
     }
 
@@ -446,7 +413,7 @@ impl Runtime {
                 continue;
             }
             let to = m.to;
-            if !self.outbound.send(m) {
+            if !self.peers.send(m) {
                 self.raw.report_unreachable(to);
             }
         }
@@ -499,7 +466,7 @@ impl Runtime {
         if id == 0 {
             return None;
         }
-        let seen = self.observed.get(&id);
+        let seen = self.peers.observed(id);
         let mut m = self.directory().remove(&id)?;
         if let Some(seen) = seen {
             for (field, value) in [

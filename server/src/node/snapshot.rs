@@ -189,7 +189,8 @@ impl Runtime {
             return;
         }
         let newest = self.snap.files.store.newest().ok().flatten();
-        let (Some(addr), Some((file, header))) = (self.outbound.peer_addr(to), newest) else {
+        let (Some(addr), Some((file, header))) = (self.peers.outbound().peer_addr(to), newest)
+        else {
             self.raw.report_snapshot(to, false);
             return;
         };
@@ -210,7 +211,7 @@ impl Runtime {
             cluster_id: self.identity.cluster_id.clone(),
         };
         let tx = self.peer_tx.clone();
-        let send = self.outbound.send_snapshot(transfer);
+        let send = self.peers.outbound().send_snapshot(transfer);
         tokio::spawn(async move {
             let result = send.await;
             if let Err(e) = &result {
