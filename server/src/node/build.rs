@@ -4,7 +4,6 @@
 //! [`StatusProbe`]); listeners and the wiring of `api` and `transport` live
 //! in the top-level `server` module.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
@@ -16,6 +15,7 @@ use super::handle::{ClientInput, LeaderView, NodeHandle, PeerInbox};
 use super::identity::{Identity, IdentityError, Origin};
 use super::outbound::{Outbound, OutboundContext, StatusProbe};
 use super::peers::Peers;
+use super::proposals::Proposals;
 use super::reads::ReadQueue;
 use super::runtime::Runtime;
 use super::snapshot::SnapshotState;
@@ -180,15 +180,13 @@ where
         client_rx,
         peer_rx,
         peer_tx,
-        pending_writes: BTreeMap::new(),
-        pending_conf: BTreeMap::new(),
+        proposals: Proposals::new(),
         reads: ReadQueue::new(super::reads::random_incarnation()),
         leader: 0,
         role: Role::Follower,
         applied: parts.applied,
         shutdown,
         leaderless_since: None,
-        last_proposed: 0,
     };
     Ok(BuiltNode {
         runtime,

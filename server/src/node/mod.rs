@@ -25,6 +25,7 @@ pub mod limits;
 pub mod log;
 pub mod outbound;
 mod peers;
+mod proposals;
 pub mod reads;
 pub mod runtime;
 pub mod snapshot;

@@ -15,11 +15,10 @@
 //! Inputs that arrive during the fsync queue up in the bounded channels and
 //! form the next batch: that is the group commit.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -27,13 +26,13 @@ use super::handle::{ClientInput, LeaderView, PeerInput};
 use super::identity::Identity;
 use super::log::RawNode;
 use super::peers::Peers;
+use super::proposals::Proposals;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
-use super::{Member, NodeError, WriteResult, reason};
+use super::{Member, NodeError, reason};
 use crate::config::Config;
 use crate::metrics::{Metrics, gauge_value};
-use crate::node::handle::AdminReply;
 use crate::raft::{Message, NodeId, Ready, Role};
 use crate::storage::{StateMachine, Wal};
 
@@ -45,23 +44,6 @@ const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 const READY_MAX_APPLY_LAG: u64 = 1000;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
-
-/// A write waiting for its entry to be applied.
-pub(super) struct PendingWrite {
-    /// Term the entry was proposed in; a different term at that index means
-    /// the entry was replaced and the write did not happen.
-    pub term: u64,
-    /// Where the result goes.
-    pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
-}
-
-/// A membership change waiting to be applied.
-pub(super) struct PendingConf {
-    /// Proposal term.
-    pub term: u64,
-    /// Where the result goes.
-    pub reply: oneshot::Sender<Result<AdminReply, NodeError>>,
-}
 
 /// Everything the runtime task owns.
 pub struct Runtime {
@@ -91,10 +73,8 @@ pub struct Runtime {
     pub(super) peer_rx: mpsc::Receiver<PeerInput>,
     /// For tasks the runtime spawns (snapshot transfers) to report back.
     pub(super) peer_tx: mpsc::Sender<PeerInput>,
-    /// Writes waiting for apply, by log index.
-    pub(super) pending_writes: BTreeMap<u64, PendingWrite>,
-    /// Membership changes waiting for apply, by log index.
-    pub(super) pending_conf: BTreeMap<u64, PendingConf>,
+    /// Writes and membership changes waiting for apply.
+    pub(super) proposals: Proposals,
     /// Linearizable reads.
     pub(super) reads: ReadQueue,
     /// Last known leader and role.
@@ -105,8 +85,6 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
-    /// Index of the newest write proposed here (see `PendingRead::min_index`).
-    pub(super) last_proposed: u64,
     /// Since when no leader has been known (reads fail after `leader_wait`).
     pub(super) leaderless_since: Option<Instant>,
     /// Lease deadlines (kept while leading) and lease-id generation.
@@ -289,7 +267,7 @@ impl Runtime {
                 let read = PendingRead {
                     query,
                     reply,
-                    min_index: self.last_proposed,
+                    min_index: self.proposals.last_proposed(),
                 };
                 if !linearizable {
                     self.answer_read(self.applied, read);
@@ -390,12 +368,7 @@ impl Runtime {
 
     /// Fails writes whose entries may never commit under this node.
     pub(super) fn fail_pending_writes(&mut self, err: &NodeError) {
-        for (_, w) in std::mem::take(&mut self.pending_writes) {
-            let _ = w.reply.send(Err(err.clone()));
-        }
-        for (_, c) in std::mem::take(&mut self.pending_conf) {
-            let _ = c.reply.send(Err(err.clone()));
-        }
+        self.proposals.fail_all(err);
     }
 
     fn fail_everything(&mut self, err: &NodeError) {
@@ -494,7 +467,7 @@ impl Runtime {
         }
         while Instant::now() < deadline {
             let handed_over = self.role != Role::Leader || self.best_transfer_target().is_none();
-            if handed_over && self.pending_writes.is_empty() {
+            if handed_over && self.proposals.no_writes() {
                 break;
             }
             tokio::select! {
