@@ -20,6 +20,7 @@ use super::reads::ReadQueue;
 use super::runtime::Runtime;
 use super::snapshot::SnapshotState;
 use super::store::{self, Booted};
+use super::view::View;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -175,7 +176,7 @@ where
         sm: parts.sm,
         peers: Peers::new(outbound),
         cluster_id_tx,
-        leader_tx,
+        view: View::new(leader_tx),
         metrics,
         client_rx,
         peer_rx,
@@ -186,7 +187,6 @@ where
         role: Role::Follower,
         applied: parts.applied,
         shutdown,
-        leaderless_since: None,
     };
     Ok(BuiltNode {
         runtime,

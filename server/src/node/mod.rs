@@ -30,6 +30,7 @@ pub mod reads;
 pub mod runtime;
 pub mod snapshot;
 pub mod store;
+mod view;
 
 pub use build::{BuildError, BuiltNode, build};
 pub use handle::{NodeHandle, PeerInbox};

@@ -30,6 +30,7 @@ use super::proposals::Proposals;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
+use super::view::View;
 use super::{Member, NodeError, reason};
 use crate::config::Config;
 use crate::metrics::{Metrics, gauge_value};
@@ -63,8 +64,8 @@ pub struct Runtime {
     pub(super) peers: Peers,
     /// Stamped on outbound batches; set once when a joining node is adopted.
     pub(super) cluster_id_tx: watch::Sender<String>,
-    /// Published leader view for handles, /readyz and the admin API.
-    pub(super) leader_tx: watch::Sender<LeaderView>,
+    /// Published leader view and the leaderless clock.
+    pub(super) view: View,
     /// Metrics.
     pub(super) metrics: Arc<Metrics>,
     /// Client requests.
@@ -85,8 +86,6 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
-    /// Since when no leader has been known (reads fail after `leader_wait`).
-    pub(super) leaderless_since: Option<Instant>,
     /// Lease deadlines (kept while leading) and lease-id generation.
     pub(super) lease_clock: super::lease_clock::LeaseClock,
 }
@@ -142,12 +141,7 @@ impl Runtime {
             "fatal storage error: cannot persist; failing every waiter, marking unhealthy and exiting"
         );
         self.metrics.storage_fatal.set(1);
-        // `failed` first: a request that sees `stopping` must read why.
-        self.leader_tx.send_modify(|v| {
-            v.failed = true;
-            v.ready = false;
-            v.stopping = true;
-        });
+        self.view.mark_failed();
         self.fail_everything(&NodeError::unavailable(reason::STORAGE_FAILURE));
     }
 
@@ -164,12 +158,10 @@ impl Runtime {
     /// Linearizable reads cannot be served without a leader; after
     /// `leader_wait` they fail instead of hanging.
     fn fail_reads_without_leader(&mut self, now: Instant) {
-        if self.leader != 0 {
-            self.leaderless_since = None;
+        let Some(leaderless) = self.view.leaderless_for(self.leader, now) else {
             return;
-        }
-        let since = *self.leaderless_since.get_or_insert(now);
-        if now.duration_since(since) >= self.cfg.leader_wait() && !self.reads.is_empty() {
+        };
+        if leaderless >= self.cfg.leader_wait() && !self.reads.is_empty() {
             self.reads
                 .fail_all(&NodeError::unavailable(reason::NO_LEADER));
         }
@@ -374,7 +366,7 @@ impl Runtime {
     fn fail_everything(&mut self, err: &NodeError) {
         self.fail_pending_writes(err);
         self.reads.fail_all(err);
-        self.leader_tx.send_modify(|v| v.stopping = true);
+        self.view.mark_stopping();
     }
 
     /// Routes outbound messages: snapshots go through a streaming transfer,
@@ -405,16 +397,10 @@ impl Runtime {
             is_self: self.leader == self.identity.id && self.role == Role::Leader,
             leader,
             ready,
-            stopping: *self.shutdown.borrow() && self.leader_tx.borrow().stopping,
-            failed: self.leader_tx.borrow().failed,
+            stopping: false,
+            failed: false,
         };
-        self.leader_tx.send_if_modified(|v| {
-            let changed = *v != view;
-            if changed {
-                *v = view;
-            }
-            changed
-        });
+        self.view.publish(view, *self.shutdown.borrow());
         self.metrics.term.set(gauge_value(status.term));
         self.metrics.commit_index.set(gauge_value(status.commit));
         self.metrics.applied_index.set(gauge_value(self.applied));
