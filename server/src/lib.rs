@@ -10,6 +10,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod metrics;
 pub mod node;
+pub mod server;
 pub mod storage;
 pub mod transport;
 

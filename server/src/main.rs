@@ -8,7 +8,7 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use titan_server::config::{Cli, Config, LogFormat, log_filter, normalize_args};
-use titan_server::node::start::{self, StartError};
+use titan_server::server::{self, StartError};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
@@ -20,7 +20,7 @@ fn main() -> anyhow::Result<()> {
         .build()
         .context("building the tokio runtime")?;
     runtime.block_on(async move {
-        let server = start::launch(cfg.clone())
+        let running = server::launch(cfg.clone())
             .await
             .map_err(|e| explain_start_error(e, &cfg))?;
         tracing::info!(
@@ -33,11 +33,11 @@ fn main() -> anyhow::Result<()> {
         );
         tokio::select! {
             r = wait_for_signal() => r?,
-            () = server.handle.fatal() => start::exit_after_fatal().await,
+            () = running.handle.fatal() => server::exit_after_fatal().await,
         }
         tracing::info!("signal received; shutting down");
-        if server.shutdown().await {
-            start::exit_after_fatal().await;
+        if running.shutdown().await {
+            server::exit_after_fatal().await;
         }
         anyhow::Ok(())
     })?;

@@ -128,3 +128,24 @@ fn nothing_outside_the_operator_knows_kube() {
         hits.join("\n")
     );
 }
+
+/// `node/` owns the core and talks to the network only through its own
+/// traits (`node/outbound.rs`) and `PeerInbox`; the tonic transport and the
+/// API layer depend on it, never the other way round. The top-level
+/// `server` module does the wiring.
+#[test]
+fn node_names_neither_transport_nor_api() {
+    let needles = [
+        "crate::transport",
+        "crate::api",
+        "titan_server::transport",
+        "titan_server::api",
+        "tonic",
+    ];
+    let hits = offending_lines(&src("src/node"), &needles, &[]);
+    assert!(
+        hits.is_empty(),
+        "node/ must not name transport/, api/ or tonic:\n{}",
+        hits.join("\n")
+    );
+}

@@ -4,7 +4,8 @@
 use tokio::sync::oneshot;
 
 use super::handle::{AdminCmd, AdminReply};
-use super::runtime::{PendingConf, Runtime};
+use super::proposals::PendingConf;
+use super::runtime::Runtime;
 use super::store as adapter;
 use super::{Member, MemberStatus, NodeError, NodeRole, NodeStatus};
 use crate::raft::{ConfChange, ConfChangeType, NodeId, Role};
@@ -73,7 +74,8 @@ impl Runtime {
         };
         match self.raw.propose_conf_change(cc) {
             Ok((index, term)) => {
-                self.pending_conf.insert(index, PendingConf { term, reply });
+                self.proposals
+                    .conf_proposed(index, PendingConf { term, reply });
             }
             Err(e) => {
                 let _ = reply.send(Err(self.proposal_error(e)));

@@ -8,8 +8,9 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::lease_clock::min_ttl_s;
+use super::proposals::PendingWrite;
 use super::reads::PendingRead;
-use super::runtime::{PendingWrite, Runtime};
+use super::runtime::Runtime;
 use super::store::{self as adapter, StorageFailure};
 use super::{
     Header, KvEntry, LeaseAnswer, LeaseQuery, LeaseResult, Member, NodeError, ReadAnswer,
@@ -30,9 +31,8 @@ impl Runtime {
         let data = adapter::encode_write(&op);
         match self.raw.propose(data) {
             Ok((index, term)) => {
-                self.last_proposed = index;
-                self.pending_writes
-                    .insert(index, PendingWrite { term, reply });
+                self.proposals
+                    .write_proposed(index, PendingWrite { term, reply });
             }
             Err(e) => {
                 let _ = reply.send(Err(self.proposal_error(e)));
@@ -84,25 +84,12 @@ impl Runtime {
             self.sync_peers_from_directory();
             self.answer_conf(index, term);
         }
-        // Writes proposed at lower indexes whose entries were replaced never
-        // reach here with their own term; drop them as failed.
-        while let Some(entry) = self.pending_writes.first_entry() {
-            if *entry.key() > index {
-                break;
-            }
-            let (at, w) = entry.remove_entry();
-            let result = if at == index && w.term == term {
-                outcome.clone()
-            } else {
-                Err(NodeError::unavailable(reason::OVERWRITTEN))
-            };
-            let _ = w.reply.send(result);
-        }
+        self.proposals.answer_writes(index, term, &outcome);
         Ok(())
     }
 
     fn answer_conf(&mut self, index: u64, term: u64) {
-        let Some(c) = self.pending_conf.remove(&index) else {
+        let Some(c) = self.proposals.take_conf(index) else {
             return;
         };
         let result = if c.term == term {
@@ -206,7 +193,7 @@ impl Runtime {
         for id in self.lease_clock.expired(now) {
             let data = adapter::encode_write(&WriteOp::LeaseRevoke(id));
             match self.raw.propose(data) {
-                Ok((index, _)) => self.last_proposed = index,
+                Ok((index, _)) => self.proposals.entry_proposed(index),
                 Err(e) => {
                     tracing::debug!(lease = id, error = %e, "expiry revoke refused; will retry");
                 }
@@ -274,17 +261,10 @@ impl Runtime {
     /// Makes the peer transport match the member directory.
     pub(super) fn sync_peers_from_directory(&mut self) {
         let dir = self.directory();
-        let me = self.identity.id;
-        for (id, m) in &dir {
-            if *id != me && !m.peer_addr.is_empty() {
-                self.transport.set_peer(*id, &m.peer_addr);
-            }
-        }
         let conf = self.raw.status().conf;
-        for id in self.transport.peer_ids() {
-            if !dir.contains_key(&id) && !conf.contains(id) && self.leader != id {
-                self.transport.remove_peer(id);
-            }
-        }
+        let leader = self.leader;
+        self.peers.sync(&dir, self.identity.id, |id| {
+            conf.contains(id) || leader == id
+        });
     }
 }

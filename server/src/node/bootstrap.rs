@@ -26,8 +26,8 @@ use super::Member;
 use super::identity::{
     Identity, IdentityError, Origin, bootstrap_cluster_id, bootstrap_id, random_id,
 };
+use super::outbound::{PeerView, StatusProbe};
 use crate::config::Config;
-use crate::transport::admin_service::{PeerView, probe_status};
 
 /// How the node starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +71,8 @@ fn initial_members(cfg: &Config) -> Vec<Member> {
 }
 
 /// Decides the start mode (and persists a new identity before returning).
-pub async fn decide(cfg: &Config) -> Result<StartMode, IdentityError> {
+/// `probe` asks the listed peers for their status before a bootstrap.
+pub async fn decide(cfg: &Config, probe: &dyn StatusProbe) -> Result<StartMode, IdentityError> {
     if let Some(identity) = Identity::load(&cfg.data_dir)? {
         info!(id = identity.id, cluster = %identity.cluster_id, "restarting with stored identity");
         return Ok(StartMode::Restart(identity));
@@ -80,7 +81,7 @@ pub async fn decide(cfg: &Config) -> Result<StartMode, IdentityError> {
         join_mode(cfg)
     } else if cfg.peers.is_empty() {
         bootstrap_mode(cfg)
-    } else if let Some((existing, reason)) = probe_existing_cluster(cfg).await {
+    } else if let Some((existing, reason)) = probe_existing_cluster(cfg, probe).await {
         warn!(
             cluster = %existing,
             reason = %reason,
@@ -124,13 +125,13 @@ fn bootstrap_mode(cfg: &Config) -> StartMode {
 
 /// Asks every listed peer for its status; returns the cluster id and the
 /// reason if any answer proves the cluster already ran (see module docs).
-async fn probe_existing_cluster(cfg: &Config) -> Option<(String, String)> {
+async fn probe_existing_cluster(cfg: &Config, probe: &dyn StatusProbe) -> Option<(String, String)> {
     let my_id = bootstrap_id(&cfg.name);
     let bootstrap_entries = 2 * (cfg.peers.len() as u64 + 1);
     let probes = cfg
         .peers
         .iter()
-        .map(|p| probe_status(p.peer_addr(), PROBE_TIMEOUT));
+        .map(|p| probe.probe(p.peer_addr(), PROBE_TIMEOUT));
     let answers = futures::future::join_all(probes).await;
     answers.into_iter().flatten().find_map(|s| {
         let reason = cluster_ran(&s, my_id, bootstrap_entries)?;

@@ -6,22 +6,35 @@
 //! and the state machine. Handlers never block on IO of their own; they wait
 //! on a oneshot reply that the runtime sends after commit + apply (writes) or
 //! after `applied >= read index` (linearizable reads).
+//!
+//! Boundaries: the node names neither the transport nor the API layer.
+//! Inbound peer traffic arrives through [`PeerInbox`]; outbound traffic and
+//! the pre-bootstrap probe leave through the node's own traits
+//! ([`Outbound`], [`StatusProbe`]), which the tonic transport implements.
+//! [`build()`] makes a node from its flags and those implementations; the
+//! top-level `server` module owns the listeners and wires everything.
 
 mod admin;
 mod apply;
 pub mod bootstrap;
+pub mod build;
 pub mod handle;
 pub mod identity;
 mod lease_clock;
 pub mod limits;
 pub mod log;
+pub mod outbound;
+mod peers;
+mod proposals;
 pub mod reads;
 pub mod runtime;
 pub mod snapshot;
-pub mod start;
 pub mod store;
+mod view;
 
+pub use build::{BuildError, BuiltNode, build};
 pub use handle::{NodeHandle, PeerInbox};
+pub use outbound::{Outbound, OutboundContext, StatusProbe};
 
 use bytes::Bytes;
 

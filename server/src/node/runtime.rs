@@ -15,27 +15,27 @@
 //! Inputs that arrive during the fsync queue up in the bounded channels and
 //! form the next batch: that is the group commit.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::handle::{ClientInput, LeaderView, PeerInput};
 use super::identity::Identity;
 use super::log::RawNode;
+use super::peers::Peers;
+use super::proposals::Proposals;
 use super::reads::{PendingRead, ReadQueue, ctx_bytes};
 use super::snapshot::SnapshotState;
 use super::store::StorageFailure;
-use super::{Member, NodeError, WriteResult, reason};
+use super::view::View;
+use super::{Member, NodeError, reason};
 use crate::config::Config;
 use crate::metrics::{Metrics, gauge_value};
-use crate::node::handle::AdminReply;
 use crate::raft::{Message, NodeId, Ready, Role};
 use crate::storage::{StateMachine, Wal};
-use crate::transport::peer::PeerTransport;
 
 /// Client inputs taken per loop iteration before the core is asked for a Ready.
 const MAX_CLIENT_INPUTS_PER_BATCH: usize = 4096;
@@ -43,31 +43,8 @@ const MAX_CLIENT_INPUTS_PER_BATCH: usize = 4096;
 const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 /// Applied may trail commit by this much and the node still counts as ready.
 const READY_MAX_APPLY_LAG: u64 = 1000;
-/// Peers whose self-advertised addresses are remembered.
-const MAX_OBSERVED_PEERS: usize = 1024;
-/// Outbound streams opened for senders that are not in the member directory
-/// (e.g. a leader a joining node has not learnt yet). Each is a task with a
-/// queue, so a flood of made-up sender ids must not open one each.
-const MAX_UNKNOWN_PEER_LINKS: usize = 8;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
-
-/// A write waiting for its entry to be applied.
-pub(super) struct PendingWrite {
-    /// Term the entry was proposed in; a different term at that index means
-    /// the entry was replaced and the write did not happen.
-    pub term: u64,
-    /// Where the result goes.
-    pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
-}
-
-/// A membership change waiting to be applied.
-pub(super) struct PendingConf {
-    /// Proposal term.
-    pub term: u64,
-    /// Where the result goes.
-    pub reply: oneshot::Sender<Result<AdminReply, NodeError>>,
-}
 
 /// Everything the runtime task owns.
 pub struct Runtime {
@@ -83,12 +60,12 @@ pub struct Runtime {
     pub(super) sm: StateMachine,
     /// Snapshot files and in-progress snapshot work.
     pub(super) snap: SnapshotState,
-    /// Outbound peer streams.
-    pub(super) transport: PeerTransport,
+    /// Outbound peer streams and what peers advertise about themselves.
+    pub(super) peers: Peers,
     /// Stamped on outbound batches; set once when a joining node is adopted.
     pub(super) cluster_id_tx: watch::Sender<String>,
-    /// Published leader view for handles, /readyz and the admin API.
-    pub(super) leader_tx: watch::Sender<LeaderView>,
+    /// Published leader view and the leaderless clock.
+    pub(super) view: View,
     /// Metrics.
     pub(super) metrics: Arc<Metrics>,
     /// Client requests.
@@ -97,10 +74,8 @@ pub struct Runtime {
     pub(super) peer_rx: mpsc::Receiver<PeerInput>,
     /// For tasks the runtime spawns (snapshot transfers) to report back.
     pub(super) peer_tx: mpsc::Sender<PeerInput>,
-    /// Writes waiting for apply, by log index.
-    pub(super) pending_writes: BTreeMap<u64, PendingWrite>,
-    /// Membership changes waiting for apply, by log index.
-    pub(super) pending_conf: BTreeMap<u64, PendingConf>,
+    /// Writes and membership changes waiting for apply.
+    pub(super) proposals: Proposals,
     /// Linearizable reads.
     pub(super) reads: ReadQueue,
     /// Last known leader and role.
@@ -111,12 +86,6 @@ pub struct Runtime {
     pub(super) applied: u64,
     /// Set by SIGTERM.
     pub(super) shutdown: watch::Receiver<bool>,
-    /// Addresses peers advertise about themselves (see `observe_sender`).
-    pub(super) observed: std::collections::HashMap<NodeId, Member>,
-    /// Index of the newest write proposed here (see `PendingRead::min_index`).
-    pub(super) last_proposed: u64,
-    /// Since when no leader has been known (reads fail after `leader_wait`).
-    pub(super) leaderless_since: Option<Instant>,
     /// Lease deadlines (kept while leading) and lease-id generation.
     pub(super) lease_clock: super::lease_clock::LeaseClock,
 }
@@ -172,12 +141,7 @@ impl Runtime {
             "fatal storage error: cannot persist; failing every waiter, marking unhealthy and exiting"
         );
         self.metrics.storage_fatal.set(1);
-        // `failed` first: a request that sees `stopping` must read why.
-        self.leader_tx.send_modify(|v| {
-            v.failed = true;
-            v.ready = false;
-            v.stopping = true;
-        });
+        self.view.mark_failed();
         self.fail_everything(&NodeError::unavailable(reason::STORAGE_FAILURE));
     }
 
@@ -194,12 +158,10 @@ impl Runtime {
     /// Linearizable reads cannot be served without a leader; after
     /// `leader_wait` they fail instead of hanging.
     fn fail_reads_without_leader(&mut self, now: Instant) {
-        if self.leader != 0 {
-            self.leaderless_since = None;
+        let Some(leaderless) = self.view.leaderless_for(self.leader, now) else {
             return;
-        }
-        let since = *self.leaderless_since.get_or_insert(now);
-        if now.duration_since(since) >= self.cfg.leader_wait() && !self.reads.is_empty() {
+        };
+        if leaderless >= self.cfg.leader_wait() && !self.reads.is_empty() {
             self.reads
                 .fail_all(&NodeError::unavailable(reason::NO_LEADER));
         }
@@ -226,7 +188,9 @@ impl Runtime {
                     return;
                 }
                 if let Some(from) = msgs.first().map(|m| m.from) {
-                    self.observe_sender(from, sender);
+                    let sm = &self.sm;
+                    self.peers
+                        .observe(from, sender, || super::store::directory(sm));
                 }
                 for m in msgs {
                     self.step(m);
@@ -247,33 +211,6 @@ impl Runtime {
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
             PeerInput::SnapshotWritten(result) => self.on_snapshot_written(result),
-        }
-    }
-
-    /// Remembers the addresses a peer advertises about itself: the peer
-    /// address lets a joining node reply before it has the member directory,
-    /// the client addresses fill gaps in bootstrap entries (`-peers` names no
-    /// gRPC port) for redirects.
-    fn observe_sender(&mut self, from: NodeId, sender: Member) {
-        if !self.transport.has_peer(from) && !sender.peer_addr.is_empty() {
-            let dir = self.directory();
-            let unknown = self
-                .transport
-                .peer_ids()
-                .into_iter()
-                .filter(|id| !dir.contains_key(id))
-                .count();
-            if dir.contains_key(&from) || unknown < MAX_UNKNOWN_PEER_LINKS {
-                self.transport.set_peer(from, &sender.peer_addr);
-            } else {
-                tracing::debug!(
-                    from,
-                    "not dialling back another unknown sender: MAX_UNKNOWN_PEER_LINKS reached"
-                );
-            }
-        }
-        if self.observed.len() < MAX_OBSERVED_PEERS || self.observed.contains_key(&from) {
-            self.observed.insert(from, sender);
         }
     }
 
@@ -322,7 +259,7 @@ impl Runtime {
                 let read = PendingRead {
                     query,
                     reply,
-                    min_index: self.last_proposed,
+                    min_index: self.proposals.last_proposed(),
                 };
                 if !linearizable {
                     self.answer_read(self.applied, read);
@@ -422,18 +359,13 @@ impl Runtime {
 
     /// Fails writes whose entries may never commit under this node.
     pub(super) fn fail_pending_writes(&mut self, err: &NodeError) {
-        for (_, w) in std::mem::take(&mut self.pending_writes) {
-            let _ = w.reply.send(Err(err.clone()));
-        }
-        for (_, c) in std::mem::take(&mut self.pending_conf) {
-            let _ = c.reply.send(Err(err.clone()));
-        }
+        self.proposals.fail_all(err);
     }
 
     fn fail_everything(&mut self, err: &NodeError) {
         self.fail_pending_writes(err);
         self.reads.fail_all(err);
-        self.leader_tx.send_modify(|v| v.stopping = true);
+        self.view.mark_stopping();
     }
 
     /// Routes outbound messages: snapshots go through a streaming transfer,
@@ -445,7 +377,7 @@ impl Runtime {
                 continue;
             }
             let to = m.to;
-            if !self.transport.send(m) {
+            if !self.peers.send(m) {
                 self.raw.report_unreachable(to);
             }
         }
@@ -464,16 +396,10 @@ impl Runtime {
             is_self: self.leader == self.identity.id && self.role == Role::Leader,
             leader,
             ready,
-            stopping: *self.shutdown.borrow() && self.leader_tx.borrow().stopping,
-            failed: self.leader_tx.borrow().failed,
+            stopping: false,
+            failed: false,
         };
-        self.leader_tx.send_if_modified(|v| {
-            let changed = *v != view;
-            if changed {
-                *v = view;
-            }
-            changed
-        });
+        self.view.publish(view, *self.shutdown.borrow());
         self.metrics.term.set(gauge_value(status.term));
         self.metrics.commit_index.set(gauge_value(status.commit));
         self.metrics.applied_index.set(gauge_value(self.applied));
@@ -498,7 +424,7 @@ impl Runtime {
         if id == 0 {
             return None;
         }
-        let seen = self.observed.get(&id);
+        let seen = self.peers.observed(id);
         let mut m = self.directory().remove(&id)?;
         if let Some(seen) = seen {
             for (field, value) in [
@@ -526,7 +452,7 @@ impl Runtime {
         }
         while Instant::now() < deadline {
             let handed_over = self.role != Role::Leader || self.best_transfer_target().is_none();
-            if handed_over && self.pending_writes.is_empty() {
+            if handed_over && self.proposals.no_writes() {
                 break;
             }
             tokio::select! {

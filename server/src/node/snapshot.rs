@@ -15,12 +15,12 @@ use tracing::{info, warn};
 
 use super::handle::{AdminReply, PeerInput};
 use super::log::RawNode;
+use super::outbound::SnapshotTransfer;
 use super::runtime::Runtime;
 use super::store::{self as adapter, SnapshotFiles, StorageFailure};
 use super::{NodeError, SnapshotInfo};
 use crate::raft::{Message, NodeId, SnapshotMeta, Storage};
 use crate::storage::StagedSnapshot;
-use crate::transport::snapshot::{SnapshotTransfer, send_snapshot};
 
 /// Entries kept in the log behind a snapshot so slightly slow followers can
 /// still catch up from the log instead of needing a snapshot.
@@ -189,7 +189,8 @@ impl Runtime {
             return;
         }
         let newest = self.snap.files.store.newest().ok().flatten();
-        let (Some(addr), Some((file, header))) = (self.transport.peer_addr(to), newest) else {
+        let (Some(addr), Some((file, header))) = (self.peers.outbound().peer_addr(to), newest)
+        else {
             self.raw.report_snapshot(to, false);
             return;
         };
@@ -210,8 +211,9 @@ impl Runtime {
             cluster_id: self.identity.cluster_id.clone(),
         };
         let tx = self.peer_tx.clone();
+        let send = self.peers.outbound().send_snapshot(transfer);
         tokio::spawn(async move {
-            let result = send_snapshot(transfer).await;
+            let result = send.await;
             if let Err(e) = &result {
                 warn!(to, error = %e, "snapshot transfer failed");
             }

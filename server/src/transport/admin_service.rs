@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tonic::{Request, Response, Status};
 
 use titan_proto::v1 as pb;
@@ -10,26 +11,8 @@ use titan_proto::v1::admin_server::Admin;
 
 use super::status_from_error;
 use crate::node::handle::{AdminCmd, AdminReply};
+use crate::node::outbound::{PeerView, StatusProbe};
 use crate::node::{Member, MemberStatus, NodeHandle, NodeRole, NodeStatus, SnapshotInfo};
-
-/// What a pre-bootstrap probe learns from a peer's Admin.Status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerView {
-    /// The peer's cluster id ("" if it has none yet).
-    pub cluster_id: String,
-    /// The peer's member id (0 if it has no identity).
-    pub id: u64,
-    /// Members the peer knows, with the leader's match index (0 on followers).
-    pub members: Vec<(u64, u64)>,
-    /// The peer's current term (1 right after bootstrap, before any election).
-    pub term: u64,
-    /// The leader the peer follows (0 if none).
-    pub leader_id: u64,
-    /// The peer's commit index.
-    pub commit_index: u64,
-    /// The peer's last log index.
-    pub last_index: u64,
-}
 
 /// Asks the node at `addr` for its status; `None` if it does not answer
 /// within `timeout`.
@@ -53,6 +36,16 @@ pub async fn probe_status(addr: String, timeout: Duration) -> Option<PeerView> {
         commit_index: s.commit_index,
         last_index: s.last_index,
     })
+}
+
+/// The node's pre-bootstrap [`StatusProbe`], over Admin.Status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AdminStatusProbe;
+
+impl StatusProbe for AdminStatusProbe {
+    fn probe(&self, addr: String, timeout: Duration) -> BoxFuture<'static, Option<PeerView>> {
+        Box::pin(probe_status(addr, timeout))
+    }
 }
 
 /// How long TransferLeadership waits for the target to take over.

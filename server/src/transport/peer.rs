@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -19,6 +20,7 @@ use titan_proto::v1::raft_client::RaftClient;
 
 use super::convert::message_to_pb;
 use crate::metrics::Metrics;
+use crate::node::outbound::{Outbound, OutboundContext, SnapshotSendError, SnapshotTransfer};
 use crate::raft::{Message, NodeId};
 
 /// Tunables of the peer transport.
@@ -93,6 +95,15 @@ pub struct PeerTransport {
 }
 
 impl PeerTransport {
+    /// The transport a node asks for once it knows who it is.
+    pub fn from_context(ctx: OutboundContext) -> Self {
+        Self::new(
+            PeerConfig::new(ctx.self_member),
+            ctx.cluster_id,
+            ctx.metrics,
+        )
+    }
+
     /// Creates an empty transport.
     pub fn new(
         config: PeerConfig,
@@ -179,6 +190,41 @@ impl PeerTransport {
             self.metrics.peer_messages_dropped.inc();
             false
         }
+    }
+}
+
+/// The node's outbound half, over these streams; snapshots go through
+/// [`send_snapshot`](super::snapshot::send_snapshot).
+impl Outbound for PeerTransport {
+    fn set_peer(&mut self, id: NodeId, addr: &str) {
+        PeerTransport::set_peer(self, id, addr);
+    }
+
+    fn has_peer(&self, id: NodeId) -> bool {
+        PeerTransport::has_peer(self, id)
+    }
+
+    fn peer_addr(&self, id: NodeId) -> Option<String> {
+        PeerTransport::peer_addr(self, id)
+    }
+
+    fn remove_peer(&mut self, id: NodeId) {
+        PeerTransport::remove_peer(self, id);
+    }
+
+    fn peer_ids(&self) -> Vec<NodeId> {
+        PeerTransport::peer_ids(self)
+    }
+
+    fn send(&self, msg: Message) -> bool {
+        PeerTransport::send(self, msg)
+    }
+
+    fn send_snapshot(
+        &self,
+        transfer: SnapshotTransfer,
+    ) -> BoxFuture<'static, Result<(), SnapshotSendError>> {
+        Box::pin(super::snapshot::send_snapshot(transfer))
     }
 }
 

@@ -1,8 +1,9 @@
 //! Outbound snapshot streaming: reads the snapshot file in fixed-size chunks
 //! and streams them over `Raft.InstallSnapshot`, holding at most
-//! `SNAPSHOT_CHUNKS_IN_FLIGHT` chunks in memory.
+//! `SNAPSHOT_CHUNKS_IN_FLIGHT` chunks in memory. The node asks for it through
+//! [`Outbound::send_snapshot`](crate::node::outbound::Outbound::send_snapshot);
+//! tonic errors become the node's [`SnapshotSendError`] here.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
@@ -14,41 +15,25 @@ use titan_proto::v1::raft_client::RaftClient;
 
 use super::convert::message_to_pb;
 use super::peer::connect;
-use crate::raft::Message;
+use crate::node::outbound::{SnapshotSendError, SnapshotTransfer};
 
 /// Bytes per chunk.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// Chunks buffered between the file reader and the stream.
 const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
 
-/// Why a snapshot transfer failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SnapshotSendError {
-    /// Reading the local file failed.
-    #[error("reading snapshot: {0}")]
-    Io(#[from] std::io::Error),
-    /// Dialling the follower failed.
-    #[error("connecting: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    /// The RPC failed.
-    #[error("rpc: {0}")]
-    Rpc(#[from] tonic::Status),
-    /// The follower refused the snapshot.
-    #[error("rejected by follower: {0}")]
-    Rejected(String),
+/// A dial failure, as the node's error (no tonic type crosses into `node/`).
+impl From<tonic::transport::Error> for SnapshotSendError {
+    fn from(e: tonic::transport::Error) -> Self {
+        SnapshotSendError::Connect(e.to_string())
+    }
 }
 
-/// What to send where.
-#[derive(Debug, Clone)]
-pub struct SnapshotTransfer {
-    /// Follower's peer address.
-    pub addr: String,
-    /// The core's `Snapshot` message (goes in the first chunk).
-    pub msg: Message,
-    /// The snapshot file.
-    pub file: PathBuf,
-    /// Stamped on the first chunk.
-    pub cluster_id: String,
+/// A failed RPC, as the node's error.
+impl From<tonic::Status> for SnapshotSendError {
+    fn from(e: tonic::Status) -> Self {
+        SnapshotSendError::Rpc(e.to_string())
+    }
 }
 
 /// Streams the file to the follower and waits for its verdict.
