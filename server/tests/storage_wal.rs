@@ -300,6 +300,55 @@ fn snapshot_beyond_the_log_restarts_the_log_after_it() {
     assert_eq!(got, vec![501]);
 }
 
+/// A hard state that only moved the commit index is written without an
+/// fsync; a clean restart reads it back, a power loss may drop it (leaving
+/// every synced entry and the last synced hard state), and the next synced
+/// batch makes it durable.
+#[test]
+fn commit_only_hard_states_skip_the_fsync_and_a_power_loss_may_drop_only_them() {
+    let fs = SimFs::new();
+    let opts = WalOptions {
+        fs: Arc::new(fs.clone()),
+        ..small_segments()
+    };
+    let dir = Path::new("/sim/wal");
+    let batch: Vec<Entry> = (1..=3).map(|i| entry(i, 1, 100)).collect();
+    let (wal, _) = Wal::open(dir, opts.clone()).unwrap();
+    wal.append(&batch, Some(hs(1, 1))).unwrap();
+    let fsyncs = wal.stats().fsync_count;
+    wal.record_commit_unsynced(hs(1, 3)).unwrap();
+    assert_eq!(
+        wal.stats().fsync_count,
+        fsyncs,
+        "a commit-only record is not fsynced"
+    );
+    drop(wal);
+
+    // Clean restart: the file still holds it.
+    let (wal, rec) = Wal::open(dir, opts.clone()).unwrap();
+    assert_eq!(
+        (rec.entries.clone(), rec.hard_state),
+        (batch.clone(), hs(1, 3))
+    );
+    wal.record_commit_unsynced(hs(1, 2)).unwrap();
+    drop(wal);
+
+    // Power loss: the unsynced record is gone, nothing synced is.
+    fs.crash(|_| Vec::new());
+    let (wal, rec) = Wal::open(dir, opts.clone()).unwrap();
+    assert_eq!(rec.entries, batch);
+    assert!(rec.hard_state.commit <= 3, "{:?}", rec.hard_state);
+
+    // A later synced batch makes an earlier unsynced commit durable.
+    wal.record_commit_unsynced(hs(1, 3)).unwrap();
+    wal.append(&[entry(4, 1, 10)], None).unwrap();
+    drop(wal);
+    fs.crash(|_| Vec::new());
+    let (_, rec) = Wal::open(dir, opts).unwrap();
+    assert_eq!(rec.entries.len(), 4);
+    assert_eq!(rec.hard_state, hs(1, 3));
+}
+
 #[test]
 fn concurrent_appends_share_fsyncs() {
     let dir = tempfile::tempdir().unwrap();

@@ -335,7 +335,13 @@ impl Runtime {
         let entries = rd.entries.clone();
         let hs = rd.hard_state;
         let bytes: usize = entries.iter().map(|e| e.size_bytes()).sum();
-        let joined = tokio::task::spawn_blocking(move || wal.append(&entries, hs)).await;
+        // Only the commit index moved: no fsync (see `record_commit_unsynced`).
+        let sync = rd.must_sync || !entries.is_empty();
+        let joined = tokio::task::spawn_blocking(move || match hs {
+            Some(hs) if !sync => wal.record_commit_unsynced(hs),
+            _ => wal.append(&entries, hs),
+        })
+        .await;
         joined.map_err(StorageFailure::other)??;
         self.metrics.wal_bytes.inc_by(bytes as u64);
         self.raw_storage_append(rd)

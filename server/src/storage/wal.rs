@@ -378,6 +378,18 @@ impl Wal {
         self.wait_durable(seq)
     }
 
+    /// Writes a hard state that only moved the commit index, without an
+    /// fsync. Raft does not need the commit index durable (the core's
+    /// `Ready::must_sync` is false for such a Ready): the record becomes
+    /// durable with the next synced batch or rotation, and a power loss that
+    /// drops it only makes boot replay fewer committed entries, which the
+    /// leader then commits again. Taking it off the fsync path removes one
+    /// fsync per write from the leader's commit-to-apply step and halves a
+    /// follower's fsyncs.
+    pub fn record_commit_unsynced(&self, hard_state: HardState) -> Result<(), WalError> {
+        self.write_batch(&[], Some(hard_state)).map(|_| ())
+    }
+
     /// Like [`Wal::append`], but the batch is built under the write lock
     /// from the current last index, so concurrent callers can assign
     /// consecutive indexes without their own lock (and still share fsyncs).
