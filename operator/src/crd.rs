@@ -435,7 +435,7 @@ mod tests {
         }
     }
 
-    /// Issue #11 finding 8: a 2-voter cluster loses quorum on every pod
+    /// Regression: a 2-voter cluster loses quorum on every pod
     /// restart, so `replicas: 2` is refused with the reason; table of the
     /// boundary values around it.
     #[test]

@@ -956,7 +956,7 @@ mod tests {
         assert_eq!(plan(&obs, &CFG, &ordinal).phase, Phase::Degraded);
     }
 
-    /// Issue #11 finding 8: with 2 voters the rolling update deleted the
+    /// Regression: with 2 voters the rolling update deleted the
     /// follower's pod, leaving 1 of 2 voters: no majority, no writes.
     #[test]
     fn two_voter_rolling_update_never_deletes_a_pod_and_drops_quorum() {

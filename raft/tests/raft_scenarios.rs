@@ -338,7 +338,7 @@ fn read_index_on_a_partitioned_old_leader_never_returns_a_stale_value() {
     stale_read_scenario(|_| {});
 }
 
-/// Issue #11 finding 9: lease reads answered from heartbeat acks counted in
+/// Regression: lease reads answered from heartbeat acks counted in
 /// ticks, and ticks stall while the node blocks on fsync or a snapshot load,
 /// so a lease could outlive real time. They were removed: a leader whose
 /// quorum acknowledged it a moment ago still needs a fresh heartbeat round

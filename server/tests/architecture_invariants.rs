@@ -2,7 +2,9 @@
 //! its own: the `titan-raft` crate depends on nothing that can do IO and uses
 //! no clock, thread, env or file API from std; `titan-snapfile` stays a
 //! pure byte layout; only `transport/` knows tonic
-//! and the protos; nothing but the operator knows kube.
+//! and the protos; nothing but the operator knows kube; `node/` names
+//! neither the transport nor the API layer; comments cite nothing outside
+//! the repository.
 
 use std::path::{Path, PathBuf};
 
@@ -146,6 +148,49 @@ fn node_names_neither_transport_nor_api() {
     assert!(
         hits.is_empty(),
         "node/ must not name transport/, api/ or tonic:\n{}",
+        hits.join("\n")
+    );
+}
+
+/// Docs stand alone: no comment in the workspace's Rust sources points at an
+/// issue tracker entry, a review finding or a spec section that is not in
+/// the repository.
+#[test]
+fn comments_refer_to_no_document_outside_the_repo() {
+    let pattern = |line: &str| {
+        let lower = line.to_lowercase();
+        let numbered = |word: &str| {
+            lower.match_indices(word).any(|(i, _)| {
+                let rest = lower[i + word.len()..].trim_start_matches(['#', ' ']);
+                rest.starts_with(|c: char| c.is_ascii_digit())
+            })
+        };
+        lower.contains("spec §") || numbered("issue ") || numbered("finding ")
+    };
+    let mut hits = Vec::new();
+    for krate in [
+        "raft", "snapfile", "server", "client", "operator", "soak", "testkit", "proto",
+    ] {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(krate);
+        for dir in ["src", "tests", "benches"] {
+            let dir = root.join(dir);
+            if !dir.is_dir() {
+                continue;
+            }
+            for file in rust_files(&dir) {
+                let text = std::fs::read_to_string(&file).expect("read source file");
+                for (n, line) in text.lines().enumerate() {
+                    let comment = line.split_once("//").map_or("", |(_, c)| c);
+                    if pattern(comment) {
+                        hits.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        hits.is_empty(),
+        "comments citing outside documents:\n{}",
         hits.join("\n")
     );
 }

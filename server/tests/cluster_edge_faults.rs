@@ -286,7 +286,7 @@ fn a_full_disk_makes_the_node_exit_unhealthy_and_loses_no_acknowledged_write() {
     }
 }
 
-/// Finding 6: every batch from an unknown sender id used to open an outbound
+/// Regression: every batch from an unknown sender id used to open an outbound
 /// stream (a task and a queue) to the address it claimed. Now at most
 /// `MAX_UNKNOWN_PEER_LINKS` (8) are opened for non-members.
 #[test]

@@ -182,7 +182,7 @@ fn wiped_node_comes_back_under_a_new_identity_instead_of_rebootstrapping() {
     assert!(members.iter().any(|m| m.id == old_id));
 }
 
-/// Issue #11 finding 3: when the wiped member was the leader, the new
+/// Regression: when the wiped member was the leader, the new
 /// leader reports match index 0 for it and the followers report 0 for
 /// everyone, so the old probe found no trace of it and it bootstrapped again
 /// under its old id, having forgotten its votes and log. Restarted with the

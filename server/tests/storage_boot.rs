@@ -184,7 +184,7 @@ fn snap_dir_names(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Issue #11 finding 1: a received snapshot was renamed to `snap-*.snap`
+/// Regression: a received snapshot was renamed to `snap-*.snap`
 /// before the core accepted it and before the WAL marker; a crash then left
 /// "newest snapshot 200, WAL ends at 10" and the first append failed with
 /// a gap, forever. Now the unaccepted snapshot is dropped at boot.

@@ -600,7 +600,7 @@ fn torn_header_of_a_freshly_rotated_segment_is_dropped_and_rewritten() {
     }
 }
 
-// ---- Issue #11 finding 7: torn tails that contain valid-looking frames ----
+// ---- Regression: torn tails that contain valid-looking frames ----
 
 use titan_server::storage::wal_record::{WalRecord, decode_frame};
 

@@ -1,4 +1,4 @@
-//! Finding 2 of the reliability review: the Raft core's per-Ready byte
+//! Regression: the Raft core's per-Ready byte
 //! accounting and the WAL's batch limit use one size function
 //! (`raft::entry_record_bytes`), so a burst of large values can never build
 //! a batch the WAL refuses.

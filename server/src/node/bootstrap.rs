@@ -189,7 +189,7 @@ mod tests {
         }
     }
 
-    /// Issue #11 finding 3: the old rule trusted the leader's match index,
+    /// Regression: the old rule trusted the leader's match index,
     /// which followers report as 0 for everyone and a new leader reports as
     /// 0 for a member that was down, so a wiped leader bootstrapped again
     /// under its old id. Every fact that proves the cluster ran counts.

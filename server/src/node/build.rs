@@ -89,7 +89,7 @@ fn raft_config(cfg: &Config, id: u64) -> raft::Config {
     rc.election_tick_min = cfg.election_ticks;
     rc.election_tick_max = cfg.election_ticks * 2;
     rc.heartbeat_tick = cfg.heartbeat_ticks;
-    // One Ready must always fit one WAL batch (finding 2): same limits, same
+    // One Ready must always fit one WAL batch: same limits, same
     // size function.
     rc.max_ready_entry_bytes = crate::storage::WalOptions::default().max_entry_bytes_per_batch();
     rc

@@ -233,7 +233,7 @@ mod tests {
         assert!(q.is_empty());
     }
 
-    /// Issue #11 finding 5: a restarted node numbered its ReadIndex contexts
+    /// Regression: a restarted node numbered its ReadIndex contexts
     /// from 1 again, so the leader's late reply to the previous process's
     /// context 1 (carrying an old read index) confirmed the new batch 1.
     #[test]

@@ -290,7 +290,7 @@ mod tests {
         bootstrap_entries,
     };
 
-    /// Issue #11 finding 4: snapshots stored the current configuration,
+    /// Regression: snapshots stored the current configuration,
     /// which includes an appended but uncommitted membership change.
     #[test]
     fn snapshot_records_membership_at_the_applied_index_not_an_uncommitted_change() {

@@ -302,7 +302,7 @@ mod tests {
             .unwrap_or_default()
     }
 
-    /// Issue #11 finding 1: a foreign cluster's snapshot was written out,
+    /// Regression: a foreign cluster's snapshot was written out,
     /// published (pruning our own snapshots) before the cluster id check.
     #[tokio::test]
     async fn snapshot_from_another_cluster_is_refused_before_any_byte_is_kept() {
@@ -320,7 +320,7 @@ mod tests {
         assert!(f.rx.try_recv().is_err(), "handed to the runtime");
     }
 
-    /// Issue #11 finding 1: one install stream could write 64 GiB before
+    /// Regression: one install stream could write 64 GiB before
     /// any check; now `--max-snapshot-bytes` stops it and nothing is kept.
     #[tokio::test]
     async fn snapshot_stream_over_the_configured_max_is_refused_and_leaves_no_file() {
