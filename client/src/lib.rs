@@ -120,6 +120,7 @@ mod error;
 mod kv;
 mod lease;
 mod pool;
+pub use pool::error_chain;
 pub mod redirect;
 mod txn;
 mod types;

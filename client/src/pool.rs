@@ -98,8 +98,9 @@ async fn dial(endpoint: &str, connect_timeout: std::time::Duration) -> Result<Ch
         .map_err(|e| format!("connect to {endpoint}: {}", error_chain(&e)))
 }
 
-/// "outer: inner: root" for an error and its sources.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+/// "outer: inner: root" for an error and its sources (tonic's transport
+/// error alone says only "transport error").
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
     let mut cause = err.source();
     while let Some(inner) = cause {

@@ -225,7 +225,7 @@ async fn receive(
         .connect_timeout(timeout)
         .connect()
         .await
-        .map_err(|e| unreachable(error_chain(&e)))?;
+        .map_err(|e| unreachable(titan_client::error_chain(&e)))?;
     let mut client = MaintenanceClient::new(channel).max_decoding_message_size(64 << 20);
     let server = |status: tonic::Status| SnapError::Server {
         endpoint: endpoint.into(),
@@ -251,19 +251,6 @@ async fn receive(
     }
     tail.check(remaining)
         .map_err(|e| SnapError::Bad(part.into(), e))
-}
-
-/// An error and its sources, `: `-separated (tonic's transport error alone
-/// says only "transport error").
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// SHA-256 of every byte but the last 32, which it keeps aside.
