@@ -361,6 +361,7 @@ impl<S: Storage> Raft<S> {
             TimeoutNow => self.handle_timeout_now(),
             ReadIndex => self.handle_read_index_request(m),
             ReadIndexResp => self.handle_read_index_response(m),
+            Propose => self.handle_forwarded_proposal(m),
         }
         Ok(())
     }

@@ -119,6 +119,17 @@
 //! an fsync or a snapshot load, so a tick-based lease cannot bound real time
 //! and every linearizable read pays for one heartbeat round.
 //!
+//! # Proposals on a follower
+//!
+//! `forward(datas)` on a follower sends the commands to the leader it
+//! knows in a `Propose` message (consecutive forwards before the next
+//! `ready()` share one message); the leader appends them exactly as its own
+//! `propose_batch` would, or drops them (not leader, transfer in progress,
+//! too many uncommitted bytes). Nothing answers: the node tags its commands
+//! so it recognises them when it applies them, and times out the ones that
+//! never come back (their outcome is unknown). A `Propose` must be
+//! delivered at most once, or the commands are appended twice.
+//!
 //! # Message fields by type
 //!
 //! | type | `index` / `log_term` | `entries` | `commit` | `reject*`, `hint_term` | `context` |
@@ -130,6 +141,7 @@
 //! | Heartbeat(Resp) | | | min(match, commit) | | read round id |
 //! | Snapshot | snapshot index/term | | | | (`snapshot` set) |
 //! | ReadIndex(Resp) | read index (resp) | | | | caller's read id |
+//! | Propose | | proposed commands (no index/term) | | | |
 //!
 //! # Code map
 //!

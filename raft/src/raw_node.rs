@@ -89,6 +89,12 @@ impl<S: Storage> RawNode<S> {
         self.raft.propose_conf_change(cc)
     }
 
+    /// Follower: sends commands to the leader, which appends them or drops
+    /// them; see the crate docs ("Proposals on a follower").
+    pub fn forward(&mut self, datas: Vec<Vec<u8>>) -> Result<(), RaftError> {
+        self.raft.forward(datas)
+    }
+
     /// Requests a linearizable read; its `ReadState` arrives in a later `Ready`.
     pub fn read_index(&mut self, ctx: Vec<u8>) -> Result<(), RaftError> {
         self.raft.read_index(ctx)

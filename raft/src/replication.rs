@@ -38,6 +38,52 @@ impl<S: Storage> Raft<S> {
         Ok(self.append_as_leader(ents))
     }
 
+    /// Follower: sends client commands to the leader in a `Propose`
+    /// message, merged into the one already queued for it in this term.
+    /// The leader appends them or drops them; nothing answers.
+    pub fn forward(&mut self, datas: Vec<Vec<u8>>) -> Result<(), RaftError> {
+        if self.role == Role::Leader || self.leader == super::NO_NODE {
+            return Err(RaftError::NotLeader {
+                leader: self.leader,
+            });
+        }
+        if datas.is_empty() {
+            return Err(RaftError::ProposalDropped);
+        }
+        let ents = datas.into_iter().map(|data| Entry {
+            index: 0,
+            term: 0,
+            kind: EntryKind::Normal,
+            data,
+        });
+        let (leader, term, cap) = (self.leader, self.term, self.cfg.max_msg_entries);
+        if let Some(m) = self.msgs.last_mut()
+            && m.msg_type == MessageType::Propose
+            && m.to == leader
+            && m.term == term
+            && m.entries.len() < cap
+        {
+            m.entries.extend(ents);
+            return Ok(());
+        }
+        let mut m = Message::new(MessageType::Propose, self.id, leader, term);
+        m.entries = ents.collect();
+        self.send(m);
+        Ok(())
+    }
+
+    /// Leader: appends a follower's forwarded commands as if proposed here.
+    /// Anything but plain commands (a conf change must pass its own checks)
+    /// drops the whole message, as does a refusal to propose.
+    pub fn handle_forwarded_proposal(&mut self, m: Message) {
+        if m.entries.iter().any(|e| e.kind != EntryKind::Normal) {
+            return;
+        }
+        let datas = m.entries.into_iter().map(|e| e.data).collect();
+        // A refusal drops them; the proposer times them out.
+        let _ = self.propose(datas, EntryKind::Normal);
+    }
+
     pub fn check_can_propose(&self) -> Result<(), RaftError> {
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader {

@@ -166,6 +166,12 @@ pub enum MessageType {
     ReadIndex = 11,
     /// Leader → follower: the read index (`index`) for `context`.
     ReadIndexResp = 12,
+    /// Follower → leader: `entries` (index and term unset) for the leader to
+    /// append as its own proposals. Never answered: the proposer learns the
+    /// outcome by applying the entry, and a dropped proposal (no leader,
+    /// transfer, overload, message loss) must be timed out by the node.
+    /// The transport must deliver it at most once.
+    Propose = 13,
 }
 
 impl MessageType {
@@ -185,6 +191,7 @@ impl MessageType {
             10 => TimeoutNow,
             11 => ReadIndex,
             12 => ReadIndexResp,
+            13 => Propose,
             _ => return None,
         })
     }

@@ -590,3 +590,85 @@ fn unsynced_entries_are_lost_on_crash_and_the_node_rejoins() {
             .all(|n| n.raw().storage().last_index() >= before)
     );
 }
+
+/// A follower forwards proposals to the leader it knows: the forwards made
+/// before its next Ready travel in one Propose message, the leader appends
+/// them in order, and every node applies them.
+#[test]
+fn follower_forwards_proposals_in_one_message_and_every_node_applies_them() {
+    static PROPOSE_MSGS: AtomicU32 = AtomicU32::new(0);
+    let mut c = cluster3();
+    c.elect(1).unwrap();
+    c.stabilize().unwrap();
+    c.net.drop_filter = Some(|m: &Message| {
+        if m.msg_type == MessageType::Propose {
+            assert_eq!((m.from, m.to, m.entries.len()), (2, 1, 2));
+            PROPOSE_MSGS.fetch_add(1, Ordering::SeqCst);
+        }
+        false
+    });
+    c.forward(2, 10, 1).unwrap();
+    c.forward(2, 11, 1).unwrap();
+    c.stabilize().unwrap();
+    assert_eq!(PROPOSE_MSGS.load(Ordering::SeqCst), 1);
+    let last = status(&c, 1).last_index;
+    for id in 1..=3 {
+        assert_eq!(c.node(id).kv.get(1), Some(11), "node {id}");
+        assert_eq!(c.node(id).applied, last, "node {id}");
+    }
+}
+
+/// Forwarding needs a known leader, and the leader itself must propose.
+#[test]
+fn forwarding_is_refused_without_a_leader_and_on_the_leader() {
+    let mut c = cluster3();
+    assert_eq!(
+        c.forward(2, 1, 0),
+        Err(RaftError::NotLeader { leader: 0 }.to_string())
+    );
+    c.elect(1).unwrap();
+    assert_eq!(
+        c.forward(1, 2, 0),
+        Err(RaftError::NotLeader { leader: 1 }.to_string())
+    );
+}
+
+/// A leader drops forwarded proposals it cannot take (here: a transfer in
+/// progress) without appending anything; nothing is answered, the
+/// follower's node times them out.
+#[test]
+fn a_leader_drops_forwarded_proposals_during_a_transfer() {
+    let mut c = cluster3();
+    let all = c.ids.clone();
+    c.elect(1).unwrap();
+    c.net.isolate(3, &all);
+    c.put(1, 1, 0).unwrap();
+    c.stabilize().unwrap();
+    c.node_mut(1).raw_mut().transfer_leader(3).unwrap();
+    let before = status(&c, 1).last_index;
+    c.forward(2, 2, 0).unwrap();
+    c.stabilize().unwrap();
+    assert_eq!(status(&c, 1).last_index, before);
+    assert_eq!(c.node(2).kv.get(0), Some(1));
+}
+
+/// A forwarded message carrying anything but plain commands (a
+/// configuration change must pass the leader's own checks) is dropped.
+#[test]
+fn a_forwarded_configuration_change_is_dropped() {
+    let mut c = cluster3();
+    c.elect(1).unwrap();
+    c.stabilize().unwrap();
+    let before = status(&c, 1).last_index;
+    let mut m = Message::new(MessageType::Propose, 2, 1, status(&c, 1).term);
+    m.entries.push(titan_raft::Entry {
+        index: 0,
+        term: 0,
+        kind: titan_raft::EntryKind::ConfChange,
+        data: cc(ConfChangeType::RemoveNode, 3).encode(),
+    });
+    c.node_mut(1).raw_mut().step(m).unwrap();
+    c.stabilize().unwrap();
+    assert_eq!(status(&c, 1).last_index, before);
+    assert!(status(&c, 1).conf.voters.contains(&3));
+}

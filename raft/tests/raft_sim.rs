@@ -39,8 +39,9 @@ const MAX_CRASHED: usize = 2;
 #[derive(Debug, PartialEq, Eq)]
 struct Summary {
     completed_ops: u64,
-    /// Coverage: (terms with a leader, committed conf changes, snapshots installed, crashes).
-    coverage: [u64; 4],
+    /// Coverage: (terms with a leader, committed conf changes, snapshots
+    /// installed, crashes, puts completed through a follower's forward).
+    coverage: [u64; 5],
     messages: u64,
     final_applied: u64,
     inconclusive: bool,
@@ -90,6 +91,7 @@ fn run_seed(seed: u64) -> Result<Summary, String> {
         conf_changes as u64,
         c.snapshots_installed,
         c.crashes,
+        w.completed_forwarded,
     ];
     Ok(Summary {
         completed_ops: w.completed,
@@ -308,7 +310,7 @@ fn seeded_fault_runs_stay_safe_linearizable_and_recover() {
             (start..start + env_u64("TITAN_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect()
         }
     };
-    let (mut failures, mut ops, mut inconclusive, mut coverage) = (Vec::new(), 0, 0, [0u64; 4]);
+    let (mut failures, mut ops, mut inconclusive, mut coverage) = (Vec::new(), 0, 0, [0u64; 5]);
     for &seed in &seeds {
         match run_reported(seed) {
             Ok(s) => {
@@ -327,9 +329,10 @@ fn seeded_fault_runs_stay_safe_linearizable_and_recover() {
             }
         }
     }
-    let [leaders, confs, snaps, crashes] = coverage;
+    let [leaders, confs, snaps, crashes, forwarded] = coverage;
     eprintln!(
-        "{} seeds: {ops} completed client ops, {inconclusive} inconclusive histories, \
+        "{} seeds: {ops} completed client ops ({forwarded} forwarded by a follower), \
+         {inconclusive} inconclusive histories, \
          {leaders} leader terms, {confs} committed conf-change entries (incl. bootstrap), \
          {snaps} snapshots installed, {crashes} crashes",
         seeds.len()
@@ -337,6 +340,10 @@ fn seeded_fault_runs_stay_safe_linearizable_and_recover() {
     assert!(
         failures.is_empty(),
         "failing seeds: {failures:?} (reproduce with TITAN_SIM_SEED=<n>)"
+    );
+    assert!(
+        seeds.len() < 10 || forwarded > 0,
+        "no forwarded put completed: the follower path went unexercised"
     );
 }
 

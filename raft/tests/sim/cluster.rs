@@ -488,6 +488,15 @@ impl Cluster {
             .map_err(|e| e.to_string())
     }
 
+    /// Forwards a put of `op_id` to `key` from follower `id` to its leader.
+    pub fn forward(&mut self, id: NodeId, op_id: u64, key: u8) -> Result<(), String> {
+        let data = Put { op_id, key }.encode();
+        self.node_mut(id)
+            .raw_mut()
+            .forward(vec![data])
+            .map_err(|e| e.to_string())
+    }
+
     pub fn up_ids(&self) -> Vec<NodeId> {
         self.nodes
             .values()

@@ -74,7 +74,10 @@ impl Network {
             return SendOutcome::Dropped;
         }
         // Snapshots are streamed over a reliable stream: no duplicates.
+        // Forwarded proposals must arrive at most once (the transport never
+        // resends), or their commands would be appended twice.
         let copies = if msg.msg_type != MessageType::Snapshot
+            && msg.msg_type != MessageType::Propose
             && self.rng.chance(self.faults.dup_per_mille, 1000)
         {
             2

@@ -9,6 +9,17 @@ use super::cluster::{Cluster, Event};
 use super::kv::{Put, read_ctx};
 use super::linearizability::{Op, OpKind};
 
+/// How an operation entered the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Started {
+    /// A put the leader appended at (index, term).
+    Proposed(u64, u64),
+    /// A put a follower forwarded to its leader (no index yet).
+    Forwarded,
+    /// A read.
+    Read,
+}
+
 /// Ticks after which a client gives up on an operation (outcome unknown).
 pub const CLIENT_TIMEOUT_TICKS: u64 = 150;
 /// Keys used by the workload; few keys means real contention.
@@ -23,6 +34,9 @@ struct InFlight {
     started_at: u64,
     /// For puts: the index and term the proposal got.
     put_at: Option<(u64, u64)>,
+    /// A put a follower forwarded to its leader: it completes when that
+    /// follower applies an entry carrying its op id.
+    forwarded: bool,
 }
 
 /// Client driver. Each client has at most one operation in flight.
@@ -40,6 +54,8 @@ pub struct Workload {
     clock: u64,
     /// Operations completed with a response.
     pub completed: u64,
+    /// Of those, puts a follower forwarded to its leader.
+    pub completed_forwarded: u64,
 }
 
 impl Workload {
@@ -53,6 +69,7 @@ impl Workload {
             next_op: 1,
             clock: 0,
             completed: 0,
+            completed_forwarded: 0,
         }
     }
 
@@ -84,7 +101,8 @@ impl Workload {
         }
     }
 
-    /// Starts a put and returns its op id if the node accepted it.
+    /// Starts a put and returns its op id if the node accepted it; a
+    /// follower that knows its leader forwards it there.
     pub fn start_put(
         &mut self,
         c: &mut Cluster,
@@ -95,14 +113,21 @@ impl Workload {
         let op_id = self.next_op;
         self.next_op += 1;
         let call = self.tick_clock();
-        let at = c.put(node, op_id, key).ok()?;
+        let at = match c.put(node, op_id, key) {
+            Ok(at) => Some(at),
+            Err(_) => {
+                c.forward(node, op_id, key).ok()?;
+                None
+            }
+        };
         let op = Op {
             key,
             kind: OpKind::Put { value: op_id },
             call,
             ret: None,
         };
-        self.record_start(c, client, op_id, op, node, Some(at));
+        let started = at.map_or(Started::Forwarded, |(i, t)| Started::Proposed(i, t));
+        self.record_start(c, client, op_id, op, node, started);
         Some(op_id)
     }
 
@@ -123,7 +148,7 @@ impl Workload {
             call,
             ret: None,
         };
-        self.record_start(c, client, op_id, op, node, None);
+        self.record_start(c, client, op_id, op, node, Started::Read);
     }
 
     /// Records a started operation in the history and as in flight for `client`.
@@ -134,7 +159,7 @@ impl Workload {
         op_id: u64,
         op: Op,
         node: NodeId,
-        put_at: Option<(u64, u64)>,
+        started: Started,
     ) {
         let slot = self.history.len();
         self.history.push(op);
@@ -144,7 +169,11 @@ impl Workload {
                 slot,
                 node,
                 started_at: c.now,
-                put_at,
+                put_at: match started {
+                    Started::Proposed(i, t) => Some((i, t)),
+                    _ => None,
+                },
+                forwarded: started == Started::Forwarded,
             },
         );
         self.owner.insert(client, op_id);
@@ -164,16 +193,18 @@ impl Workload {
     }
 
     fn on_applied(&mut self, node: NodeId, index: u64, data: &[u8]) {
-        let found = self
-            .in_flight
-            .iter()
-            .find(|(_, f)| f.node == node && f.put_at.map(|p| p.0) == Some(index));
+        let carried = Put::decode(data).map(|p| p.op_id);
+        let found = self.in_flight.iter().find(|&(&id, f)| {
+            f.node == node
+                && (f.put_at.map(|p| p.0) == Some(index) || f.forwarded && carried == Some(id))
+        });
         let Some((&op_id, _)) = found else { return };
         let Some(f) = self.finish(op_id) else { return };
-        if Put::decode(data).map(|p| p.op_id) == Some(op_id) {
+        if carried == Some(op_id) {
             let ret = self.tick_clock();
             self.history[f.slot].ret = Some(ret);
             self.completed += 1;
+            self.completed_forwarded += u64::from(f.forwarded);
         } else {
             // Another entry was committed at our index: ours never will be.
             self.failed.push(f.slot);
