@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use crate::api::protocol::{Check, Reply, Request, check, parse};
 use crate::raft::{ConfChange, ConfChangeType, Entry, EntryKind, HardState};
+use crate::storage::mvcc_codec::command_bytes;
 use crate::storage::snapshot_codec::{decode_snapshot, encode_snapshot, verify_snapshot};
 use crate::storage::wal_fs::SimFs;
 use crate::storage::wal_record::{
@@ -300,18 +301,18 @@ fn apply_and_check(sm: &mut StateMachine, entry: &Entry) {
     assert_eq!(sm.applied_index(), entry.index);
     match (&outcome, entry.kind) {
         (ApplyOutcome::Write(w), EntryKind::Normal) => {
-            let Ok(cmd) = Command::decode(&entry.data) else {
+            let Ok(cmd) = Command::decode(command_bytes(&entry.data)) else {
                 panic!("a write ran from bytes that do not decode");
             };
             check_write(sm, &cmd, w.succeeded);
         }
         (ApplyOutcome::Rejected(ApplyError::MalformedCommand(_)), EntryKind::Normal) => {
-            assert!(Command::decode(&entry.data).is_err());
+            assert!(Command::decode(command_bytes(&entry.data)).is_err());
         }
         // The store refused a well-formed command (e.g. a put with a lease
         // that was never granted): nothing changed but the applied index.
         (ApplyOutcome::Rejected(ApplyError::Mvcc(_)), EntryKind::Normal) => {
-            assert!(Command::decode(&entry.data).is_ok());
+            assert!(Command::decode(command_bytes(&entry.data)).is_ok());
         }
         (ApplyOutcome::ConfChange(cc), EntryKind::ConfChange) => check_conf_change(sm, cc),
         (ApplyOutcome::Rejected(_), EntryKind::ConfChange)

@@ -738,3 +738,51 @@ fn etcd_client_writes_sent_to_followers_are_committed_once_and_answered_by_the_f
         assert_eq!(rev(all.header()), last);
     });
 }
+
+/// Sends `sig` (`-STOP`, `-CONT`) to node `i`'s process.
+fn signal(cluster: &Cluster, i: usize, sig: &str) {
+    let pid = cluster.nodes[i].child.as_ref().expect("node running").id();
+    let ok = std::process::Command::new("kill")
+        .arg(sig)
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// A follower forwards writes inside Raft and nobody answers a forwarded
+/// proposal: if the leader freezes right after it was sent, the follower
+/// neither hangs nor reports a plain failure. It fails the write as an
+/// unknown outcome once its forwarding deadline passes, and then takes
+/// writes again under the new leader.
+#[test]
+fn a_write_forwarded_to_a_frozen_leader_fails_as_an_unknown_outcome() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(20));
+    let f = (0..3).find(|&i| i != leader).expect("a follower");
+    runtime().block_on(async {
+        let mut fc = client(&cluster, f).await;
+        within("put before", fc.put("before", "1", None)).await;
+        signal(&cluster, leader, "-STOP");
+        let sent = Instant::now();
+        let lost = refused("put to a frozen leader", fc.put("frozen", "1", None)).await;
+        let waited = sent.elapsed();
+        assert_eq!(
+            lost,
+            etcd_error(
+                tonic::Code::DeadlineExceeded,
+                "etcdserver: request timed out, outcome unknown (the leader was lost mid-write)"
+            )
+        );
+        assert!(waited >= Duration::from_secs(4), "failed after {waited:?}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            match tokio::time::timeout(CALL_TIMEOUT, fc.put("after", "1", None)).await {
+                Ok(Ok(_)) => break,
+                other => assert!(Instant::now() < deadline, "no write after: {other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    signal(&cluster, leader, "-CONT");
+}

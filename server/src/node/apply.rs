@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::lease_clock::min_ttl_s;
-use super::proposals::PendingWrite;
+use super::proposals::{ForwardedWrite, PendingWrite};
 use super::reads::PendingRead;
 use super::runtime::Runtime;
 use super::store::{self as adapter, StorageFailure};
@@ -16,23 +16,63 @@ use super::{
     Header, KvEntry, LeaseAnswer, LeaseQuery, LeaseResult, Member, NodeError, ReadAnswer,
     ReadQuery, ReadResult, WriteOp, WriteResult, reason,
 };
-use crate::raft::{Entry, EntryKind, NodeId, RaftError};
+use crate::raft::{Entry, EntryKind, NodeId, RaftError, Role};
 use crate::storage::Command;
-use crate::storage::mvcc_codec::lease_command;
+use crate::storage::mvcc_codec::{ProposerTag, lease_command};
+
+/// Most writes a follower has forwarded and not yet seen applied; more
+/// are refused as overloaded (never proposed).
+pub const MAX_FORWARDED_WRITES: usize = 16_384;
+/// How long a follower waits to apply a write it forwarded before failing
+/// it with an unknown outcome (the leader may have dropped it, or may yet
+/// commit it).
+pub const FORWARDED_WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Runtime {
-    /// Proposes a client write; the reply waits in `pending_writes`.
+    /// Proposes a client write; the reply waits in `proposals`. With
+    /// `forward`, a follower that knows its leader forwards it there.
     pub(super) fn propose_write(
         &mut self,
         op: WriteOp,
+        forward: bool,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
     ) {
         let op = self.choose_lease(op);
         let data = adapter::encode_write(&op);
+        if forward && self.role != Role::Leader && self.leader != 0 {
+            return self.forward_write(&data, reply);
+        }
         match self.raw.propose(data) {
             Ok((index, term)) => {
                 self.proposals
                     .write_proposed(index, PendingWrite { term, reply });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(self.proposal_error(e)));
+            }
+        }
+    }
+
+    /// Sends a write to the leader inside Raft, tagged so this node knows
+    /// the entry when it applies it; bounded by [`MAX_FORWARDED_WRITES`].
+    fn forward_write(
+        &mut self,
+        data: &[u8],
+        reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+    ) {
+        if self.proposals.forwarded_len() >= MAX_FORWARDED_WRITES {
+            let _ = reply.send(Err(NodeError::unavailable(reason::OVERLOADED)));
+            return;
+        }
+        let tag = ProposerTag {
+            node: self.identity.id,
+            nonce: self.proposals.next_nonce(),
+        };
+        match self.raw.forward(vec![tag.wrap(data)]) {
+            Ok(()) => {
+                let deadline = Instant::now() + FORWARDED_WRITE_TIMEOUT;
+                let w = ForwardedWrite { deadline, reply };
+                self.proposals.write_forwarded(tag.nonce, w);
             }
             Err(e) => {
                 let _ = reply.send(Err(self.proposal_error(e)));
@@ -83,6 +123,11 @@ impl Runtime {
         if kind == EntryKind::ConfChange {
             self.sync_peers_from_directory();
             self.answer_conf(index, term);
+        }
+        if let Some(tag) = ProposerTag::of(&e.data)
+            && tag.node == self.identity.id
+        {
+            self.proposals.answer_forwarded(tag.nonce, &outcome);
         }
         self.proposals.answer_writes(index, term, &outcome);
         Ok(())

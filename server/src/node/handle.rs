@@ -66,6 +66,8 @@ pub enum AdminReply {
 pub(crate) enum ClientInput {
     Propose {
         op: WriteOp,
+        /// A follower may forward it to the leader instead of refusing it.
+        forward: bool,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
     },
     Read {
@@ -222,6 +224,22 @@ impl NodeHandle {
         self.submit_write(op).await?.wait().await
     }
 
+    /// Replicates a write from any member: a follower forwards it to the
+    /// leader inside Raft and answers once it has applied the entry itself
+    /// (so a read here afterwards sees it). Returns once it is applied.
+    pub async fn write_from_any_member(&self, op: WriteOp) -> Result<WriteResult, NodeError> {
+        super::limits::check_write(&op)?;
+        self.wait_for_leader(Instant::now() + self.leader_wait)
+            .await?;
+        let (reply, rx) = oneshot::channel();
+        let input = ClientInput::Propose {
+            op,
+            forward: true,
+            reply,
+        };
+        self.submit(input, rx).await?.wait().await
+    }
+
     /// Hands a write to the runtime (after waiting for a leader) without
     /// waiting for the outcome. Callers that need per-connection order
     /// submit one request after the other and await the [`Waiter`]s later.
@@ -237,7 +255,12 @@ impl NodeHandle {
             });
         }
         let (reply, rx) = oneshot::channel();
-        self.submit(ClientInput::Propose { op, reply }, rx).await
+        let input = ClientInput::Propose {
+            op,
+            forward: false,
+            reply,
+        };
+        self.submit(input, rx).await
     }
 
     /// Asks the leader's lease clock (keep-alive, time-to-live, list). On a

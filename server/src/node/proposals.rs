@@ -1,9 +1,11 @@
 //! The runtime's proposals: client writes and membership changes waiting
-//! for their entries to apply, by log index, and the index of the newest
-//! entry proposed here. Owns its state; the runtime proposes to the core
-//! and reports applied entries.
+//! for their entries to apply, by log index; writes this follower forwarded
+//! to the leader, by nonce; and the index of the newest entry proposed
+//! here. Owns its state; the runtime proposes to the core and reports
+//! applied entries.
 
 use std::collections::BTreeMap;
+use tokio::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -27,8 +29,24 @@ pub(super) struct PendingConf {
     pub reply: oneshot::Sender<Result<AdminReply, NodeError>>,
 }
 
+/// A write this follower forwarded to its leader: nobody answers it, so
+/// it completes when this node applies an entry tagged with its nonce, or
+/// fails with an unknown outcome at `deadline`.
+pub(super) struct ForwardedWrite {
+    /// When to stop waiting.
+    pub deadline: Instant,
+    /// Where the result goes.
+    pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+}
+
 /// Waiters for proposed entries.
 pub(super) struct Proposals {
+    /// Writes forwarded to the leader, by nonce.
+    forwarded: BTreeMap<u64, ForwardedWrite>,
+    /// The next nonce: starts at a random value each time the process
+    /// starts, so an entry a previous incarnation forwarded (still in the
+    /// log when this one applies it) never matches a new waiter.
+    next_nonce: u64,
     /// Writes waiting for apply, by log index.
     writes: BTreeMap<u64, PendingWrite>,
     /// Membership changes waiting for apply, by log index.
@@ -41,6 +59,8 @@ impl Proposals {
     /// Nothing proposed yet.
     pub(super) fn new() -> Self {
         Proposals {
+            forwarded: BTreeMap::new(),
+            next_nonce: random_u64() >> 1,
             writes: BTreeMap::new(),
             conf: BTreeMap::new(),
             last_proposed: 0,
@@ -63,14 +83,57 @@ impl Proposals {
         self.conf.insert(index, c);
     }
 
+    /// A nonce no other forwarded write of this process has.
+    pub(super) fn next_nonce(&mut self) -> u64 {
+        self.next_nonce = self.next_nonce.wrapping_add(1);
+        self.next_nonce
+    }
+
+    /// Writes forwarded and not yet answered.
+    pub(super) fn forwarded_len(&self) -> usize {
+        self.forwarded.len()
+    }
+
+    /// A client write went to the leader tagged with `nonce`.
+    pub(super) fn write_forwarded(&mut self, nonce: u64, w: ForwardedWrite) {
+        self.forwarded.insert(nonce, w);
+    }
+
+    /// The forwarded write tagged `nonce` applied here with `outcome`.
+    pub(super) fn answer_forwarded(
+        &mut self,
+        nonce: u64,
+        outcome: &Result<WriteResult, NodeError>,
+    ) {
+        if let Some(w) = self.forwarded.remove(&nonce) {
+            let _ = w.reply.send(outcome.clone());
+        }
+    }
+
+    /// Fails forwarded writes past their deadline (or all of them, with
+    /// `now` = `None`) with `err`: their outcome is unknown.
+    pub(super) fn expire_forwarded(&mut self, now: Option<Instant>, err: &NodeError) {
+        let due: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, w)| now.is_none_or(|t| w.deadline <= t))
+            .map(|(&n, _)| n)
+            .collect();
+        for nonce in due {
+            if let Some(w) = self.forwarded.remove(&nonce) {
+                let _ = w.reply.send(Err(err.clone()));
+            }
+        }
+    }
+
     /// Index of the newest write proposed here.
     pub(super) fn last_proposed(&self) -> u64 {
         self.last_proposed
     }
 
-    /// Whether no write waits for apply.
+    /// Whether no write (proposed or forwarded) waits for apply.
     pub(super) fn no_writes(&self) -> bool {
-        self.writes.is_empty()
+        self.writes.is_empty() && self.forwarded.is_empty()
     }
 
     /// The membership change waiting at `index`, if any.
@@ -101,7 +164,8 @@ impl Proposals {
         }
     }
 
-    /// Fails every waiting write and membership change with `err`.
+    /// Fails every write proposed here and membership change with `err`
+    /// (forwarded writes may still commit under the new leader; they wait).
     pub(super) fn fail_all(&mut self, err: &NodeError) {
         for (_, w) in std::mem::take(&mut self.writes) {
             let _ = w.reply.send(Err(err.clone()));
@@ -110,6 +174,15 @@ impl Proposals {
             let _ = c.reply.send(Err(err.clone()));
         }
     }
+}
+
+/// A random 64-bit value from the standard library's per-process hash
+/// keys (no RNG dependency for one number per start).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 #[cfg(test)]
@@ -166,5 +239,35 @@ mod tests {
         assert_eq!(pending.try_recv().ok(), Some(Err(err)));
         p.entry_proposed(9);
         assert_eq!(p.last_proposed(), 9);
+    }
+
+    /// A forwarded write completes when its nonce is applied here, fails
+    /// with an unknown outcome past its deadline, and survives a leadership
+    /// loss (it may still commit under the new leader).
+    #[test]
+    fn forwarded_writes_complete_by_nonce_and_expire_at_their_deadline() {
+        let mut p = Proposals::new();
+        let now = Instant::now();
+        let forward = |p: &mut Proposals, secs| {
+            let (reply, rx) = oneshot::channel();
+            let nonce = p.next_nonce();
+            let deadline = now + std::time::Duration::from_secs(secs);
+            p.write_forwarded(nonce, ForwardedWrite { deadline, reply });
+            (nonce, rx)
+        };
+        let (a, mut rx_a) = forward(&mut p, 1);
+        let (b, mut rx_b) = forward(&mut p, 5);
+        assert_ne!(a, b);
+        p.fail_all(&NodeError::unavailable(reason::LEADERSHIP_LOST));
+        assert!(rx_a.try_recv().is_err() && !p.no_writes());
+        p.answer_forwarded(b, &Ok(ok()));
+        assert_eq!(rx_b.try_recv().ok(), Some(Ok(ok())));
+        p.answer_forwarded(b, &Ok(ok()));
+        let unknown = NodeError::unavailable(reason::TIMED_OUT);
+        p.expire_forwarded(Some(now), &unknown);
+        assert!(rx_a.try_recv().is_err());
+        p.expire_forwarded(Some(now + std::time::Duration::from_secs(1)), &unknown);
+        assert_eq!(rx_a.try_recv().ok(), Some(Err(unknown)));
+        assert!(p.no_writes() && p.forwarded_len() == 0);
     }
 }

@@ -153,6 +153,8 @@ impl Runtime {
         self.fail_reads_without_leader(now);
         self.update_progress_metrics();
         self.expire_leases(now);
+        let unknown = NodeError::unavailable(reason::TIMED_OUT);
+        self.proposals.expire_forwarded(Some(now), &unknown);
     }
 
     /// Linearizable reads cannot be served without a leader; after
@@ -250,7 +252,7 @@ impl Runtime {
 
     fn on_client_input(&mut self, input: ClientInput) {
         match input {
-            ClientInput::Propose { op, reply } => self.propose_write(op, reply),
+            ClientInput::Propose { op, forward, reply } => self.propose_write(op, forward, reply),
             ClientInput::Read {
                 query,
                 linearizable,
@@ -370,6 +372,9 @@ impl Runtime {
 
     fn fail_everything(&mut self, err: &NodeError) {
         self.fail_pending_writes(err);
+        // A forwarded write may still commit: its outcome is unknown.
+        let unknown = NodeError::unavailable(reason::TIMED_OUT);
+        self.proposals.expire_forwarded(None, &unknown);
         self.reads.fail_all(err);
         self.view.mark_stopping();
     }

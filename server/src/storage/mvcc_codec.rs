@@ -24,6 +24,13 @@
 //! ```
 //! Tags 1 and 2 are the pre-MVCC format: old WAL entries still decode.
 //!
+//! An entry payload may wrap one command in a proposer tag, written by a
+//! follower that forwarded the command to the leader so it recognises the
+//! entry when it applies it (the state machine ignores the tag):
+//! ```text
+//! 7 Proposer | node id u64 | nonce u64 | command
+//! ```
+//!
 //! The snapshot body's layout (key histories, the lease table) is in the
 //! `titan-snapfile` crate; `snapshot_codec` maps the store onto it.
 
@@ -86,6 +93,51 @@ const OP_TXN: u8 = 3;
 const OP_COMPACT: u8 = 4;
 const OP_LEASE_GRANT: u8 = 5;
 const OP_LEASE_REVOKE: u8 = 6;
+const OP_PROPOSER: u8 = 7;
+/// Bytes the proposer tag adds in front of a command.
+pub const PROPOSER_TAG_BYTES: usize = 17;
+
+/// Who proposed an entry: a member and its per-write nonce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProposerTag {
+    /// The member that forwarded the command.
+    pub node: u64,
+    /// Unique per forwarded write on that member.
+    pub nonce: u64,
+}
+
+impl ProposerTag {
+    /// `command` (an encoded [`Command`]) wrapped in this tag.
+    pub fn wrap(&self, command: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(PROPOSER_TAG_BYTES + command.len());
+        out.push(OP_PROPOSER);
+        out.extend_from_slice(&self.node.to_le_bytes());
+        out.extend_from_slice(&self.nonce.to_le_bytes());
+        out.extend_from_slice(command);
+        out
+    }
+
+    /// The tag an entry payload carries, if any.
+    pub fn of(payload: &[u8]) -> Option<ProposerTag> {
+        if payload.first() != Some(&OP_PROPOSER) {
+            return None;
+        }
+        let mut r = ByteReader::new(&payload[1..]);
+        Some(ProposerTag {
+            node: r.u64()?,
+            nonce: r.u64()?,
+        })
+    }
+}
+
+/// The command bytes of an entry payload: past a proposer tag if there is
+/// a whole one, else the payload itself.
+pub fn command_bytes(payload: &[u8]) -> &[u8] {
+    match ProposerTag::of(payload) {
+        Some(_) => &payload[PROPOSER_TAG_BYTES..],
+        None => payload,
+    }
+}
 
 const REQ_RANGE: u8 = 1;
 const REQ_PUT: u8 = 2;
@@ -183,7 +235,8 @@ impl Command {
 
 /// The lease command an entry payload carries, if it is one (the node's
 /// lease clock follows grants and revokes without decoding other entries).
-pub fn lease_command(buf: &[u8]) -> Option<Command> {
+pub fn lease_command(payload: &[u8]) -> Option<Command> {
+    let buf = command_bytes(payload);
     match buf.first() {
         Some(&(OP_LEASE_GRANT | OP_LEASE_REVOKE)) => Command::decode(buf).ok(),
         _ => None,
@@ -548,5 +601,40 @@ mod tests {
         assert_eq!(lease_command(&grant.encode()), Some(grant));
         assert_eq!(lease_command(&Command::Compact(3).encode()), None);
         assert_eq!(lease_command(&[OP_LEASE_REVOKE, 1]), None, "truncated");
+    }
+
+    /// A proposer tag wraps any command: the tag reads back, the command
+    /// bytes behind it decode as before (lease commands too), and a cut
+    /// tag is no tag, so its payload fails to decode instead of running.
+    #[test]
+    fn a_proposer_tag_wraps_a_command_and_a_cut_tag_is_refused() {
+        let tag = ProposerTag {
+            node: 3,
+            nonce: u64::MAX - 1,
+        };
+        let grant = Command::LeaseGrant { id: 9, ttl_s: 5 };
+        for cmd in [
+            Command::Txn(sample_txn()),
+            Command::Compact(8),
+            grant.clone(),
+        ] {
+            let payload = tag.wrap(&cmd.encode());
+            assert_eq!(ProposerTag::of(&payload), Some(tag));
+            assert_eq!(Command::decode(command_bytes(&payload)), Ok(cmd));
+        }
+        assert_eq!(lease_command(&tag.wrap(&grant.encode())), Some(grant));
+        let plain = Command::Compact(8).encode();
+        assert_eq!(
+            (ProposerTag::of(&plain), command_bytes(&plain)),
+            (None, &plain[..])
+        );
+        let payload = tag.wrap(&plain);
+        for cut in 0..PROPOSER_TAG_BYTES {
+            assert_eq!(ProposerTag::of(&payload[..cut]), None, "cut {cut}");
+            assert!(
+                Command::decode(command_bytes(&payload[..cut])).is_err(),
+                "cut {cut}"
+            );
+        }
     }
 }

@@ -28,6 +28,7 @@ pub struct Versioned {
     pub version: u64,
 }
 
+use super::mvcc_codec::command_bytes;
 pub use super::mvcc_codec::{Command, Condition};
 
 /// A command or member record whose bytes could not be decoded.
@@ -182,7 +183,7 @@ impl StateMachine {
         self.applied_index = entry.index;
         match entry.kind {
             EntryKind::Noop => ApplyOutcome::Noop,
-            EntryKind::Normal => match Command::decode(&entry.data) {
+            EntryKind::Normal => match Command::decode(command_bytes(&entry.data)) {
                 Ok(cmd) => match self.run(cmd) {
                     Ok(w) => ApplyOutcome::Write(w),
                     Err(e) => ApplyOutcome::Rejected(ApplyError::Mvcc(e)),

@@ -3,10 +3,9 @@
 //! one Raft entry carrying a whole txn (etcd's Put and DeleteRange are
 //! one-op txns), applied atomically. Range is linearizable (ReadIndex)
 //! unless `serializable`. Errors carry etcd's gRPC codes and messages.
-//! A follower forwards writes to the leader (`etcd_forward`) and answers
-//! once it has applied them itself, as etcd does.
-
-use std::time::Duration;
+//! A follower forwards writes to the leader inside Raft
+//! (`NodeHandle::write_from_any_member`) and answers once it has applied
+//! them itself, as etcd does.
 
 use tonic::{Request, Response, Status};
 
@@ -14,7 +13,7 @@ use titan_proto::etcdserverpb as pb;
 use titan_proto::etcdserverpb::kv_server::Kv;
 
 use super::etcd_convert as conv;
-use super::etcd_forward::{FORWARDED_HEADER, Forwarder, UNKNOWN_OUTCOME};
+use super::etcd_forward::UNKNOWN_OUTCOME;
 use super::status_from_error;
 use crate::node::{
     Header, MvccError, NodeError, NodeHandle, ReadAnswer, ReadQuery, TxnRequest, TxnResponse,
@@ -27,10 +26,6 @@ use crate::storage::mvcc::{RequestOp, ResponseOp};
 pub const MAX_REQUEST_BYTES: usize = crate::node::limits::ETCD_MAX_REQUEST_BYTES;
 /// Most operations in one txn branch (etcd's `--max-txn-ops` default).
 pub const MAX_TXN_OPS: usize = 128;
-/// Longest a follower waits to apply a forwarded write before answering.
-pub const FORWARD_APPLY_WAIT_MS: u64 = 5_000;
-/// How often a follower looks whether it has applied a forwarded write.
-const FORWARD_APPLY_POLL_MS: u64 = 5;
 /// gRPC decoding limit: the request limit plus etcd's framing allowance.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = MAX_REQUEST_BYTES + 512 * 1024;
 
@@ -67,52 +62,12 @@ pub fn etcd_status(e: NodeError) -> Status {
 pub struct EtcdKvService {
     /// The local node.
     node: NodeHandle,
-    /// Followers send writes to the leader through this.
-    fwd: Forwarder,
 }
 
 impl EtcdKvService {
     /// Serves `node`.
     pub fn new(node: NodeHandle) -> Self {
-        EtcdKvService {
-            node,
-            fwd: Forwarder::default(),
-        }
-    }
-
-    /// The leader's gRPC address when this node is a follower that knows
-    /// its leader and the request was not forwarded already.
-    fn forward_to<T>(&self, req: &Request<T>) -> Option<String> {
-        if req.metadata().contains_key(FORWARDED_HEADER) {
-            return None;
-        }
-        let view = self.node.leader_view();
-        let addr = view.leader.map(|m| m.grpc_addr).unwrap_or_default();
-        (!view.is_self && view.leader_id != 0 && !addr.is_empty()).then_some(addr)
-    }
-
-    /// Makes a relayed answer this node's own, as etcd's are: waits (at
-    /// most [`FORWARD_APPLY_WAIT_MS`]) until the local store has applied the
-    /// write's revision, so a serializable read here sees it, and stamps
-    /// this member's id in the header.
-    async fn settle(&self, header: &mut Option<pb::ResponseHeader>) {
-        let Some(h) = header.as_mut() else {
-            return;
-        };
-        let wait = Duration::from_millis(FORWARD_APPLY_WAIT_MS);
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Ok(local) = self.node.read(ReadQuery::EtcdStats, false).await {
-                h.member_id = local.header.member_id;
-                if local.header.revision >= h.revision {
-                    return;
-                }
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(FORWARD_APPLY_POLL_MS)).await;
-        }
+        EtcdKvService { node }
     }
 
     /// Proposes `txn` and returns the applied response with its header.
@@ -120,7 +75,7 @@ impl EtcdKvService {
         conv::check_txn(&txn)?;
         let w = self
             .node
-            .write(WriteOp::Txn(Box::new(txn)))
+            .write_from_any_member(WriteOp::Txn(Box::new(txn)))
             .await
             .map_err(etcd_status)?;
         let resp = w
@@ -163,11 +118,6 @@ impl Kv for EtcdKvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
-        if let Some(leader) = self.forward_to(&req) {
-            let mut resp = self.fwd.put(&leader, req.into_inner()).await?;
-            self.settle(&mut resp.header).await;
-            return Ok(Response::new(resp));
-        }
         let p = conv::put_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::Put(p))).await?;
         match only_response(resp)? {
@@ -183,11 +133,6 @@ impl Kv for EtcdKvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
-        if let Some(leader) = self.forward_to(&req) {
-            let mut resp = self.fwd.delete_range(&leader, req.into_inner()).await?;
-            self.settle(&mut resp.header).await;
-            return Ok(Response::new(resp));
-        }
         let d = conv::delete_from_pb(req.into_inner())?;
         let (resp, header) = self.write_txn(one_op(RequestOp::DeleteRange(d))).await?;
         match only_response(resp)? {
@@ -201,11 +146,6 @@ impl Kv for EtcdKvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        if let Some(leader) = self.forward_to(&req) {
-            let mut resp = self.fwd.txn(&leader, req.into_inner()).await?;
-            self.settle(&mut resp.header).await;
-            return Ok(Response::new(resp));
-        }
         let txn = conv::txn_from_pb(req.into_inner(), 0)?;
         let (resp, header) = self.write_txn(txn).await?;
         Ok(Response::new(conv::txn_to_pb(resp, &header)))
@@ -215,15 +155,10 @@ impl Kv for EtcdKvService {
         &self,
         req: Request<pb::CompactionRequest>,
     ) -> Result<Response<pb::CompactionResponse>, Status> {
-        if let Some(leader) = self.forward_to(&req) {
-            let mut resp = self.fwd.compact(&leader, req.into_inner()).await?;
-            self.settle(&mut resp.header).await;
-            return Ok(Response::new(resp));
-        }
         let rev = req.into_inner().revision;
         let w = self
             .node
-            .write(WriteOp::Compact(rev))
+            .write_from_any_member(WriteOp::Compact(rev))
             .await
             .map_err(etcd_status)?;
         Ok(Response::new(pb::CompactionResponse {
