@@ -31,6 +31,12 @@ pub enum ConfigError {
     /// `-peers` and `--join` ask for opposite things.
     #[error("-peers and --join are mutually exclusive")]
     PeersAndJoin,
+    /// `--restore-from` seeds a new cluster; a joining member gets its data
+    /// from the leader.
+    #[error(
+        "--restore-from and --join are mutually exclusive: restore every initial member, then add others"
+    )]
+    RestoreAndJoin,
     /// A size flag outside what the edge and storage can honour.
     #[error("{0}")]
     BadSize(String),
@@ -134,6 +140,11 @@ pub struct Cli {
     /// Data directory (default `./data/<id>`).
     #[arg(long = "data-dir", env = "TITAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Seed a new cluster from this backup (`titanctl snapshot save`,
+    /// `etcdctl snapshot save`): every initial member starts with the same
+    /// file and the same -peers. Ignored once the data dir holds a cluster.
+    #[arg(long = "restore-from", env = "TITAN_RESTORE_FROM")]
+    pub restore_from: Option<PathBuf>,
     /// Take a snapshot once this many entries were applied since the last one.
     #[arg(
         long = "snapshot-threshold",
@@ -249,6 +260,8 @@ pub struct Config {
     pub join: bool,
     /// Where the WAL, snapshots and identity live.
     pub data_dir: PathBuf,
+    /// A backup to seed a bootstrapping member with.
+    pub restore_from: Option<PathBuf>,
     /// Entries applied between automatic snapshots.
     pub snapshot_threshold_entries: u64,
     /// Largest snapshot accepted from a leader.
@@ -451,6 +464,9 @@ impl Cli {
         if self.join && !peers.is_empty() {
             return Err(ConfigError::PeersAndJoin);
         }
+        if self.join && self.restore_from.is_some() {
+            return Err(ConfigError::RestoreAndJoin);
+        }
         let tick_ms = self.tick_ms.max(1);
         let election_ticks = (self.election_timeout_ms / tick_ms).max(2);
         let heartbeat_ticks = (self.heartbeat_ms / tick_ms).max(1);
@@ -503,6 +519,7 @@ impl Cli {
             peers,
             join: self.join,
             data_dir,
+            restore_from: self.restore_from,
             snapshot_threshold_entries: self.snapshot_threshold.max(1),
             max_snapshot_bytes: self.max_snapshot_bytes.max(1),
             tick: Duration::from_millis(tick_ms),
@@ -745,5 +762,19 @@ mod tests {
             "--advertise-client-addr=x:1",
         ]);
         assert_eq!(cli.into_config().err(), Some(ConfigError::PeersAndJoin));
+    }
+
+    /// A joining member gets its data from the leader; restoring it from
+    /// a backup as well is refused rather than silently ignored.
+    #[test]
+    fn restore_from_and_join_conflict() {
+        let cli = parse(&[
+            "t",
+            "--join",
+            "--restore-from=/backups/titan.db",
+            "--advertise-peer-addr=x:1",
+            "--advertise-client-addr=x:1",
+        ]);
+        assert_eq!(cli.into_config().err(), Some(ConfigError::RestoreAndJoin));
     }
 }

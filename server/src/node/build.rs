@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::bootstrap::{self, StartMode};
 use super::handle::{ClientInput, LeaderView, NodeHandle, PeerInbox};
@@ -113,7 +113,13 @@ fn boot_storage(
     };
     if !members.is_empty() && booted.is_empty() {
         info!(members = members.len(), cluster = %identity.cluster_id, "bootstrapping a new cluster");
+        if let Some(path) = &cfg.restore_from {
+            store::restore_backup(&mut booted, &members, path).map_err(BuildError::Storage)?;
+            info!(backup = %path.display(), revision = booted.sm.kv().revision(), "restored");
+        }
         store::write_bootstrap(&mut booted, &members).map_err(BuildError::Storage)?;
+    } else if let Some(path) = &cfg.restore_from {
+        warn!(backup = %path.display(), "--restore-from ignored: the data dir already holds a cluster, or this member joins one");
     }
     Ok((identity, booted))
 }

@@ -4,7 +4,7 @@
 //! with what the runtime needs (newest file, async background writes).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -293,17 +293,71 @@ pub fn boot(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Booted, String> {
     })
 }
 
-/// Makes the initial configuration durable: the bootstrap entries (one
-/// AddLearner + Promote pair per member, as the core defines them) and hard state.
-pub fn write_bootstrap(booted: &mut Booted, members: &[Member]) -> Result<(), String> {
+/// The bootstrap log of `members` (one AddLearner + Promote pair per
+/// member, as the core defines them) and its hard state.
+fn bootstrap_log(members: &[Member]) -> (Vec<Entry>, crate::raft::HardState) {
     let voters: Vec<(NodeId, Vec<u8>)> = members.iter().map(|m| (m.id, encode_member(m))).collect();
-    let (entries, hs) = crate::raft::bootstrap_entries(&voters);
+    crate::raft::bootstrap_entries(&voters)
+}
+
+/// Makes the initial configuration durable: the bootstrap entries and hard
+/// state. Entries a restored snapshot already covers stay only in the WAL.
+pub fn write_bootstrap(booted: &mut Booted, members: &[Member]) -> Result<(), String> {
+    let (entries, mut hs) = bootstrap_log(members);
     booted
         .wal
         .append(&entries, Some(hs))
         .map_err(|e| e.to_string())?;
-    booted.entries = entries.to_vec();
+    let covered = booted.snapshot_meta.index;
+    booted.entries = entries.into_iter().filter(|e| e.index > covered).collect();
+    hs.commit = hs.commit.max(covered);
     booted.hard_state = hs;
+    Ok(())
+}
+
+/// Seeds a bootstrapping member with a backup's keys, history, leases and
+/// revision; the member list is the new cluster's, never the backup's. The
+/// state after the bootstrap entries plus the backup is written (atomically)
+/// as a snapshot at the last bootstrap index before anything reaches the
+/// WAL, so every member restored from the same file with the same peers
+/// starts from the identical state, and a crash before the snapshot is
+/// published leaves an empty data dir that restores again.
+pub fn restore_backup(booted: &mut Booted, members: &[Member], path: &Path) -> Result<(), String> {
+    let limits = storage::SnapshotLimits::default();
+    let kv = std::fs::File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| {
+            let mut r = std::io::BufReader::with_capacity(1 << 20, f);
+            storage::snapshot_codec::load_backup(&mut r, &limits).map_err(|e| e.to_string())
+        })
+        .map_err(|e| format!("--restore-from {}: {e}", path.display()))?;
+    let (entries, _) = bootstrap_log(members);
+    let mut directory = StateMachine::new();
+    for e in &entries {
+        if let ApplyOutcome::Rejected(err) = directory.apply(e) {
+            return Err(format!("bootstrap entry {} did not apply: {err}", e.index));
+        }
+    }
+    let last = entries.last().ok_or("no initial members to restore into")?;
+    let conf = crate::raft::ConfState {
+        voters: members.iter().map(|m| m.id).collect(),
+        learners: Default::default(),
+    };
+    let meta = SnapshotMeta {
+        index: last.index,
+        term: last.term,
+        conf,
+    };
+    let sm = StateMachine::at_snapshot(last.index, directory.members().clone(), kv);
+    let file = booted
+        .files
+        .store
+        .write(&meta, &sm)
+        .map_err(|e| e.to_string())?;
+    booted.files.set_latest(file);
+    booted.sm = sm;
+    booted.snapshot_meta = meta;
+    booted.applied = last.index;
     Ok(())
 }
 

@@ -171,16 +171,7 @@ pub fn decode_snapshot<R: Read>(
 ) -> Result<(SnapshotHeader, StateMachine), SnapshotDecodeError> {
     let mut kv = MvccStore::new();
     let header = titan_snapfile::decode_stream(r, limits, |item| {
-        match item {
-            BodyItem::Revisions { revision, compact } => {
-                kv = MvccStore::from_parts(revision, compact)
-            }
-            BodyItem::Key(key, history) => kv.insert_history(
-                Arc::from(key),
-                history.into_iter().map(record_from_raw).collect(),
-            ),
-            BodyItem::Lease(id, ttl_s) => kv.insert_lease(id, ttl_s),
-        }
+        absorb(&mut kv, item);
         Ok(())
     })?;
     titan_snapfile::expect_end(r)?;
@@ -188,6 +179,36 @@ pub fn decode_snapshot<R: Read>(
     kv.attach_lease_keys();
     let sm = StateMachine::at_snapshot(header.meta.index, header.members.clone(), kv);
     Ok((header, sm))
+}
+
+/// Adds one body item to the store being rebuilt.
+fn absorb(kv: &mut MvccStore, item: BodyItem) {
+    match item {
+        BodyItem::Revisions { revision, compact } => *kv = MvccStore::from_parts(revision, compact),
+        BodyItem::Key(key, history) => kv.insert_history(
+            Arc::from(key),
+            history.into_iter().map(record_from_raw).collect(),
+        ),
+        BodyItem::Lease(id, ttl_s) => kv.insert_lease(id, ttl_s),
+    }
+}
+
+/// The keys, history, leases and revisions of a backup file (the
+/// `Maintenance.Snapshot` format: a snapshot, zero padding, a SHA-256
+/// trailer), checked whole first (see `titan_snapfile::backup::read_backup`).
+/// The backup's member list is not returned: a restored cluster has its
+/// own.
+pub fn load_backup<R: Read + io::Seek>(
+    r: &mut R,
+    limits: &SnapshotLimits,
+) -> Result<MvccStore, titan_snapfile::backup::BackupError> {
+    let mut kv = MvccStore::new();
+    titan_snapfile::backup::read_backup(r, limits, |item| {
+        absorb(&mut kv, item.clone());
+        Ok(())
+    })?;
+    kv.attach_lease_keys();
+    Ok(kv)
 }
 
 /// Validates a whole snapshot stream without keeping its contents.
