@@ -13,13 +13,14 @@
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use titan_proto::etcdserverpb as pb;
 use titan_proto::etcdserverpb::kv_client::KvClient;
 
 use super::etcd_kv::MAX_GRPC_MESSAGE_BYTES;
+use super::tls::Dialer;
 
 /// Upper bound on one forwarded request (connect + leader commit + reply).
 pub const FORWARD_TIMEOUT_MS: u64 = 10_000;
@@ -45,10 +46,11 @@ fn marked<T>(msg: T) -> tonic::Request<T> {
 }
 
 /// A cached channel to the current leader's client gRPC port.
-#[derive(Default)]
 pub struct Forwarder {
     /// (leader gRPC address, client); replaced when the leader changes.
     client: Mutex<Option<(String, KvClient<Channel>)>>,
+    /// Plaintext or TLS, as the client port is served.
+    dialer: Dialer,
 }
 
 /// Whether the status came from the transport failing to connect (the
@@ -82,6 +84,14 @@ pub fn forwarded_error(s: Status) -> Status {
 }
 
 impl Forwarder {
+    /// A forwarder that dials the leader through `dialer`.
+    pub fn new(dialer: Dialer) -> Self {
+        Forwarder {
+            client: Mutex::new(None),
+            dialer,
+        }
+    }
+
     async fn client(&self, leader_grpc: &str) -> Result<KvClient<Channel>, Status> {
         let mut cached = self.client.lock().await;
         if let Some((addr, c)) = cached.as_ref()
@@ -89,7 +99,9 @@ impl Forwarder {
         {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{leader_grpc}"))
+        let endpoint = self
+            .dialer
+            .endpoint(leader_grpc)
             .map_err(|e| Status::unavailable(format!("etcdserver: bad leader address: {e}")))?
             .connect_timeout(Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))

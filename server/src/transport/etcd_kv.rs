@@ -72,11 +72,11 @@ pub struct EtcdKvService {
 }
 
 impl EtcdKvService {
-    /// Serves `node`.
-    pub fn new(node: NodeHandle) -> Self {
+    /// Serves `node`; forwarded writes are dialled through `dialer`.
+    pub fn new(node: NodeHandle, dialer: super::tls::Dialer) -> Self {
         EtcdKvService {
             node,
-            fwd: Forwarder::default(),
+            fwd: Forwarder::new(dialer),
         }
     }
 
