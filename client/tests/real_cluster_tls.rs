@@ -283,7 +283,7 @@ fn start_and_expect_exit(root: &Path, flags: &[String]) -> Output {
 }
 
 #[test]
-fn startup_with_a_missing_unpaired_or_malformed_tls_file_exits_non_zero_naming_it() {
+fn startup_with_a_missing_unpaired_mismatched_or_malformed_tls_file_exits_non_zero_naming_it() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pki = TestPki::generate(dir.path());
     let missing = dir.path().join("missing-key.pem");
@@ -303,6 +303,14 @@ fn startup_with_a_missing_unpaired_or_malformed_tls_file_exits_non_zero_naming_i
         (
             vec![cert.clone(), flag("peer-tls-key", &garbage), ca.clone()],
             garbage.display().to_string(),
+        ),
+        (
+            vec![
+                cert.clone(),
+                flag("peer-tls-key", &pki.client_key),
+                ca.clone(),
+            ],
+            pki.client_key.display().to_string(),
         ),
         (vec![cert.clone(), ca.clone()], "--peer-tls-key".to_string()),
         (
