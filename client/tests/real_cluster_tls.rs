@@ -402,3 +402,50 @@ fn etcdctl_puts_and_gets_through_the_mutual_tls_client_port() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Waits until `node`'s log holds `needle`.
+fn wait_for_log(node: &titan_testkit::Node, needle: &str) {
+    let log = node.data_dir.with_extension("log");
+    titan_testkit::wait_for(Duration::from_secs(15), needle, || {
+        std::fs::read_to_string(&log)
+            .ok()
+            .filter(|text| text.contains(needle))
+    });
+}
+
+#[test]
+fn a_member_whose_certificate_another_ca_signed_is_shut_out_and_the_logs_say_why() {
+    let mut c = tls_cluster();
+    let rt = runtime();
+    let p = c.pki.clone();
+    let intruder = &mut c.cluster.nodes[2];
+    intruder.kill();
+    for arg in &mut intruder.args {
+        if arg.starts_with("--peer-tls-cert=") {
+            *arg = flag("peer-tls-cert", &p.other_cert);
+        } else if arg.starts_with("--peer-tls-key=") {
+            *arg = flag("peer-tls-key", &p.other_key);
+        }
+    }
+    intruder.start();
+    // The others cannot verify its certificate; it is refused by them.
+    wait_for_log(&c.cluster.nodes[0], "TLS dial failed");
+    wait_for_log(&c.cluster.nodes[2], "peer stream ended by a TLS failure");
+    // The two good members still make progress; the intruder gets nothing.
+    let leader = c.cluster.wait_leader(Duration::from_secs(20));
+    assert_ne!(leader, 2, "the intruder cannot lead");
+    let good = c.good_tls();
+    let writer = client(
+        &[c.cluster.nodes[leader].grpc_endpoint()],
+        Some(good.clone()),
+    );
+    rt.block_on(writer.expect("client").put("after-intruder", "v"))
+        .expect("write on the two good members");
+    std::thread::sleep(Duration::from_millis(500));
+    let reader = client(&[c.cluster.nodes[2].grpc_endpoint()], Some(good)).expect("client");
+    let got = rt.block_on(reader.get("after-intruder", Consistency::Serializable));
+    assert!(
+        matches!(got, Ok(None)),
+        "the intruder must not replicate: {got:?}"
+    );
+}

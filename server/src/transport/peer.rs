@@ -13,13 +13,13 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use titan_proto::v1 as pb;
 use titan_proto::v1::raft_client::RaftClient;
 
 use super::convert::message_to_pb;
-use super::tls::Dialer;
+use super::tls::{Dialer, tls_failure};
 use crate::metrics::Metrics;
 use crate::node::outbound::{Outbound, OutboundContext, SnapshotSendError, SnapshotTransfer};
 use crate::raft::{Message, NodeId};
@@ -282,7 +282,10 @@ impl PeerLink {
                         return;
                     }
                 }
-                Err(e) => debug!(peer = self.id, %addr, error = %e, "dial failed"),
+                Err(e) => match tls_failure(&e) {
+                    Some(chain) => warn!(peer = self.id, %addr, error = %chain, "TLS dial failed"),
+                    None => debug!(peer = self.id, %addr, error = %e, "dial failed"),
+                },
             }
             // Whatever queued up while disconnected is stale; the core resends.
             while self.queue.try_recv().is_ok() {}
@@ -304,7 +307,10 @@ impl PeerLink {
         loop {
             let first = tokio::select! {
                 res = &mut call => {
-                    debug!(peer = self.id, result = ?res.err(), "peer stream ended");
+                    match res.as_ref().err().and_then(|s| tls_failure(s)) {
+                        Some(chain) => warn!(peer = self.id, error = %chain, "peer stream ended by a TLS failure"),
+                        None => debug!(peer = self.id, result = ?res.err(), "peer stream ended"),
+                    }
                     return StreamEnd::Broken;
                 }
                 m = self.queue.recv() => match m {

@@ -243,6 +243,23 @@ fn check_key(pem: &[u8]) -> Result<(), String> {
     }
 }
 
+/// Words that mark a TLS failure in an error chain (rustls's messages:
+/// `invalid peer certificate: UnknownIssuer`, `received fatal alert:
+/// CertificateRequired`, ...).
+const TLS_FAILURE_MARKERS: [&str; 3] = ["certificate", "fatal alert", "tls handshake"];
+
+/// The error's whole chain when it is a TLS failure (a certificate refused
+/// on either side), which a dialler logs as a warning: unlike a member that
+/// is down, it will not heal by itself.
+pub fn tls_failure(err: &dyn std::error::Error) -> Option<String> {
+    let chain = error_chain(err);
+    let lower = chain.to_ascii_lowercase();
+    TLS_FAILURE_MARKERS
+        .iter()
+        .any(|m| lower.contains(m))
+        .then_some(chain)
+}
+
 /// "outer: inner: root" for an error and its sources.
 fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
