@@ -1,4 +1,4 @@
-//! Client configuration: endpoints, timeouts, retry bounds and (future) TLS.
+//! Client configuration: endpoints, timeouts, retry bounds and TLS.
 
 use std::time::Duration;
 
@@ -37,10 +37,9 @@ pub struct RetryConfig {
     pub backoff_max: Duration,
 }
 
-/// TLS settings, accepted now so that callers can be written against the final
-/// configuration shape. This build does not enable tonic's TLS features yet:
-/// [`crate::Client::connect`] rejects a config with `tls: Some(..)` using
-/// [`crate::Error::TlsUnsupported`] instead of silently sending plaintext.
+/// TLS settings (rustls, ring provider). The files are read when the client
+/// is built, so a missing or malformed one fails
+/// [`crate::Client::connect`] with [`crate::Error::TlsFile`] naming it.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// PEM file with the CA certificates that sign the servers' certificates.
@@ -79,10 +78,13 @@ impl ClientConfig {
     }
 }
 
-/// Turns `host:port` or a full URI into the URI tonic dials.
-pub(crate) fn endpoint_uri(endpoint: &str) -> String {
+/// Turns `host:port` or a full URI into the URI tonic dials: a bare
+/// `host:port` gets `https://` when TLS is configured, else `http://`.
+pub(crate) fn endpoint_uri(endpoint: &str, tls: bool) -> String {
     if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
         endpoint.to_string()
+    } else if tls {
+        format!("https://{endpoint}")
     } else {
         format!("http://{endpoint}")
     }
@@ -94,8 +96,15 @@ mod tests {
 
     #[test]
     fn endpoint_uri_adds_scheme_only_when_missing() {
-        assert_eq!(endpoint_uri("localhost:7001"), "http://localhost:7001");
-        assert_eq!(endpoint_uri("http://a:1"), "http://a:1");
-        assert_eq!(endpoint_uri("https://a:1"), "https://a:1");
+        assert_eq!(
+            endpoint_uri("localhost:7001", false),
+            "http://localhost:7001"
+        );
+        assert_eq!(
+            endpoint_uri("localhost:7001", true),
+            "https://localhost:7001"
+        );
+        assert_eq!(endpoint_uri("http://a:1", true), "http://a:1");
+        assert_eq!(endpoint_uri("https://a:1", false), "https://a:1");
     }
 }

@@ -15,9 +15,19 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
-    /// `tls` was set in the config, but this build has no TLS support yet.
-    #[error("TLS is configured but not supported by this build of titan-client")]
-    TlsUnsupported,
+    /// A file of the TLS config could not be read or is not usable PEM.
+    #[error("TLS {what} {}: {reason}", path.display())]
+    TlsFile {
+        /// Which file (`CA certificate`, `client certificate`, `client key`).
+        what: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The TLS files parse but do not make a usable configuration.
+    #[error("TLS configuration unusable: {0}")]
+    TlsConfig(String),
     /// A write was sent and then the connection failed or the deadline passed
     /// before a reply: it may or may not have been committed. The client never
     /// retries such an unconditional write on its own; the caller decides

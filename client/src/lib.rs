@@ -29,9 +29,12 @@
 //!   [`Client::txn`] runs compares + success/failure operations atomically.
 //! - **Connection pool.** One HTTP/2 channel per endpoint, shared by all
 //!   clones of a [`Client`].
-//! - **TLS.** [`TlsConfig`] is part of the configuration, but this build does
-//!   not implement it yet and refuses such a config with
-//!   [`Error::TlsUnsupported`].
+//! - **TLS.** With [`ClientConfig::tls`] set, every endpoint (seeds and
+//!   leader hints given as `host:port`) is dialled over TLS (rustls), the
+//!   server verified with the configured CA against the endpoint's host (or
+//!   [`TlsConfig::domain_name`]), presenting a client certificate when one
+//!   is configured. Unreadable or malformed files fail
+//!   [`Client::connect`] with [`Error::TlsFile`].
 //!
 //! ## Example
 //!
@@ -120,7 +123,8 @@ mod error;
 mod kv;
 mod lease;
 mod pool;
-pub use pool::error_chain;
+mod tls;
+pub use pool::{error_chain, grpc_endpoint};
 pub mod redirect;
 mod txn;
 mod types;

@@ -1,12 +1,12 @@
 //! One gRPC `Channel` per endpoint, created on first use and reused by every
 //! request and every clone of the client (a tonic Channel multiplexes
-//! concurrent requests over one HTTP/2 connection).
+//! concurrent requests over one HTTP/2 connection), plaintext or TLS.
 
-use crate::config::{ClientConfig, endpoint_uri};
+use crate::config::{ClientConfig, TlsConfig, endpoint_uri};
 use crate::error::Error;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 /// Most channels kept at once. Endpoints come from the config and from leader
 /// hints, so a misbehaving server cannot make the pool grow without bound.
@@ -20,30 +20,31 @@ pub struct ChannelPool {
     channels: Mutex<HashMap<String, Channel>>,
     /// Dial settings for new channels.
     connect_timeout: std::time::Duration,
+    /// TLS settings of every dial (`None`: plaintext).
+    tls: Option<ClientTlsConfig>,
 }
 
 impl ChannelPool {
-    /// Checks `config` (at least one well-formed endpoint, no TLS yet) and
-    /// returns an empty pool for it. Shared by every client type.
+    /// Checks `config` (at least one well-formed endpoint; TLS files
+    /// readable and well-formed) and returns an empty pool for it. Shared by
+    /// every client type.
     pub fn for_config(config: &ClientConfig) -> Result<Self, Error> {
         if config.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
-        if config.tls.is_some() {
-            return Err(Error::TlsUnsupported);
-        }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(crate::tls::client_tls)
+            .transpose()?;
         for endpoint in &config.endpoints {
-            parse_endpoint(endpoint)?;
+            parse_endpoint(endpoint, tls.as_ref())?;
         }
-        Ok(ChannelPool::new(config))
-    }
-
-    /// An empty pool using the config's connect timeout.
-    pub fn new(config: &ClientConfig) -> Self {
-        ChannelPool {
+        Ok(ChannelPool {
             channels: Mutex::new(HashMap::new()),
             connect_timeout: config.connect_timeout,
-        }
+            tls,
+        })
     }
 
     /// The channel for `endpoint`, connecting it if needed.
@@ -51,7 +52,7 @@ impl ChannelPool {
         if let Some(channel) = self.lock().get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = dial(endpoint, self.connect_timeout).await?;
+        let channel = dial(endpoint, self.tls.as_ref(), self.connect_timeout).await?;
         let mut channels = self.lock();
         if channels.len() >= MAX_POOLED_CHANNELS {
             channels.clear();
@@ -81,21 +82,93 @@ impl ChannelPool {
     }
 }
 
-/// Validates an endpoint string without dialing it.
-pub fn parse_endpoint(endpoint: &str) -> Result<Endpoint, Error> {
-    Endpoint::from_shared(endpoint_uri(endpoint)).map_err(|e| Error::InvalidEndpoint {
+/// Validates an endpoint string without dialing it; with `tls`, a bare
+/// `host:port` is dialled as `https://`.
+pub fn parse_endpoint(endpoint: &str, tls: Option<&ClientTlsConfig>) -> Result<Endpoint, Error> {
+    let invalid = |e: tonic::transport::Error| Error::InvalidEndpoint {
         endpoint: endpoint.to_string(),
-        reason: e.to_string(),
-    })
+        reason: error_chain(&e),
+    };
+    let ep = Endpoint::from_shared(endpoint_uri(endpoint, tls.is_some())).map_err(invalid)?;
+    match tls {
+        Some(tls) if ep.uri().scheme_str() == Some("https") => {
+            ep.tls_config(tls.clone()).map_err(invalid)
+        }
+        _ => Ok(ep),
+    }
 }
 
-async fn dial(endpoint: &str, connect_timeout: std::time::Duration) -> Result<Channel, String> {
-    let ep = parse_endpoint(endpoint).map_err(|e| e.to_string())?;
-    ep.connect_timeout(connect_timeout)
+/// The tonic endpoint for `endpoint` (`host:port` or a URI) with `tls`
+/// applied, for callers that dial a service the client does not wrap
+/// (`titanctl snapshot save` streams etcd's Maintenance.Snapshot).
+pub fn grpc_endpoint(endpoint: &str, tls: Option<&TlsConfig>) -> Result<Endpoint, Error> {
+    let tls = tls.map(crate::tls::client_tls).transpose()?;
+    parse_endpoint(endpoint, tls.as_ref())
+}
+
+async fn dial(
+    endpoint: &str,
+    tls: Option<&ClientTlsConfig>,
+    connect_timeout: std::time::Duration,
+) -> Result<Channel, String> {
+    let ep = parse_endpoint(endpoint, tls).map_err(|e| e.to_string())?;
+    let channel = ep
+        .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .connect()
         .await
-        .map_err(|e| format!("connect to {endpoint}: {}", error_chain(&e)))
+        .map_err(|e| format!("connect to {endpoint}: {}", error_chain(&e)))?;
+    probe(channel.clone(), connect_timeout)
+        .await
+        .map_err(|e| format!("connect to {endpoint}: {e}{}", probe_hint(tls)))?;
+    Ok(channel)
+}
+
+/// A gRPC path no server serves: a working connection answers it with
+/// `UNIMPLEMENTED`.
+const PROBE_PATH: &str = "/titan.client.Probe/Ping";
+
+/// One round trip on a new channel before any request uses it. Opening an
+/// HTTP/2 connection does not wait for the server, so without it a server
+/// that rejects the connection (a TLS port spoken to in plaintext, a client
+/// certificate it refuses) would only fail the first request, and a write
+/// would then look sent with an unknown outcome.
+async fn probe(channel: Channel, timeout: std::time::Duration) -> Result<(), String> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let call = async {
+        grpc.ready().await.map_err(|e| error_chain(&e))?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(PROBE_PATH);
+        let codec = tonic_prost::ProstCodec::<(), ()>::default();
+        match grpc.unary(tonic::Request::new(()), path, codec).await {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::Unimplemented => Ok(()),
+            Err(s) => Err(status_chain(&s)),
+        }
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// A status's message and the chain of its source (`Status`'s own
+/// `Display` dumps every field).
+fn status_chain(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        text.push_str(": ");
+        text.push_str(&error_chain(source));
+    }
+    text
+}
+
+/// What most often makes a connection fail its probe, by TLS setting.
+fn probe_hint(tls: Option<&ClientTlsConfig>) -> &'static str {
+    match tls {
+        None => {
+            " (if the server's port uses TLS, configure a CA: ClientConfig::tls, titanctl --cacert)"
+        }
+        Some(_) => " (the server may require a client certificate, or refuse this one)",
+    }
 }
 
 /// "outer: inner: root" for an error and its sources (tonic's transport

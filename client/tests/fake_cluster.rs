@@ -542,9 +542,11 @@ fn config_errors_are_typed() {
     ));
     let mut tls = ClientConfig::new(["localhost:7001"]);
     tls.tls = Some(TlsConfig {
-        ca_cert_path: "ca.pem".into(),
+        ca_cert_path: "no-such-ca.pem".into(),
         client_identity: None,
         domain_name: None,
     });
-    assert!(matches!(Client::connect(tls), Err(Error::TlsUnsupported)));
+    let err = Client::connect(tls).expect_err("a missing CA file is refused");
+    assert!(matches!(err, Error::TlsFile { .. }), "{err:?}");
+    assert!(err.to_string().contains("no-such-ca.pem"), "{err}");
 }

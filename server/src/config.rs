@@ -69,6 +69,24 @@ pub enum ConfigError {
          optionally followed by target=level directives (e.g. info,titan_server::raft=debug)"
     )]
     BadLogLevel(String),
+    /// A TLS certificate was given without its key, or the other way round.
+    #[error("{given} is set but {missing} is not; a TLS certificate needs its private key")]
+    TlsPairIncomplete {
+        /// The flag that was given.
+        given: &'static str,
+        /// The flag that is missing.
+        missing: &'static str,
+    },
+    /// A TLS flag that only makes sense with another one.
+    #[error("{given} needs {needs}: {why}")]
+    TlsNeeds {
+        /// The flag that was given.
+        given: &'static str,
+        /// The flag it needs.
+        needs: &'static str,
+        /// Why.
+        why: &'static str,
+    },
 }
 
 /// Default plaintext client port (`-client-port`).
@@ -206,6 +224,121 @@ pub struct Cli {
     /// [default: RUST_LOG if set, else info].
     #[arg(long = "log-level", env = "TITAN_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// PEM certificate (chain) served on the client gRPC port; turns on TLS
+    /// there. Needs --client-tls-key.
+    #[arg(long = "client-tls-cert", env = "TITAN_CLIENT_TLS_CERT")]
+    pub client_tls_cert: Option<PathBuf>,
+    /// PEM private key of --client-tls-cert.
+    #[arg(long = "client-tls-key", env = "TITAN_CLIENT_TLS_KEY")]
+    pub client_tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, clients of the gRPC port must present a
+    /// certificate it signed (mutual TLS).
+    #[arg(long = "client-tls-ca", env = "TITAN_CLIENT_TLS_CA")]
+    pub client_tls_ca: Option<PathBuf>,
+    /// PEM certificate (chain) of this node on the peer port, also presented
+    /// when it dials other members. Its SANs must name the host of
+    /// --advertise-peer-addr (and of --advertise-grpc-addr when the client
+    /// port uses TLS). Needs --peer-tls-key and --peer-tls-ca.
+    #[arg(long = "peer-tls-cert", env = "TITAN_PEER_TLS_CERT")]
+    pub peer_tls_cert: Option<PathBuf>,
+    /// PEM private key of --peer-tls-cert.
+    #[arg(long = "peer-tls-key", env = "TITAN_PEER_TLS_KEY")]
+    pub peer_tls_key: Option<PathBuf>,
+    /// PEM CA bundle that signs every member's peer certificate: the peer
+    /// port requires a client certificate it signed, and dialled members are
+    /// verified with it.
+    #[arg(long = "peer-tls-ca", env = "TITAN_PEER_TLS_CA")]
+    pub peer_tls_ca: Option<PathBuf>,
+}
+
+/// The PEM files of one TLS listener (paths only; the transport reads and
+/// checks them at start-up).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key of the leaf.
+    pub key: PathBuf,
+    /// CA bundle that client certificates must chain to; `None` accepts
+    /// clients without a certificate.
+    pub ca: Option<PathBuf>,
+}
+
+/// Which flags name the files of one TLS listener (for error messages).
+struct TlsFlags {
+    cert: &'static str,
+    key: &'static str,
+    ca: &'static str,
+}
+
+/// Pairs `cert` with `key` (both or neither); a CA alone is refused.
+fn tls_files(
+    flags: &TlsFlags,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles { cert, key, ca })),
+        (Some(_), None) => Err(ConfigError::TlsPairIncomplete {
+            given: flags.cert,
+            missing: flags.key,
+        }),
+        (None, Some(_)) => Err(ConfigError::TlsPairIncomplete {
+            given: flags.key,
+            missing: flags.cert,
+        }),
+        (None, None) if ca.is_some() => Err(ConfigError::TlsNeeds {
+            given: flags.ca,
+            needs: flags.cert,
+            why: "client certificates are only checked on a TLS listener",
+        }),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Checks the TLS flags of both ports: the peer port is mutual TLS or
+/// plaintext, and a follower must be able to verify the leader's client
+/// port when it relays lease calls there.
+fn check_tls(cli: &Cli) -> Result<(Option<TlsFiles>, Option<TlsFiles>), ConfigError> {
+    let client_flags = TlsFlags {
+        cert: "--client-tls-cert",
+        key: "--client-tls-key",
+        ca: "--client-tls-ca",
+    };
+    let peer_flags = TlsFlags {
+        cert: "--peer-tls-cert",
+        key: "--peer-tls-key",
+        ca: "--peer-tls-ca",
+    };
+    let client = tls_files(
+        &client_flags,
+        cli.client_tls_cert.clone(),
+        cli.client_tls_key.clone(),
+        cli.client_tls_ca.clone(),
+    )?;
+    let peer = tls_files(
+        &peer_flags,
+        cli.peer_tls_cert.clone(),
+        cli.peer_tls_key.clone(),
+        cli.peer_tls_ca.clone(),
+    )?;
+    if peer.as_ref().is_some_and(|p| p.ca.is_none()) {
+        return Err(ConfigError::TlsNeeds {
+            given: "--peer-tls-cert",
+            needs: "--peer-tls-ca",
+            why: "members verify each other's certificates with it",
+        });
+    }
+    if client.as_ref().is_some_and(|c| c.ca.is_none()) && peer.is_none() {
+        return Err(ConfigError::TlsNeeds {
+            given: "--client-tls-cert",
+            needs: "--client-tls-ca or --peer-tls-ca",
+            why: "a follower relays etcd lease calls to the leader's client port \
+                  and verifies its certificate with those CAs",
+        });
+    }
+    Ok((client, peer))
 }
 
 /// One `-peers` entry.
@@ -278,6 +411,11 @@ pub struct Config {
     pub max_connections: usize,
     /// Time budget for a graceful shutdown.
     pub shutdown_grace: Duration,
+    /// TLS of the client gRPC port (`None`: plaintext).
+    pub client_tls: Option<TlsFiles>,
+    /// Mutual TLS of the peer port and of every dial to another member
+    /// (`None`: plaintext).
+    pub peer_tls: Option<TlsFiles>,
 }
 
 impl Config {
@@ -457,9 +595,31 @@ pub fn log_filter(log_level: Option<&str>, rust_log: Option<&str>) -> Result<Str
 }
 
 impl Cli {
+    /// The gRPC and HTTP ports (given or derived from the client port),
+    /// checked to differ from every other listener's.
+    fn derived_ports(&self) -> Result<(u16, u16), ConfigError> {
+        let grpc_port = match self.grpc_port {
+            Some(p) => p,
+            None => derived_port("--grpc-port", self.client_port, DEFAULT_GRPC_PORT)?,
+        };
+        let http_port = match self.http_port {
+            Some(p) => p,
+            None => derived_port("--http-port", self.client_port, DEFAULT_HTTP_PORT)?,
+        };
+        check_distinct_ports(&[
+            ("--port", self.port),
+            ("--client-port", self.client_port),
+            ("--grpc-port", grpc_port),
+            ("--http-port", http_port),
+        ])?;
+        Ok((grpc_port, http_port))
+    }
+
     /// Validates the flags and fills in derived defaults.
     pub fn into_config(self) -> Result<Config, ConfigError> {
         check_size_limits(self.max_line_bytes)?;
+        let (client_tls, peer_tls) = check_tls(&self)?;
+        let (grpc_port, http_port) = self.derived_ports()?;
         let peers = parse_peers(&self.peers)?;
         if self.join && !peers.is_empty() {
             return Err(ConfigError::PeersAndJoin);
@@ -486,20 +646,6 @@ impl Cli {
         let data_dir = self
             .data_dir
             .unwrap_or_else(|| PathBuf::from("data").join(&self.id));
-        let grpc_port = match self.grpc_port {
-            Some(p) => p,
-            None => derived_port("--grpc-port", self.client_port, DEFAULT_GRPC_PORT)?,
-        };
-        let http_port = match self.http_port {
-            Some(p) => p,
-            None => derived_port("--http-port", self.client_port, DEFAULT_HTTP_PORT)?,
-        };
-        check_distinct_ports(&[
-            ("--port", self.port),
-            ("--client-port", self.client_port),
-            ("--grpc-port", grpc_port),
-            ("--http-port", http_port),
-        ])?;
         Ok(Config {
             advertise_peer_addr: self
                 .advertise_peer_addr
@@ -528,6 +674,8 @@ impl Cli {
             max_line_bytes: self.max_line_bytes.max(64),
             max_connections: self.max_connections.max(1),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            client_tls,
+            peer_tls,
         })
     }
 }
@@ -751,6 +899,49 @@ mod tests {
         );
         assert_eq!(log_filter(None, None), Ok("info".into()));
         assert!(log_filter(Some("chatty"), None).is_err());
+    }
+
+    #[test]
+    fn tls_flags_come_in_pairs_and_each_port_gets_the_cas_it_needs() {
+        let refused = [
+            (vec!["--client-tls-cert=c"], "--client-tls-key"),
+            (vec!["--client-tls-key=k"], "--client-tls-cert"),
+            (vec!["--client-tls-ca=a"], "--client-tls-cert"),
+            (
+                vec!["--peer-tls-cert=c", "--peer-tls-key=k"],
+                "--peer-tls-ca",
+            ),
+            (
+                vec!["--peer-tls-key=k", "--peer-tls-ca=a"],
+                "--peer-tls-cert",
+            ),
+            (
+                vec!["--client-tls-cert=c", "--client-tls-key=k"],
+                "--peer-tls-ca",
+            ),
+        ];
+        for (args, named) in refused {
+            let err = config(&args).expect_err("refused");
+            assert!(err.to_string().contains(named), "{args:?}: {err}");
+        }
+        let peer = ["--peer-tls-cert=p", "--peer-tls-key=pk", "--peer-tls-ca=pa"];
+        let cfg = config(&peer).expect("peer mTLS alone");
+        assert_eq!(cfg.client_tls, None);
+        assert_eq!(cfg.peer_tls.map(|t| t.ca), Some(Some(PathBuf::from("pa"))));
+        let cfg = config(&[
+            "--client-tls-cert=c",
+            "--client-tls-key=k",
+            "--client-tls-ca=a",
+        ])
+        .expect("client mTLS alone");
+        assert_eq!(cfg.client_tls.map(|t| t.key), Some(PathBuf::from("k")));
+        let mut both = peer.to_vec();
+        both.extend(["--client-tls-cert=c", "--client-tls-key=k"]);
+        assert!(
+            config(&both).is_ok(),
+            "server-only client TLS next to peer mTLS"
+        );
+        assert!(config(&[]).is_ok_and(|c| c.client_tls.is_none() && c.peer_tls.is_none()));
     }
 
     #[test]

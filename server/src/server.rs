@@ -14,6 +14,7 @@ use crate::api;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::node::{self, BuildError, NodeHandle, PeerInbox};
+use crate::transport::tls::{TlsError, TransportTls};
 use crate::transport::{self, admin_service::AdminStatusProbe, peer::PeerTransport};
 
 /// How long a node that hit a fatal storage error keeps answering (every
@@ -43,6 +44,9 @@ pub enum StartError {
     /// The node could not be built (identity, storage or Raft configuration).
     #[error(transparent)]
     Node(#[from] BuildError),
+    /// The TLS files could not be read or do not fit together.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A listener could not bind.
     #[error("binding {addr}: {source}")]
     Bind {
@@ -96,23 +100,24 @@ async fn bind(host: &str, port: u16) -> Result<TcpListener, StartError> {
 pub async fn launch(cfg: Config) -> Result<Server, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
-    let outbound = |ctx| Box::new(PeerTransport::from_context(ctx)) as Box<dyn node::Outbound>;
-    let built = node::build(
-        cfg,
-        metrics.clone(),
-        &AdminStatusProbe,
-        outbound,
-        shutdown_rx.clone(),
-    )
-    .await?;
+    let tls = transport::tls::load(cfg.client_tls.as_ref(), cfg.peer_tls.as_ref())?;
+    let dialer = tls.peer_dialer.clone();
+    let outbound =
+        move |ctx| Box::new(PeerTransport::from_context(ctx, dialer)) as Box<dyn node::Outbound>;
+    let probe = AdminStatusProbe {
+        dialer: tls.peer_dialer.clone(),
+    };
+    let built = node::build(cfg, metrics.clone(), &probe, outbound, shutdown_rx.clone()).await?;
     let cfg = built.cfg.clone();
     let handle = built.handle.clone();
     let peer = (built.inbox.clone(), built.snapshots.clone());
-    let listeners = start_listeners(&cfg, &handle, peer, &metrics, &shutdown_rx).await?;
+    let listeners = start_listeners(&cfg, &handle, peer, &metrics, tls, &shutdown_rx).await?;
     let runtime = built.spawn();
     info!(
         client = %cfg.advertise_client_addr,
         peer = %cfg.advertise_peer_addr,
+        client_tls = cfg.client_tls.is_some(),
+        peer_tls = cfg.peer_tls.is_some(),
         "titan-server started"
     );
     Ok(Server {
@@ -129,6 +134,7 @@ async fn start_listeners(
     handle: &NodeHandle,
     (inbox, snapshots): (PeerInbox, crate::storage::SnapshotStore),
     metrics: &Arc<Metrics>,
+    tls: TransportTls,
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let host = cfg.listen_addr.as_str();
@@ -149,15 +155,19 @@ async fn start_listeners(
         shutdown.clone(),
     );
     let mut tasks = vec![tokio::spawn(tcp.run())];
-    let (h, s) = (handle.clone(), shutdown.clone());
+    let (h, s, peer_tls) = (handle.clone(), shutdown.clone(), tls.peer_server);
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = transport::serve_peer(peer, h, inbox, snapshots, s).await {
+        if let Err(e) = transport::serve_peer(peer, h, inbox, snapshots, peer_tls, s).await {
             tracing::error!(error = %e, "peer gRPC server failed");
         }
     }));
     let (h, m, s) = (handle.clone(), metrics.clone(), shutdown.clone());
+    let client_tls = transport::ClientPortTls {
+        server: tls.client_server,
+        forward: tls.forward_dialer,
+    };
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = transport::serve_grpc(grpc, h, m, s).await {
+        if let Err(e) = transport::serve_grpc(grpc, h, m, client_tls, s).await {
             tracing::error!(error = %e, "client gRPC server failed");
         }
     }));

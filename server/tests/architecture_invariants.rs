@@ -110,7 +110,13 @@ fn snapshot_format_crate_stays_pure() {
 
 #[test]
 fn only_the_transport_module_knows_tonic_and_the_protos() {
-    let needles = ["tonic::", "tonic_health", "titan_proto", "prost::"];
+    let needles = [
+        "tonic::",
+        "tonic_health",
+        "titan_proto",
+        "prost::",
+        "rustls",
+    ];
     let hits = offending_lines(&src("src"), &needles, &["/src/transport/"]);
     assert!(
         hits.is_empty(),

@@ -121,6 +121,7 @@ fn start_seed_cluster() -> Cluster {
         nodes,
         proxies: Default::default(),
         root,
+        admin_tls: None,
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod load;
 pub mod proxy;
+pub mod tls;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use titan_proto::v1 as pb;
 use titan_proto::v1::admin_client::AdminClient;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 pub use proxy::Proxy;
 
@@ -297,10 +299,22 @@ impl Node {
 
     /// Admin.Status over gRPC (None if unreachable).
     pub fn status(&self) -> Option<pb::StatusResponse> {
-        let addr = format!("http://127.0.0.1:{}", self.peer_port);
+        self.status_with(None)
+    }
+
+    /// Admin.Status over gRPC, over TLS when `tls` is given (None if
+    /// unreachable).
+    pub fn status_with(&self, tls: Option<&ClientTlsConfig>) -> Option<pb::StatusResponse> {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let addr = format!("{scheme}://127.0.0.1:{}", self.peer_port);
+        let tls = tls.cloned();
         rt().block_on(async move {
             let call = async {
-                let mut c = AdminClient::connect(addr).await.ok()?;
+                let mut endpoint = Endpoint::from_shared(addr).ok()?;
+                if let Some(tls) = tls {
+                    endpoint = endpoint.tls_config(tls).ok()?;
+                }
+                let mut c = AdminClient::new(endpoint.connect().await.ok()?);
                 c.status(pb::StatusRequest {})
                     .await
                     .ok()
@@ -340,6 +354,9 @@ pub struct Cluster {
     pub proxies: std::collections::HashMap<(usize, usize), Proxy>,
     /// Holds every data dir and log; removed on drop.
     pub root: tempfile::TempDir,
+    /// How Admin calls reach the nodes when their peer port uses mutual
+    /// TLS (`None`: plaintext).
+    pub admin_tls: Option<ClientTlsConfig>,
 }
 
 impl Drop for Cluster {
@@ -375,15 +392,27 @@ pub fn base_args() -> Vec<String> {
 impl Cluster {
     /// `n` nodes bootstrapped with `-peers`, direct links.
     pub fn start(n: usize, extra: &[&str]) -> Cluster {
-        Self::build(n, extra, false)
+        Self::build(n, extra, false, None)
     }
 
     /// `n` nodes whose peer traffic goes through one proxy per directed link.
     pub fn with_proxies(n: usize, extra: &[&str]) -> Cluster {
-        Self::build(n, extra, true)
+        Self::build(n, extra, true, None)
     }
 
-    fn build(n: usize, extra: &[&str], proxied: bool) -> Cluster {
+    /// `n` nodes started with `extra` flags that put the peer port under
+    /// mutual TLS; `admin_tls` is how this harness reaches their Admin
+    /// service (leader discovery).
+    pub fn start_tls(n: usize, extra: &[&str], admin_tls: ClientTlsConfig) -> Cluster {
+        Self::build(n, extra, false, Some(admin_tls))
+    }
+
+    fn build(
+        n: usize,
+        extra: &[&str],
+        proxied: bool,
+        admin_tls: Option<ClientTlsConfig>,
+    ) -> Cluster {
         let root = tempfile::tempdir().expect("tempdir");
         let mut nodes: Vec<Node> = (0..n)
             .map(|i| Node::new(root.path(), &format!("node{}", i + 1)))
@@ -423,6 +452,7 @@ impl Cluster {
             nodes,
             proxies,
             root,
+            admin_tls,
         };
         c.wait_leader(Duration::from_secs(20));
         c
@@ -457,7 +487,7 @@ impl Cluster {
     pub fn current_leader(&self) -> Option<usize> {
         self.nodes.iter().position(|n| {
             n.is_running()
-                && n.status()
+                && n.status_with(self.admin_tls.as_ref())
                     .is_some_and(|s| s.role == pb::Role::Leader as i32)
         })
     }

@@ -10,15 +10,16 @@ use titan_proto::v1 as pb;
 use titan_proto::v1::admin_server::Admin;
 
 use super::status_from_error;
+use super::tls::Dialer;
 use crate::node::handle::{AdminCmd, AdminReply};
 use crate::node::outbound::{PeerView, StatusProbe};
 use crate::node::{Member, MemberStatus, NodeHandle, NodeRole, NodeStatus, SnapshotInfo};
 
 /// Asks the node at `addr` for its status; `None` if it does not answer
 /// within `timeout`.
-pub async fn probe_status(addr: String, timeout: Duration) -> Option<PeerView> {
+pub async fn probe_status(dialer: Dialer, addr: String, timeout: Duration) -> Option<PeerView> {
     let call = async {
-        let channel = super::peer::connect(&addr, timeout).await.ok()?;
+        let channel = super::peer::connect(&dialer, &addr, timeout).await.ok()?;
         let mut client = titan_proto::v1::admin_client::AdminClient::new(channel);
         client.status(pb::StatusRequest {}).await.ok()
     };
@@ -39,12 +40,15 @@ pub async fn probe_status(addr: String, timeout: Duration) -> Option<PeerView> {
 }
 
 /// The node's pre-bootstrap [`StatusProbe`], over Admin.Status.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AdminStatusProbe;
+#[derive(Debug, Clone, Default)]
+pub struct AdminStatusProbe {
+    /// Dials the peers' Admin service (plaintext or mutual TLS).
+    pub dialer: Dialer,
+}
 
 impl StatusProbe for AdminStatusProbe {
     fn probe(&self, addr: String, timeout: Duration) -> BoxFuture<'static, Option<PeerView>> {
-        Box::pin(probe_status(addr, timeout))
+        Box::pin(probe_status(self.dialer.clone(), addr, timeout))
     }
 }
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use tonic::transport::Endpoint;
 use tonic::{Request, Response, Status};
 
 use titan_proto::etcdserverpb as pb;
@@ -22,6 +21,7 @@ use super::etcd_convert::header_to_pb;
 use super::etcd_forward::{FORWARD_CONNECT_TIMEOUT_MS, FORWARD_TIMEOUT_MS};
 use super::etcd_snapshot::{self, MAX_SNAPSHOT_STREAMS};
 use super::status_from_error;
+use super::tls::Dialer;
 use crate::node::handle::{AdminCmd, AdminReply};
 use crate::node::{Header, HistoryStats, NodeHandle, NodeRole, NodeStatus, ReadAnswer, ReadQuery};
 
@@ -35,14 +35,17 @@ pub struct EtcdClusterService {
     node: NodeHandle,
     /// Snapshot streams running (at most [`MAX_SNAPSHOT_STREAMS`]).
     snapshots: Arc<Semaphore>,
+    /// Dials the leader's client port (plaintext or TLS, as it is served).
+    dialer: Dialer,
 }
 
 impl EtcdClusterService {
-    /// Serves `node`.
-    pub fn new(node: NodeHandle) -> Self {
+    /// Serves `node`; asks the leader through `dialer`.
+    pub fn new(node: NodeHandle, dialer: Dialer) -> Self {
         EtcdClusterService {
             node,
             snapshots: Arc::new(Semaphore::new(MAX_SNAPSHOT_STREAMS)),
+            dialer,
         }
     }
 
@@ -68,31 +71,37 @@ impl EtcdClusterService {
     }
 }
 
-fn url(addr: &str) -> Vec<String> {
+fn url(scheme: &str, addr: &str) -> Vec<String> {
     if addr.is_empty() {
         Vec::new()
     } else {
-        vec![format!("http://{addr}")]
+        vec![format!("{scheme}://{addr}")]
     }
 }
 
-/// Every member with etcd's URL lists (client URLs are the gRPC addresses).
-pub fn members_to_pb(s: &NodeStatus) -> Vec<pb::Member> {
+/// Every member with etcd's URL lists (client URLs are the gRPC addresses,
+/// `https` when the client port is served with TLS).
+pub fn members_to_pb(s: &NodeStatus, client_tls: bool) -> Vec<pb::Member> {
+    let client_scheme = if client_tls { "https" } else { "http" };
     s.members
         .iter()
         .map(|m| pb::Member {
             id: m.member.id,
             name: m.member.name.clone(),
-            peer_ur_ls: url(&m.member.peer_addr),
-            client_ur_ls: url(&m.member.grpc_addr),
+            peer_ur_ls: url("http", &m.member.peer_addr),
+            client_ur_ls: url(client_scheme, &m.member.grpc_addr),
             is_learner: !m.voter,
         })
         .collect()
 }
 
 /// Asks the leader's Cluster service for the member list.
-async fn member_list_from(leader_grpc: &str) -> Result<pb::MemberListResponse, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{leader_grpc}"))
+async fn member_list_from(
+    dialer: &Dialer,
+    leader_grpc: &str,
+) -> Result<pb::MemberListResponse, Status> {
+    let endpoint = dialer
+        .endpoint(leader_grpc)
         .map_err(|e| Status::unavailable(format!("bad leader address: {e}")))?
         .connect_timeout(Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS));
@@ -139,13 +148,15 @@ impl Cluster for EtcdClusterService {
         _: Request<pb::MemberListRequest>,
     ) -> Result<Response<pb::MemberListResponse>, Status> {
         let status = self.status().await?;
-        let members = members_to_pb(&status);
+        let members = members_to_pb(&status, self.dialer.is_tls());
         let incomplete = members.iter().any(|m| m.client_ur_ls.is_empty());
         let leader_grpc = status.leader.map(|l| l.grpc_addr).unwrap_or_default();
         if incomplete && status.role != NodeRole::Leader && !leader_grpc.is_empty() {
             // A follower hears only from the leader; the leader has heard
             // every member's advertised client address.
-            return member_list_from(&leader_grpc).await.map(Response::new);
+            return member_list_from(&self.dialer, &leader_grpc)
+                .await
+                .map(Response::new);
         }
         let (header, _) = self.local_stats().await?;
         Ok(Response::new(pb::MemberListResponse {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
 use titan_proto::etcdserverpb as pb;
@@ -48,11 +48,14 @@ pub struct EtcdLeaseService {
 }
 
 impl EtcdLeaseService {
-    /// Serves `node`.
-    pub fn new(node: NodeHandle) -> Self {
+    /// Serves `node`; forwarded calls are dialled through `dialer`.
+    pub fn new(node: NodeHandle, dialer: super::tls::Dialer) -> Self {
         EtcdLeaseService {
             node,
-            fwd: Arc::new(LeaseForwarder::default()),
+            fwd: Arc::new(LeaseForwarder {
+                client: Mutex::new(None),
+                dialer,
+            }),
             streams: Arc::new(Semaphore::new(MAX_KEEPALIVE_STREAMS)),
         }
     }
@@ -241,10 +244,11 @@ fn marked<T>(msg: T) -> Request<T> {
 }
 
 /// A cached Lease client for the current leader's client gRPC port.
-#[derive(Default)]
 pub struct LeaseForwarder {
     /// (leader gRPC address, client); replaced when the leader changes.
     client: Mutex<Option<(String, LeaseClient<Channel>)>>,
+    /// Plaintext or TLS, as the client port is served.
+    dialer: super::tls::Dialer,
 }
 
 impl LeaseForwarder {
@@ -256,7 +260,9 @@ impl LeaseForwarder {
         {
             return Ok(c.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{leader_grpc}"))
+        let endpoint = self
+            .dialer
+            .endpoint(leader_grpc)
             .map_err(|e| Status::unavailable(format!("etcdserver: bad leader address: {e}")))?
             .connect_timeout(Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS))
             .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))

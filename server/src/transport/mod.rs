@@ -1,6 +1,6 @@
 //! Everything tonic: the peer Raft service (inbound and outbound streams,
 //! chunked snapshots), the Admin service, the client KV service and the
-//! standard gRPC health service.
+//! standard gRPC health service, each optionally over TLS ([`tls`]).
 //!
 //! Architecture invariant: no other module depends on tonic or the
 //! generated protobuf types; conversion happens at this boundary.
@@ -20,6 +20,7 @@ pub mod kv_service;
 pub mod peer;
 pub mod raft_service;
 pub mod snapshot;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -27,8 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 use titan_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
@@ -106,6 +107,7 @@ pub async fn serve_peer(
     node: NodeHandle,
     inbox: PeerInbox,
     snapshots: crate::storage::SnapshotStore,
+    tls: Option<ServerTlsConfig>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -120,12 +122,30 @@ pub async fn serve_peer(
     ));
     let raft = RaftServer::new(raft_service::RaftService::new(inbox, snapshots))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
-    Server::builder()
+    builder(tls)?
         .add_service(health_svc)
         .add_service(raft)
         .add_service(AdminServer::new(admin_service::AdminService::new(node)))
         .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
         .await
+}
+
+/// A server builder, with TLS when `tls` is given.
+fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
+    match tls {
+        Some(tls) => Server::builder().tls_config(tls),
+        None => Ok(Server::builder()),
+    }
+}
+
+/// How the client gRPC port is served: TLS settings (`None`: plaintext)
+/// and how a follower dials the leader to forward writes.
+#[derive(Debug, Clone, Default)]
+pub struct ClientPortTls {
+    /// The listener's TLS settings.
+    pub server: Option<ServerTlsConfig>,
+    /// Dials to the leader's client port.
+    pub forward: tls::Dialer,
 }
 
 /// Serves `titan.v1.KV`, etcd's v3 services and health on the client gRPC
@@ -134,6 +154,7 @@ pub async fn serve_grpc(
     listener: TcpListener,
     node: NodeHandle,
     metrics: Arc<Metrics>,
+    tls: ClientPortTls,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -146,7 +167,7 @@ pub async fn serve_grpc(
         node.clone(),
         vec!["", kv_name],
     ));
-    Server::builder()
+    builder(tls.server)?
         .max_concurrent_streams(MAX_GRPC_STREAMS_PER_CONNECTION)
         .add_service(health_svc)
         .add_service(
@@ -158,13 +179,14 @@ pub async fn serve_grpc(
                 .max_decoding_message_size(etcd_kv::MAX_GRPC_MESSAGE_BYTES),
         )
         .add_service(EtcdClusterServer::new(
-            etcd_cluster::EtcdClusterService::new(node.clone()),
+            etcd_cluster::EtcdClusterService::new(node.clone(), tls.forward.clone()),
         ))
         .add_service(EtcdMaintenanceServer::new(
-            etcd_cluster::EtcdClusterService::new(node.clone()),
+            etcd_cluster::EtcdClusterService::new(node.clone(), tls.forward.clone()),
         ))
         .add_service(EtcdLeaseServer::new(etcd_lease::EtcdLeaseService::new(
             node.clone(),
+            tls.forward,
         )))
         .add_service(EtcdWatchServer::new(etcd_watch::EtcdWatchService::new(
             node,

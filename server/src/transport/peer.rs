@@ -12,13 +12,14 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
-use tracing::{debug, info};
+use tonic::transport::Channel;
+use tracing::{debug, info, warn};
 
 use titan_proto::v1 as pb;
 use titan_proto::v1::raft_client::RaftClient;
 
 use super::convert::message_to_pb;
+use super::tls::{Dialer, tls_failure};
 use crate::metrics::Metrics;
 use crate::node::outbound::{Outbound, OutboundContext, SnapshotSendError, SnapshotTransfer};
 use crate::raft::{Message, NodeId};
@@ -43,11 +44,13 @@ pub struct PeerConfig {
     pub backoff_max: Duration,
     /// This node's advertised peer address (sent so joiners can reply).
     pub self_member: crate::node::Member,
+    /// Plaintext or mutual TLS to the other members.
+    pub dialer: Dialer,
 }
 
 impl PeerConfig {
     /// Defaults tuned for a LAN and 10 ms ticks.
-    pub fn new(self_member: crate::node::Member) -> Self {
+    pub fn new(self_member: crate::node::Member, dialer: Dialer) -> Self {
         PeerConfig {
             max_queue_msgs: 8192,
             max_batch_msgs: 512,
@@ -57,13 +60,19 @@ impl PeerConfig {
             backoff_min: Duration::from_millis(20),
             backoff_max: Duration::from_millis(1000),
             self_member,
+            dialer,
         }
     }
 }
 
-/// Dials `addr` (`host:port`), resolving the name now.
-pub async fn connect(addr: &str, timeout: Duration) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(format!("http://{addr}"))?
+/// Dials the peer port at `addr` (`host:port`), resolving the name now.
+pub async fn connect(
+    dialer: &Dialer,
+    addr: &str,
+    timeout: Duration,
+) -> Result<Channel, tonic::transport::Error> {
+    dialer
+        .endpoint(addr)?
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(1))
@@ -96,9 +105,9 @@ pub struct PeerTransport {
 
 impl PeerTransport {
     /// The transport a node asks for once it knows who it is.
-    pub fn from_context(ctx: OutboundContext) -> Self {
+    pub fn from_context(ctx: OutboundContext, dialer: Dialer) -> Self {
         Self::new(
-            PeerConfig::new(ctx.self_member),
+            PeerConfig::new(ctx.self_member, dialer),
             ctx.cluster_id,
             ctx.metrics,
         )
@@ -224,7 +233,10 @@ impl Outbound for PeerTransport {
         &self,
         transfer: SnapshotTransfer,
     ) -> BoxFuture<'static, Result<(), SnapshotSendError>> {
-        Box::pin(super::snapshot::send_snapshot(transfer))
+        Box::pin(super::snapshot::send_snapshot(
+            self.config.dialer.clone(),
+            transfer,
+        ))
     }
 }
 
@@ -259,7 +271,7 @@ impl PeerLink {
         let mut attempt: u64 = 0;
         loop {
             let addr = self.addr.borrow_and_update().clone();
-            match connect(&addr, self.config.connect_timeout).await {
+            match connect(&self.config.dialer, &addr, self.config.connect_timeout).await {
                 Ok(channel) => {
                     if attempt > 0 {
                         info!(peer = self.id, %addr, "peer stream connected");
@@ -270,7 +282,10 @@ impl PeerLink {
                         return;
                     }
                 }
-                Err(e) => debug!(peer = self.id, %addr, error = %e, "dial failed"),
+                Err(e) => match tls_failure(&e) {
+                    Some(chain) => warn!(peer = self.id, %addr, error = %chain, "TLS dial failed"),
+                    None => debug!(peer = self.id, %addr, error = %e, "dial failed"),
+                },
             }
             // Whatever queued up while disconnected is stale; the core resends.
             while self.queue.try_recv().is_ok() {}
@@ -292,7 +307,10 @@ impl PeerLink {
         loop {
             let first = tokio::select! {
                 res = &mut call => {
-                    debug!(peer = self.id, result = ?res.err(), "peer stream ended");
+                    match res.as_ref().err().and_then(|s| tls_failure(s)) {
+                        Some(chain) => warn!(peer = self.id, error = %chain, "peer stream ended by a TLS failure"),
+                        None => debug!(peer = self.id, result = ?res.err(), "peer stream ended"),
+                    }
                     return StreamEnd::Broken;
                 }
                 m = self.queue.recv() => match m {

@@ -15,6 +15,7 @@ use titan_proto::v1::raft_client::RaftClient;
 
 use super::convert::message_to_pb;
 use super::peer::connect;
+use super::tls::Dialer;
 use crate::node::outbound::{SnapshotSendError, SnapshotTransfer};
 
 /// Bytes per chunk.
@@ -37,8 +38,8 @@ impl From<tonic::Status> for SnapshotSendError {
 }
 
 /// Streams the file to the follower and waits for its verdict.
-pub async fn send_snapshot(t: SnapshotTransfer) -> Result<(), SnapshotSendError> {
-    let channel = connect(&t.addr, Duration::from_secs(2)).await?;
+pub async fn send_snapshot(dialer: Dialer, t: SnapshotTransfer) -> Result<(), SnapshotSendError> {
+    let channel = connect(&dialer, &t.addr, Duration::from_secs(2)).await?;
     let mut client = RaftClient::new(channel).max_encoding_message_size(2 * SNAPSHOT_CHUNK_BYTES);
     let file = tokio::fs::File::open(&t.file).await?;
     let (tx, rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);

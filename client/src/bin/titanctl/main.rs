@@ -24,7 +24,7 @@ mod snapshot_cmd;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::process::ExitCode;
 use std::time::Duration;
-use titan_client::{ClientConfig, Error};
+use titan_client::{ClientConfig, Error, TlsConfig};
 
 /// Command-line client for a Titan cluster.
 #[derive(Debug, Parser)]
@@ -59,6 +59,27 @@ struct Cli {
     /// Overall budget per command in milliseconds, retries included.
     #[arg(long, env = "TITAN_DEADLINE_MS", default_value_t = 10000)]
     deadline_ms: u64,
+    /// Verify servers with this PEM CA bundle and dial every endpoint over
+    /// TLS (as etcdctl's --cacert). The same files serve the client and the
+    /// admin (peer) port.
+    #[arg(long, env = "TITAN_CACERT", value_name = "FILE")]
+    cacert: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) presented for mutual TLS; needs --key and
+    /// --cacert.
+    #[arg(
+        long,
+        env = "TITAN_CERT",
+        value_name = "FILE",
+        requires_all = ["key", "cacert"]
+    )]
+    cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, env = "TITAN_KEY", value_name = "FILE", requires = "cert")]
+    key: Option<std::path::PathBuf>,
+    /// Name to verify in the server certificates instead of each endpoint's
+    /// host; needs --cacert.
+    #[arg(long, env = "TITAN_TLS_SERVER_NAME", requires = "cacert")]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -174,7 +195,18 @@ impl Cli {
         let mut config = ClientConfig::new(endpoints.iter().cloned());
         config.request_timeout = Duration::from_millis(self.timeout_ms);
         config.retry.overall_deadline = Duration::from_millis(self.deadline_ms);
+        config.tls = self.tls();
         config
+    }
+
+    /// TLS settings from `--cacert`, `--cert`, `--key`; `None` without
+    /// `--cacert` (plaintext).
+    fn tls(&self) -> Option<TlsConfig> {
+        Some(TlsConfig {
+            ca_cert_path: self.cacert.clone()?,
+            client_identity: self.cert.clone().zip(self.key.clone()),
+            domain_name: self.tls_server_name.clone(),
+        })
     }
 }
 
@@ -209,7 +241,9 @@ async fn snapshot(cli: &Cli, cmd: &snapshot_cmd::SnapshotCmd) -> Result<Exit, Er
         None => admin_cmd::snapshot(&admin()?, &cmd.take, cli.output).await,
         Some(SnapshotAction::Take(args)) => admin_cmd::snapshot(&admin()?, args, cli.output).await,
         Some(SnapshotAction::Save(args)) => {
-            Ok(snapshot_cmd::save(args, &cli.endpoints, timeout, idle, cli.output).await)
+            let tls = cli.tls();
+            let wait = (timeout, idle);
+            Ok(snapshot_cmd::save(args, &cli.endpoints, tls.as_ref(), wait, cli.output).await)
         }
         Some(SnapshotAction::Verify(args)) => Ok(snapshot_cmd::verify(args, cli.output)),
     }

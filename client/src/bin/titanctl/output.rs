@@ -71,7 +71,10 @@ pub fn print_error(err: &Error, fmt: Format) {
 
 fn error_kind(err: &Error) -> &'static str {
     match err {
-        Error::NoEndpoints | Error::InvalidEndpoint { .. } | Error::TlsUnsupported => "config",
+        Error::NoEndpoints
+        | Error::InvalidEndpoint { .. }
+        | Error::TlsFile { .. }
+        | Error::TlsConfig(_) => "config",
         Error::OutcomeUnknown { .. } => "outcome_unknown",
         Error::RetriesExhausted { .. } => "unreachable",
         Error::Rejected { .. } => "rejected",

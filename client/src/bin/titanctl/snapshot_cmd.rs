@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use titan_client::TlsConfig;
 use titan_client::etcd_proto::SnapshotRequest;
 use titan_client::etcd_proto::maintenance_client::MaintenanceClient;
 use titan_snapfile::SnapshotLimits;
@@ -139,8 +140,8 @@ fn verify_file(path: &Path) -> Result<BackupSummary, SnapError> {
 pub async fn save(
     args: &SaveArgs,
     endpoints: &[String],
-    timeout: Duration,
-    idle: Duration,
+    tls: Option<&TlsConfig>,
+    (timeout, idle): (Duration, Duration),
     fmt: Format,
 ) -> Exit {
     let Some(endpoint) = args.endpoint.clone().or_else(|| endpoints.first().cloned()) else {
@@ -151,7 +152,7 @@ pub async fn save(
         return report(&e, fmt);
     };
     let part = part_path(&args.file);
-    let result = save_to(&endpoint, &part, &args.file, timeout, idle).await;
+    let result = save_to(&endpoint, tls, &part, &args.file, (timeout, idle)).await;
     match result {
         Ok(s) => {
             print_summary("saved", &args.file, &s, fmt);
@@ -172,10 +173,10 @@ fn part_path(file: &Path) -> PathBuf {
 
 async fn save_to(
     endpoint: &str,
+    tls: Option<&TlsConfig>,
     part: &Path,
     file: &Path,
-    timeout: Duration,
-    idle: Duration,
+    (timeout, idle): (Duration, Duration),
 ) -> Result<BackupSummary, SnapError> {
     use std::os::unix::fs::OpenOptionsExt;
     // A backup holds every value: readable by its owner only, as etcdctl's.
@@ -186,7 +187,7 @@ async fn save_to(
         .truncate(true)
         .open(part)
         .map_err(|e| SnapError::File(part.into(), e))?;
-    receive(endpoint, &mut out, part, timeout, idle).await?;
+    receive(endpoint, tls, &mut out, part, (timeout, idle)).await?;
     out.sync_all()
         .map_err(|e| SnapError::File(part.into(), e))?;
     drop(out);
@@ -206,21 +207,16 @@ async fn save_to(
 /// bytes and checking them against it as it goes.
 async fn receive(
     endpoint: &str,
+    tls: Option<&TlsConfig>,
     out: &mut File,
     part: &Path,
-    timeout: Duration,
-    idle: Duration,
+    (timeout, idle): (Duration, Duration),
 ) -> Result<(), SnapError> {
     let unreachable = |detail: String| SnapError::Unreachable {
         endpoint: endpoint.into(),
         detail,
     };
-    let uri = if endpoint.contains("://") {
-        endpoint.to_string()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = tonic::transport::Endpoint::from_shared(uri)
+    let channel = titan_client::grpc_endpoint(endpoint, tls)
         .map_err(|e| unreachable(e.to_string()))?
         .connect_timeout(timeout)
         .connect()
