@@ -22,10 +22,9 @@ use titan_server::config::{DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT};
 
 /// Bases tried for the original port layout; each gives peer `base+5001..5003`,
 /// client `base+6001..6003`, derived gRPC `base+7001..` and HTTP `base+8080..`,
-/// all below the kernel's ephemeral range.
-const BASES: [u16; 8] = [
-    10_000, 11_000, 12_000, 13_000, 14_000, 15_000, 16_000, 17_000,
-];
+/// all below the kernel's ephemeral range. A layout spans about 3,100 ports
+/// (`base+5001` to `base+8082`), so bases 4,000 apart never share a port.
+const BASES: [u16; 4] = [10_000, 14_000, 18_000, 22_000];
 
 /// The original ports shifted by `base`: (peer, client, derived gRPC, derived HTTP) of node `i`.
 fn ports(base: u16, i: u16) -> (u16, u16, u16, u16) {
@@ -38,10 +37,14 @@ fn ports(base: u16, i: u16) -> (u16, u16, u16, u16) {
     )
 }
 
-/// A base whose twelve ports are all free right now.
+/// A base whose twelve ports are all free right now. Tests of one process
+/// (`cargo test` runs them on threads) start their search at different
+/// bases, so two of them never race for the same free base.
 fn free_base() -> u16 {
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
-    let start = std::process::id() as usize % BASES.len();
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let start = (std::process::id() as usize + call) % BASES.len();
     (0..BASES.len())
         .map(|k| BASES[(start + k) % BASES.len()])
         .find(|&base| {
