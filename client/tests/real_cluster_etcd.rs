@@ -281,6 +281,15 @@ async fn writes_through_a_follower_are_forwarded_without_a_redirect() {
         Some(follower),
         "no redirect followed"
     );
+    // The follower counted its forwarded writes in the write-path stages.
+    let port = cluster.inner.nodes[(cluster.leader + 1) % 3].http_port;
+    let metrics = titan_testkit::http_get(port, "/metrics");
+    for stage in ["queued", "committed", "applied"] {
+        let series =
+            format!("titan_write_stage_seconds_count{{stage=\"{stage}\",path=\"forwarded\"}}");
+        let n = titan_testkit::metric(&metrics, &series).unwrap_or(0.0);
+        assert!(n >= 5.0, "{series} = {n}, want the 5 writes:\n{metrics}");
+    }
     // The leader sees every write.
     let leader = cluster.client_of(&[cluster.leader_endpoint()]);
     let page = leader

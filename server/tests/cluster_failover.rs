@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::load::{Writers, read, verify_all};
-use common::{Cluster, wait_for};
+use common::{Cluster, http_get, metric, wait_for};
 
 fn ports(c: &Cluster) -> Arc<Vec<u16>> {
     Arc::new(c.nodes.iter().map(|n| n.client_port).collect())
@@ -129,25 +129,39 @@ fn http_endpoints_report_health_readiness_and_metrics() {
         "titan_raft_leader_changes_total",
         "titan_raft_follower_lag_entries",
         "titan_snapshots_total",
+        "titan_write_stage_seconds_bucket",
     ] {
         assert!(m.contains(name), "missing {name} in\n{m}");
     }
 }
 
-/// A minimal HTTP/1.1 GET returning the raw response.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
+/// Every write a leader proposes is counted once in each stage of the
+/// write-path histograms, in order: queued, durable, committed, applied.
+#[test]
+fn write_stage_histograms_count_each_local_write_once_per_stage() {
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.wait_leader(Duration::from_secs(5));
+    let mut c = cluster.nodes[leader].client();
+    for i in 0..20 {
+        assert_eq!(c.cmd(&format!("SET stage{i} v")).expect("set").trim(), "OK");
+    }
+    let m = http_get(cluster.nodes[leader].http_port, "/metrics");
+    let count = |stage: &str| {
+        let series = format!("titan_write_stage_seconds_count{{stage=\"{stage}\",path=\"local\"}}");
+        metric(&m, &series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
     };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    for stage in ["queued", "durable", "committed", "applied"] {
+        assert_eq!(count(stage), 20.0, "stage {stage}");
+    }
+    let sum = |stage: &str| {
+        let series = format!("titan_write_stage_seconds_sum{{stage=\"{stage}\",path=\"local\"}}");
+        metric(&m, &series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    };
+    assert!(sum("queued") <= sum("durable"), "{m}");
+    assert!(
+        sum("durable") <= sum("committed") && sum("committed") <= sum("applied"),
+        "{m}"
     );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out
 }
 
 #[test]

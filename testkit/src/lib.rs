@@ -112,6 +112,33 @@ pub fn request(port: u16, line: &str) -> Option<String> {
     c.cmd(line).ok().map(|r| r.trim().to_string())
 }
 
+/// A minimal HTTP/1.1 GET to `127.0.0.1:port`, returning the raw response
+/// (empty when the connection fails; a 5 s read timeout).
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+/// The value of the Prometheus sample `series` (its name and labels exactly
+/// as `/metrics` renders them, e.g. `titan_x_count{stage="applied"}`) in
+/// `text`, if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

@@ -36,16 +36,22 @@ impl Runtime {
         op: WriteOp,
         forward: bool,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+        received: std::time::Instant,
     ) {
         let op = self.choose_lease(op);
         let data = adapter::encode_write(&op);
         if forward && self.role != Role::Leader && self.leader != 0 {
-            return self.forward_write(&data, reply);
+            return self.forward_write(&data, reply, received);
         }
         match self.raw.propose(data) {
             Ok((index, term)) => {
-                self.proposals
-                    .write_proposed(index, PendingWrite { term, reply });
+                self.metrics.observe_stage("queued", "local", received);
+                let w = PendingWrite {
+                    term,
+                    reply,
+                    received,
+                };
+                self.proposals.write_proposed(index, w);
             }
             Err(e) => {
                 let _ = reply.send(Err(self.proposal_error(e)));
@@ -59,6 +65,7 @@ impl Runtime {
         &mut self,
         data: &[u8],
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+        received: std::time::Instant,
     ) {
         if self.proposals.forwarded_len() >= MAX_FORWARDED_WRITES {
             let _ = reply.send(Err(NodeError::unavailable(reason::OVERLOADED)));
@@ -70,8 +77,13 @@ impl Runtime {
         };
         match self.raw.forward(vec![tag.wrap(data)]) {
             Ok(()) => {
+                self.metrics.observe_stage("queued", "forwarded", received);
                 let deadline = Instant::now() + FORWARDED_WRITE_TIMEOUT;
-                let w = ForwardedWrite { deadline, reply };
+                let w = ForwardedWrite {
+                    deadline,
+                    reply,
+                    received,
+                };
                 self.proposals.write_forwarded(tag.nonce, w);
             }
             Err(e) => {
@@ -112,6 +124,10 @@ impl Runtime {
                 self.applied
             )));
         }
+        let waiter = self.write_waiter(index, &e.data);
+        if let Some((path, received)) = waiter {
+            self.metrics.observe_stage("committed", path, received);
+        }
         let outcome = adapter::apply(&mut self.sm, e).map(|mut w| {
             w.header = self.header(w.header.revision, term);
             w
@@ -130,7 +146,22 @@ impl Runtime {
             self.proposals.answer_forwarded(tag.nonce, &outcome);
         }
         self.proposals.answer_writes(index, term, &outcome);
+        if let Some((path, received)) = waiter {
+            self.metrics.observe_stage("applied", path, received);
+        }
         Ok(())
+    }
+
+    /// Who waits for the entry at `index` on this node, for the
+    /// write-stage histograms: a local proposal or a forwarded write, with
+    /// when it was queued.
+    fn write_waiter(&self, index: u64, data: &[u8]) -> Option<(&'static str, std::time::Instant)> {
+        if let Some(received) = self.proposals.local_received(index..=index).next() {
+            return Some(("local", received));
+        }
+        let tag = ProposerTag::of(data).filter(|t| t.node == self.identity.id)?;
+        let received = self.proposals.forwarded_received(tag.nonce)?;
+        Some(("forwarded", received))
     }
 
     fn answer_conf(&mut self, index: u64, term: u64) {

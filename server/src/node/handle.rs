@@ -69,6 +69,8 @@ pub(crate) enum ClientInput {
         /// A follower may forward it to the leader instead of refusing it.
         forward: bool,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+        /// When it was queued (the start of the write-stage histograms).
+        received: std::time::Instant,
     },
     Read {
         query: ReadQuery,
@@ -236,6 +238,7 @@ impl NodeHandle {
             op,
             forward: true,
             reply,
+            received: std::time::Instant::now(),
         };
         self.submit(input, rx).await?.wait().await
     }
@@ -259,6 +262,7 @@ impl NodeHandle {
             op,
             forward: false,
             reply,
+            received: std::time::Instant::now(),
         };
         self.submit(input, rx).await
     }

@@ -19,6 +19,8 @@ pub(super) struct PendingWrite {
     pub term: u64,
     /// Where the result goes.
     pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+    /// When the client handle queued it.
+    pub received: std::time::Instant,
 }
 
 /// A membership change waiting to be applied.
@@ -37,6 +39,8 @@ pub(super) struct ForwardedWrite {
     pub deadline: Instant,
     /// Where the result goes.
     pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
+    /// When the client handle queued it.
+    pub received: std::time::Instant,
 }
 
 /// Waiters for proposed entries.
@@ -126,6 +130,19 @@ impl Proposals {
         }
     }
 
+    /// When the writes proposed here at indexes in `range` were queued.
+    pub(super) fn local_received(
+        &self,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> impl Iterator<Item = std::time::Instant> + '_ {
+        self.writes.range(range).map(|(_, w)| w.received)
+    }
+
+    /// When the forwarded write tagged `nonce` was queued, if it waits.
+    pub(super) fn forwarded_received(&self, nonce: u64) -> Option<std::time::Instant> {
+        self.forwarded.get(&nonce).map(|w| w.received)
+    }
+
     /// Index of the newest write proposed here.
     pub(super) fn last_proposed(&self) -> u64 {
         self.last_proposed
@@ -204,7 +221,15 @@ mod tests {
 
     fn propose(p: &mut Proposals, index: u64, term: u64) -> Rx {
         let (reply, rx) = oneshot::channel();
-        p.write_proposed(index, PendingWrite { term, reply });
+        let received = std::time::Instant::now();
+        p.write_proposed(
+            index,
+            PendingWrite {
+                term,
+                reply,
+                received,
+            },
+        );
         rx
     }
 
@@ -252,7 +277,13 @@ mod tests {
             let (reply, rx) = oneshot::channel();
             let nonce = p.next_nonce();
             let deadline = now + std::time::Duration::from_secs(secs);
-            p.write_forwarded(nonce, ForwardedWrite { deadline, reply });
+            let received = std::time::Instant::now();
+            let w = ForwardedWrite {
+                deadline,
+                reply,
+                received,
+            };
+            p.write_forwarded(nonce, w);
             (nonce, rx)
         };
         let (a, mut rx_a) = forward(&mut p, 1);

@@ -252,7 +252,12 @@ impl Runtime {
 
     fn on_client_input(&mut self, input: ClientInput) {
         match input {
-            ClientInput::Propose { op, forward, reply } => self.propose_write(op, forward, reply),
+            ClientInput::Propose {
+                op,
+                forward,
+                reply,
+                received,
+            } => self.propose_write(op, forward, reply, received),
             ClientInput::Read {
                 query,
                 linearizable,
@@ -346,6 +351,11 @@ impl Runtime {
         .await;
         joined.map_err(StorageFailure::other)??;
         self.metrics.wal_bytes.inc_by(bytes as u64);
+        if let (Some(first), Some(last)) = (rd.entries.first(), rd.entries.last()) {
+            for received in self.proposals.local_received(first.index..=last.index) {
+                self.metrics.observe_stage("durable", "local", received);
+            }
+        }
         self.raw_storage_append(rd)
     }
 

@@ -5,11 +5,14 @@
 //! `watch`) and leases kept alive (`--op lease`, see `lease`).
 //!
 //! `titan-bench table FILE...` instead prints a Markdown comparison table of
-//! the JSON summaries earlier `--json` runs wrote (see `table`).
+//! the JSON summaries earlier `--json` runs wrote (see `table`), and
+//! `titan-bench quantiles FILE...` the p50/p90/p99 of the histograms in saved
+//! `/metrics` files (see `quantiles`).
 
 mod conn;
 mod etcd_ops;
 mod lease;
+mod quantiles;
 mod runner;
 mod stats;
 mod table;
@@ -30,7 +33,8 @@ use workload::{Dist, Mix};
     version,
     about = "Closed-loop load generator for Titan (TCP or gRPC) and etcd v3, for comparison",
     after_help = "Comparison table: `titan-bench table FILE...` prints a Markdown table \
-                  (medians, ratios to the first system) of --json summaries."
+                  (medians, ratios to the first system) of --json summaries. Histogram \
+                  quantiles: `titan-bench quantiles FILE...` reads saved /metrics text."
 )]
 pub struct Args {
     /// What to load.
@@ -174,16 +178,15 @@ fn validate(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// `titan-bench table FILE...`: prints the comparison table, exit 2 on bad input.
-fn table_main() -> ExitCode {
-    let args = table::TableArgs::parse_from(std::env::args().skip(1));
-    match table::main(&args) {
+/// Prints a subcommand's report, or its error with exit code 2.
+fn report<E: std::fmt::Display>(name: &str, result: Result<String, E>) -> ExitCode {
+    match result {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("titan-bench table: {err}");
+            eprintln!("titan-bench {name}: {err}");
             ExitCode::from(2)
         }
     }
@@ -191,8 +194,16 @@ fn table_main() -> ExitCode {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("table") {
-        return table_main();
+    match std::env::args().nth(1).as_deref() {
+        Some("table") => {
+            let args = table::TableArgs::parse_from(std::env::args().skip(1));
+            return report("table", table::main(&args));
+        }
+        Some("quantiles") => {
+            let args = quantiles::QuantileArgs::parse_from(std::env::args().skip(1));
+            return report("quantiles", quantiles::main(&args));
+        }
+        _ => {}
     }
     let args = Args::parse();
     if let Err(msg) = validate(&args) {
