@@ -65,7 +65,13 @@ pub struct TitanClusterSpec {
     /// Kubernetes image pull policy for the server container.
     #[serde(default)]
     pub image_pull_policy: ImagePullPolicy,
-    /// CPU and memory requests/limits of the server container.
+    /// CPU and memory requests/limits of the server container, used as given
+    /// (`{}` means none at all). When unset, new clusters get requests of
+    /// `cpu: 100m`, `memory: 256Mi` and a limit of `memory: 1Gi` (no CPU limit:
+    /// throttling delays heartbeats and triggers elections). A cluster whose
+    /// StatefulSet already runs without any requests or limits (created before
+    /// these defaults existed) keeps running without them, so an operator
+    /// upgrade never adds a memory limit that could OOM-kill a running member.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Persistent volume for each member's data dir.

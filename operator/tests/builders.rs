@@ -32,6 +32,7 @@ fn input(replicas: u32, bootstrapped: bool) -> BuildInput {
         bootstrapped,
         statefulset_replicas: replicas,
         voters: replicas,
+        keep_no_resources: false,
     }
 }
 
@@ -89,7 +90,8 @@ fn customized_single_member_cluster_matches_golden() {
             "nodeSelector": {"disk": "ssd"},
             "podLabels": {"team": "sync", "app.kubernetes.io/name": "spoofed"},
             "podAnnotations": {"prometheus.io/scrape": "true"},
-            "logLevel": "debug"
+            "logLevel": "debug",
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
         }),
     );
     check_golden("custom-1", &render_all(&c, &input(1, true)));

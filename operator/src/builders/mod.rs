@@ -16,7 +16,7 @@ pub use pdb::{
     as_v1beta1 as pdb_as_v1beta1, max_unavailable, pdb, v1beta1_resource as pdb_v1beta1_resource,
 };
 pub use service::{client_service, leader_role_patch, leader_service, peers_service};
-pub use statefulset::{DATA_DIR, statefulset};
+pub use statefulset::{DATA_DIR, SERVER_CONTAINER, default_resources, statefulset};
 
 use std::collections::BTreeMap;
 
@@ -179,6 +179,11 @@ pub struct BuildInput {
     pub statefulset_replicas: u32,
     /// Voters currently in the Raft configuration, for the PDB.
     pub voters: u32,
+    /// The observed StatefulSet's server container has no requests or
+    /// limits at all (a cluster created before the operator had default
+    /// resources): with `spec.resources` unset it keeps none, so an upgrade
+    /// never restarts a running cluster under a memory limit it may exceed.
+    pub keep_no_resources: bool,
 }
 
 /// Object metadata for a child object: name, namespace, labels, controller owner reference.

@@ -77,6 +77,7 @@ mod tests {
                 bootstrapped: true,
                 statefulset_replicas: replicas,
                 voters: replicas,
+                keep_no_resources: false,
             };
             let v1 = pdb(&cluster, &names, &input);
             let beta = as_v1beta1(&v1)

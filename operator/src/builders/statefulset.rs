@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMapKeySelector, Container, ContainerPort, EnvVar, EnvVarSource,
     ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecurityContext,
-    VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecurityContext, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,6 +26,8 @@ use crate::crd::TitanCluster;
 
 /// Mount point of the `data` PVC and `--data-dir` of the server.
 pub const DATA_DIR: &str = "/var/lib/titan";
+/// Name of the `titan-server` container in every server pod.
+pub const SERVER_CONTAINER: &str = "titan";
 /// UID/GID the server runs as (non-root).
 const RUN_AS_ID: i64 = 65532;
 /// Time a stopping server gets to finish in-flight requests and hand off.
@@ -36,6 +38,41 @@ const TERMINATION_GRACE_PERIOD_SECONDS: i64 = 30;
 /// it. Without it a client could be routed to a server that is already
 /// stopping. Counts against the termination grace period.
 const PRE_STOP_DRAIN_SECONDS: u32 = 5;
+
+/// CPU request of a server container when `spec.resources` is unset.
+const DEFAULT_CPU_REQUEST: &str = "100m";
+/// Memory request of a server container when `spec.resources` is unset.
+const DEFAULT_MEMORY_REQUEST: &str = "256Mi";
+/// Memory limit of a server container when `spec.resources` is unset. No
+/// CPU limit: CFS throttling stalls the Raft loop and delays heartbeats.
+const DEFAULT_MEMORY_LIMIT: &str = "1Gi";
+
+/// The server container's resources when `spec.resources` is unset:
+/// requests of CPU and memory, a memory limit.
+pub fn default_resources() -> ResourceRequirements {
+    let quantity = |v: &str| Quantity(v.to_string());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), quantity(DEFAULT_CPU_REQUEST)),
+            ("memory".to_string(), quantity(DEFAULT_MEMORY_REQUEST)),
+        ])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            quantity(DEFAULT_MEMORY_LIMIT),
+        )])),
+        claims: None,
+    }
+}
+
+/// `spec.resources` as given, else the defaults, except for a cluster whose
+/// StatefulSet already runs without any (see [`BuildInput::keep_no_resources`]).
+fn resources(cluster: &TitanCluster, input: &BuildInput) -> Option<ResourceRequirements> {
+    match &cluster.spec.resources {
+        Some(given) => Some(given.clone()),
+        None if input.keep_no_resources => None,
+        None => Some(default_resources()),
+    }
+}
 
 /// The StatefulSet. `input.statefulset_replicas` is the planner's current
 /// step, not `spec.replicas`: scaling moves one member at a time.
@@ -54,7 +91,7 @@ pub fn statefulset(cluster: &TitanCluster, names: &Names, input: &BuildInput) ->
                 match_labels: Some(names.selector_labels()),
                 ..LabelSelector::default()
             },
-            template: pod_template(cluster, names),
+            template: pod_template(cluster, names, input),
             volume_claim_templates: Some(vec![data_claim(cluster, names)]),
             ..StatefulSetSpec::default()
         },
@@ -62,7 +99,7 @@ pub fn statefulset(cluster: &TitanCluster, names: &Names, input: &BuildInput) ->
     }
 }
 
-fn pod_template(cluster: &TitanCluster, names: &Names) -> PodTemplateSpec {
+fn pod_template(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> PodTemplateSpec {
     let spec = &cluster.spec;
     let mut labels: BTreeMap<String, String> = spec.pod_labels.clone().unwrap_or_default();
     labels.extend(names.labels());
@@ -73,7 +110,7 @@ fn pod_template(cluster: &TitanCluster, names: &Names) -> PodTemplateSpec {
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {
-            containers: vec![server_container(cluster, names)],
+            containers: vec![server_container(cluster, names, input)],
             init_containers: spec
                 .storage
                 .fix_permissions
@@ -133,10 +170,10 @@ fn fix_permissions_container(cluster: &TitanCluster) -> Container {
     }
 }
 
-fn server_container(cluster: &TitanCluster, names: &Names) -> Container {
+fn server_container(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> Container {
     let spec = &cluster.spec;
     Container {
-        name: "titan".to_string(),
+        name: SERVER_CONTAINER.to_string(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().to_string()),
         command: Some(vec![
@@ -151,7 +188,7 @@ fn server_container(cluster: &TitanCluster, names: &Names) -> Container {
             container_port("http", HTTP_PORT),
         ]),
         env: Some(env(cluster, names)),
-        resources: spec.resources.clone(),
+        resources: resources(cluster, input),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_DIR.to_string(),
@@ -355,12 +392,61 @@ mod tests {
             bootstrapped: false,
             statefulset_replicas: 3,
             voters: 3,
+            keep_no_resources: false,
         };
         statefulset(&cluster, &names, &input)
             .spec
             .template
             .spec
             .unwrap_or_else(|| panic!("statefulset without a pod spec"))
+    }
+
+    /// `spec.resources` wins as given (`{}` included); unset, the defaults,
+    /// unless the running StatefulSet has none at all.
+    #[test]
+    fn resources_are_the_spec_else_the_defaults_else_none_for_old_clusters() {
+        let given = serde_json::json!({"limits": {"memory": "4Gi"}});
+        let defaults = serde_json::json!({
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "1Gi"}
+        });
+        let cases = [
+            (serde_json::json!({}), false, Some(defaults)),
+            (serde_json::json!({}), true, None),
+            (
+                serde_json::json!({"resources": given}),
+                false,
+                Some(given.clone()),
+            ),
+            (
+                serde_json::json!({"resources": given}),
+                true,
+                Some(given.clone()),
+            ),
+            (
+                serde_json::json!({"resources": {}}),
+                false,
+                Some(serde_json::json!({})),
+            ),
+        ];
+        for (spec, keep_no_resources, want) in cases {
+            let cluster = fixtures::cluster(spec.clone());
+            let input = BuildInput {
+                initial_replicas: 3,
+                cluster_id: "id".to_string(),
+                bootstrapped: true,
+                statefulset_replicas: 3,
+                voters: 3,
+                keep_no_resources,
+            };
+            let sts = statefulset(&cluster, &Names::of(&cluster), &input);
+            let pod = sts.spec.template.spec.unwrap_or_default();
+            let got = pod.containers[0]
+                .resources
+                .as_ref()
+                .map(|r| serde_json::to_value(r).unwrap_or_default());
+            assert_eq!(got, want, "{spec} keep_no_resources={keep_no_resources}");
+        }
     }
 
     /// Database pods get no API token and the runtime's default seccomp

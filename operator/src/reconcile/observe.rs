@@ -11,7 +11,7 @@ use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error};
-use crate::builders::{self, Names, PEER_PORT};
+use crate::builders::{self, Names, PEER_PORT, SERVER_CONTAINER};
 use crate::crd::{SNAPSHOT_REQUEST_ANNOTATION, TitanCluster};
 use crate::planner::{NodeStatus, Observed, PodView};
 
@@ -109,7 +109,28 @@ pub fn build_input(
             .is_some_and(|v| v == "true"),
         statefulset_replicas,
         voters: voters.unwrap_or(initial_replicas),
+        keep_no_resources: state
+            .statefulset
+            .as_ref()
+            .is_some_and(runs_without_resources),
     }
+}
+
+/// The StatefulSet's server container has neither requests nor limits (the
+/// API server returns `resources: {}` for a container created without).
+fn runs_without_resources(sts: &StatefulSet) -> bool {
+    let server = sts
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .and_then(|p| p.containers.iter().find(|c| c.name == SERVER_CONTAINER));
+    let Some(server) = server else {
+        return false;
+    };
+    let resources = server.resources.clone().unwrap_or_default();
+    resources.requests.unwrap_or_default().is_empty()
+        && resources.limits.unwrap_or_default().is_empty()
 }
 
 fn is_ready(pod: &Pod) -> bool {
@@ -289,6 +310,40 @@ mod tests {
             statefulset: Some(serde_json::from_value(sts).unwrap_or_else(|e| panic!("sts: {e}"))),
             pods: pods.items,
             pvcs: vec![],
+        }
+    }
+
+    /// A running StatefulSet whose server container has no requests or
+    /// limits (the API server's `resources: {}`) keeps none; any resources,
+    /// no StatefulSet yet, or no server container get the defaults.
+    #[test]
+    fn only_a_running_server_without_any_resources_keeps_none() {
+        let with = |resources: serde_json::Value| {
+            let mut sts = fixtures::statefulset_json(3);
+            sts["spec"]["template"] = json!({"spec": {"containers": [
+                {"name": "titan", "resources": resources}]}});
+            sts
+        };
+        let cases = [
+            (Some(with(json!({}))), true),
+            (Some(with(json!({"requests": {}, "limits": {}}))), true),
+            (Some(with(json!({"limits": {"memory": "1Gi"}}))), false),
+            (Some(with(json!({"requests": {"cpu": "1"}}))), false),
+            (Some(fixtures::statefulset_json(3)), false),
+            (None, false),
+        ];
+        let cluster = fixtures::cluster(json!({}));
+        for (sts, want) in cases {
+            let mut s = state(
+                fixtures::pods_json(&[]),
+                fixtures::statefulset_json(3),
+                None,
+            );
+            s.statefulset = sts
+                .clone()
+                .map(|v| serde_json::from_value(v).unwrap_or_else(|e| panic!("sts: {e}")));
+            let input = build_input(&cluster, &s, None);
+            assert_eq!(input.keep_no_resources, want, "{sts:?}");
         }
     }
 

@@ -130,6 +130,12 @@ async fn create_applies_every_object_and_reports_bootstrapping() {
     });
     applies[4] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
         assert_eq!(b["spec"]["replicas"], 3);
+        let server = &b["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(
+            server["resources"],
+            json!({"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}}),
+            "a new cluster without spec.resources gets the defaults"
+        );
         assert_eq!(b["spec"]["updateStrategy"]["type"], "OnDelete");
         assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "TitanCluster");
     });
