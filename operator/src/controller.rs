@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Controller;
 use kube::runtime::events::{Recorder, Reporter};
@@ -17,6 +18,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::admin::{GrpcAdmin, GrpcAdminConfig};
+use crate::builders::OperatorIdentity;
 use crate::crd::TitanCluster;
 use crate::leader::{LeaseConfig, LeaseLock, LeaseProblem};
 use crate::metrics::Metrics;
@@ -37,6 +39,9 @@ pub struct RunConfig {
     pub lease_error_timeout: Option<Duration>,
     /// Admin client timeouts.
     pub admin: GrpcAdminConfig,
+    /// The operator's own namespace and pod labels, admitted to the Admin
+    /// API by each cluster's NetworkPolicy; `None` when unknown.
+    pub operator: Option<OperatorIdentity>,
 }
 
 fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
@@ -219,7 +224,10 @@ async fn run_controller(
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         admin: Arc::new(GrpcAdmin::new(config.admin)),
-        settings: Settings::default(),
+        settings: Settings {
+            operator: config.operator.clone(),
+            ..Settings::default()
+        },
         clock: Arc::new(Timestamp::now),
     });
     let wc = watcher::Config::default();
@@ -227,7 +235,8 @@ async fn run_controller(
     Controller::new(api::<TitanCluster>(&client, ns), wc.clone())
         .owns(api::<StatefulSet>(&client, ns), wc.clone())
         .owns(api::<Service>(&client, ns), wc.clone())
-        .owns(api::<ConfigMap>(&client, ns), wc)
+        .owns(api::<ConfigMap>(&client, ns), wc.clone())
+        .owns(api::<NetworkPolicy>(&client, ns), wc)
         .watches(api::<Pod>(&client, ns), selector, |pod: Pod| {
             let instance = pod.labels().get("app.kubernetes.io/instance").cloned()?;
             Some(ObjectRef::new(&instance).within(&pod.namespace()?))

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
 };
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,8 @@ pub const MAX_REPLICAS: i32 = 9;
 pub const GROUP: &str = "titan.dev";
 /// Annotation whose value, when changed, triggers one on-demand snapshot.
 pub const SNAPSHOT_REQUEST_ANNOTATION: &str = "titan.dev/snapshot-request";
+/// Most entries of `networkPolicy.clientFrom` and of `networkPolicy.metricsFrom`.
+pub const MAX_POLICY_PEERS: usize = 32;
 
 /// Desired state of a Titan cluster.
 // Each printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicated attribute.
@@ -108,6 +110,53 @@ pub struct TitanClusterSpec {
     /// (`info`) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_level: Option<LogLevel>,
+    /// Ingress NetworkPolicy for the server pods (opt-in).
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// A NetworkPolicy `NAME` over the server pods, restricting who may connect
+/// to them. Members always reach each other on every port (Raft and
+/// snapshots on `peer` 5001, lease and cluster calls relayed to the leader's
+/// `grpc` 7001), and the operator's own pods reach the Admin API on 5001.
+/// Egress is not restricted.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicy. Off by default: turning it on for a running
+    /// cluster cuts off every client not listed in `clientFrom`, so an
+    /// operator upgrade must never do it on its own. Switching it off deletes
+    /// the policy the operator created.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Who may reach the client ports (`client` 6001, `grpc` 7001 and `http`
+    /// 8080). Empty: every pod in the TitanCluster's namespace. An entry with
+    /// only `podSelector` selects pods in the TitanCluster's namespace; with
+    /// `namespaceSelector`, pods in the selected namespaces.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub client_from: Vec<PolicyPeer>,
+    /// Who may additionally reach only the `http` port 8080 (`/metrics`), for
+    /// example Prometheus in its own namespace. Same form as `clientFrom`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub metrics_from: Vec<PolicyPeer>,
+}
+
+/// Pods allowed in: a NetworkPolicyPeer without `ipBlock`. At least one of
+/// the two selectors must be set; both together mean the selected pods in
+/// the selected namespaces.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("minProperties" = 1))]
+pub struct PolicyPeer {
+    /// Namespaces whose pods are allowed (`{}`: every namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pods allowed (`{}`: every pod), in the TitanCluster's namespace
+    /// unless `namespaceSelector` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
 }
 
 /// Log level of the server pods (`TITAN_LOG_LEVEL`); `info` when unset.
@@ -184,8 +233,9 @@ pub struct StorageSpec {
     /// Opt-in: a `fix-permissions` init container (uid 0, only `CAP_CHOWN`)
     /// makes the volume's root directory owned by the server's uid/gid 65532
     /// before the server starts. For provisioners that ignore `fsGroup` (the
-    /// host-path provisioner); the namespace must admit the Pod Security
-    /// `baseline` profile, as `restricted` forbids a root container.
+    /// host-path provisioner). Incompatible with the Pod Security
+    /// `restricted` profile (a root container adding a capability): the
+    /// namespace must admit `baseline`. Without it the pods meet `restricted`.
     #[serde(default)]
     pub fix_permissions: bool,
 }
@@ -279,6 +329,24 @@ pub enum SpecError {
     /// Replicas outside 1..=9 (only possible when the schema was bypassed).
     #[error("replicas must be between 1 and {MAX_REPLICAS}, got {0}")]
     ReplicasOutOfRange(i32),
+    /// A NetworkPolicy peer without a selector (only possible when the schema
+    /// was bypassed); the API server would refuse the policy.
+    #[error("{field}[{index}] must set namespaceSelector, podSelector or both")]
+    EmptyPolicyPeer {
+        /// `networkPolicy.clientFrom` or `networkPolicy.metricsFrom`.
+        field: &'static str,
+        /// Position of the offending entry.
+        index: usize,
+    },
+    /// More NetworkPolicy peers than [`MAX_POLICY_PEERS`] (only possible when
+    /// the schema was bypassed).
+    #[error("{field} has {count} entries, at most {MAX_POLICY_PEERS} are allowed")]
+    TooManyPolicyPeers {
+        /// `networkPolicy.clientFrom` or `networkPolicy.metricsFrom`.
+        field: &'static str,
+        /// Entries given.
+        count: usize,
+    },
     /// Two voters tolerate no failure; a rolling update would drop quorum.
     #[error(
         "replicas must not be 2: two Raft voters tolerate no failure (a majority of 2 is 2), so restarting either pod, as a rolling update does, stops all writes; use 1 or 3 or more"
@@ -300,6 +368,31 @@ impl TitanClusterSpec {
                 heartbeat_ms: self.raft.heartbeat_ms,
                 election_timeout_ms: self.raft.election_timeout_ms,
             });
+        }
+        self.network_policy.validate()
+    }
+}
+
+impl NetworkPolicySpec {
+    /// Every peer names a selector; the lists stay within [`MAX_POLICY_PEERS`].
+    fn validate(&self) -> Result<(), SpecError> {
+        let lists = [
+            ("networkPolicy.clientFrom", &self.client_from),
+            ("networkPolicy.metricsFrom", &self.metrics_from),
+        ];
+        for (field, peers) in lists {
+            if peers.len() > MAX_POLICY_PEERS {
+                return Err(SpecError::TooManyPolicyPeers {
+                    field,
+                    count: peers.len(),
+                });
+            }
+            let empty = peers
+                .iter()
+                .position(|p| p.namespace_selector.is_none() && p.pod_selector.is_none());
+            if let Some(index) = empty {
+                return Err(SpecError::EmptyPolicyPeer { field, index });
+            }
         }
         Ok(())
     }
@@ -467,6 +560,66 @@ mod tests {
             replicas["not"]["enum"][0], 2,
             "schema must refuse 2: {replicas}"
         );
+    }
+
+    /// NetworkPolicy peers: a selector is required, the lists are bounded,
+    /// and the feature is off unless asked for.
+    #[test]
+    fn network_policy_peers_need_a_selector_and_are_bounded() {
+        assert!(!spec().network_policy.enabled, "opt-in");
+        let many: Vec<serde_json::Value> = (0..=MAX_POLICY_PEERS)
+            .map(|_| serde_json::json!({"podSelector": {}}))
+            .collect();
+        let table = [
+            (serde_json::json!({"enabled": true}), Ok(())),
+            (
+                serde_json::json!({"clientFrom": [{"podSelector": {}}, {"namespaceSelector": {}}]}),
+                Ok(()),
+            ),
+            (
+                serde_json::json!({"clientFrom": [{"podSelector": {}}, {}]}),
+                Err(SpecError::EmptyPolicyPeer {
+                    field: "networkPolicy.clientFrom",
+                    index: 1,
+                }),
+            ),
+            (
+                serde_json::json!({"metricsFrom": [{}]}),
+                Err(SpecError::EmptyPolicyPeer {
+                    field: "networkPolicy.metricsFrom",
+                    index: 0,
+                }),
+            ),
+            (
+                serde_json::json!({"metricsFrom": many}),
+                Err(SpecError::TooManyPolicyPeers {
+                    field: "networkPolicy.metricsFrom",
+                    count: MAX_POLICY_PEERS + 1,
+                }),
+            ),
+        ];
+        for (policy, want) in table {
+            let mut spec = spec();
+            spec.network_policy =
+                serde_json::from_value(policy.clone()).unwrap_or_else(|e| panic!("{policy}: {e}"));
+            assert_eq!(spec.validate(), want, "{policy}");
+        }
+        let msg = SpecError::EmptyPolicyPeer {
+            field: "networkPolicy.clientFrom",
+            index: 1,
+        }
+        .to_string();
+        assert_eq!(
+            msg,
+            "networkPolicy.clientFrom[1] must set namespaceSelector, podSelector or both"
+        );
+        let crd = serde_json::to_value(TitanCluster::crd()).unwrap_or_default();
+        let policy = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"]["networkPolicy"];
+        let client_from = &policy["properties"]["clientFrom"];
+        assert_eq!(client_from["maxItems"], MAX_POLICY_PEERS);
+        assert_eq!(client_from["items"]["minProperties"], 1, "{client_from}");
+        assert_eq!(policy["properties"]["enabled"]["default"], false);
     }
 
     #[test]

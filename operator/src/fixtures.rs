@@ -15,6 +15,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 
 use crate::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
+use crate::builders::OperatorIdentity;
 use crate::crd::TitanCluster;
 use crate::metrics::Metrics;
 use crate::planner::{MemberView, NodeRole, NodeStatus};
@@ -32,6 +33,8 @@ pub enum Reply {
     Json(Value),
     /// 404 NotFound Status.
     NotFound,
+    /// 403 Forbidden Status (RBAC refused the call).
+    Forbidden,
 }
 
 /// One expected call: method, exact path, optional body check, reply.
@@ -103,6 +106,10 @@ pub async fn serve(mut handle: Handle, expects: Vec<Expect>) {
             Reply::NotFound => json_response(
                 StatusCode::NOT_FOUND,
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+            ),
+            Reply::Forbidden => json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "forbidden"}),
             ),
         };
         send.send_response(response);
@@ -205,8 +212,30 @@ pub fn now() -> Timestamp {
     Timestamp::from_second(1_800_000_000).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
-/// A context over a mock API server and a fake admin.
+/// A context over a mock API server and a fake admin, knowing no operator
+/// identity (see [`context_with_operator`]).
 pub fn context(admin: Arc<FakeAdmin>) -> (Arc<Context>, Handle) {
+    context_with_operator(admin, None)
+}
+
+/// The operator identity of the scenarios: pods labelled
+/// `app.kubernetes.io/name=titan-operator` in `titan-system`.
+pub fn operator_identity() -> OperatorIdentity {
+    OperatorIdentity {
+        namespace: "titan-system".to_string(),
+        pod_labels: BTreeMap::from([(
+            "app.kubernetes.io/name".to_string(),
+            "titan-operator".to_string(),
+        )]),
+    }
+}
+
+/// A context over a mock API server and a fake admin, with the operator's
+/// own identity set to `operator`.
+pub fn context_with_operator(
+    admin: Arc<FakeAdmin>,
+    operator: Option<OperatorIdentity>,
+) -> (Arc<Context>, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let reporter = Reporter {
@@ -221,6 +250,7 @@ pub fn context(admin: Arc<FakeAdmin>) -> (Arc<Context>, Handle) {
         // No real pause between unlabelling and a transfer: the mock server
         // expects each call within CALL_TIMEOUT.
         settings: Settings {
+            operator,
             leader_label_drain: Duration::ZERO,
             ..Settings::default()
         },
@@ -353,6 +383,9 @@ pub mod paths {
     pub const CLIENT_SERVICE: &str = "/api/v1/namespaces/prod/services/demo";
     /// Leader Service.
     pub const LEADER_SERVICE: &str = "/api/v1/namespaces/prod/services/demo-leader";
+    /// NetworkPolicy.
+    pub const NETWORK_POLICY: &str =
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/demo";
 
     /// One pod.
     pub fn pod(ordinal: u32) -> String {

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use titan_operator::admin::GrpcAdminConfig;
+use titan_operator::builders::{OperatorIdentity, parse_pod_selector};
 use titan_operator::controller::{RunConfig, run};
 use titan_operator::crd::crd_yaml;
 use titan_operator::leader::{LeaseConfig, resolve_namespace};
@@ -28,7 +29,7 @@ enum Command {
     /// Print the TitanCluster CustomResourceDefinition as YAML.
     Crd,
     /// Run the controller (with Lease leader election).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 /// Flags of `run`.
@@ -71,6 +72,12 @@ struct RunArgs {
     /// RUST_LOG if set, else info].
     #[arg(long, env = "TITAN_LOG_LEVEL")]
     log_level: Option<String>,
+    /// Labels selecting the operator's own pods, `key=value[,key=value...]`
+    /// (the chart sets the Deployment's selector labels). With POD_NAMESPACE
+    /// it tells each cluster's NetworkPolicy whom to admit to the Admin API;
+    /// without either, `spec.networkPolicy.enabled` clusters get no policy.
+    #[arg(long, env = "TITAN_OPERATOR_POD_SELECTOR")]
+    pod_selector: Option<String>,
     /// Admin gRPC connect timeout.
     #[arg(long, default_value_t = 2000)]
     admin_connect_timeout_ms: u64,
@@ -89,10 +96,12 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Run(args) => {
             logging::init(args.log_format, args.log_level.as_deref())?;
+            let pod_namespace = std::env::var("POD_NAMESPACE").ok();
+            let operator =
+                operator_identity(pod_namespace.as_deref(), args.pod_selector.as_deref())?;
             let client = kube::Client::try_default().await.context(
                 "no Kubernetes API to talk to: run in a pod, or set KUBECONFIG / ~/.kube/config",
             )?;
-            let pod_namespace = std::env::var("POD_NAMESPACE").ok();
             let (namespace, source) = resolve_namespace(
                 args.lease_namespace.as_deref(),
                 pod_namespace.as_deref(),
@@ -115,8 +124,36 @@ async fn main() -> anyhow::Result<()> {
                     connect_timeout_ms: args.admin_connect_timeout_ms,
                     request_timeout_ms: args.admin_request_timeout_ms,
                 },
+                operator,
             };
             run(client, config).await
+        }
+    }
+}
+
+/// The operator's identity for NetworkPolicies: `POD_NAMESPACE` plus the
+/// parsed `--pod-selector`. A malformed selector is an error naming the flag;
+/// a missing part is logged once and leaves the identity unknown.
+fn operator_identity(
+    pod_namespace: Option<&str>,
+    pod_selector: Option<&str>,
+) -> anyhow::Result<Option<OperatorIdentity>> {
+    let namespace = pod_namespace.filter(|ns| !ns.trim().is_empty());
+    let selector = pod_selector.filter(|s| !s.trim().is_empty());
+    let pod_labels = selector
+        .map(parse_pod_selector)
+        .transpose()
+        .context("--pod-selector / TITAN_OPERATOR_POD_SELECTOR")?;
+    match (namespace, pod_labels) {
+        (Some(namespace), Some(pod_labels)) => Ok(Some(OperatorIdentity {
+            namespace: namespace.to_string(),
+            pod_labels,
+        })),
+        _ => {
+            tracing::warn!(
+                "POD_NAMESPACE or --pod-selector is unset: clusters with spec.networkPolicy.enabled get no NetworkPolicy"
+            );
+            Ok(None)
         }
     }
 }

@@ -6,7 +6,8 @@
 //!
 //! One API server is started per test (start-up takes seconds), and the
 //! checks run in order against it: CRD install and schema, reconcile
-//! through SSA, status patches, `kubectl scale`, the RBAC of
+//! through SSA, status patches, the opt-in NetworkPolicy (applied, then
+//! deleted when switched off), `kubectl scale`, the RBAC of
 //! `manifests/rbac.yaml` under impersonation of the operator's
 //! ServiceAccount, the operator process, then restarts of the API server.
 //!
@@ -28,6 +29,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -35,6 +37,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, CustomResourceExt};
 use serde_json::json;
 use titan_operator::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
+use titan_operator::builders::OperatorIdentity;
 use titan_operator::crd::TitanCluster;
 use titan_operator::leader::{LeaseConfig, LeaseLock};
 use titan_operator::metrics::Metrics;
@@ -85,7 +88,16 @@ fn context(client: Client) -> Arc<Context> {
         recorder: Recorder::new(client, reporter),
         metrics: Arc::new(Metrics::default()),
         admin: Arc::new(Unreachable),
-        settings: Settings::default(),
+        settings: Settings {
+            operator: Some(OperatorIdentity {
+                namespace: "titan-system".to_string(),
+                pod_labels: [("app.kubernetes.io/name", "titan-operator")]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+            ..Settings::default()
+        },
         clock: Arc::new(Timestamp::now),
     })
 }
@@ -112,6 +124,7 @@ async fn operator_scenarios(env: &TestEnv) {
     let admin = env.client(None).await;
     crd_installs_with_schema_defaults_and_validation(env, &admin).await;
     reconcile_applies_objects_with_ssa_and_patches_status(&admin, "ssa", 3).await;
+    network_policy_is_applied_when_enabled_and_deleted_when_disabled(env, &admin).await;
     kubectl_scale_updates_spec_replicas(env).await;
     operator_service_account_rbac_suffices(env).await;
     operator_process_leads_reconciles_and_shuts_down_gracefully(env, &admin).await;
@@ -298,6 +311,65 @@ async fn reconcile_applies_objects_with_ssa_and_patches_status(
     );
 }
 
+/// Reconciles `ns/demo` twice (the first pass adds the finalizer).
+async fn reconcile_twice(client: &Client, ns: &str) {
+    let api: Api<TitanCluster> = Api::namespaced(client.clone(), ns);
+    let ctx = context(client.clone());
+    for _ in 0..2 {
+        let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
+        reconcile::reconcile(Arc::new(cluster), ctx.clone())
+            .await
+            .unwrap_or_else(|e| panic!("reconcile: {e}"));
+    }
+}
+
+/// `spec.networkPolicy.enabled`: the API server accepts the built policy
+/// (server-side apply, owned by the cluster); switched off, it is deleted.
+async fn network_policy_is_applied_when_enabled_and_deleted_when_disabled(
+    env: &TestEnv,
+    client: &Client,
+) {
+    env.kubectl(&["create", "namespace", "netpol"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let api: Api<TitanCluster> = Api::namespaced(client.clone(), "netpol");
+    let cluster: TitanCluster = serde_json::from_value(json!({
+        "apiVersion": "titan.dev/v1alpha1", "kind": "TitanCluster", "metadata": {"name": "demo"},
+        "spec": {"replicas": 1, "networkPolicy": {"enabled": true,
+            "clientFrom": [{"namespaceSelector": {"matchLabels": {"team": "apps"}}}]}}
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    api.create(&PostParams::default(), &cluster)
+        .await
+        .unwrap_or_else(|e| panic!("create: {e}"));
+    reconcile_twice(client, "netpol").await;
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), "netpol");
+    let policy = policies
+        .get("demo")
+        .await
+        .unwrap_or_else(|e| panic!("network policy: {e}"));
+    let owners = policy.metadata.owner_references.clone().unwrap_or_default();
+    assert_eq!(
+        owners.first().map(|o| o.kind.as_str()),
+        Some("TitanCluster")
+    );
+    let rules = policy.spec.and_then(|s| s.ingress).unwrap_or_default();
+    assert_eq!(rules.len(), 3, "members, operator, clients: {rules:?}");
+    let off = json!({"spec": {"networkPolicy": {"enabled": false}}});
+    api.patch("demo", &PatchParams::default(), &Patch::Merge(&off))
+        .await
+        .unwrap_or_else(|e| panic!("disable: {e}"));
+    reconcile_twice(client, "netpol").await;
+    let gone = policies
+        .get_opt("demo")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        gone.is_none_or(|p| p.metadata.deletion_timestamp.is_some()),
+        "disabled: the NetworkPolicy is deleted"
+    );
+    println!("ok: NetworkPolicy applied when enabled (3 ingress rules), deleted when disabled");
+}
+
 async fn kubectl_scale_updates_spec_replicas(env: &TestEnv) {
     env.kubectl(&["-n", "ssa", "scale", "tc/demo", "--replicas=5"])
         .unwrap_or_else(|e| panic!("kubectl scale: {e}"));
@@ -314,6 +386,25 @@ async fn kubectl_scale_updates_spec_replicas(env: &TestEnv) {
     assert_eq!(replicas.trim(), "5");
     println!("ok: kubectl scale tc/demo --replicas=5 updated spec.replicas");
 }
+
+/// What the operator's ServiceAccount may do (`kubectl auth can-i` arguments).
+const RBAC_ALLOWED: [&str; 8] = [
+    "watch titanclusters.titan.dev --all-namespaces",
+    "watch statefulsets.apps --all-namespaces",
+    "watch pods --all-namespaces",
+    "delete pods -n rbac",
+    "delete persistentvolumeclaims -n rbac",
+    "create events.events.k8s.io -n rbac",
+    "watch networkpolicies.networking.k8s.io --all-namespaces",
+    "delete networkpolicies.networking.k8s.io -n rbac",
+];
+
+/// What it must not do.
+const RBAC_DENIED: [&str; 3] = [
+    "get secrets -n rbac",
+    "delete statefulsets.apps -n rbac",
+    "update leases.coordination.k8s.io -n rbac",
+];
 
 async fn operator_service_account_rbac_suffices(env: &TestEnv) {
     let rbac = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/rbac.yaml");
@@ -360,20 +451,7 @@ async fn operator_service_account_rbac_suffices(env: &TestEnv) {
         Some(true),
         "lease renew"
     );
-    let allowed = [
-        "watch titanclusters.titan.dev --all-namespaces",
-        "watch statefulsets.apps --all-namespaces",
-        "watch pods --all-namespaces",
-        "delete pods -n rbac",
-        "delete persistentvolumeclaims -n rbac",
-        "create events.events.k8s.io -n rbac",
-    ];
-    let denied = [
-        "get secrets -n rbac",
-        "delete statefulsets.apps -n rbac",
-        "update leases.coordination.k8s.io -n rbac",
-    ];
-    for (checks, want) in [(&allowed[..], "yes"), (&denied[..], "no")] {
+    for (checks, want) in [(&RBAC_ALLOWED[..], "yes"), (&RBAC_DENIED[..], "no")] {
         for check in checks {
             let mut args = vec!["auth", "can-i", "--as", OPERATOR_SA];
             args.extend(check.split(' '));

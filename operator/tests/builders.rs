@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use kube::api::ObjectMeta;
-use titan_operator::builders::{self, BuildInput, Names};
+use titan_operator::builders::{self, BuildInput, Names, OperatorIdentity};
 use titan_operator::crd::{TitanCluster, TitanClusterSpec};
 
 fn cluster(name: &str, spec_json: serde_json::Value) -> TitanCluster {
@@ -36,6 +36,23 @@ fn input(replicas: u32, bootstrapped: bool) -> BuildInput {
     }
 }
 
+/// The operator identity the golden NetworkPolicy admits.
+fn operator() -> OperatorIdentity {
+    OperatorIdentity {
+        namespace: "titan-system".to_string(),
+        pod_labels: BTreeMap::from([
+            (
+                "app.kubernetes.io/instance".to_string(),
+                "titan-operator".to_string(),
+            ),
+            (
+                "app.kubernetes.io/name".to_string(),
+                "titan-operator".to_string(),
+            ),
+        ]),
+    }
+}
+
 fn render_all(cluster: &TitanCluster, input: &BuildInput) -> String {
     let names = Names::of(cluster);
     let docs = [
@@ -46,7 +63,12 @@ fn render_all(cluster: &TitanCluster, input: &BuildInput) -> String {
         serde_saphyr::to_string(&builders::statefulset(cluster, &names, input)),
         serde_saphyr::to_string(&builders::pdb(cluster, &names, input)),
     ];
+    let policy =
+        cluster.spec.network_policy.enabled.then(|| {
+            serde_saphyr::to_string(&builders::network_policy(cluster, &names, &operator()))
+        });
     docs.into_iter()
+        .chain(policy)
         .map(|d| d.unwrap_or_else(|e| panic!("serializing: {e}")))
         .collect::<Vec<_>>()
         .join("---\n")
@@ -91,7 +113,15 @@ fn customized_single_member_cluster_matches_golden() {
             "podLabels": {"team": "sync", "app.kubernetes.io/name": "spoofed"},
             "podAnnotations": {"prometheus.io/scrape": "true"},
             "logLevel": "debug",
-            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
+            "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}},
+            "networkPolicy": {
+                "enabled": true,
+                "clientFrom": [
+                    {"namespaceSelector": {"matchLabels": {"team": "sync"}}},
+                    {"podSelector": {"matchLabels": {"role": "titan-client"}}}
+                ],
+                "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+            }
         }),
     );
     check_golden("custom-1", &render_all(&c, &input(1, true)));
@@ -109,6 +139,7 @@ fn every_object_is_owned_by_the_cluster_and_labelled() {
         builders::configmap(&c, &names, &input).metadata,
         builders::statefulset(&c, &names, &input).metadata,
         builders::pdb(&c, &names, &input).metadata,
+        builders::network_policy(&c, &names, &operator()).metadata,
     ];
     for meta in metas {
         let owners = meta.owner_references.unwrap_or_default();

@@ -259,6 +259,31 @@ fn operator_runs_the_controller_with_its_lease_in_its_own_namespace() {
     );
 }
 
+/// The operator's own namespace (downward API) and pod labels reach it, so
+/// that a TitanCluster's NetworkPolicy admits exactly these pods to the
+/// Admin API; the labels are the Deployment's selector.
+#[test]
+fn operator_knows_its_namespace_and_pod_labels_for_network_policies() {
+    let m = operator_manifest();
+    let c = operator_container(&m.deployment);
+    assert_eq!(
+        env_field_path(&c, "POD_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    let selector = c
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .find(|e| e.name == "TITAN_OPERATOR_POD_SELECTOR")
+        .and_then(|e| e.value)
+        .unwrap_or_else(|| panic!("TITAN_OPERATOR_POD_SELECTOR is not set literally"));
+    let labels = titan_operator::builders::parse_pod_selector(&selector)
+        .unwrap_or_else(|e| panic!("{selector:?}: {e}"));
+    let match_labels = m.deployment.spec.selector.match_labels.unwrap_or_default();
+    assert_eq!(labels, match_labels);
+}
+
 #[test]
 fn metrics_service_selects_exactly_the_operator_pods() {
     let m = operator_manifest();
@@ -370,6 +395,12 @@ fn rbac_rules_are_least_privilege_without_wildcards_or_secrets() {
         "patch"
     ));
     assert!(rule_grants(&cluster_rules, "apps", "statefulsets", "patch"));
+    for verb in ["get", "list", "watch", "create", "patch", "delete"] {
+        assert!(
+            rule_grants(&cluster_rules, "networking.k8s.io", "networkpolicies", verb),
+            "networkpolicies {verb}"
+        );
+    }
     assert!(rule_grants(
         &lease_rules,
         "coordination.k8s.io",

@@ -384,6 +384,7 @@ check_apiserver_apply() {
 # ("*" as the namespace means across all namespaces).
 RBAC_ALLOWED=("* watch titanclusters.titan.dev" "default patch titanclusters.titan.dev/status"
   "default patch statefulsets.apps" "default delete persistentvolumeclaims"
+  "default delete networkpolicies.networking.k8s.io"
   "${RELEASE_NAMESPACE} update leases.coordination.k8s.io")
 RBAC_DENIED=("default get secrets" "default update leases.coordination.k8s.io"
   "default delete titanclusters.titan.dev")

@@ -5,12 +5,16 @@
 //! reconciler applies the results with server-side apply.
 
 mod configmap;
+mod networkpolicy;
 mod pdb;
 mod service;
 mod statefulset;
 
 pub use configmap::{
     BOOTSTRAPPED_KEY, CLUSTER_ID_KEY, INITIAL_PEERS_KEY, INITIAL_REPLICAS_KEY, configmap,
+};
+pub use networkpolicy::{
+    NAMESPACE_NAME_LABEL, OperatorIdentity, PodSelectorError, network_policy, parse_pod_selector,
 };
 pub use pdb::{
     as_v1beta1 as pdb_as_v1beta1, max_unavailable, pdb, v1beta1_resource as pdb_v1beta1_resource,
@@ -86,6 +90,11 @@ impl Names {
 
     /// PodDisruptionBudget.
     pub fn pdb(&self) -> String {
+        self.cluster.clone()
+    }
+
+    /// NetworkPolicy over the server pods (`spec.networkPolicy`).
+    pub fn network_policy(&self) -> String {
         self.cluster.clone()
     }
 

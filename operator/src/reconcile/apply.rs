@@ -2,12 +2,15 @@
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, Preconditions};
 use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::execute::deleted_or_gone;
 use super::{Context, Error, publish};
 use crate::builders::{self, BuildInput, FIELD_MANAGER, Names};
 use crate::crd::TitanCluster;
@@ -67,8 +70,9 @@ pub async fn apply_configmap(
     .await
 }
 
-/// Applies the Services (peers, client, leader), ConfigMap, StatefulSet and PDB. A missing `policy/v1`
-/// (404 on the PDB) is reported, not fatal.
+/// Applies the Services (peers, client, leader), the NetworkPolicy (or
+/// deletes it when disabled), ConfigMap, StatefulSet and PDB. A missing
+/// `policy/v1` (404 on the PDB) is reported, not fatal.
 pub async fn apply_objects(
     ctx: &Context,
     cluster: &TitanCluster,
@@ -98,6 +102,7 @@ pub async fn apply_objects(
         "apply leader service",
     )
     .await?;
+    apply_network_policy(ctx, cluster, names).await?;
     apply_configmap(ctx, cluster, names, input).await?;
     apply_statefulset(ctx, cluster, names, input).await?;
     if creating {
@@ -168,4 +173,101 @@ async fn apply_pdb(
             source,
         }),
     }
+}
+
+/// `spec.networkPolicy.enabled`: applies the NetworkPolicy, before the
+/// StatefulSet so that new pods never run without it. Without the
+/// operator's own identity the policy would shut the operator out of the
+/// Admin API, so none is applied and a Warning event says why. Disabled:
+/// deletes the policy this cluster owns, if there is one.
+async fn apply_network_policy(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+) -> Result<(), Error> {
+    let api: Api<NetworkPolicy> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    if !cluster.spec.network_policy.enabled {
+        return remove_network_policy(ctx, cluster, names, &api).await;
+    }
+    let Some(operator) = ctx.settings.operator.as_ref() else {
+        let note = "spec.networkPolicy.enabled is true, but the operator does not know its own namespace and pod labels (POD_NAMESPACE and --pod-selector / TITAN_OPERATOR_POD_SELECTOR, set by the Helm chart), which the policy must admit to the Admin API; no NetworkPolicy applied.";
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            "NetworkPolicyNotApplied",
+            "ApplyNetworkPolicy",
+            note.to_string(),
+        )
+        .await;
+        return Ok(());
+    };
+    ssa(
+        &api,
+        &names.network_policy(),
+        &builders::network_policy(cluster, names, operator),
+        "apply network policy",
+    )
+    .await
+}
+
+/// Deletes the NetworkPolicy `NAME` if this TitanCluster is its controller
+/// owner (a user's own policy of the same name is left alone), with the
+/// observed UID as a precondition. An operator not allowed to read
+/// NetworkPolicies (RBAC from before they existed) never created one: that
+/// is logged, not a failure.
+async fn remove_network_policy(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    api: &Api<NetworkPolicy>,
+) -> Result<(), Error> {
+    let name = names.network_policy();
+    let existing = match api.get_opt(&name).await {
+        Ok(existing) => existing,
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::warn!(cluster = %names.cluster, namespace = %names.namespace,
+                "cannot read NetworkPolicies (update the operator's RBAC from manifests/rbac.yaml)");
+            return Ok(());
+        }
+        Err(source) => {
+            return Err(Error::Kube {
+                op: "get network policy",
+                source,
+            });
+        }
+    };
+    let Some(existing) = existing else {
+        return Ok(());
+    };
+    let uid = cluster.meta().uid.as_deref();
+    let owned = existing
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid);
+    if !owned {
+        return Ok(());
+    }
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: existing.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    let deleted = deleted_or_gone(api.delete(&name, &params).await)
+        .map_err(Error::kube("delete network policy"))?;
+    if deleted {
+        let note = format!("spec.networkPolicy.enabled is false: deleted NetworkPolicy {name}");
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "NetworkPolicyDeleted",
+            "DeleteNetworkPolicy",
+            note,
+        )
+        .await;
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::admin::{AdminApi, AdminError};
-use crate::builders::{FIELD_MANAGER, Names};
+use crate::builders::{FIELD_MANAGER, Names, OperatorIdentity};
 use crate::crd::{Phase, TitanCluster, TitanClusterStatus};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Plan, PlannerConfig, WaitReason};
@@ -31,9 +31,13 @@ pub const LEADER_LABEL_DRAIN_SECS: u64 = 3;
 /// Finalizer the operator puts on every TitanCluster.
 pub const FINALIZER: &str = "titan.dev/cleanup";
 
-/// Requeue timing.
+/// Requeue timing and what the operator knows about itself.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The operator's own namespace and pod labels, which a cluster's
+    /// NetworkPolicy must admit to the Admin API; `None` when unknown (then
+    /// no NetworkPolicy is created, with a Warning event).
+    pub operator: Option<OperatorIdentity>,
     /// Planner tunables.
     pub planner: PlannerConfig,
     /// After executing a step: re-observe soon.
@@ -50,6 +54,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            operator: None,
             planner: PlannerConfig::default(),
             requeue_after_step: Duration::from_secs(2),
             requeue_while_waiting: Duration::from_secs(5),

@@ -25,7 +25,9 @@ fn observe_calls(cm: Option<Value>, sts: Option<Value>, pods: Value, pvcs: Value
     ]
 }
 
-/// The applies of the desired objects (event on creation sits before the PDB).
+/// The applies of the desired objects (event on creation sits before the
+/// PDB). `spec.networkPolicy` is disabled by default: the operator looks
+/// for a NetworkPolicy it owns to delete, and finds none.
 fn apply_calls(creating: bool) -> Vec<Expect> {
     let mut calls = vec![
         Expect::new(Method::PATCH, paths::PEERS_SERVICE, Reply::Echo).check(|b| {
@@ -37,6 +39,7 @@ fn apply_calls(creating: bool) -> Vec<Expect> {
             assert_eq!(b["spec"]["selector"]["titan.dev/role"], "leader");
             assert_eq!(b["spec"]["selector"]["app.kubernetes.io/instance"], "demo");
         }),
+        Expect::new(Method::GET, paths::NETWORK_POLICY, Reply::NotFound),
         Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo),
         Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo),
     ];
@@ -94,7 +97,17 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 
 /// Runs one reconcile against `expects`; both must finish in time.
 async fn run(cluster: TitanCluster, admin: Arc<FakeAdmin>, expects: Vec<Expect>) -> Requeue {
-    let (ctx, handle) = fixtures::context(admin);
+    run_knowing(cluster, admin, None, expects).await
+}
+
+/// [`run`] by an operator that knows its own identity as `operator`.
+async fn run_knowing(
+    cluster: TitanCluster,
+    admin: Arc<FakeAdmin>,
+    operator: Option<crate::builders::OperatorIdentity>,
+    expects: Vec<Expect>,
+) -> Requeue {
+    let (ctx, handle) = fixtures::context_with_operator(admin, operator);
     let server = tokio::spawn(fixtures::serve(handle, expects));
     let result =
         tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(cluster), ctx)).await;
@@ -120,7 +133,7 @@ async fn create_applies_every_object_and_reports_bootstrapping() {
         fixtures::pvcs_json(&[]),
     );
     let mut applies = apply_calls(true);
-    applies[3] = Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo).check(|b| {
+    applies[4] = Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo).check(|b| {
         assert_eq!(b["data"]["bootstrapped"], "false");
         assert_eq!(b["data"]["initial-replicas"], "3");
         assert_eq!(
@@ -128,7 +141,7 @@ async fn create_applies_every_object_and_reports_bootstrapping() {
             "11111111-2222-4333-8444-555555555555"
         );
     });
-    applies[4] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
+    applies[5] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
         assert_eq!(b["spec"]["replicas"], 3);
         let server = &b["spec"]["template"]["spec"]["containers"][0];
         assert_eq!(
@@ -474,4 +487,120 @@ async fn error_policy_counts_the_failure_records_a_warning_and_requeues() {
         metrics.contains("titan_operator_reconcile_failures_total{reason=\"invalid_object\"} 1"),
         "{metrics}"
     );
+}
+
+/// A steady 3-member cluster (leader `demo-0`, labelled) whose
+/// NetworkPolicy calls are `policy_calls` instead of the disabled default's
+/// lookup; ends with the status write.
+fn steady_with_policy_calls(cluster: &TitanCluster, policy_calls: Vec<Expect>) -> Vec<Expect> {
+    let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(0));
+    let at = expects
+        .iter()
+        .position(|e| e.path == paths::NETWORK_POLICY)
+        .unwrap_or_else(|| panic!("no NetworkPolicy call in the steady state"));
+    let _replaced: Vec<Expect> = expects.splice(at..=at, policy_calls).collect();
+    expects.push(status_call(cluster, |b| {
+        assert_eq!(b["status"]["phase"], "Running")
+    }));
+    expects
+}
+
+/// A NetworkPolicy as the API server returns it, owned by `owner_uid`
+/// when given.
+fn network_policy_json(owner_uid: Option<&str>) -> Value {
+    let owners: Vec<Value> = owner_uid
+        .map(|uid| {
+            json!({"apiVersion": "titan.dev/v1alpha1", "kind": "TitanCluster", "name": "demo",
+                "uid": uid, "controller": true, "blockOwnerDeletion": true})
+        })
+        .into_iter()
+        .collect();
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "demo", "namespace": "prod", "uid": "np-uid", "ownerReferences": owners},
+        "spec": {"podSelector": {}}
+    })
+}
+
+fn healthy_admin() -> Arc<FakeAdmin> {
+    Arc::new(FakeAdmin {
+        statuses: fixtures::healthy_statuses(3, 0),
+        ..FakeAdmin::default()
+    })
+}
+
+#[tokio::test]
+async fn enabled_network_policy_is_applied_before_the_statefulset_admitting_the_operator() {
+    let cluster = fixtures::cluster(json!({"networkPolicy": {"enabled": true}}));
+    let apply = Expect::new(Method::PATCH, paths::NETWORK_POLICY, Reply::Echo).check(|b| {
+        assert_eq!(b["kind"], "NetworkPolicy");
+        assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "TitanCluster");
+        let ingress = &b["spec"]["ingress"];
+        assert_eq!(ingress.as_array().map(Vec::len), Some(3), "{ingress}");
+        let operator = &ingress[1];
+        assert_eq!(operator["ports"], json!([{"port": 5001, "protocol": "TCP"}]));
+        assert_eq!(
+            operator["from"][0],
+            json!({
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "titan-system"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "titan-operator"}}
+            })
+        );
+    });
+    let expects = steady_with_policy_calls(&cluster, vec![apply]);
+    let operator = Some(fixtures::operator_identity());
+    run_knowing(cluster, healthy_admin(), operator, expects).await;
+}
+
+#[tokio::test]
+async fn enabled_network_policy_without_the_operators_identity_is_a_warning_not_a_lockout() {
+    let cluster = fixtures::cluster(json!({"networkPolicy": {"enabled": true}}));
+    let warning = Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+        assert_eq!(b["type"], "Warning");
+        assert_eq!(b["reason"], "NetworkPolicyNotApplied");
+        let note = b["note"].as_str().unwrap_or_default();
+        assert!(note.contains("TITAN_OPERATOR_POD_SELECTOR"), "{note}");
+    });
+    let expects = steady_with_policy_calls(&cluster, vec![warning]);
+    run_knowing(cluster, healthy_admin(), None, expects).await;
+}
+
+#[tokio::test]
+async fn disabled_network_policy_owned_by_the_cluster_is_deleted_with_a_uid_precondition() {
+    let cluster = fixtures::cluster(json!({"networkPolicy": {"enabled": false}}));
+    let owned = network_policy_json(Some("11111111-2222-4333-8444-555555555555"));
+    let calls = vec![
+        Expect::new(
+            Method::GET,
+            paths::NETWORK_POLICY,
+            Reply::Json(owned.clone()),
+        ),
+        Expect::new(Method::DELETE, paths::NETWORK_POLICY, Reply::Json(owned))
+            .check(|b| assert_eq!(b["preconditions"]["uid"], "np-uid", "{b}")),
+        Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+            assert_eq!(b["type"], "Normal");
+            assert_eq!(b["reason"], "NetworkPolicyDeleted");
+        }),
+    ];
+    let expects = steady_with_policy_calls(&cluster, calls);
+    let operator = Some(fixtures::operator_identity());
+    run_knowing(cluster, healthy_admin(), operator, expects).await;
+}
+
+/// Only the policy this TitanCluster controls is deleted: a user's policy of
+/// the same name, or one owned by another object, stays. An operator whose
+/// RBAC predates NetworkPolicies (403) carries on.
+#[tokio::test]
+async fn disabled_network_policy_not_owned_or_unreadable_is_left_alone() {
+    let others = [
+        Reply::Json(network_policy_json(None)),
+        Reply::Json(network_policy_json(Some("someone-else"))),
+        Reply::Forbidden,
+    ];
+    for reply in others {
+        let cluster = fixtures::cluster(json!({}));
+        let lookup = Expect::new(Method::GET, paths::NETWORK_POLICY, reply);
+        let expects = steady_with_policy_calls(&cluster, vec![lookup]);
+        run(cluster, healthy_admin(), expects).await;
+    }
 }
