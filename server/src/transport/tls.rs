@@ -26,6 +26,7 @@
 //! ones keep the session they negotiated.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -84,19 +85,28 @@ pub enum TlsError {
 /// A setting in use that a reload may replace: readers take the current
 /// value (a cheap `Arc` clone) once per handshake or dial.
 #[derive(Debug)]
-pub struct Live<T>(RwLock<Arc<T>>);
+pub struct Live<T> {
+    /// The value in use.
+    value: RwLock<Arc<T>>,
+    /// Times the value was replaced, so a cached channel can tell it was
+    /// built with older settings.
+    generation: AtomicU64,
+}
 
 impl<T> Live<T> {
     /// A cell holding `value`.
     pub fn new(value: T) -> Self {
-        Live(RwLock::new(Arc::new(value)))
+        Live {
+            value: RwLock::new(Arc::new(value)),
+            generation: AtomicU64::new(0),
+        }
     }
 
     /// The value in use now.
     pub fn current(&self) -> Arc<T> {
         // A writer only assigns an `Arc`; a poisoned lock still holds a
         // whole value.
-        self.0
+        self.value
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -104,7 +114,13 @@ impl<T> Live<T> {
 
     /// Puts `value` in use for every later [`Live::current`].
     pub fn replace(&self, value: T) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+        *self.value.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// How many times the value was replaced.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -130,6 +146,13 @@ impl Dialer {
     /// Whether dials use TLS.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
+    }
+
+    /// Changes whenever a reload replaces the dial settings (always 0 for
+    /// plaintext). A cached channel re-dials on its own with the settings
+    /// it was built with, so whoever caches one rebuilds it when this moved.
+    pub fn generation(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |live| live.generation())
     }
 
     /// Puts `config` in use for later dials (a plaintext dialer stays one).

@@ -360,6 +360,7 @@ mod tests {
         let ca = TestCa::new("ca");
         let (first, second) = (ca.node_leaf("first"), ca.node_leaf("second"));
         let (f, tls, mut reloader) = client_port(&ca, &first);
+        assert_eq!(tls.forward_dialer.generation(), 0);
         f.write_leaf(&second);
         let report = reloader.poll();
         assert!(
@@ -367,8 +368,12 @@ mod tests {
             "{report:?}"
         );
         assert_eq!(served_leaf(server(&tls), &ca), der(&second));
+        // Dials present the new certificate too; cached channels see the
+        // generation move.
+        assert_eq!(tls.forward_dialer.generation(), 1);
         // Nothing changed since: the next poll leaves it alone.
         assert!(matches!(reloader.poll().client, Some(Decision::Unchanged)));
+        assert_eq!(tls.forward_dialer.generation(), 1);
     }
 
     #[test]
@@ -384,6 +389,7 @@ mod tests {
             "{error}"
         );
         assert_eq!(served_leaf(server(&tls), &ca), der(&first));
+        assert_eq!(tls.forward_dialer.generation(), 0, "dial settings kept");
         // Still half-written at the next poll: still the old set.
         kept(reloader.poll().client);
         assert_eq!(served_leaf(server(&tls), &ca), der(&first));
