@@ -249,7 +249,22 @@ pub struct Cli {
     /// verified with it.
     #[arg(long = "peer-tls-ca", env = "TITAN_PEER_TLS_CA")]
     pub peer_tls_ca: Option<PathBuf>,
+    /// How often the TLS files are re-read; a changed, valid set is used for
+    /// new connections (a broken one is logged and the old set kept).
+    #[arg(
+        long = "tls-reload-interval-ms",
+        env = "TITAN_TLS_RELOAD_INTERVAL_MS",
+        default_value_t = DEFAULT_TLS_RELOAD_INTERVAL_MS
+    )]
+    pub tls_reload_interval_ms: u64,
 }
+
+/// Default `--tls-reload-interval-ms`: a rotated Kubernetes Secret reaches
+/// the pod's volume within about a minute, so ten seconds adds little.
+pub const DEFAULT_TLS_RELOAD_INTERVAL_MS: u64 = 10_000;
+/// Accepted `--tls-reload-interval-ms` values: at least 100 ms (each poll
+/// reads every file), at most a day.
+pub const TLS_RELOAD_INTERVAL_MS_RANGE: std::ops::RangeInclusive<u64> = 100..=86_400_000;
 
 /// The PEM files of one TLS listener (paths only; the transport reads and
 /// checks them at start-up).
@@ -416,6 +431,8 @@ pub struct Config {
     /// Mutual TLS of the peer port and of every dial to another member
     /// (`None`: plaintext).
     pub peer_tls: Option<TlsFiles>,
+    /// How often the TLS files are re-read.
+    pub tls_reload_interval: Duration,
 }
 
 impl Config {
@@ -619,6 +636,7 @@ impl Cli {
     pub fn into_config(self) -> Result<Config, ConfigError> {
         check_size_limits(self.max_line_bytes)?;
         let (client_tls, peer_tls) = check_tls(&self)?;
+        check_tls_reload_interval(self.tls_reload_interval_ms)?;
         let (grpc_port, http_port) = self.derived_ports()?;
         let peers = parse_peers(&self.peers)?;
         if self.join && !peers.is_empty() {
@@ -676,8 +694,20 @@ impl Cli {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             client_tls,
             peer_tls,
+            tls_reload_interval: Duration::from_millis(self.tls_reload_interval_ms),
         })
     }
+}
+
+fn check_tls_reload_interval(ms: u64) -> Result<(), ConfigError> {
+    if TLS_RELOAD_INTERVAL_MS_RANGE.contains(&ms) {
+        return Ok(());
+    }
+    Err(ConfigError::BadTimeouts(format!(
+        "--tls-reload-interval-ms {ms} is outside {}..={}",
+        TLS_RELOAD_INTERVAL_MS_RANGE.start(),
+        TLS_RELOAD_INTERVAL_MS_RANGE.end()
+    )))
 }
 
 // ---- Size limits (every size limit checked at the edge). ----
@@ -942,6 +972,24 @@ mod tests {
             "server-only client TLS next to peer mTLS"
         );
         assert!(config(&[]).is_ok_and(|c| c.client_tls.is_none() && c.peer_tls.is_none()));
+    }
+
+    #[test]
+    fn tls_reload_interval_defaults_to_ten_seconds_and_is_bounded() {
+        let cfg = config(&[]).expect("defaults");
+        assert_eq!(cfg.tls_reload_interval, Duration::from_secs(10));
+        let cfg = config(&["--tls-reload-interval-ms=1000"]).expect("one second");
+        assert_eq!(cfg.tls_reload_interval, Duration::from_secs(1));
+        for bad in [
+            "--tls-reload-interval-ms=0",
+            "--tls-reload-interval-ms=99999999999",
+        ] {
+            let err = config(&[bad]).expect_err("out of range");
+            assert!(
+                err.to_string().contains("--tls-reload-interval-ms"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

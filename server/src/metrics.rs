@@ -110,6 +110,28 @@ pub struct Metrics {
     pub peer_links: Gauge,
     /// Client requests refused because a memory or concurrency bound was hit.
     pub requests_refused: Family<RefusedLabels, Counter>,
+    /// Polls that found changed TLS files, by port and whether the new set
+    /// was put in use (`ok`) or refused (`failed`, the old one kept).
+    pub tls_reloads: Family<TlsReloadLabels, Counter>,
+    /// 1 while a port's TLS files hold a changed set that cannot be used
+    /// (the previous certificate is still served); 0 otherwise.
+    pub tls_reload_failing: Family<TlsPortLabels, Gauge>,
+}
+
+/// Labels of [`Metrics::tls_reloads`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsReloadLabels {
+    /// `client` or `peer`.
+    pub port: &'static str,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Labels of [`Metrics::tls_reload_failing`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsPortLabels {
+    /// `client` or `peer`.
+    pub port: &'static str,
 }
 
 /// Labels of [`Metrics::requests_refused`].
@@ -159,6 +181,8 @@ impl Metrics {
             storage_fatal: Gauge::default(),
             peer_links: Gauge::default(),
             requests_refused: Family::default(),
+            tls_reloads: Family::default(),
+            tls_reload_failing: Family::default(),
             registry,
         };
         m.register_rest()
@@ -242,6 +266,16 @@ impl Metrics {
             "requests_refused",
             "Client requests refused at the edge by a named bound",
             self.requests_refused.clone(),
+        );
+        r.register(
+            "tls_reloads",
+            "Polls that found changed TLS files, by port and outcome (failed: old certificate kept)",
+            self.tls_reloads.clone(),
+        );
+        r.register(
+            "tls_reload_failing",
+            "1 while a port's changed TLS files are unusable and the previous certificate is served",
+            self.tls_reload_failing.clone(),
         );
         self
     }

@@ -1,6 +1,7 @@
 //! Process wiring: builds the node with the tonic transport as its outbound
 //! half and status probe, binds every listener (TCP client, peer gRPC,
-//! client gRPC, HTTP), starts the runtime and shuts it all down. The only
+//! client gRPC, HTTP), starts the runtime (and the TLS file poller) and
+//! shuts it all down. The only
 //! module that names `node`, `api` and `transport` together.
 
 use std::sync::Arc;
@@ -101,6 +102,9 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
     let tls = transport::tls::load(cfg.client_tls.as_ref(), cfg.peer_tls.as_ref())?;
+    if let Some(reloader) = transport::tls_reload::Reloader::new(&tls, Some(metrics.clone())) {
+        tokio::spawn(reloader.run(cfg.tls_reload_interval, shutdown_rx.clone()));
+    }
     let dialer = tls.peer_dialer.clone();
     let outbound =
         move |ctx| Box::new(PeerTransport::from_context(ctx, dialer)) as Box<dyn node::Outbound>;
@@ -118,6 +122,7 @@ pub async fn launch(cfg: Config) -> Result<Server, StartError> {
         peer = %cfg.advertise_peer_addr,
         client_tls = cfg.client_tls.is_some(),
         peer_tls = cfg.peer_tls.is_some(),
+        tls_reload_interval_ms = u64::try_from(cfg.tls_reload_interval.as_millis()).unwrap_or(u64::MAX),
         "titan-server started"
     );
     Ok(Server {

@@ -2,7 +2,8 @@
 //! certificate for `localhost` and `127.0.0.1` (server and client use, so
 //! one file serves both ports and every dial between members), a client
 //! certificate, and a second CA with a client certificate of its own that
-//! the first CA never signed.
+//! the first CA never signed. [`TestCa`] keeps its key, so rotation tests
+//! can sign replacement certificates while a cluster runs.
 
 use std::path::{Path, PathBuf};
 
@@ -77,6 +78,47 @@ fn write(dir: &Path, name: &str, pem: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, pem).expect("write PEM");
     path
+}
+
+/// A CA that keeps its key, for tests that rotate certificates.
+pub struct TestCa {
+    /// Signs the leaves.
+    ca: Ca,
+}
+
+impl TestCa {
+    /// A new self-signed CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        TestCa { ca: new_ca(name) }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.ca.pem
+    }
+
+    /// A node certificate like [`TestPki::node_cert`] (SANs `localhost`,
+    /// `127.0.0.1`; server and client auth) named `name`: (certificate PEM,
+    /// key PEM).
+    pub fn node_leaf(&self, name: &str) -> (String, String) {
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        leaf(
+            &self.ca,
+            name,
+            &["localhost", "127.0.0.1"],
+            &[ServerAuth, ClientAuth],
+        )
+    }
+
+    /// A client-only certificate named `name`: (certificate PEM, key PEM).
+    pub fn client_leaf(&self, name: &str) -> (String, String) {
+        leaf(
+            &self.ca,
+            name,
+            &["titan-client"],
+            &[ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
 }
 
 impl TestPki {

@@ -245,8 +245,9 @@ fn marked<T>(msg: T) -> Request<T> {
 
 /// A cached Lease client for the current leader's client gRPC port.
 pub struct LeaseForwarder {
-    /// (leader gRPC address, client); replaced when the leader changes.
-    client: Mutex<Option<(String, LeaseClient<Channel>)>>,
+    /// (leader gRPC address, dialer generation, client); replaced when the
+    /// leader changes or reloaded TLS files changed the dial settings.
+    client: Mutex<Option<(String, u64, LeaseClient<Channel>)>>,
     /// Plaintext or TLS, as the client port is served.
     dialer: super::tls::Dialer,
 }
@@ -255,8 +256,12 @@ impl LeaseForwarder {
     /// The client for `leader_grpc`, connecting lazily.
     async fn client(&self, leader_grpc: &str) -> Result<LeaseClient<Channel>, Status> {
         let mut cached = self.client.lock().await;
-        if let Some((addr, c)) = cached.as_ref()
+        // Read before building: a reload in between only means one more
+        // rebuild next time.
+        let generation = self.dialer.generation();
+        if let Some((addr, built, c)) = cached.as_ref()
             && addr == leader_grpc
+            && *built == generation
         {
             return Ok(c.clone());
         }
@@ -268,7 +273,7 @@ impl LeaseForwarder {
             .timeout(Duration::from_millis(FORWARD_TIMEOUT_MS))
             .tcp_nodelay(true);
         let client = LeaseClient::new(endpoint.connect_lazy());
-        *cached = Some((leader_grpc.to_string(), client.clone()));
+        *cached = Some((leader_grpc.to_string(), generation, client.clone()));
         Ok(client)
     }
 

@@ -1,6 +1,8 @@
 //! Everything tonic: the peer Raft service (inbound and outbound streams,
 //! chunked snapshots), the Admin service, the client KV service and the
-//! standard gRPC health service, each optionally over TLS ([`tls`]).
+//! standard gRPC health service, each optionally over TLS ([`tls`]) whose
+//! certificates are re-read when their files change ([`tls_reload`],
+//! served through [`tls_accept`]).
 //!
 //! Architecture invariant: no other module depends on tonic or the
 //! generated protobuf types; conversion happens at this boundary.
@@ -21,6 +23,8 @@ pub mod peer;
 pub mod raft_service;
 pub mod snapshot;
 pub mod tls;
+pub mod tls_accept;
+pub mod tls_reload;
 
 use std::sync::Arc;
 
@@ -28,8 +32,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::Status;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Server, ServerTlsConfig};
 
 use titan_proto::etcdserverpb::cluster_server::ClusterServer as EtcdClusterServer;
 use titan_proto::etcdserverpb::kv_server::KvServer as EtcdKvServer;
@@ -107,7 +112,7 @@ pub async fn serve_peer(
     node: NodeHandle,
     inbox: PeerInbox,
     snapshots: crate::storage::SnapshotStore,
-    tls: Option<ServerTlsConfig>,
+    tls: Option<tls::LiveServerConfig>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -122,19 +127,35 @@ pub async fn serve_peer(
     ));
     let raft = RaftServer::new(raft_service::RaftService::new(inbox, snapshots))
         .max_decoding_message_size(MAX_PEER_MESSAGE_BYTES);
-    builder(tls)?
+    let router = Server::builder()
         .add_service(health_svc)
         .add_service(raft)
-        .add_service(AdminServer::new(admin_service::AdminService::new(node)))
-        .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
-        .await
+        .add_service(AdminServer::new(admin_service::AdminService::new(node)));
+    serve(router, listener, tls, shutdown).await
 }
 
-/// A server builder, with TLS when `tls` is given.
-fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Error> {
+/// Serves `router` on `listener` until shutdown: over TLS with the
+/// settings in use at each handshake when `tls` is given, else plaintext.
+async fn serve(
+    router: Router,
+    listener: TcpListener,
+    tls: Option<tls::LiveServerConfig>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), tonic::transport::Error> {
     match tls {
-        Some(tls) => Server::builder().tls_config(tls),
-        None => Ok(Server::builder()),
+        Some(tls) => {
+            router
+                .serve_with_incoming_shutdown(
+                    tls_accept::incoming(listener, tls),
+                    wait_shutdown(shutdown),
+                )
+                .await
+        }
+        None => {
+            router
+                .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
+                .await
+        }
     }
 }
 
@@ -142,8 +163,8 @@ fn builder(tls: Option<ServerTlsConfig>) -> Result<Server, tonic::transport::Err
 /// and how a follower dials the leader to forward writes.
 #[derive(Debug, Clone, Default)]
 pub struct ClientPortTls {
-    /// The listener's TLS settings.
-    pub server: Option<ServerTlsConfig>,
+    /// The listener's TLS settings, replaced on reload.
+    pub server: Option<tls::LiveServerConfig>,
     /// Dials to the leader's client port.
     pub forward: tls::Dialer,
 }
@@ -167,7 +188,7 @@ pub async fn serve_grpc(
         node.clone(),
         vec!["", kv_name],
     ));
-    builder(tls.server)?
+    let router = Server::builder()
         .max_concurrent_streams(MAX_GRPC_STREAMS_PER_CONNECTION)
         .add_service(health_svc)
         .add_service(
@@ -190,7 +211,6 @@ pub async fn serve_grpc(
         )))
         .add_service(EtcdWatchServer::new(etcd_watch::EtcdWatchService::new(
             node,
-        )))
-        .serve_with_incoming_shutdown(incoming(listener), wait_shutdown(shutdown))
-        .await
+        )));
+    serve(router, listener, tls.server, shutdown).await
 }
