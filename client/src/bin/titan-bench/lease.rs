@@ -263,14 +263,32 @@ async fn keep_alive(
             }
             msg = responses.message() => match msg {
                 Ok(Some(resp)) => on_response(&resp, &mut pending, &mut rec),
-                Ok(None) | Err(_) => {
+                Ok(None) => {
                     rec.error("keepalive_stream_ended");
+                    break;
+                }
+                Err(status) => {
+                    eprintln!("lease keep-alive stream ended by the server: {status}");
+                    rec.error(stream_error_kind(status.code()));
                     break;
                 }
             },
         }
     }
     rec
+}
+
+/// The error key of a keep-alive stream the server ended with `code`.
+fn stream_error_kind(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Unavailable => "keepalive_stream_error_unavailable",
+        tonic::Code::DeadlineExceeded => "keepalive_stream_error_deadline_exceeded",
+        tonic::Code::ResourceExhausted => "keepalive_stream_error_resource_exhausted",
+        tonic::Code::NotFound => "keepalive_stream_error_not_found",
+        tonic::Code::Cancelled => "keepalive_stream_error_cancelled",
+        tonic::Code::Internal => "keepalive_stream_error_internal",
+        _ => "keepalive_stream_error_other",
+    }
 }
 
 /// Records a keep-alive answer: its round trip from the first unanswered

@@ -85,22 +85,31 @@ pub fn parse(text: &str, prefixes: &[String]) -> BTreeMap<String, Series> {
             continue;
         }
         let labels = labels.trim_end_matches('}');
-        let (rest, le) = match labels.rsplit_once("le=\"") {
-            Some((rest, le)) => (rest.trim_end_matches(','), le.trim_end_matches('"')),
-            None => continue,
-        };
-        let le = if le == "+Inf" {
-            f64::INFINITY
-        } else {
-            match le.parse::<f64>() {
+        // prometheus-client renders `le` first; other encoders last.
+        let mut le = None;
+        let mut rest = Vec::new();
+        for label in labels.split(',') {
+            match label.strip_prefix("le=\"") {
+                Some(v) => le = Some(v.trim_end_matches('"')),
+                None => rest.push(label),
+            }
+        }
+        let le = match le {
+            Some("+Inf") => f64::INFINITY,
+            Some(v) => match v.parse::<f64>() {
                 Ok(v) => v,
                 Err(_) => continue,
-            }
+            },
+            None => continue,
         };
         let Ok(count) = value.parse::<f64>() else {
             continue;
         };
-        let key = format!("{name}{{{rest}}}");
+        let key = if rest.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}{{{}}}", rest.join(","))
+        };
         out.entry(key).or_default().buckets.push((le, count));
     }
     out
@@ -141,13 +150,14 @@ mod tests {
     const TEXT: &str = r#"# HELP titan_write_stage_seconds x
 titan_write_stage_seconds_sum{stage="applied",path="local"} 0.5
 titan_write_stage_seconds_count{stage="applied",path="local"} 100
-titan_write_stage_seconds_bucket{stage="applied",path="local",le="0.001"} 50
-titan_write_stage_seconds_bucket{stage="applied",path="local",le="0.002"} 90
+titan_write_stage_seconds_bucket{le="0.001",stage="applied",path="local"} 50
+titan_write_stage_seconds_bucket{le="0.002",stage="applied",path="local"} 90
 titan_write_stage_seconds_bucket{stage="applied",path="local",le="0.004"} 100
 titan_write_stage_seconds_bucket{stage="applied",path="local",le="+Inf"} 100
 titan_write_stage_seconds_bucket{stage="queued",path="local",le="0.001"} 0
 titan_write_stage_seconds_bucket{stage="queued",path="local",le="+Inf"} 0
 titan_other_bucket{le="1"} 3
+titan_write_stage_seconds_total_bucket{le="1"} 3
 garbage line
 "#;
 
@@ -155,8 +165,9 @@ garbage line
         parse(TEXT, &["titan_write_stage_seconds".to_string()])
     }
 
-    /// Buckets group by series; other families and malformed lines are
-    /// skipped.
+    /// Buckets group by series (wherever `le` sits among the labels; a
+    /// series without other labels is its bare name); other families and
+    /// malformed lines are skipped.
     #[test]
     fn buckets_group_by_series_and_other_lines_are_skipped() {
         let s = series();
@@ -164,6 +175,7 @@ garbage line
         assert_eq!(
             keys,
             [
+                "titan_write_stage_seconds_total",
                 r#"titan_write_stage_seconds{stage="applied",path="local"}"#,
                 r#"titan_write_stage_seconds{stage="queued",path="local"}"#,
             ]
