@@ -34,6 +34,9 @@ use crate::node::{LeaseAnswer, LeaseQuery, NodeHandle, WriteOp};
 
 /// Most keep-alive streams open on one node at once.
 pub const MAX_KEEPALIVE_STREAMS: usize = 10_000;
+/// How long a relayed keep-alive waits for the leader to close its stream
+/// after the answer before dropping it anyway.
+const RELAY_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// Responses queued per keep-alive stream before the stream stops reading.
 pub const KEEPALIVE_STREAM_BUFFER: usize = 16;
 
@@ -291,10 +294,19 @@ impl LeaseForwarder {
             .await
             .map_err(forwarded_error)?
             .into_inner();
-        answers
+        let answer = answers
             .message()
             .await
             .map_err(forwarded_error)?
-            .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))
+            .ok_or_else(|| Status::unavailable("etcdserver: leader changed"))?;
+        // Read the stream to its end (the leader closes it after its one
+        // answer): dropping it early resets it, and h2 closes a connection
+        // once it has had to reset 1,024 streams whose frames were still
+        // arriving, failing every relay in flight on it.
+        // Off the answer's path, so the client does not wait for it.
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(RELAY_DRAIN_TIMEOUT, answers.message()).await;
+        });
+        Ok(answer)
     }
 }
