@@ -269,14 +269,7 @@ async fn reconcile_applies_objects_with_ssa_and_patches_status(
     replicas: i32,
 ) {
     let api: Api<TitanCluster> = Api::namespaced(client.clone(), ns);
-    let ctx = context(client.clone());
-    // First pass adds the finalizer; the second reconciles.
-    for _ in 0..2 {
-        let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
-        reconcile::reconcile(Arc::new(cluster), ctx.clone())
-            .await
-            .unwrap_or_else(|e| panic!("reconcile: {e}"));
-    }
+    reconcile_twice(client, ns).await;
     assert_children_applied(client, ns, replicas).await;
     let cluster = api.get("demo").await.unwrap_or_else(|e| panic!("get: {e}"));
     let status = cluster.status.unwrap_or_default();
