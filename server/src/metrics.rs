@@ -41,15 +41,56 @@ pub struct PeerLabels {
     pub peer: u64,
 }
 
+/// A stage of the write path (see [`Metrics::write_stages`]).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // The label values Prometheus shows.
+pub enum Stage {
+    /// The runtime took the write and proposed or forwarded it.
+    queued,
+    /// The leader's own WAL fsync covering its entry finished.
+    durable,
+    /// Its entry was handed out as committed.
+    committed,
+    /// Applied here and answered.
+    applied,
+}
+
+/// Where a write was proposed (see [`Metrics::write_stages`]).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)] // The label values Prometheus shows.
+pub enum WritePath {
+    /// On this node, the leader.
+    local,
+    /// This follower sent it to the leader inside Raft.
+    forwarded,
+}
+
 /// Labels of [`Metrics::write_stages`].
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StageLabels {
-    /// `queued`, `durable`, `committed` or `applied` (see
-    /// [`Metrics::write_stages`]).
-    pub stage: &'static str,
-    /// `local`: proposed on this node (the leader); `forwarded`: this
-    /// follower sent it to the leader inside Raft.
-    pub path: &'static str,
+    /// The stage reached.
+    pub stage: Stage,
+    /// Where the write was proposed.
+    pub path: WritePath,
+}
+
+/// The write-stage histograms, created once so that recording one on the
+/// apply path is a plain observe (no label hashing or family lock).
+struct StageHandles([[Histogram; 4]; 2]);
+
+impl StageHandles {
+    fn new(family: &Family<StageLabels, Histogram>) -> Self {
+        let path = |path| {
+            [
+                Stage::queued,
+                Stage::durable,
+                Stage::committed,
+                Stage::applied,
+            ]
+            .map(|stage| family.get_or_create(&StageLabels { stage, path }).clone())
+        };
+        StageHandles([path(WritePath::local), path(WritePath::forwarded)])
+    }
 }
 
 /// 10 µs .. ~4 s in steps of 1.5x: fine enough to read sub-millisecond
@@ -78,6 +119,8 @@ pub struct Metrics {
     /// answered). The API layer's own time is the rest of
     /// `request_duration_seconds`.
     pub write_stages: Family<StageLabels, Histogram>,
+    /// [`Self::write_stages`]' series, by path and stage.
+    stage_handles: StageHandles,
     /// Latency of each WAL append+fsync (one per Ready batch).
     pub wal_fsync_seconds: Histogram,
     /// Bytes of entries appended to the WAL.
@@ -164,6 +207,7 @@ impl Metrics {
         );
         let m = Metrics {
             requests,
+            stage_handles: StageHandles::new(&write_stages),
             write_stages,
             wal_fsync_seconds: latency_histogram(),
             wal_bytes: Counter::default(),
@@ -281,9 +325,8 @@ impl Metrics {
     }
 
     /// Records that a write received at `received` reached `stage`.
-    pub fn observe_stage(&self, stage: &'static str, path: &'static str, received: Instant) {
-        self.write_stages
-            .get_or_create(&StageLabels { stage, path })
+    pub fn observe_stage(&self, stage: Stage, path: WritePath, received: Instant) {
+        self.stage_handles.0[path as usize][stage as usize]
             .observe(received.elapsed().as_secs_f64());
     }
 

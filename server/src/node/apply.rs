@@ -16,6 +16,7 @@ use super::{
     Header, KvEntry, LeaseAnswer, LeaseQuery, LeaseResult, Member, NodeError, ReadAnswer,
     ReadQuery, ReadResult, WriteOp, WriteResult, reason,
 };
+use crate::metrics::{Stage, WritePath};
 use crate::raft::{Entry, EntryKind, NodeId, RaftError, Role};
 use crate::storage::Command;
 use crate::storage::mvcc_codec::{ProposerTag, lease_command};
@@ -45,7 +46,8 @@ impl Runtime {
         }
         match self.raw.propose(data) {
             Ok((index, term)) => {
-                self.metrics.observe_stage("queued", "local", received);
+                self.metrics
+                    .observe_stage(Stage::queued, WritePath::local, received);
                 let w = PendingWrite {
                     term,
                     reply,
@@ -77,7 +79,8 @@ impl Runtime {
         };
         match self.raw.forward(vec![tag.wrap(data)]) {
             Ok(()) => {
-                self.metrics.observe_stage("queued", "forwarded", received);
+                self.metrics
+                    .observe_stage(Stage::queued, WritePath::forwarded, received);
                 let deadline = Instant::now() + FORWARDED_WRITE_TIMEOUT;
                 let w = ForwardedWrite {
                     deadline,
@@ -124,9 +127,11 @@ impl Runtime {
                 self.applied
             )));
         }
-        let waiter = self.write_waiter(index, &e.data);
+        // Written by this node's forwarding: answered here once applied.
+        let mine = ProposerTag::of(&e.data).filter(|tag| tag.node == self.identity.id);
+        let waiter = self.write_waiter(index, mine);
         if let Some((path, received)) = waiter {
-            self.metrics.observe_stage("committed", path, received);
+            self.metrics.observe_stage(Stage::committed, path, received);
         }
         let outcome = adapter::apply(&mut self.sm, e).map(|mut w| {
             w.header = self.header(w.header.revision, term);
@@ -140,28 +145,29 @@ impl Runtime {
             self.sync_peers_from_directory();
             self.answer_conf(index, term);
         }
-        if let Some(tag) = ProposerTag::of(&e.data)
-            && tag.node == self.identity.id
-        {
+        if let Some(tag) = mine {
             self.proposals.answer_forwarded(tag.nonce, &outcome);
         }
         self.proposals.answer_writes(index, term, &outcome);
         if let Some((path, received)) = waiter {
-            self.metrics.observe_stage("applied", path, received);
+            self.metrics.observe_stage(Stage::applied, path, received);
         }
         Ok(())
     }
 
     /// Who waits for the entry at `index` on this node, for the
-    /// write-stage histograms: a local proposal or a forwarded write, with
-    /// when it was queued.
-    fn write_waiter(&self, index: u64, data: &[u8]) -> Option<(&'static str, std::time::Instant)> {
+    /// write-stage histograms: a local proposal or a write this node
+    /// forwarded (`mine`), with when it was queued.
+    fn write_waiter(
+        &self,
+        index: u64,
+        mine: Option<ProposerTag>,
+    ) -> Option<(WritePath, std::time::Instant)> {
         if let Some(received) = self.proposals.local_received(index..=index).next() {
-            return Some(("local", received));
+            return Some((WritePath::local, received));
         }
-        let tag = ProposerTag::of(data).filter(|t| t.node == self.identity.id)?;
-        let received = self.proposals.forwarded_received(tag.nonce)?;
-        Some(("forwarded", received))
+        let received = self.proposals.forwarded_received(mine?.nonce)?;
+        Some((WritePath::forwarded, received))
     }
 
     fn answer_conf(&mut self, index: u64, term: u64) {

@@ -353,7 +353,11 @@ impl Runtime {
         self.metrics.wal_bytes.inc_by(bytes as u64);
         if let (Some(first), Some(last)) = (rd.entries.first(), rd.entries.last()) {
             for received in self.proposals.local_received(first.index..=last.index) {
-                self.metrics.observe_stage("durable", "local", received);
+                self.metrics.observe_stage(
+                    crate::metrics::Stage::durable,
+                    crate::metrics::WritePath::local,
+                    received,
+                );
             }
         }
         self.raw_storage_append(rd)
