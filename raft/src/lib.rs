@@ -26,7 +26,9 @@
 //!    that hands out its last entry and `hard_state.commit` is clamped to the
 //!    entries handed out.
 //! 2. **Apply** `committed_entries` in order. They are always durable locally
-//!    (the core never hands out a committed entry it has not seen persisted).
+//!    (the core never hands out a committed entry it has not seen persisted)
+//!    and on a majority, so they may be applied, and their clients answered,
+//!    while step 1's write is still syncing.
 //! 3. **Reads**: answer each `read_states` entry once the applied index is
 //!    at least its `index`.
 //! 4. **`advance(ready)`**: tells the core the entries are durable and the

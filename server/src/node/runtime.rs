@@ -6,11 +6,13 @@
 //!    requests) and feeds it to the core (`tick` / `step` / `propose` /
 //!    `read_index`);
 //! 2. if the core has a `Ready`: sends `messages` at once (the leader's
-//!    appends overlap its own fsync, Raft thesis §10.2.1), persists entries
-//!    and hard state with ONE WAL append (one fsync, off the async threads),
-//!    then sends `persisted_messages` (votes and acks only after they are
-//!    durable), applies committed entries, answers the clients waiting on
-//!    them, and calls `advance`.
+//!    appends overlap its own fsync, Raft thesis §10.2.1), starts persisting
+//!    entries and hard state with ONE WAL append (one fsync, on the blocking
+//!    pool), applies the committed entries and answers the clients waiting
+//!    on them while that fsync runs (they were durable on a majority before
+//!    this Ready), then, once the append is durable, sends
+//!    `persisted_messages` (votes and acks only after they are durable) and
+//!    calls `advance`.
 //!
 //! Inputs that arrive during the fsync queue up in the bounded channels and
 //! form the next batch: that is the group commit.
@@ -45,6 +47,9 @@ const MAX_PEER_INPUTS_PER_BATCH: usize = 256;
 const READY_MAX_APPLY_LAG: u64 = 1000;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
+
+/// A WAL append running on the blocking pool.
+type PersistTask = tokio::task::JoinHandle<Result<(), crate::storage::WalError>>;
 
 /// Everything the runtime task owns.
 pub struct Runtime {
@@ -303,7 +308,13 @@ impl Runtime {
         }
     }
 
-    /// Processes one Ready in the documented order.
+    /// Processes one Ready in the documented order, with one overlap: the
+    /// committed entries are applied (and their clients answered) while the
+    /// WAL syncs this Ready's new entries. The core hands out only committed
+    /// entries that are already durable here and on a majority, so neither
+    /// the answers nor the state machine depend on this Ready's fsync; what
+    /// does (the in-memory log, the leader counting its own log, and the
+    /// acknowledgements in `persisted_messages`) still waits for it.
     async fn handle_ready(&mut self, mut rd: Ready) -> Result<(), StorageFailure> {
         let stepped_down = match rd.soft_state.take() {
             Some(ss) => self.on_soft_state(ss.leader, ss.role),
@@ -313,14 +324,18 @@ impl Runtime {
         if let Some(meta) = rd.snapshot.clone() {
             self.install_snapshot(&meta)?;
         }
-        self.persist(&rd).await?;
-        self.send_all(std::mem::take(&mut rd.persisted_messages));
+        let syncing = self.start_persist(&rd);
         // `advance` reads `committed_entries`, `entries` and `snapshot`, so
         // they stay in the Ready; entries are applied by reference.
         let committed = std::mem::take(&mut rd.committed_entries);
         let applied = committed.iter().try_for_each(|e| self.apply_entry(e));
         rd.committed_entries = committed;
+        // Wait for the WAL even when applying failed: nothing may touch it
+        // while the write is in flight.
+        let persisted = self.finish_persist(&rd, syncing).await;
         applied?;
+        persisted?;
+        self.send_all(std::mem::take(&mut rd.persisted_messages));
         if stepped_down {
             // After applying: a leader that removed itself still answers the
             // removal it committed in this Ready.
@@ -333,23 +348,35 @@ impl Runtime {
         Ok(())
     }
 
-    /// One WAL append (one fsync) for the whole Ready, on the blocking pool.
-    async fn persist(&mut self, rd: &Ready) -> Result<(), StorageFailure> {
+    /// Starts the Ready's one WAL append (one fsync) on the blocking pool;
+    /// `None` when there is nothing to write.
+    fn start_persist(&self, rd: &Ready) -> Option<PersistTask> {
         if rd.entries.is_empty() && rd.hard_state.is_none() {
-            return Ok(());
+            return None;
         }
         let wal = self.wal.clone();
         let entries = rd.entries.clone();
         let hs = rd.hard_state;
-        let bytes: usize = entries.iter().map(|e| e.size_bytes()).sum();
         // Only the commit index moved: no fsync (see `record_commit_unsynced`).
         let sync = rd.must_sync || !entries.is_empty();
-        let joined = tokio::task::spawn_blocking(move || match hs {
+        Some(tokio::task::spawn_blocking(move || match hs {
             Some(hs) if !sync => wal.record_commit_unsynced(hs),
             _ => wal.append(&entries, hs),
-        })
-        .await;
-        joined.map_err(StorageFailure::other)??;
+        }))
+    }
+
+    /// Waits for the append `start_persist` started, then records the
+    /// entries in the in-memory log the core reads.
+    async fn finish_persist(
+        &mut self,
+        rd: &Ready,
+        syncing: Option<PersistTask>,
+    ) -> Result<(), StorageFailure> {
+        let Some(task) = syncing else {
+            return Ok(());
+        };
+        task.await.map_err(StorageFailure::other)??;
+        let bytes: usize = rd.entries.iter().map(|e| e.size_bytes()).sum();
         self.metrics.wal_bytes.inc_by(bytes as u64);
         if let (Some(first), Some(last)) = (rd.entries.first(), rd.entries.last()) {
             for received in self.proposals.local_received(first.index..=last.index) {
