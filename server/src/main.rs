@@ -10,6 +10,13 @@ use tracing_subscriber::EnvFilter;
 use titan_server::config::{Cli, Config, LogFormat, log_filter, normalize_args};
 use titan_server::server::{self, StartError};
 
+/// mimalloc instead of glibc's allocator: the write path allocates and frees
+/// many small buffers on several threads, where glibc's arenas cost about a
+/// sixth of the server's CPU under load (measured with `perf`; figures in
+/// BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     init_logging(&cli)?;
