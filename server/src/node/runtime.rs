@@ -15,7 +15,8 @@
 //!    calls `advance`.
 //!
 //! Inputs that arrive during the fsync queue up in the bounded channels and
-//! form the next batch: that is the group commit.
+//! form the next batch, peers' and clients' together: that is the group
+//! commit.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -107,9 +108,13 @@ impl Runtime {
                 biased;
                 _ = self.shutdown.changed() => break,
                 _ = ticker.tick() => self.on_tick(),
-                Some(input) = self.peer_rx.recv() => self.on_peer_inputs(input),
-                Some(input) = self.client_rx.recv() => self.on_client_inputs(input),
+                Some(input) = self.peer_rx.recv() => self.on_peer_input(input),
+                Some(input) = self.client_rx.recv() => self.on_client_input(input),
             }
+            // Whatever else waits, on either channel, goes into the same
+            // Ready: one fsync for the acks and proposals that queued up
+            // during the previous one.
+            self.take_queued_inputs();
             if !self.drive().await {
                 return;
             }
@@ -174,8 +179,19 @@ impl Runtime {
         }
     }
 
-    fn on_peer_inputs(&mut self, first: PeerInput) {
-        self.on_peer_input(first);
+    /// Takes the inputs already queued, peers first (their acks may commit
+    /// entries), up to a bound per channel so one loop turn stays short.
+    fn take_queued_inputs(&mut self) {
+        self.take_queued_peer_inputs();
+        for _ in 0..MAX_CLIENT_INPUTS_PER_BATCH {
+            match self.client_rx.try_recv() {
+                Ok(i) => self.on_client_input(i),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn take_queued_peer_inputs(&mut self) {
         for _ in 0..MAX_PEER_INPUTS_PER_BATCH {
             match self.peer_rx.try_recv() {
                 Ok(i) => self.on_peer_input(i),
@@ -242,16 +258,6 @@ impl Runtime {
     pub(super) fn step(&mut self, m: Message) {
         if let Err(e) = self.raw.step(m) {
             tracing::debug!(error = %e, "step rejected a message");
-        }
-    }
-
-    fn on_client_inputs(&mut self, first: ClientInput) {
-        self.on_client_input(first);
-        for _ in 0..MAX_CLIENT_INPUTS_PER_BATCH {
-            match self.client_rx.try_recv() {
-                Ok(i) => self.on_client_input(i),
-                Err(_) => break,
-            }
         }
     }
 
@@ -509,8 +515,9 @@ impl Runtime {
             }
             tokio::select! {
                 _ = ticker.tick() => self.on_tick(),
-                Some(input) = self.peer_rx.recv() => self.on_peer_inputs(input),
+                Some(input) = self.peer_rx.recv() => self.on_peer_input(input),
             }
+            self.take_queued_peer_inputs();
             if !self.drive().await {
                 break;
             }
