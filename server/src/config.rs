@@ -170,6 +170,15 @@ pub struct Cli {
         default_value_t = 10_000
     )]
     pub snapshot_threshold: u64,
+    /// An automatic snapshot also waits until the WAL on disk reaches this
+    /// percentage of the newest snapshot's size, so a large state is not
+    /// rewritten every few thousand entries; 0 = entry count only.
+    #[arg(
+        long = "snapshot-log-percent",
+        env = "TITAN_SNAPSHOT_LOG_PERCENT",
+        default_value_t = 50
+    )]
+    pub snapshot_log_percent: u64,
     /// Largest snapshot accepted from a leader; a bigger install stream is
     /// refused as soon as it passes this size.
     #[arg(
@@ -412,6 +421,9 @@ pub struct Config {
     pub restore_from: Option<PathBuf>,
     /// Entries applied between automatic snapshots.
     pub snapshot_threshold_entries: u64,
+    /// WAL size, as a percentage of the newest snapshot's size, that an
+    /// automatic snapshot also waits for (0 = no size condition).
+    pub snapshot_log_percent: u64,
     /// Largest snapshot accepted from a leader.
     pub max_snapshot_bytes: u64,
     /// Length of one Raft tick.
@@ -685,6 +697,7 @@ impl Cli {
             data_dir,
             restore_from: self.restore_from,
             snapshot_threshold_entries: self.snapshot_threshold.max(1),
+            snapshot_log_percent: self.snapshot_log_percent,
             max_snapshot_bytes: self.max_snapshot_bytes.max(1),
             tick: Duration::from_millis(tick_ms),
             election_ticks: u32::try_from(election_ticks).unwrap_or(u32::MAX),

@@ -174,7 +174,11 @@ where
     let lease_clock = super::lease_clock::LeaseClock::new(identity.id, super::store::now_unix_ms());
     let runtime = Runtime {
         lease_clock,
-        snap: SnapshotState::new(parts.files, cfg.snapshot_threshold_entries),
+        snap: SnapshotState::new(
+            parts.files,
+            cfg.snapshot_threshold_entries,
+            cfg.snapshot_log_percent,
+        ),
         cfg: cfg.clone(),
         identity,
         raw: parts.raw,

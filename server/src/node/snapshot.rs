@@ -46,11 +46,14 @@ pub struct SnapshotState {
     pub staged: Option<StagedSnapshot>,
     /// Entries between automatic snapshots.
     pub threshold_entries: u64,
+    /// WAL size, in percent of the newest snapshot's size, that an
+    /// automatic snapshot also waits for (0 = none).
+    pub log_percent: u64,
 }
 
 impl SnapshotState {
     /// Wraps the snapshot files found at boot.
-    pub fn new(files: SnapshotFiles, threshold_entries: u64) -> Self {
+    pub fn new(files: SnapshotFiles, threshold_entries: u64, log_percent: u64) -> Self {
         let latest = files.latest_info();
         SnapshotState {
             last_index: latest.map(|l| l.index).unwrap_or(0),
@@ -62,13 +65,39 @@ impl SnapshotState {
             sending: HashSet::new(),
             staged: None,
             threshold_entries,
+            log_percent,
         }
+    }
+
+    /// Whether an automatic snapshot is due with `applied` entries applied;
+    /// `wal_bytes` (the WAL's size on disk) is asked for only when the
+    /// entry count is reached.
+    fn due(&self, applied: u64, wal_bytes: impl FnOnce() -> u64) -> bool {
+        let entries = applied.saturating_sub(self.last_index);
+        if entries < self.threshold_entries {
+            return false;
+        }
+        let last_size = self.latest.map_or(0, |l| l.size_bytes);
+        log_grown_enough(wal_bytes(), last_size, self.log_percent)
     }
 
     /// The newest snapshot, for Admin.Status.
     pub fn latest_info(&self) -> Option<SnapshotInfo> {
         self.latest
     }
+}
+
+/// The size half of the automatic snapshot rule (the other half is
+/// `--snapshot-threshold` entries): unless `log_percent` is 0, the WAL on
+/// disk must have reached `log_percent`% of the newest snapshot's size. It
+/// bounds the bytes rewritten per byte logged (a 300 MB state is not
+/// rewritten every 10,000 small writes), while the WAL replayed at boot stays
+/// a fixed fraction of the snapshot. It reads the WAL's size rather than
+/// counting appends, so it holds across restarts; the segments a snapshot
+/// keeps as a margin count too, so a small state snapshots on the entry
+/// count alone.
+fn log_grown_enough(wal_bytes: u64, last_snapshot_bytes: u64, log_percent: u64) -> bool {
+    u128::from(wal_bytes) * 100 >= u128::from(last_snapshot_bytes) * u128::from(log_percent)
 }
 
 /// What a snapshot of the state applied through `index` records: its term
@@ -88,8 +117,8 @@ pub(super) fn snapshot_meta_at(raw: &RawNode, index: u64) -> SnapshotMeta {
 impl Runtime {
     /// Starts an automatic snapshot once enough entries were applied.
     pub(super) fn maybe_snapshot(&mut self) {
-        let due = self.applied.saturating_sub(self.snap.last_index) >= self.snap.threshold_entries;
-        if due && !self.snap.in_progress {
+        let wal = &self.wal;
+        if !self.snap.in_progress && self.snap.due(self.applied, || wal.stats().total_bytes) {
             self.start_snapshot();
         }
     }
@@ -285,6 +314,24 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn automatic_snapshot_waits_for_the_wal_to_reach_its_share_of_the_snapshot() {
+        // (wal bytes, last snapshot bytes, percent, due)
+        let cases = [
+            (0, 0, 50, true),                      // no snapshot yet
+            (1, 1_000, 0, true),                   // size condition off
+            (499, 1_000, 50, false),               // below half
+            (500, 1_000, 50, true),                // exactly half
+            (300_000_000, 300_000_000, 100, true), // as big as the state
+            (10_000_000, 300_000_000, 50, false),  // a big state, little log
+            (u64::MAX, u64::MAX, u64::MAX, false), // no overflow
+            (u64::MAX, 1, u64::MAX, true),
+        ];
+        for (wal, last, pct, want) in cases {
+            assert_eq!(log_grown_enough(wal, last, pct), want, "{wal} {last} {pct}");
+        }
+    }
     use crate::raft::{
         ConfChange, ConfChangeType, Config, Entry, EntryKind, HardState, MemStorage,
         bootstrap_entries,
