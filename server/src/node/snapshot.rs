@@ -8,7 +8,7 @@
 //! so a crash at any point leaves a bootable node.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -121,7 +121,7 @@ impl Runtime {
         let meta = snapshot_meta_at(&self.raw, index);
         self.snap.in_progress = true;
         self.snap.started = Some(Instant::now());
-        let pending = adapter::start_snapshot(&self.snap.files, &self.sm, meta);
+        let pending = adapter::start_snapshot(&self.blocking, &self.snap.files, &self.sm, meta);
         let tx = self.peer_tx.clone();
         tokio::spawn(async move {
             let result = pending.await;
@@ -266,10 +266,10 @@ impl Runtime {
                     meta.index, meta.term
                 ))
             })?;
-        let sm = tokio::task::block_in_place(|| staged.load())?;
+        let sm = self.blocking.run_now(|| staged.load())?;
         // The marker makes entries after the snapshot consecutive in the WAL.
         self.wal.compact(meta.index, meta.term)?;
-        let file = tokio::task::block_in_place(|| staged.publish())?;
+        let file = self.blocking.run_now(|| staged.publish())?;
         self.sm = sm;
         self.applied = meta.index;
         self.raw_storage_apply_snapshot(meta)?;
