@@ -196,7 +196,11 @@ where
     let lease_clock = super::lease_clock::LeaseClock::new(identity.id, lease_ids_from);
     let runtime = Runtime {
         lease_clock,
-        snap: SnapshotState::new(parts.files, cfg.snapshot_threshold_entries),
+        snap: SnapshotState::new(
+            parts.files,
+            cfg.snapshot_threshold_entries,
+            env.log_margin_entries(),
+        ),
         cfg: cfg.clone(),
         identity,
         raw: parts.raw,

@@ -28,6 +28,10 @@ pub struct NodeEnv {
     /// WAL segment size; `None` keeps the default. The simulator uses small
     /// segments so rotation, compaction and damage to a closed segment occur.
     pub wal_segment_bytes: Option<u64>,
+    /// Entries kept behind a snapshot; `None` keeps
+    /// [`LOG_MARGIN_ENTRIES`](super::snapshot::LOG_MARGIN_ENTRIES). The
+    /// simulator keeps few, so lagging followers need a snapshot.
+    pub log_margin_entries: Option<u64>,
     /// Seed for nonces, read incarnations, election timeouts and a joining
     /// member's id; `None` means OS randomness (ids keep their defaults).
     pub seed: Option<u64>,
@@ -40,8 +44,15 @@ impl NodeEnv {
             blocking: Blocking::Pool,
             wal_fs: None,
             wal_segment_bytes: None,
+            log_margin_entries: None,
             seed: None,
         }
+    }
+
+    /// Entries the log keeps behind a snapshot (in memory and in the WAL).
+    pub(super) fn log_margin_entries(&self) -> u64 {
+        self.log_margin_entries
+            .unwrap_or(super::snapshot::LOG_MARGIN_ENTRIES)
     }
 
     /// A 64-bit value for `purpose`: derived from the seed when there is

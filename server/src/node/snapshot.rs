@@ -46,11 +46,14 @@ pub struct SnapshotState {
     pub staged: Option<StagedSnapshot>,
     /// Entries between automatic snapshots.
     pub threshold_entries: u64,
+    /// Entries kept in the log behind a snapshot ([`LOG_MARGIN_ENTRIES`]
+    /// unless the environment says otherwise).
+    pub margin_entries: u64,
 }
 
 impl SnapshotState {
     /// Wraps the snapshot files found at boot.
-    pub fn new(files: SnapshotFiles, threshold_entries: u64) -> Self {
+    pub fn new(files: SnapshotFiles, threshold_entries: u64, margin_entries: u64) -> Self {
         let latest = files.latest_info();
         SnapshotState {
             last_index: latest.map(|l| l.index).unwrap_or(0),
@@ -62,6 +65,7 @@ impl SnapshotState {
             sending: HashSet::new(),
             staged: None,
             threshold_entries,
+            margin_entries,
         }
     }
 
@@ -169,7 +173,7 @@ impl Runtime {
 
     /// Drops log entries the snapshot covers, minus a margin for slow followers.
     fn compact_behind(&mut self, meta: &SnapshotMeta) {
-        let keep_from = meta.index.saturating_sub(LOG_MARGIN_ENTRIES);
+        let keep_from = meta.index.saturating_sub(self.snap.margin_entries);
         if keep_from > 0 {
             self.raw_storage_compact(keep_from);
         }

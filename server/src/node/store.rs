@@ -279,7 +279,7 @@ pub fn boot(cfg: &Config, metrics: &Arc<Metrics>, env: &NodeEnv) -> Result<Boote
     opts.wal.fsync_observer = Some(Arc::new(move |d| {
         m.wal_fsync_seconds.observe(d.as_secs_f64())
     }));
-    opts.wal.compact_margin_entries = super::snapshot::LOG_MARGIN_ENTRIES;
+    opts.wal.compact_margin_entries = env.log_margin_entries();
     opts.snapshot.max_install_bytes = cfg.max_snapshot_bytes;
     let b = storage::boot(&cfg.data_dir, opts).map_err(|e| e.to_string())?;
     if b.dropped_tail_bytes > 0 {

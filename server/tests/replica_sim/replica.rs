@@ -29,7 +29,10 @@ pub const ELECTION_TICKS: u32 = 10;
 /// Small segments, so rotation, compaction and closed segments occur.
 pub const WAL_SEGMENT_BYTES: u64 = 32 << 10;
 /// Entries between snapshots (each compacts the log behind it).
-pub const SNAPSHOT_THRESHOLD_ENTRIES: u64 = 300;
+pub const SNAPSHOT_THRESHOLD_ENTRIES: u64 = 100;
+/// Entries kept behind a snapshot: a follower down for a few hundred
+/// milliseconds of writes needs a snapshot to catch up.
+pub const LOG_MARGIN_ENTRIES: u64 = 20;
 
 /// A pre-bootstrap probe that never gets an answer (every peer is new).
 struct SilentProbe;
@@ -141,6 +144,7 @@ impl Replica {
             blocking: Blocking::Inline(InlineSchedule::new(rng.next_u64(), 3)),
             wal_fs: Some(Arc::new(self.fs.clone())),
             wal_segment_bytes: Some(WAL_SEGMENT_BYTES),
+            log_margin_entries: Some(LOG_MARGIN_ENTRIES),
             seed: Some(rng.next_u64()),
         };
         let peers = if self.join { &[][..] } else { &self.peers[..] };
