@@ -16,7 +16,8 @@
 //! acknowledged write lost, a linearizable history.
 //!
 //! `TITAN_VOPR_SEED=<n>` replays one seed exactly (`TITAN_VOPR_TRACE=1`
-//! prints every traced event); `TITAN_VOPR_SEEDS=<count>`
+//! prints every traced event, `TITAN_VOPR_LOG=1` the nodes' warnings);
+//! `TITAN_VOPR_SEEDS=<count>`
 //! (from `TITAN_VOPR_SEED_START`, default 0) runs a soak.
 
 // The checker the Raft simulator and the process soak use, shared by path;
@@ -105,6 +106,13 @@ struct World {
 }
 
 fn run_seed(seed: u64) -> Result<Summary, String> {
+    if std::env::var_os("TITAN_VOPR_LOG").is_some() {
+        // The nodes' own logs (e.g. why a runtime stopped), for replays.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_test_writer()
+            .try_init();
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
@@ -194,6 +202,7 @@ impl World {
             tokio::time::sleep(Duration::from_millis(50 + self.rng.below(400))).await;
             let action = self.rng.below(100);
             self.shared.trace.event(&[3, action]);
+            self.net.check_storm()?;
             self.reap()?;
             self.fault(action).await?;
         }
@@ -326,6 +335,7 @@ impl World {
         let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS);
         let h = self.replicas[0].handle.clone().ok_or("replica 0 down")?;
         while Instant::now() < deadline {
+            self.net.check_storm()?;
             if self.try_put(&h, deadline).await {
                 return Ok(());
             }
@@ -440,6 +450,7 @@ impl World {
     }
 
     async fn check(&mut self, final_applied: u64) -> Result<Summary, String> {
+        self.net.check_storm()?;
         let mut states = Vec::new();
         for r in &self.replicas {
             let h = r.handle.as_ref().ok_or("replica down at the end")?;
@@ -551,8 +562,9 @@ fn vopr_seeds_keep_every_invariant() {
     let seeds = seeds();
     let started = std::time::Instant::now();
     for &seed in &seeds {
+        let t = std::time::Instant::now();
         match run_seed(seed) {
-            Ok(s) => eprintln!("seed {seed}: {s:?}"),
+            Ok(s) => eprintln!("seed {seed} ({:?}): {s:?}", t.elapsed()),
             Err(e) => panic!("seed {seed} failed: {e}\nreproduce with TITAN_VOPR_SEED={seed}"),
         }
     }

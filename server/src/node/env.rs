@@ -75,36 +75,39 @@ pub enum Blocking {
     Pool,
     /// On the calling task, for a single-threaded deterministic simulation.
     /// A started job runs either at once or only when awaited, after a
-    /// seeded number of yields, so both production orders (the append
-    /// finishing before or after the apply that overlaps it) occur.
+    /// seeded latency (simulated time; a yield when zero), so both
+    /// production orders (the append finishing before or after the apply
+    /// that overlaps it) occur, and a simulated crash can strike while an
+    /// append is still in flight.
     Inline(InlineSchedule),
 }
 
 /// The seeded choices of [`Blocking::Inline`].
 #[derive(Clone)]
 pub struct InlineSchedule {
-    /// Draws: run now or later, and how many yields before a deferred job.
+    /// Draws: run now or later, and the latency of a deferred job.
     rng: Arc<Mutex<SplitMix64>>,
-    /// Most yields before a deferred job runs.
-    max_yields: u64,
+    /// Longest latency of a deferred job, in milliseconds.
+    max_latency_ms: u64,
 }
 
 impl InlineSchedule {
-    /// A schedule driven by `seed`, deferring a job by at most `max_yields`.
-    pub fn new(seed: u64, max_yields: u64) -> Self {
+    /// A schedule driven by `seed`, deferring a job by at most
+    /// `max_latency_ms` of (simulated) time.
+    pub fn new(seed: u64, max_latency_ms: u64) -> Self {
         InlineSchedule {
             rng: Arc::new(Mutex::new(SplitMix64::new(seed))),
-            max_yields,
+            max_latency_ms,
         }
     }
 
-    /// `None`: run now; `Some(n)`: run when awaited, after `n` yields.
+    /// `None`: run now; `Some(ms)`: run when awaited, `ms` later.
     fn draw(&self) -> Option<u64> {
         let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
         if rng.chance(1, 2) {
             None
         } else {
-            Some(rng.below(self.max_yields + 1))
+            Some(rng.below(self.max_latency_ms + 1))
         }
     }
 }
@@ -138,10 +141,12 @@ impl Blocking {
                     let done = job();
                     BlockingJob(Box::pin(async move { Ok(done) }))
                 }
-                Some(yields) => BlockingJob(Box::pin(async move {
-                    for _ in 0..yields {
-                        tokio::task::yield_now().await;
-                    }
+                Some(0) => BlockingJob(Box::pin(async move {
+                    tokio::task::yield_now().await;
+                    Ok(job())
+                })),
+                Some(ms) => BlockingJob(Box::pin(async move {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
                     Ok(job())
                 })),
             },
@@ -162,7 +167,7 @@ impl Blocking {
 mod tests {
     use super::*;
 
-    #[tokio::test(flavor = "current_thread")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
     async fn inline_jobs_run_on_the_task_and_seeded_schedules_repeat() {
         let draws = |seed| {
             let s = InlineSchedule::new(seed, 3);

@@ -19,6 +19,12 @@ use tokio::time::Instant;
 
 use super::trace::Trace;
 
+/// Messages a whole run may deliver; a normal run needs about 10 000. More
+/// means a message storm (e.g. an append/ack loop), a liveness bug, and the
+/// network stops delivering so the run ends with an error instead of
+/// spinning.
+pub const MAX_MESSAGES_PER_RUN: u64 = 300_000;
+
 /// Fault rates of the network (per mille) and its largest delay.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -134,6 +140,18 @@ impl SimNet {
         self.lock().delivered
     }
 
+    /// An error once the run exceeded [`MAX_MESSAGES_PER_RUN`].
+    pub fn check_storm(&self) -> Result<(), String> {
+        let delivered = self.delivered();
+        if delivered > MAX_MESSAGES_PER_RUN {
+            return Err(format!(
+                "message storm: {delivered} messages delivered by {} ms",
+                self.now_ms()
+            ));
+        }
+        Ok(())
+    }
+
     /// Queues `env` for `to` according to the faults (lost if the link is cut).
     fn enqueue(&self, to: NodeId, env: Envelope) {
         let now = self.now_ms();
@@ -166,6 +184,10 @@ impl SimNet {
         let now = self.now_ms();
         let mut s = self.lock();
         let mut due = Vec::new();
+        if s.delivered > MAX_MESSAGES_PER_RUN {
+            s.queue.clear();
+            return due;
+        }
         while let Some(entry) = s.queue.first_entry() {
             if entry.key().0 > now {
                 break;

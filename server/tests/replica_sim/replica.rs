@@ -26,6 +26,8 @@ pub const TICK: Duration = Duration::from_millis(10);
 /// Election timeout in ticks (the core randomises up to twice this).
 pub const ELECTION_TICKS: u32 = 10;
 
+/// Longest simulated latency of a deferred WAL append or snapshot write.
+pub const MAX_FSYNC_MS: u64 = 3;
 /// Small segments, so rotation, compaction and closed segments occur.
 pub const WAL_SEGMENT_BYTES: u64 = 32 << 10;
 /// Entries between snapshots (each compacts the log behind it).
@@ -141,7 +143,7 @@ impl Replica {
         self.starts += 1;
         let mut rng = SplitMix64::new(seed ^ self.id ^ self.starts.wrapping_mul(0x9E37));
         let env = NodeEnv {
-            blocking: Blocking::Inline(InlineSchedule::new(rng.next_u64(), 3)),
+            blocking: Blocking::Inline(InlineSchedule::new(rng.next_u64(), MAX_FSYNC_MS)),
             wal_fs: Some(Arc::new(self.fs.clone())),
             wal_segment_bytes: Some(WAL_SEGMENT_BYTES),
             log_margin_entries: Some(LOG_MARGIN_ENTRIES),
