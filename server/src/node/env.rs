@@ -1,14 +1,17 @@
 //! What a node takes from its surroundings besides flags and the network:
-//! how blocking storage work runs ([`Blocking`]), the WAL's file layer, and
-//! the entropy behind per-start nonces and a joining member's id.
+//! how blocking storage work runs ([`Blocking`]), the WAL's file layer and
+//! a few storage sizes, and the entropy behind per-start nonces, lease ids,
+//! election timeouts and a joining member's id.
 //!
-//! Production uses [`NodeEnv::production`]: a thread pool, real files and
-//! OS-seeded randomness, exactly what the node always did. The whole-replica
-//! simulator (`server/tests/replica_sim.rs`) runs every replica on one
-//! current-thread tokio runtime with a paused clock, and needs each of the
-//! three to be deterministic: blocking work inline (still a future, so the
-//! runtime's apply-during-fsync overlap is exercised, in a seeded order), an
-//! in-memory `SimFs` under the WAL, and one seed for every random number.
+//! Production uses [`NodeEnv::production`]: a thread pool, real files,
+//! default sizes and OS-seeded randomness, exactly what the node always did.
+//! The whole-replica simulator (`server/tests/replica_sim.rs`) runs every
+//! replica on one current-thread tokio runtime with a paused clock, and
+//! needs all of it deterministic: blocking work inline (still a future, so
+//! the runtime's apply-during-fsync overlap is exercised, in a seeded
+//! order), an in-memory `SimFs` under the WAL, and one seed for every random
+//! number. Time needs nothing here: the node reads `tokio::time::Instant`,
+//! which the paused clock controls.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};

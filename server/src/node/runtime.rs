@@ -59,7 +59,7 @@ pub struct Runtime {
     pub(super) identity: Identity,
     /// The Raft core.
     pub(super) raw: RawNode,
-    /// The WAL (appends run on the blocking pool; it group-commits internally).
+    /// The WAL (appends run as `blocking` work; it group-commits internally).
     pub(super) wal: Arc<Wal>,
     /// The replicated key-value state and member directory.
     pub(super) sm: StateMachine,
@@ -350,8 +350,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Starts the Ready's one WAL append (one fsync) on the blocking pool;
-    /// `None` when there is nothing to write.
+    /// Starts the Ready's one WAL append (one fsync) as `blocking` work (the
+    /// blocking pool in production); `None` when there is nothing to write.
     fn start_persist(&self, rd: &Ready) -> Option<PersistTask> {
         if rd.entries.is_empty() && rd.hard_state.is_none() {
             return None;

@@ -62,6 +62,8 @@ struct NetState {
     inboxes: BTreeMap<NodeId, (PeerInbox, SnapshotStore)>,
     /// Messages delivered (coverage).
     delivered: u64,
+    /// Snapshots handed to a follower's installer (coverage).
+    snapshots_sent: u64,
 }
 
 /// A cloneable handle on the simulated network.
@@ -86,6 +88,7 @@ impl SimNet {
             seq: 0,
             inboxes: BTreeMap::new(),
             delivered: 0,
+            snapshots_sent: 0,
         };
         SimNet {
             state: Arc::new(Mutex::new(state)),
@@ -138,6 +141,11 @@ impl SimNet {
     /// Messages delivered so far.
     pub fn delivered(&self) -> u64 {
         self.lock().delivered
+    }
+
+    /// Snapshots streamed so far.
+    pub fn snapshots_sent(&self) -> u64 {
+        self.lock().snapshots_sent
     }
 
     /// An error once the run exceeded [`MAX_MESSAGES_PER_RUN`].
@@ -242,6 +250,7 @@ impl SimNet {
         let staged = installer.finish().map_err(rejected)?;
         let index = t.msg.snapshot.as_ref().map_or(0, |m| m.index);
         self.trace.event(&[4, from, to, index]);
+        self.lock().snapshots_sent += 1;
         inbox
             .install_snapshot(t.msg, t.cluster_id, staged)
             .await

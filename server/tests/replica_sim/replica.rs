@@ -71,6 +71,19 @@ pub struct Replica {
     fault_armed: bool,
 }
 
+/// Copies the regular files under `from` into `to`, recursively.
+fn copy_tree(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
 fn peer_spec(name: &str) -> PeerSpec {
     PeerSpec {
         name: name.to_string(),
@@ -185,13 +198,34 @@ impl Replica {
         self.fault_armed = false;
         let newest = self.newest_segment();
         let mut torn = Some(torn);
-        self.fs = self.fs.crash_image(|p| {
+        let image = self.fs.crash_image(|p| {
             if Some(p) == newest.as_deref() {
                 torn.take().unwrap_or_default()
             } else {
                 Vec::new()
             }
         });
+        self.move_to_fresh_dir(&image);
+    }
+
+    /// Moves the durable state to a fresh directory, the disk the restarted
+    /// process finds: the real files (identity, snapshots, staged transfers)
+    /// are copied and the WAL image is re-keyed under the new path. A task
+    /// the crashed node left behind (a deferred snapshot write, a transfer
+    /// in flight) can only touch the old directory, which is deleted.
+    fn move_to_fresh_dir(&mut self, image: &SimFs) {
+        use titan_server::storage::wal_fs::WalFs;
+        let fresh = tempfile::tempdir().expect("tempdir");
+        copy_tree(self.dir.path(), fresh.path());
+        let (old_wal, new_wal) = (self.wal_dir(), fresh.path().join("wal"));
+        let fs = SimFs::new();
+        for name in image.list(&old_wal).unwrap_or_default() {
+            if let Some(data) = image.read_all(&old_wal.join(&name)) {
+                fs.write_all(&new_wal.join(&name), data);
+            }
+        }
+        self.dir = fresh;
+        self.fs = fs;
     }
 
     /// What an operator does with a member whose disk is damaged: delete
