@@ -52,7 +52,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// Seeds a plain `cargo test` runs.
-const DEFAULT_SEEDS: u64 = 32;
+const DEFAULT_SEEDS: u64 = 64;
 /// Replicas in the cluster.
 const REPLICAS: usize = 3;
 /// Clients per replica.

@@ -191,6 +191,44 @@ pub(crate) fn cluster_ran(peer: &PeerView, my_id: u64, bootstrap_entries: u64) -
 mod tests {
     use super::*;
 
+    /// Member `i` of a three-member cluster on `h1..h3`, advertising its
+    /// own gRPC address.
+    fn member_cfg(i: usize) -> Config {
+        use clap::Parser;
+        let peers: Vec<String> = (1..=3)
+            .filter(|&j| j != i)
+            .map(|j| format!("n{j}:h{j}:5001:6001"))
+            .collect();
+        let args = [
+            "titan-server".to_string(),
+            format!("--id=n{i}"),
+            format!("--peers={}", peers.join(",")),
+            format!("--advertise-peer-addr=h{i}:5001"),
+            format!("--advertise-client-addr=h{i}:6001"),
+            format!("--advertise-grpc-addr=h{i}:7001"),
+        ];
+        let cli = crate::config::Cli::try_parse_from(args).expect("flags");
+        cli.into_config().expect("config")
+    }
+
+    /// Regression (found by the replica simulator): each initial member
+    /// recorded its own gRPC address in the bootstrap entries and the
+    /// others' as empty, so the committed entries 1..=6 differed between
+    /// members. They must be the same bytes everywhere.
+    #[test]
+    fn every_initial_member_writes_the_same_bootstrap_members() {
+        let sorted = |mut m: Vec<Member>| {
+            m.sort_by_key(|m| m.id);
+            m
+        };
+        let first = sorted(initial_members(&member_cfg(1)));
+        assert_eq!(first.len(), 3);
+        for i in 2..=3 {
+            assert_eq!(sorted(initial_members(&member_cfg(i))), first, "n{i}");
+        }
+        assert!(first.iter().all(|m| m.grpc_addr.is_empty()));
+    }
+
     const ME: u64 = 7;
     /// Three initial members: six bootstrap entries.
     const BOOT: u64 = 6;
