@@ -1,7 +1,7 @@
 //! Prometheus metrics (prometheus-client), served as text on `/metrics`.
 
 use std::sync::atomic::AtomicU64;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -325,7 +325,7 @@ impl Metrics {
     }
 
     /// Records that a write received at `received` reached `stage`.
-    pub fn observe_stage(&self, stage: Stage, path: WritePath, received: Instant) {
+    pub fn observe_stage(&self, stage: Stage, path: WritePath, received: tokio::time::Instant) {
         self.stage_handles.0[path as usize][stage as usize]
             .observe(received.elapsed().as_secs_f64());
     }

@@ -37,7 +37,7 @@ impl Runtime {
         op: WriteOp,
         forward: bool,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
-        received: std::time::Instant,
+        received: Instant,
     ) {
         let op = self.choose_lease(op);
         let data = adapter::encode_write(&op);
@@ -67,7 +67,7 @@ impl Runtime {
         &mut self,
         data: &[u8],
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
-        received: std::time::Instant,
+        received: Instant,
     ) {
         if self.proposals.forwarded_len() >= MAX_FORWARDED_WRITES {
             let _ = reply.send(Err(NodeError::unavailable(reason::OVERLOADED)));
@@ -158,11 +158,7 @@ impl Runtime {
     /// Who waits for the entry at `index` on this node, for the
     /// write-stage histograms: a local proposal or a write this node
     /// forwarded (`mine`), with when it was queued.
-    fn write_waiter(
-        &self,
-        index: u64,
-        mine: Option<ProposerTag>,
-    ) -> Option<(WritePath, std::time::Instant)> {
+    fn write_waiter(&self, index: u64, mine: Option<ProposerTag>) -> Option<(WritePath, Instant)> {
         if let Some(received) = self.proposals.local_received(index..=index).next() {
             return Some((WritePath::local, received));
         }

@@ -54,8 +54,18 @@ pub fn self_member(cfg: &Config, id: u64) -> Member {
     }
 }
 
-fn initial_members(cfg: &Config) -> Vec<Member> {
-    let mut members = vec![self_member(cfg, bootstrap_id(&cfg.name))];
+/// The initial members as every one of them records them in its bootstrap
+/// entries. The entries are committed log entries, so each member must
+/// write the same bytes: its own gRPC address, which the others cannot
+/// know from `-peers`, is left empty like theirs (learned from status and
+/// peer batches; `Runtime::member` fills this node's own from its flags).
+/// The whole-replica simulator found members recording different entries.
+pub(super) fn initial_members(cfg: &Config) -> Vec<Member> {
+    let me = Member {
+        grpc_addr: String::new(),
+        ..self_member(cfg, bootstrap_id(&cfg.name))
+    };
+    let mut members = vec![me];
     for p in &cfg.peers {
         members.push(Member {
             id: bootstrap_id(&p.name),
@@ -72,13 +82,21 @@ fn initial_members(cfg: &Config) -> Vec<Member> {
 
 /// Decides the start mode (and persists a new identity before returning).
 /// `probe` asks the listed peers for their status before a bootstrap.
-pub async fn decide(cfg: &Config, probe: &dyn StatusProbe) -> Result<StartMode, IdentityError> {
+/// A joining member's new id comes from `env` (OS randomness in production).
+pub async fn decide(
+    cfg: &Config,
+    probe: &dyn StatusProbe,
+    env: &super::env::NodeEnv,
+) -> Result<StartMode, IdentityError> {
     if let Some(identity) = Identity::load(&cfg.data_dir)? {
         info!(id = identity.id, cluster = %identity.cluster_id, "restarting with stored identity");
         return Ok(StartMode::Restart(identity));
     }
+    let join_id = env
+        .entropy(&format!("join id of {}", cfg.name), random_id)
+        .max(1);
     let mode = if cfg.join {
-        join_mode(cfg)
+        join_mode(cfg, join_id)
     } else if cfg.peers.is_empty() {
         bootstrap_mode(cfg)
     } else if let Some((existing, reason)) = probe_existing_cluster(cfg, probe).await {
@@ -91,7 +109,7 @@ pub async fn decide(cfg: &Config, probe: &dyn StatusProbe) -> Result<StartMode, 
              Starting as a NEW member that waits to be added: add it with Admin.AddMember \
              (titanctl members add), then remove the old id (titanctl members remove)"
         );
-        join_mode(cfg)
+        join_mode(cfg, join_id)
     } else {
         bootstrap_mode(cfg)
     };
@@ -102,9 +120,9 @@ pub async fn decide(cfg: &Config, probe: &dyn StatusProbe) -> Result<StartMode, 
     Ok(mode)
 }
 
-fn join_mode(cfg: &Config) -> StartMode {
+fn join_mode(cfg: &Config, id: u64) -> StartMode {
     StartMode::Join(Identity {
-        id: random_id(),
+        id,
         cluster_id: String::new(),
         name: cfg.name.clone(),
         origin: Origin::Join,
@@ -172,6 +190,44 @@ pub(crate) fn cluster_ran(peer: &PeerView, my_id: u64, bootstrap_entries: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Member `i` of a three-member cluster on `h1..h3`, advertising its
+    /// own gRPC address.
+    fn member_cfg(i: usize) -> Config {
+        use clap::Parser;
+        let peers: Vec<String> = (1..=3)
+            .filter(|&j| j != i)
+            .map(|j| format!("n{j}:h{j}:5001:6001"))
+            .collect();
+        let args = [
+            "titan-server".to_string(),
+            format!("--id=n{i}"),
+            format!("--peers={}", peers.join(",")),
+            format!("--advertise-peer-addr=h{i}:5001"),
+            format!("--advertise-client-addr=h{i}:6001"),
+            format!("--advertise-grpc-addr=h{i}:7001"),
+        ];
+        let cli = crate::config::Cli::try_parse_from(args).expect("flags");
+        cli.into_config().expect("config")
+    }
+
+    /// Regression (found by the replica simulator): each initial member
+    /// recorded its own gRPC address in the bootstrap entries and the
+    /// others' as empty, so the committed entries 1..=6 differed between
+    /// members. They must be the same bytes everywhere.
+    #[test]
+    fn every_initial_member_writes_the_same_bootstrap_members() {
+        let sorted = |mut m: Vec<Member>| {
+            m.sort_by_key(|m| m.id);
+            m
+        };
+        let first = sorted(initial_members(&member_cfg(1)));
+        assert_eq!(first.len(), 3);
+        for i in 2..=3 {
+            assert_eq!(sorted(initial_members(&member_cfg(i))), first, "n{i}");
+        }
+        assert!(first.iter().all(|m| m.grpc_addr.is_empty()));
+    }
 
     const ME: u64 = 7;
     /// Three initial members: six bootstrap entries.

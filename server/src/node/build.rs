@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::bootstrap::{self, StartMode};
+use super::env::NodeEnv;
 use super::handle::{ClientInput, LeaderView, NodeHandle, PeerInbox};
 use super::identity::{Identity, IdentityError, Origin};
 use super::outbound::{Outbound, OutboundContext, StatusProbe};
@@ -84,8 +85,10 @@ fn node_handle(
     }
 }
 
-fn raft_config(cfg: &Config, id: u64) -> raft::Config {
+fn raft_config(cfg: &Config, id: u64, env: &NodeEnv) -> raft::Config {
     let mut rc = raft::Config::new(id);
+    // The core's default seed is its id; a simulation varies it per seed.
+    rc.seed = env.entropy(&format!("raft seed of {id}"), || id);
     rc.election_tick_min = cfg.election_ticks;
     rc.election_tick_max = cfg.election_ticks * 2;
     rc.heartbeat_tick = cfg.heartbeat_ticks;
@@ -100,13 +103,14 @@ fn boot_storage(
     cfg: &Config,
     mode: &StartMode,
     metrics: &Arc<Metrics>,
+    env: &NodeEnv,
 ) -> Result<(Identity, Booted), BuildError> {
-    let mut booted = store::boot(cfg, metrics).map_err(BuildError::Storage)?;
+    let mut booted = store::boot(cfg, metrics, env).map_err(BuildError::Storage)?;
     let (identity, members) = match mode {
         StartMode::Bootstrap(i, members) => (i.clone(), members.clone()),
         StartMode::Restart(i) if i.origin == Origin::Bootstrap && booted.is_empty() => {
             // Crashed after saving the identity, before the bootstrap entries were durable.
-            let peers_again = bootstrap_members_for_restart(cfg, i);
+            let peers_again = bootstrap::initial_members(cfg);
             (i.clone(), peers_again)
         }
         StartMode::Restart(i) | StartMode::Join(i) => (i.clone(), Vec::new()),
@@ -124,18 +128,6 @@ fn boot_storage(
     Ok((identity, booted))
 }
 
-fn bootstrap_members_for_restart(cfg: &Config, identity: &Identity) -> Vec<super::Member> {
-    let mut members = vec![bootstrap::self_member(cfg, identity.id)];
-    members.extend(cfg.peers.iter().map(|p| super::Member {
-        id: super::identity::bootstrap_id(&p.name),
-        name: p.name.clone(),
-        peer_addr: p.peer_addr(),
-        client_addr: p.client_addr(),
-        grpc_addr: String::new(),
-    }));
-    members
-}
-
 /// Builds a node from its flags: decides how it starts (`probe` asks the
 /// listed peers before a bootstrap), boots storage and the Raft core, and
 /// creates its outbound peer traffic with `outbound` once the node knows who
@@ -150,8 +142,34 @@ pub async fn build<F>(
 where
     F: FnOnce(OutboundContext) -> Box<dyn Outbound>,
 {
-    let mode = bootstrap::decide(&cfg, probe).await?;
-    let (identity, booted) = boot_storage(&cfg, &mode, &metrics)?;
+    let net = NodeNet { probe, outbound };
+    build_with_env(cfg, NodeEnv::production(), metrics, net, shutdown).await
+}
+
+/// The network a node is built with: the pre-bootstrap probe and the maker
+/// of its outbound peer traffic.
+pub struct NodeNet<'a, F> {
+    /// Asks listed peers for their status before a bootstrap.
+    pub probe: &'a dyn StatusProbe,
+    /// Creates outbound peer traffic once the node knows who it is.
+    pub outbound: F,
+}
+
+/// [`build`] in a chosen environment (see [`super::env`]): the simulator
+/// passes inline blocking work, an in-memory WAL file layer and a seed.
+pub async fn build_with_env<F>(
+    cfg: Config,
+    env: NodeEnv,
+    metrics: Arc<Metrics>,
+    net: NodeNet<'_, F>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<BuiltNode, BuildError>
+where
+    F: FnOnce(OutboundContext) -> Box<dyn Outbound>,
+{
+    let NodeNet { probe, outbound } = net;
+    let mode = bootstrap::decide(&cfg, probe, &env).await?;
+    let (identity, booted) = boot_storage(&cfg, &mode, &metrics, &env)?;
     info!(id = identity.id, name = %identity.name, applied = booted.applied, "storage recovered");
     let cfg = Arc::new(cfg);
     let (client_tx, client_rx) = mpsc::channel(MAX_QUEUED_CLIENT_REQUESTS);
@@ -164,20 +182,25 @@ where
         cluster_id: cluster_id_rx.clone(),
     };
     let snapshots = booted.files.store.clone();
-    let parts = super::log::into_parts(booted, &raft_config(&cfg, identity.id))
+    let parts = super::log::into_parts(booted, &raft_config(&cfg, identity.id, &env))
         .map_err(|e| BuildError::Storage(e.to_string()))?;
     let outbound = outbound(OutboundContext {
         self_member: bootstrap::self_member(&cfg, identity.id),
         cluster_id: cluster_id_rx,
         metrics: metrics.clone(),
     });
-    let lease_clock = super::lease_clock::LeaseClock::new(identity.id, super::store::now_unix_ms());
+    let incarnation = env.entropy("read incarnation", || {
+        u64::from(super::reads::random_incarnation())
+    }) as u32;
+    let lease_ids_from = env.entropy("lease ids", super::store::now_unix_ms);
+    let lease_clock = super::lease_clock::LeaseClock::new(identity.id, lease_ids_from);
     let runtime = Runtime {
         lease_clock,
         snap: SnapshotState::new(
             parts.files,
             cfg.snapshot_threshold_entries,
             cfg.snapshot_log_percent,
+            env.log_margin_entries(),
         ),
         cfg: cfg.clone(),
         identity,
@@ -191,12 +214,13 @@ where
         client_rx,
         peer_rx,
         peer_tx,
-        proposals: Proposals::new(),
-        reads: ReadQueue::new(super::reads::random_incarnation()),
+        proposals: Proposals::new(env.entropy("forward nonces", super::proposals::random_u64)),
+        reads: ReadQueue::new(incarnation),
         leader: 0,
         role: Role::Follower,
         applied: parts.applied,
         shutdown,
+        blocking: env.blocking,
     };
     Ok(BuiltNode {
         runtime,

@@ -70,7 +70,7 @@ pub(crate) enum ClientInput {
         forward: bool,
         reply: oneshot::Sender<Result<WriteResult, NodeError>>,
         /// When it was queued (the start of the write-stage histograms).
-        received: std::time::Instant,
+        received: Instant,
     },
     Read {
         query: ReadQuery,
@@ -238,7 +238,7 @@ impl NodeHandle {
             op,
             forward: true,
             reply,
-            received: std::time::Instant::now(),
+            received: Instant::now(),
         };
         self.submit(input, rx).await?.wait().await
     }
@@ -262,7 +262,7 @@ impl NodeHandle {
             op,
             forward: false,
             reply,
-            received: std::time::Instant::now(),
+            received: Instant::now(),
         };
         self.submit(input, rx).await
     }

@@ -18,6 +18,7 @@ mod admin;
 mod apply;
 pub mod bootstrap;
 pub mod build;
+pub mod env;
 pub mod handle;
 pub mod identity;
 mod lease_clock;
@@ -32,7 +33,8 @@ pub mod snapshot;
 pub mod store;
 mod view;
 
-pub use build::{BuildError, BuiltNode, build};
+pub use build::{BuildError, BuiltNode, NodeNet, build, build_with_env};
+pub use env::{Blocking, InlineSchedule, NodeEnv};
 pub use handle::{NodeHandle, PeerInbox};
 pub use outbound::{Outbound, OutboundContext, StatusProbe};
 

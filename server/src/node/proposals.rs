@@ -20,7 +20,7 @@ pub(super) struct PendingWrite {
     /// Where the result goes.
     pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
     /// When the client handle queued it.
-    pub received: std::time::Instant,
+    pub received: Instant,
 }
 
 /// A membership change waiting to be applied.
@@ -40,7 +40,7 @@ pub(super) struct ForwardedWrite {
     /// Where the result goes.
     pub reply: oneshot::Sender<Result<WriteResult, NodeError>>,
     /// When the client handle queued it.
-    pub received: std::time::Instant,
+    pub received: Instant,
 }
 
 /// Waiters for proposed entries.
@@ -60,11 +60,12 @@ pub(super) struct Proposals {
 }
 
 impl Proposals {
-    /// Nothing proposed yet.
-    pub(super) fn new() -> Self {
+    /// Nothing proposed yet; forwarded-write nonces start from `nonce_seed`
+    /// (random per start, see [`random_u64`]).
+    pub(super) fn new(nonce_seed: u64) -> Self {
         Proposals {
             forwarded: BTreeMap::new(),
-            next_nonce: random_u64() >> 1,
+            next_nonce: nonce_seed >> 1,
             writes: BTreeMap::new(),
             conf: BTreeMap::new(),
             last_proposed: 0,
@@ -134,12 +135,12 @@ impl Proposals {
     pub(super) fn local_received(
         &self,
         range: std::ops::RangeInclusive<u64>,
-    ) -> impl Iterator<Item = std::time::Instant> + '_ {
+    ) -> impl Iterator<Item = Instant> + '_ {
         self.writes.range(range).map(|(_, w)| w.received)
     }
 
     /// When the forwarded write tagged `nonce` was queued, if it waits.
-    pub(super) fn forwarded_received(&self, nonce: u64) -> Option<std::time::Instant> {
+    pub(super) fn forwarded_received(&self, nonce: u64) -> Option<Instant> {
         self.forwarded.get(&nonce).map(|w| w.received)
     }
 
@@ -195,7 +196,7 @@ impl Proposals {
 
 /// A random 64-bit value from the standard library's per-process hash
 /// keys (no RNG dependency for one number per start).
-fn random_u64() -> u64 {
+pub(super) fn random_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     std::collections::hash_map::RandomState::new()
         .build_hasher()
@@ -221,7 +222,7 @@ mod tests {
 
     fn propose(p: &mut Proposals, index: u64, term: u64) -> Rx {
         let (reply, rx) = oneshot::channel();
-        let received = std::time::Instant::now();
+        let received = Instant::now();
         p.write_proposed(
             index,
             PendingWrite {
@@ -238,7 +239,7 @@ mod tests {
     /// index from another term; higher ones keep waiting until failed.
     #[test]
     fn applied_entries_answer_their_writers_and_replaced_ones_fail() {
-        let mut p = Proposals::new();
+        let mut p = Proposals::new(0);
         let mut replaced = propose(&mut p, 3, 1);
         let mut other_term = propose(&mut p, 4, 1);
         let mut later = propose(&mut p, 5, 2);
@@ -271,13 +272,13 @@ mod tests {
     /// loss (it may still commit under the new leader).
     #[test]
     fn forwarded_writes_complete_by_nonce_and_expire_at_their_deadline() {
-        let mut p = Proposals::new();
+        let mut p = Proposals::new(0);
         let now = Instant::now();
         let forward = |p: &mut Proposals, secs| {
             let (reply, rx) = oneshot::channel();
             let nonce = p.next_nonce();
             let deadline = now + std::time::Duration::from_secs(secs);
-            let received = std::time::Instant::now();
+            let received = Instant::now();
             let w = ForwardedWrite {
                 deadline,
                 reply,

@@ -9,7 +9,7 @@
 //! from 1 in every process would let an old reply confirm a new read at an
 //! old index: a stale read).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use tokio::sync::oneshot;
 use tokio::time::{Duration, Instant};
@@ -42,8 +42,9 @@ struct Inflight {
 pub struct ReadQueue {
     /// Reads not yet covered by a ReadIndex request.
     waiting: Vec<PendingRead>,
-    /// Requests sent to the core, by context.
-    inflight: HashMap<u64, Inflight>,
+    /// Requests sent to the core, by context (ordered, so re-issue order is
+    /// deterministic, which the replica simulator relies on).
+    inflight: BTreeMap<u64, Inflight>,
     /// Confirmed batches waiting for `applied >= index`.
     confirmed: BTreeMap<u64, Vec<PendingRead>>,
     /// Reads in `confirmed` (they count against the bound too).
@@ -73,7 +74,7 @@ impl ReadQueue {
     pub fn new(incarnation: u32) -> Self {
         ReadQueue {
             waiting: Vec::new(),
-            inflight: HashMap::new(),
+            inflight: BTreeMap::new(),
             confirmed: BTreeMap::new(),
             confirmed_reads: 0,
             next_ctx: u64::from(incarnation) << 32,
@@ -161,7 +162,9 @@ impl ReadQueue {
 
     /// Fails every queued and in-flight read (shutdown, removed from cluster).
     pub fn fail_all(&mut self, err: &NodeError) {
-        let inflight = self.inflight.drain().flat_map(|(_, i)| i.reads);
+        let inflight = std::mem::take(&mut self.inflight)
+            .into_values()
+            .flat_map(|i| i.reads);
         let confirmed = std::mem::take(&mut self.confirmed).into_values().flatten();
         self.confirmed_reads = 0;
         for r in self.waiting.drain(..).chain(inflight).chain(confirmed) {

@@ -49,8 +49,8 @@ const READY_MAX_APPLY_LAG: u64 = 1000;
 /// Reads queued at most; more get `UNAVAILABLE overloaded`.
 const MAX_PENDING_READS: usize = 100_000;
 
-/// A WAL append running on the blocking pool.
-type PersistTask = tokio::task::JoinHandle<Result<(), crate::storage::WalError>>;
+/// A WAL append running on the blocking pool (inline in the simulator).
+type PersistTask = super::env::BlockingJob<Result<(), crate::storage::WalError>>;
 
 /// Everything the runtime task owns.
 pub struct Runtime {
@@ -60,7 +60,7 @@ pub struct Runtime {
     pub(super) identity: Identity,
     /// The Raft core.
     pub(super) raw: RawNode,
-    /// The WAL (appends run on the blocking pool; it group-commits internally).
+    /// The WAL (appends run as `blocking` work; it group-commits internally).
     pub(super) wal: Arc<Wal>,
     /// The replicated key-value state and member directory.
     pub(super) sm: StateMachine,
@@ -94,6 +94,8 @@ pub struct Runtime {
     pub(super) shutdown: watch::Receiver<bool>,
     /// Lease deadlines (kept while leading) and lease-id generation.
     pub(super) lease_clock: super::lease_clock::LeaseClock,
+    /// Where WAL appends and snapshot IO run (see [`super::env`]).
+    pub(super) blocking: super::env::Blocking,
 }
 
 impl Runtime {
@@ -354,8 +356,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Starts the Ready's one WAL append (one fsync) on the blocking pool;
-    /// `None` when there is nothing to write.
+    /// Starts the Ready's one WAL append (one fsync) as `blocking` work (the
+    /// blocking pool in production); `None` when there is nothing to write.
     fn start_persist(&self, rd: &Ready) -> Option<PersistTask> {
         if rd.entries.is_empty() && rd.hard_state.is_none() {
             return None;
@@ -365,7 +367,7 @@ impl Runtime {
         let hs = rd.hard_state;
         // Only the commit index moved: no fsync (see `record_commit_unsynced`).
         let sync = rd.must_sync || !entries.is_empty();
-        Some(tokio::task::spawn_blocking(move || match hs {
+        Some(self.blocking.start(move || match hs {
             Some(hs) if !sync => wal.record_commit_unsynced(hs),
             _ => wal.append(&entries, hs),
         }))
@@ -381,7 +383,7 @@ impl Runtime {
         let Some(task) = syncing else {
             return Ok(());
         };
-        task.await.map_err(StorageFailure::other)??;
+        task.join().await.map_err(StorageFailure::other)??;
         let bytes: usize = rd.entries.iter().map(|e| e.size_bytes()).sum();
         self.metrics.wal_bytes.inc_by(bytes as u64);
         if let (Some(first), Some(last)) = (rd.entries.first(), rd.entries.last()) {
@@ -482,7 +484,13 @@ impl Runtime {
         if id == 0 {
             return None;
         }
-        let seen = self.peers.observed(id);
+        let seen = if id == self.identity.id {
+            // This node's own addresses come from its flags (the bootstrap
+            // entries leave its gRPC address empty, see `initial_members`).
+            Some(super::bootstrap::self_member(&self.cfg, id))
+        } else {
+            self.peers.observed(id).cloned()
+        };
         let mut m = self.directory().remove(&id)?;
         if let Some(seen) = seen {
             for (field, value) in [

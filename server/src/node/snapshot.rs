@@ -8,7 +8,7 @@
 //! so a crash at any point leaves a bootable node.
 
 use std::collections::HashSet;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -49,11 +49,19 @@ pub struct SnapshotState {
     /// WAL size, in percent of the newest snapshot's size, that an
     /// automatic snapshot also waits for (0 = none).
     pub log_percent: u64,
+    /// Entries kept in the log behind a snapshot ([`LOG_MARGIN_ENTRIES`]
+    /// unless the environment says otherwise).
+    pub margin_entries: u64,
 }
 
 impl SnapshotState {
     /// Wraps the snapshot files found at boot.
-    pub fn new(files: SnapshotFiles, threshold_entries: u64, log_percent: u64) -> Self {
+    pub fn new(
+        files: SnapshotFiles,
+        threshold_entries: u64,
+        log_percent: u64,
+        margin_entries: u64,
+    ) -> Self {
         let latest = files.latest_info();
         SnapshotState {
             last_index: latest.map(|l| l.index).unwrap_or(0),
@@ -66,6 +74,7 @@ impl SnapshotState {
             staged: None,
             threshold_entries,
             log_percent,
+            margin_entries,
         }
     }
 
@@ -150,7 +159,7 @@ impl Runtime {
         let meta = snapshot_meta_at(&self.raw, index);
         self.snap.in_progress = true;
         self.snap.started = Some(Instant::now());
-        let pending = adapter::start_snapshot(&self.snap.files, &self.sm, meta);
+        let pending = adapter::start_snapshot(&self.blocking, &self.snap.files, &self.sm, meta);
         let tx = self.peer_tx.clone();
         tokio::spawn(async move {
             let result = pending.await;
@@ -198,7 +207,7 @@ impl Runtime {
 
     /// Drops log entries the snapshot covers, minus a margin for slow followers.
     fn compact_behind(&mut self, meta: &SnapshotMeta) {
-        let keep_from = meta.index.saturating_sub(LOG_MARGIN_ENTRIES);
+        let keep_from = meta.index.saturating_sub(self.snap.margin_entries);
         if keep_from > 0 {
             self.raw_storage_compact(keep_from);
         }
@@ -295,10 +304,10 @@ impl Runtime {
                     meta.index, meta.term
                 ))
             })?;
-        let sm = tokio::task::block_in_place(|| staged.load())?;
+        let sm = self.blocking.run_now(|| staged.load())?;
         // The marker makes entries after the snapshot consecutive in the WAL.
         self.wal.compact(meta.index, meta.term)?;
-        let file = tokio::task::block_in_place(|| staged.publish())?;
+        let file = self.blocking.run_now(|| staged.publish())?;
         self.sm = sm;
         self.applied = meta.index;
         self.raw_storage_apply_snapshot(meta)?;

@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use super::env::NodeEnv;
 use super::{Header, KvEntry, Member, NodeError, SnapshotInfo, WriteOp, WriteResult};
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -221,21 +222,17 @@ impl SnapshotFiles {
     }
 }
 
-/// Writes a snapshot of an O(1) copy of `sm` on the blocking pool.
+/// Writes a snapshot of an O(1) copy of `sm` as blocking work.
 pub fn start_snapshot(
+    blocking: &super::env::Blocking,
     files: &SnapshotFiles,
     sm: &StateMachine,
     meta: SnapshotMeta,
 ) -> impl Future<Output = Result<(SnapshotMeta, SnapshotFile), String>> + Send + 'static {
     let store = files.store.clone();
     let view = sm.snapshot_view();
-    async move {
-        let written =
-            tokio::task::spawn_blocking(move || store.write(&meta, &view).map(|f| (meta, f)))
-                .await
-                .map_err(|e| e.to_string())?;
-        written.map_err(|e| e.to_string())
-    }
+    let job = blocking.start(move || store.write(&meta, &view).map(|f| (meta, f)));
+    async move { job.join().await?.map_err(|e| e.to_string()) }
 }
 
 /// WAL segment count as a gauge value.
@@ -268,14 +265,21 @@ impl Booted {
     }
 }
 
-/// Opens the WAL and snapshots under the data dir and replays them.
-pub fn boot(cfg: &Config, metrics: &Arc<Metrics>) -> Result<Booted, String> {
+/// Opens the WAL (over the environment's file layer) and snapshots under
+/// the data dir and replays them.
+pub fn boot(cfg: &Config, metrics: &Arc<Metrics>, env: &NodeEnv) -> Result<Booted, String> {
     let mut opts = BootOptions::default();
+    if let Some(fs) = &env.wal_fs {
+        opts.wal.fs = fs.clone();
+    }
+    if let Some(bytes) = env.wal_segment_bytes {
+        opts.wal.segment_bytes = bytes;
+    }
     let m = metrics.clone();
     opts.wal.fsync_observer = Some(Arc::new(move |d| {
         m.wal_fsync_seconds.observe(d.as_secs_f64())
     }));
-    opts.wal.compact_margin_entries = super::snapshot::LOG_MARGIN_ENTRIES;
+    opts.wal.compact_margin_entries = env.log_margin_entries();
     opts.snapshot.max_install_bytes = cfg.max_snapshot_bytes;
     let b = storage::boot(&cfg.data_dir, opts).map_err(|e| e.to_string())?;
     if b.dropped_tail_bytes > 0 {

@@ -115,14 +115,27 @@ struct SimFileState {
     name_durable: bool,
 }
 
-/// An in-memory file layer that can simulate power loss.
+/// A disk fault a [`SimFs`] injects into its next matching operation, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimFault {
+    /// The next `sync_data` fails (EIO); nothing more becomes durable.
+    SyncFails,
+    /// The next `append` stores only the first half of its bytes, then
+    /// fails with ENOSPC.
+    NoSpace,
+}
+
+/// An in-memory file layer that can simulate power loss and disk faults.
 ///
 /// A crash ([`SimFs::crash`]) cuts every file back to its fsynced length,
 /// optionally appends garbage (a torn write), and forgets files whose
 /// creation was never made durable by a directory fsync.
+/// [`SimFs::set_fault`] makes the next sync or append fail.
 #[derive(Debug, Default, Clone)]
 pub struct SimFs {
     files: Arc<Mutex<BTreeMap<PathBuf, SimFileState>>>,
+    /// A fault waiting for its operation (see [`SimFault`]).
+    fault: Arc<Mutex<Option<SimFault>>>,
 }
 
 /// A handle to a [`SimFs`] file.
@@ -173,7 +186,24 @@ impl SimFs {
         }
         SimFs {
             files: Arc::new(Mutex::new(image)),
+            fault: Arc::default(),
         }
+    }
+
+    /// Makes the next operation `fault` names fail (once); `None` clears
+    /// a fault that has not fired yet.
+    pub fn set_fault(&self, fault: Option<SimFault>) {
+        *self.fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Takes the pending fault if it is `kind`.
+    fn take_fault(&self, kind: SimFault) -> bool {
+        let mut f = self.fault.lock().unwrap_or_else(|e| e.into_inner());
+        let hit = *f == Some(kind);
+        if hit {
+            *f = None;
+        }
+        hit
     }
 
     /// A copy of a file's current bytes (for tests that corrupt files).
@@ -193,14 +223,25 @@ impl SimFs {
 
 impl WalFile for SimFile {
     fn append(&self, buf: &[u8]) -> io::Result<()> {
+        let no_space = self.fs.take_fault(SimFault::NoSpace);
         let mut files = self.fs.lock();
         let f = files
             .get_mut(&self.path)
             .ok_or_else(|| not_found(&self.path))?;
+        if no_space {
+            f.data.extend_from_slice(&buf[..buf.len() / 2]);
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                "no space left on device (simulated)",
+            ));
+        }
         f.data.extend_from_slice(buf);
         Ok(())
     }
     fn sync_data(&self) -> io::Result<()> {
+        if self.fs.take_fault(SimFault::SyncFails) {
+            return Err(io::Error::other("fsync failed: EIO (simulated)"));
+        }
         let mut files = self.fs.lock();
         let f = files
             .get_mut(&self.path)
@@ -268,5 +309,61 @@ impl WalFs for SimFs {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raft::{Entry, EntryKind};
+    use crate::storage::{Wal, WalOptions};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            index,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: vec![7; 32],
+        }
+    }
+
+    fn open(fs: &SimFs) -> (Wal, Vec<u64>) {
+        let opts = WalOptions {
+            fs: Arc::new(fs.clone()),
+            ..WalOptions::default()
+        };
+        let (wal, rec) = Wal::open(Path::new("/wal"), opts).expect("open");
+        (wal, rec.entries.iter().map(|e| e.index).collect())
+    }
+
+    /// A failed fsync or a full disk fails the append, poisons the WAL (no
+    /// later append can claim durability) and leaves nothing of the batch
+    /// after a power loss.
+    #[test]
+    fn injected_faults_fail_the_append_and_poison_the_wal() {
+        for fault in [SimFault::SyncFails, SimFault::NoSpace] {
+            let fs = SimFs::new();
+            let (wal, _) = open(&fs);
+            wal.append(&[entry(1), entry(2)], None)
+                .expect("healthy append");
+            fs.set_fault(Some(fault));
+            assert!(wal.append(&[entry(3)], None).is_err(), "{fault:?}");
+            assert!(
+                wal.append(&[entry(4)], None).is_err(),
+                "{fault:?}: poisoned"
+            );
+            drop(wal);
+            let (_, recovered) = open(&fs.crash_image(|_| Vec::new()));
+            assert_eq!(recovered, vec![1, 2], "{fault:?}");
+        }
+    }
+
+    #[test]
+    fn a_cleared_fault_never_fires() {
+        let fs = SimFs::new();
+        let (wal, _) = open(&fs);
+        fs.set_fault(Some(SimFault::SyncFails));
+        fs.set_fault(None);
+        wal.append(&[entry(1)], None).expect("no fault pending");
     }
 }

@@ -1,0 +1,609 @@
+//! Whole-replica deterministic simulation (TigerBeetle VOPR style). Three
+//! replicas each run the real node (`Runtime`, WAL, snapshot code) over an
+//! in-memory disk (`SimFs`), an in-memory network and a paused tokio clock,
+//! all on one current-thread runtime and all driven by one u64 seed:
+//! message drop, delay, reorder, duplication and partitions; process
+//! crashes that keep only the fsynced WAL, sometimes with a torn tail;
+//! inline "blocking" storage work whose order against the runtime's
+//! apply-during-fsync overlap is drawn from the seed; and clients issuing
+//! puts, linearizable gets and compare-and-swap transactions to every
+//! replica (followers forward writes).
+//!
+//! A *safety* phase injects faults; a *liveness* phase heals them and
+//! requires a leader, a new committed write and every replica applied to
+//! the same index within a bounded simulated time. Then the checkers run:
+//! identical committed prefixes, byte-identical applied state, no
+//! acknowledged write lost, a linearizable history.
+//!
+//! `TITAN_VOPR_SEED=<n>` replays one seed exactly (`TITAN_VOPR_TRACE=1`
+//! prints every traced event, `TITAN_VOPR_LOG=1` the nodes' warnings);
+//! `TITAN_VOPR_SEEDS=<count>`
+//! (from `TITAN_VOPR_SEED_START`, default 0) runs a soak.
+
+// The checker the Raft simulator and the process soak use, shared by path;
+// its own tests come along and run here too (clippy judges them in `soak`).
+#[path = "../../soak/src/linearizability.rs"]
+#[allow(dead_code, clippy::too_many_lines)]
+mod linearizability;
+mod replica_sim {
+    pub mod checks;
+    pub mod net;
+    pub mod replica;
+    pub mod trace;
+    pub mod workload;
+}
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use replica_sim::checks;
+use replica_sim::net::{Faults, SimNet};
+use replica_sim::replica::Replica;
+use replica_sim::trace::Trace;
+use replica_sim::workload::{self, KEYS, Shared};
+use titan_raft::rng::SplitMix64;
+use titan_server::node::handle::{AdminCmd, AdminReply};
+use titan_server::node::{Condition, Member, NodeHandle, NodeStatus, WriteOp};
+use titan_server::raft::NodeId;
+use titan_server::storage::wal_fs::SimFault;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Seeds a plain `cargo test` runs.
+const DEFAULT_SEEDS: u64 = 64;
+/// Replicas in the cluster.
+const REPLICAS: usize = 3;
+/// Clients per replica.
+const CLIENTS_PER_REPLICA: u64 = 2;
+/// Simulated length of the fault phase.
+const SAFETY_MS: u64 = 12_000;
+/// Budget to elect a leader and commit a new write once healed.
+const LIVENESS_MS: u64 = 10_000;
+/// Budget for every replica to apply the same index afterwards.
+const CONVERGENCE_MS: u64 = 20_000;
+/// Crashes are skipped while this many replicas are down (crashed, stopped
+/// by a disk fault or refusing to boot), so a majority can usually make
+/// progress; a disk fault may still stop a second one.
+const MAX_DOWN: usize = 1;
+
+/// What a run produced; equal for equal seeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Summary {
+    /// (hash, events) of the trace.
+    trace: (u64, u64),
+    /// Client operations recorded.
+    ops: usize,
+    /// Messages delivered.
+    messages: u64,
+    /// Crashes injected.
+    crashes: u64,
+    /// Nodes that stopped themselves after a disk fault.
+    storage_stops: u64,
+    /// Members replaced after refusing to boot from a damaged WAL.
+    replaced: u64,
+    /// Snapshots streamed to followers.
+    snapshots_sent: u64,
+    /// Index every replica applied at the end.
+    final_applied: u64,
+    /// The linearizability search gave up (nothing proven wrong).
+    inconclusive: bool,
+}
+
+/// Everything a run owns.
+struct World {
+    seed: u64,
+    rng: SplitMix64,
+    replicas: Vec<Replica>,
+    net: SimNet,
+    shared: Shared,
+    crashes: u64,
+    storage_stops: u64,
+    /// A down replica whose WAL was damaged and has not restarted since.
+    corrupted: Option<usize>,
+    /// A replica that refused to boot from a damaged WAL, to be replaced.
+    damaged: Option<usize>,
+    /// Members replaced (wiped, joined, promoted, old id removed).
+    replaced: u64,
+}
+
+fn run_seed(seed: u64) -> Result<Summary, String> {
+    if std::env::var_os("TITAN_VOPR_LOG").is_some() {
+        // The nodes' own logs (e.g. why a runtime stopped), for replays.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("warn")
+            .with_test_writer()
+            .try_init();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run(seed))
+}
+
+async fn run(seed: u64) -> Result<Summary, String> {
+    let mut w = World::new(seed).await?;
+    let clients = w.spawn_clients();
+    w.safety_phase().await?;
+    w.liveness_phase().await?;
+    w.shared.stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        c.await.map_err(|e| format!("client task: {e}"))?;
+    }
+    let final_applied = w.converge().await?;
+    w.check(final_applied).await
+}
+
+impl World {
+    async fn new(seed: u64) -> Result<World, String> {
+        let start = Instant::now();
+        let trace = Trace::new();
+        let net = SimNet::new(seed ^ 0x4e45_5400, start, trace.clone());
+        tokio::spawn(net.clone().drive());
+        let names: Vec<String> = (1..=REPLICAS).map(|i| format!("n{i}")).collect();
+        let mut replicas: Vec<Replica> = names.iter().map(|n| Replica::new(n, &names)).collect();
+        for r in &mut replicas {
+            r.start(seed, &net).await?;
+        }
+        let handles = replicas.iter().map(|r| r.handle.clone()).collect();
+        let shared = Shared {
+            handles: Arc::new(Mutex::new(handles)),
+            history: Arc::default(),
+            start,
+            stop: Arc::new(AtomicBool::new(false)),
+            trace,
+            next_value: Arc::new(AtomicU64::new(1)),
+        };
+        Ok(World {
+            seed,
+            rng: SplitMix64::new(seed.wrapping_mul(0x2545_F491_4F6C_DD1D) ^ 0x5EED),
+            replicas,
+            net,
+            shared,
+            crashes: 0,
+            storage_stops: 0,
+            corrupted: None,
+            damaged: None,
+            replaced: 0,
+        })
+    }
+
+    fn spawn_clients(&mut self) -> Vec<JoinHandle<()>> {
+        let mut tasks = Vec::new();
+        for r in 0..REPLICAS {
+            for c in 0..CLIENTS_PER_REPLICA {
+                let id = r as u64 * CLIENTS_PER_REPLICA + c;
+                let seed = self.rng.next_u64();
+                let shared = self.shared.clone();
+                tasks.push(tokio::spawn(workload::client(shared, id, r, seed)));
+            }
+        }
+        tasks
+    }
+
+    fn publish_handle(&self, i: usize) {
+        let mut handles = self
+            .shared
+            .handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        handles[i] = self.replicas[i].handle.clone();
+    }
+
+    fn down(&self) -> Vec<usize> {
+        (0..REPLICAS)
+            .filter(|&i| !self.replicas[i].is_up())
+            .collect()
+    }
+
+    async fn safety_phase(&mut self) -> Result<(), String> {
+        let end = self.shared.start + Duration::from_millis(SAFETY_MS);
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50 + self.rng.below(400))).await;
+            let action = self.rng.below(100);
+            self.shared.trace.event(&[3, action]);
+            self.net.check_storm()?;
+            self.reap()?;
+            self.fault(action).await?;
+        }
+        Ok(())
+    }
+
+    async fn fault(&mut self, action: u64) -> Result<(), String> {
+        let ids: Vec<u64> = self.replicas.iter().map(|r| r.id).collect();
+        match action {
+            0..=19 => self.net.set_faults(Faults {
+                drop_per_mille: self.rng.below(200),
+                dup_per_mille: self.rng.below(100),
+                max_delay_ms: self.rng.below(40),
+            }),
+            20..=34 => {
+                let a = ids[self.rng.below(REPLICAS as u64) as usize];
+                for &b in ids.iter().filter(|&&b| b != a) {
+                    self.net.set_link(a, b, false);
+                    if self.rng.chance(2, 3) {
+                        self.net.set_link(b, a, false);
+                    }
+                }
+            }
+            35..=54 => {
+                for &a in &ids {
+                    for &b in &ids {
+                        self.net.set_link(a, b, true);
+                    }
+                }
+            }
+            55..=69 if self.down().len() < MAX_DOWN => self.crash_one(),
+            70..=89 => self.restart_down().await?,
+            90..=94 => self.disk_fault(),
+            95..=96 => self.corrupt_down_replica(),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The next fsync or append of one replica's WAL fails: the node must
+    /// stop without acknowledging anything that is not durable.
+    fn disk_fault(&mut self) {
+        let i = self.rng.below(REPLICAS as u64) as usize;
+        let fault = if self.rng.chance(1, 2) {
+            SimFault::SyncFails
+        } else {
+            SimFault::NoSpace
+        };
+        self.replicas[i].inject(fault);
+    }
+
+    /// Replicas whose node stopped itself count as down.
+    fn reap(&mut self) -> Result<(), String> {
+        for i in 0..REPLICAS {
+            if self.replicas[i].reap(&self.net)? {
+                self.storage_stops += 1;
+                self.shared.trace.event(&[5, i as u64]);
+                self.publish_handle(i);
+            }
+        }
+        Ok(())
+    }
+
+    fn crash_one(&mut self) {
+        let i = self.rng.below(REPLICAS as u64) as usize;
+        if !self.replicas[i].is_up() {
+            return;
+        }
+        let torn_len = if self.rng.chance(1, 2) {
+            self.rng.below(64)
+        } else {
+            0
+        };
+        let torn: Vec<u8> = (0..torn_len).map(|_| self.rng.below(256) as u8).collect();
+        self.replicas[i].crash(&self.net, torn);
+        self.crashes += 1;
+        self.publish_handle(i);
+    }
+
+    /// Damages a closed WAL segment of a down replica: it must refuse to
+    /// boot (then an operator replaces it, see `replace`).
+    fn corrupt_down_replica(&mut self) {
+        if self.damaged.is_some() || self.corrupted.is_some() {
+            return;
+        }
+        if let Some(&i) = self.down().first()
+            && self.replicas[i].corrupt_closed_segment()
+        {
+            self.shared.trace.event(&[6, i as u64]);
+            self.corrupted = Some(i);
+        }
+    }
+
+    async fn restart_down(&mut self) -> Result<(), String> {
+        for i in self.down() {
+            if self.damaged == Some(i) {
+                continue;
+            }
+            let started = self.replicas[i].start(self.seed, &self.net).await;
+            match (started, self.corrupted == Some(i)) {
+                (Ok(()), false) => self.publish_handle(i),
+                (Ok(()), true) => return Err(format!("n{} booted from a corrupt WAL", i + 1)),
+                (Err(e), true) if e.contains("corrupt") => {
+                    self.shared.trace.event(&[7, i as u64]);
+                    self.corrupted = None;
+                    self.damaged = Some(i);
+                }
+                // An armed disk fault fired during boot: the node refuses
+                // to start and stays down until the next restart.
+                (Err(e), false) if e.contains("(simulated)") => {
+                    self.shared.trace.event(&[9, i as u64]);
+                }
+                (Err(e), _) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Heals everything; a leader must appear and a new write commit.
+    async fn liveness_phase(&mut self) -> Result<(), String> {
+        self.net.heal();
+        for r in &self.replicas {
+            r.fs.set_fault(None);
+        }
+        self.reap()?;
+        self.restart_down().await?;
+        if let Some(i) = self.damaged.take() {
+            self.replace(i).await?;
+        }
+        let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS);
+        let h = self.replicas[0].handle.clone().ok_or("replica 0 down")?;
+        while Instant::now() < deadline {
+            self.net.check_storm()?;
+            if self.try_put(&h, deadline).await {
+                return Ok(());
+            }
+        }
+        Err(format!(
+            "no write committed within {LIVENESS_MS} ms after healing"
+        ))
+    }
+
+    /// One put of a fresh value to key 0 through `h`, recorded in the
+    /// history; whether it was acknowledged by `deadline`.
+    async fn try_put(&self, h: &NodeHandle, deadline: Instant) -> bool {
+        if !workload::until_leader_known(h).await {
+            return false;
+        }
+        let value = self.shared.next_value.fetch_add(1, Ordering::Relaxed);
+        let call = self.shared.now_us();
+        let op = WriteOp::Put {
+            key: workload::key_bytes(0),
+            value: bytes::Bytes::from(value.to_string()),
+            cond: Condition::None,
+        };
+        let done = tokio::time::timeout_at(deadline, h.write_from_any_member(op)).await;
+        let ret = matches!(done, Ok(Ok(_))).then(|| self.shared.now_us());
+        let op = linearizability::Op {
+            key: 0,
+            kind: linearizability::OpKind::Put { value },
+            call,
+            ret,
+        };
+        let mut history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        history.push(op);
+        ret.is_some()
+    }
+
+    /// The operator's replacement of a member whose disk is damaged: wipe
+    /// it, start it as a new member, add it as a learner, promote it once
+    /// it is one, remove the old id. Every step is re-derived from the
+    /// leader's member list, so a lost reply is simply retried.
+    async fn replace(&mut self, i: usize) -> Result<(), String> {
+        let old = self.replicas[i].id;
+        self.replicas[i].wipe();
+        self.replicas[i].start(self.seed, &self.net).await?;
+        self.publish_handle(i);
+        let name = self.replicas[i].name.clone();
+        let member = Member {
+            id: self.replicas[i].id,
+            peer_addr: format!("{name}:1"),
+            client_addr: format!("{name}:2"),
+            grpc_addr: format!("{name}:3"),
+            name,
+        };
+        let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS);
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let Some((h, st)) = self.leader_status().await else {
+                continue;
+            };
+            let Some(cmd) = membership_step(&st, old, &member) else {
+                self.replaced += 1;
+                return Ok(());
+            };
+            let outcome = h.admin(cmd).await.is_ok();
+            self.shared.trace.event(&[8, u64::from(outcome)]);
+        }
+        Err(format!(
+            "replacing member {old} with {} did not finish",
+            member.id
+        ))
+    }
+
+    /// A running leader's handle and status.
+    async fn leader_status(&self) -> Option<(NodeHandle, NodeStatus)> {
+        for r in &self.replicas {
+            let Some(h) = r.handle.as_ref().filter(|h| h.leader_view().is_self) else {
+                continue;
+            };
+            if let Ok(st) = status(h).await {
+                return Some((h.clone(), st));
+            }
+        }
+        None
+    }
+
+    /// Waits until every replica applied the same index as committed.
+    async fn converge(&mut self) -> Result<u64, String> {
+        let deadline = Instant::now() + Duration::from_millis(CONVERGENCE_MS);
+        let mut last = Vec::new();
+        while Instant::now() < deadline {
+            last.clear();
+            for r in &self.replicas {
+                let h = r.handle.as_ref().ok_or("replica down after healing")?;
+                let st = status(h).await?;
+                last.push((st.commit, st.applied));
+            }
+            let (commit, applied) = last[0];
+            if last
+                .iter()
+                .all(|&(c, a)| c == commit && a == applied && a == c)
+            {
+                return Ok(applied);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "replicas did not converge: (commit, applied) = {last:?}"
+        ))
+    }
+
+    async fn check(&mut self, final_applied: u64) -> Result<Summary, String> {
+        self.net.check_storm()?;
+        let mut states = Vec::new();
+        for r in &self.replicas {
+            let h = r.handle.as_ref().ok_or("replica down at the end")?;
+            states.push(checks::state_bytes(h).await?);
+        }
+        if let Some(i) = states.iter().position(|s| *s != states[0]) {
+            let (a, b) = (&states[0].1, &states[i].1);
+            let at = a.iter().zip(b.iter()).position(|(x, y)| x != y);
+            return Err(format!(
+                "applied state differs: {} at {} ({} bytes) vs {} at {} ({} bytes), first difference at byte {at:?}",
+                self.replicas[0].name,
+                states[0].0,
+                a.len(),
+                self.replicas[i].name,
+                states[i].0,
+                b.len()
+            ));
+        }
+        checks::check_committed_prefixes(&self.replicas)?;
+        let finals = self.final_reads().await?;
+        let history = self
+            .shared
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        checks::check_acked_writes(&history, &finals)?;
+        let linearizable = checks::check_linearizable(&history)?;
+        Ok(Summary {
+            trace: self.shared.trace.summary(),
+            ops: history.len(),
+            messages: self.net.delivered(),
+            crashes: self.crashes,
+            storage_stops: self.storage_stops,
+            replaced: self.replaced,
+            snapshots_sent: self.net.snapshots_sent(),
+            final_applied,
+            inconclusive: !linearizable,
+        })
+    }
+
+    /// A linearizable read of every key, added to the history.
+    async fn final_reads(&mut self) -> Result<BTreeMap<u8, Option<u64>>, String> {
+        let h = self.replicas[0].handle.clone().ok_or("replica 0 down")?;
+        let mut finals = BTreeMap::new();
+        for key in 0..KEYS {
+            if !workload::until_leader_known(&h).await {
+                return Err("no leader known for the final reads".into());
+            }
+            let call = self.shared.now_us();
+            let got = h
+                .get(workload::key_bytes(key), true)
+                .await
+                .map_err(|e| format!("final read: {e}"))?;
+            let value = got
+                .value
+                .and_then(|e| std::str::from_utf8(&e.value).ok()?.parse().ok());
+            let op = linearizability::Op {
+                key,
+                kind: linearizability::OpKind::Get { value },
+                call,
+                ret: Some(self.shared.now_us()),
+            };
+            self.shared
+                .history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(op);
+            finals.insert(key, value);
+        }
+        Ok(finals)
+    }
+}
+
+/// The next membership change that moves the leader's configuration
+/// (`st`) towards "`new` is a voter and `old` is gone"; `None` when there.
+fn membership_step(st: &NodeStatus, old: NodeId, new: &Member) -> Option<AdminCmd> {
+    let find = |id| st.members.iter().find(|m| m.member.id == id);
+    match find(new.id) {
+        None => Some(AdminCmd::AddMember(new.clone())),
+        Some(m) if !m.voter => Some(AdminCmd::Promote(new.id)),
+        Some(_) => find(old).map(|_| AdminCmd::Remove(old)),
+    }
+}
+
+async fn status(h: &NodeHandle) -> Result<NodeStatus, String> {
+    match h.admin(AdminCmd::Status).await {
+        Ok(AdminReply::Status(s)) => Ok(*s),
+        Ok(other) => Err(format!("unexpected status reply {other:?}")),
+        Err(e) => Err(format!("status: {e}")),
+    }
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok())
+}
+
+/// The seeds to run: one replayed seed, a soak range, or the CI default.
+fn seeds() -> Vec<u64> {
+    if let Some(seed) = env_u64("TITAN_VOPR_SEED") {
+        return vec![seed];
+    }
+    let start = env_u64("TITAN_VOPR_SEED_START").unwrap_or(0);
+    let count = env_u64("TITAN_VOPR_SEEDS").unwrap_or(DEFAULT_SEEDS);
+    (start..start + count).collect()
+}
+
+#[test]
+fn vopr_seeds_keep_every_invariant() {
+    let seeds = seeds();
+    let started = std::time::Instant::now();
+    let mut runs = Vec::new();
+    for &seed in &seeds {
+        let t = std::time::Instant::now();
+        match run_seed(seed) {
+            Ok(s) => {
+                eprintln!("seed {seed} ({:?}): {s:?}", t.elapsed());
+                runs.push(s);
+            }
+            Err(e) => panic!("seed {seed} failed: {e}\nreproduce with TITAN_VOPR_SEED={seed}"),
+        }
+    }
+    eprintln!("{} seeds in {:?}", seeds.len(), started.elapsed());
+    if seeds.len() >= DEFAULT_SEEDS as usize {
+        assert_coverage(&runs);
+    }
+}
+
+/// Every fault the simulator claims to inject happened in some run, so a
+/// change that silently stops exercising one fails here.
+fn assert_coverage(runs: &[Summary]) {
+    let total = |f: fn(&Summary) -> u64| runs.iter().map(f).sum::<u64>();
+    assert!(total(|s| s.crashes) > 0, "no crash");
+    assert!(
+        total(|s| s.storage_stops) > 0,
+        "no node stopped on a disk fault"
+    );
+    assert!(total(|s| s.replaced) > 0, "no damaged member replaced");
+    assert!(total(|s| s.snapshots_sent) > 0, "no snapshot streamed");
+    assert!(
+        runs.iter().all(|s| s.ops > 100),
+        "a run with few operations"
+    );
+}
+
+#[test]
+fn one_seed_replays_exactly() {
+    let seed = env_u64("TITAN_VOPR_SEED").unwrap_or(7);
+    let a = run_seed(seed).unwrap_or_else(|e| panic!("{e}\nreproduce with TITAN_VOPR_SEED={seed}"));
+    let b = run_seed(seed).unwrap_or_else(|e| panic!("{e}\nreproduce with TITAN_VOPR_SEED={seed}"));
+    assert_eq!(a, b, "seed {seed} did not replay exactly");
+    assert!(a.trace.1 > 1000, "the run did too little: {a:?}");
+}
