@@ -109,7 +109,6 @@ pub async fn reconcile(
     }) else {
         return Ok(Requeue::await_change());
     };
-    let backup = &backup;
     let started = (ctx.clock)();
     let running = TitanBackupStatus {
         phase: Some(BackupPhase::Running),
