@@ -251,3 +251,222 @@ async fn no_ready_member_leaves_the_backup_pending_and_retries() {
     let requeue = run(backup(None), calls).await;
     assert_eq!(requeue, Requeue::requeue(Duration::from_secs(30)));
 }
+
+/// The whole controller path: the API calls of a backup that completes,
+/// against an in-process S3 server (`s3s-fs`) and a member that streams a
+/// well-formed etcd snapshot; status carries key, size, revision and the
+/// SHA-256 of the object in the bucket.
+mod completes {
+    use std::pin::Pin;
+
+    use futures::Stream;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::server::conn::auto::Builder as ConnBuilder;
+    use object_store::ObjectStoreExt;
+    use object_store::path::Path;
+    use sha2::{Digest, Sha256};
+    use titan_proto::etcdserverpb as pb;
+    use titan_proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+    use tonic::{Request, Response, Status};
+
+    use super::*;
+    use crate::backup::resource::S3Destination;
+    use crate::backup::store::{S3Credentials, s3_store};
+
+    /// Serves one fixed etcd snapshot; every other RPC is unimplemented.
+    struct Member(Vec<u8>);
+
+    type Snapshots = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+    fn no<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    #[tonic::async_trait]
+    impl Maintenance for Member {
+        type SnapshotStream = Snapshots;
+        async fn snapshot(
+            &self,
+            _: Request<pb::SnapshotRequest>,
+        ) -> Result<Response<Snapshots>, Status> {
+            let header = pb::ResponseHeader {
+                revision: 77,
+                cluster_id: 5,
+                ..pb::ResponseHeader::default()
+            };
+            let msgs = vec![Ok(pb::SnapshotResponse {
+                header: Some(header),
+                remaining_bytes: 0,
+                blob: self.0.clone(),
+            })];
+            Ok(Response::new(Box::pin(futures::stream::iter(msgs))))
+        }
+        async fn alarm(
+            &self,
+            _: Request<pb::AlarmRequest>,
+        ) -> Result<Response<pb::AlarmResponse>, Status> {
+            no()
+        }
+        async fn status(
+            &self,
+            _: Request<pb::StatusRequest>,
+        ) -> Result<Response<pb::StatusResponse>, Status> {
+            no()
+        }
+        async fn defragment(
+            &self,
+            _: Request<pb::DefragmentRequest>,
+        ) -> Result<Response<pb::DefragmentResponse>, Status> {
+            no()
+        }
+        async fn hash(
+            &self,
+            _: Request<pb::HashRequest>,
+        ) -> Result<Response<pb::HashResponse>, Status> {
+            no()
+        }
+        async fn hash_kv(
+            &self,
+            _: Request<pb::HashKvRequest>,
+        ) -> Result<Response<pb::HashKvResponse>, Status> {
+            no()
+        }
+        async fn move_leader(
+            &self,
+            _: Request<pb::MoveLeaderRequest>,
+        ) -> Result<Response<pb::MoveLeaderResponse>, Status> {
+            no()
+        }
+        async fn downgrade(
+            &self,
+            _: Request<pb::DowngradeRequest>,
+        ) -> Result<Response<pb::DowngradeResponse>, Status> {
+            no()
+        }
+    }
+
+    async fn listener() -> (tokio::net::TcpListener, std::net::SocketAddr) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let l = l.unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = l.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        (l, addr)
+    }
+
+    async fn start_s3(root: &std::path::Path) -> std::net::SocketAddr {
+        std::fs::create_dir(root.join("backups")).unwrap_or_else(|e| panic!("{e}"));
+        let fs = s3s_fs::FileSystem::new(root).unwrap_or_else(|e| panic!("{e:?}"));
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single("ak", "sk"));
+        let service = builder.build();
+        let (l, addr) = listener().await;
+        tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            while let Ok((socket, _)) = l.accept().await {
+                let conn = http.serve_connection(TokioIo::new(socket), service.clone());
+                let conn = conn.into_owned();
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn start_member(snapshot: Vec<u8>) -> std::net::SocketAddr {
+        let (l, addr) = listener().await;
+        let incoming =
+            futures::stream::unfold(
+                l,
+                |l| async move { Some((l.accept().await.map(|(s, _)| s), l)) },
+            );
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(MaintenanceServer::new(Member(snapshot)))
+                .serve_with_incoming(incoming),
+        );
+        addr
+    }
+
+    /// The member's stream: 512 bytes and the SHA-256 trailer.
+    fn snapshot() -> Vec<u8> {
+        let mut snapshot = vec![3u8; 512];
+        let trailer: [u8; 32] = Sha256::digest(&snapshot).into();
+        snapshot.extend_from_slice(&trailer);
+        snapshot
+    }
+
+    fn completed(b: &Value) {
+        let s = &b["status"];
+        let sha256 = titan_snapfile::backup::hex(&Sha256::digest(snapshot()));
+        assert_eq!(s["sha256"], sha256, "{b}");
+        assert_eq!(s["phase"], "Completed", "{b}");
+        assert_eq!(s["revision"], 77, "{b}");
+        assert_eq!(s["sizeBytes"], 544, "{b}");
+        assert_eq!(s["member"], "demo-1", "follower first: {b}");
+        let key = s["objectKey"].as_str().unwrap_or_default();
+        assert!(
+            key.starts_with("prod/demo/") && key.ends_with("-nightly.snapshot"),
+            "{b}"
+        );
+        assert_eq!(condition(b, "Completed")["status"], "True");
+        assert_eq!(condition(b, "Failed")["status"], "False");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backup_completes_and_records_key_size_revision_and_checksum() {
+        let root = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s3 = start_s3(root.path()).await;
+        let snapshot = snapshot();
+        let member = start_member(snapshot.clone()).await;
+
+        let mut spec = backup_json(None);
+        spec["spec"]["destination"]["s3"]["endpoint"] = json!(format!("http://{s3}"));
+        let secret = json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s3", "namespace": "prod"},
+            "data": {"AWS_ACCESS_KEY_ID": "YWs=", "AWS_SECRET_ACCESS_KEY": "c2s="}});
+        let calls = vec![
+            Expect::new(Method::GET, BACKUP, Reply::Json(spec.clone())),
+            Expect::new(Method::PATCH, STATUS, Reply::Json(spec.clone())).check(running_status),
+            Expect::new(
+                Method::GET,
+                CLUSTER,
+                Reply::Json(cluster_json(ready_members())),
+            ),
+            Expect::new(Method::GET, SECRET, Reply::Json(secret)),
+            Expect::new(Method::POST, EVENTS, Reply::Echo)
+                .check(|e| assert_eq!(e["reason"], "BackupCompleted")),
+            Expect::new(Method::PATCH, STATUS, Reply::Json(spec.clone())).check(completed),
+        ];
+        let (ctx, handle) = context();
+        let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("shared context"));
+        ctx.endpoint = Arc::new(move |_, _| format!("http://{member}"));
+        let backup: TitanBackup = serde_json::from_value(spec).unwrap_or_else(|e| panic!("{e}"));
+        let server = tokio::spawn(fixtures::serve(handle, calls));
+        let requeue = reconcile(Arc::new(backup), Arc::new(ctx)).await;
+        assert_eq!(requeue.ok(), Some(Requeue::await_change()));
+        server
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+
+        // The object in the bucket is the member's stream, byte for byte.
+        let dest = S3Destination {
+            bucket: "backups".into(),
+            prefix: String::new(),
+            endpoint: Some(format!("http://{s3}")),
+            region: "us-east-1".into(),
+            credentials_secret: "s3".into(),
+            allow_http: true,
+        };
+        let creds = S3Credentials {
+            access_key_id: "ak".into(),
+            secret_access_key: "sk".into(),
+            session_token: None,
+        };
+        let store =
+            s3_store(&dest, &creds, &StoreConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        let key = super::super::naming::backup_keys("", "prod", "demo", "nightly", fixtures::now());
+        let got = store.get(&Path::from(key.snapshot.as_str())).await;
+        let got = got.unwrap_or_else(|e| panic!("{e}")).bytes().await;
+        assert_eq!(got.unwrap_or_else(|e| panic!("{e}")).to_vec(), snapshot);
+    }
+}
