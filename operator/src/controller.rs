@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -18,6 +18,10 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::watch;
 
 use crate::admin::{GrpcAdmin, GrpcAdminConfig};
+use crate::backup::controller::{self as backup_controller, BackupContext, member_endpoint};
+use crate::backup::resource::TitanBackup;
+use crate::backup::store::StoreConfig;
+use crate::backup::upload::UploadConfig;
 use crate::builders::OperatorIdentity;
 use crate::crd::TitanCluster;
 use crate::leader::{LeaseConfig, LeaseLock, LeaseProblem};
@@ -100,6 +104,8 @@ pub async fn run(client: Client, config: RunConfig) -> anyhow::Result<()> {
         async move {
             tokio::select! { _ = stop => {}, _ = lost => {} }
         }
+        .boxed()
+        .shared()
     };
     run_controller(client, metrics, &config, shutdown).await;
     renewer.abort();
@@ -212,7 +218,7 @@ async fn run_controller(
     client: Client,
     metrics: Arc<Metrics>,
     config: &RunConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
     let ns = config.watch_namespace.as_deref();
     let reporter = Reporter {
@@ -230,9 +236,10 @@ async fn run_controller(
         },
         clock: Arc::new(Timestamp::now),
     });
+    let backups = run_backup_controller(&client, config, ctx.recorder.clone(), shutdown.clone());
     let wc = watcher::Config::default();
     let selector = watcher::Config::default().labels("app.kubernetes.io/name=titan");
-    Controller::new(api::<TitanCluster>(&client, ns), wc.clone())
+    let clusters = Controller::new(api::<TitanCluster>(&client, ns), wc.clone())
         .owns(api::<StatefulSet>(&client, ns), wc.clone())
         .owns(api::<Service>(&client, ns), wc.clone())
         .owns(api::<ConfigMap>(&client, ns), wc.clone())
@@ -246,6 +253,38 @@ async fn run_controller(
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile result");
+            }
+        });
+    futures::join!(clusters, backups);
+}
+
+/// The one-shot TitanBackup controller, stopped by the same `shutdown`.
+async fn run_backup_controller(
+    client: &Client,
+    config: &RunConfig,
+    recorder: Recorder,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.watch_namespace.as_deref();
+    let ctx = Arc::new(BackupContext {
+        client: client.clone(),
+        recorder,
+        upload: UploadConfig::default(),
+        store: StoreConfig::default(),
+        endpoint: Arc::new(member_endpoint),
+        clock: Arc::new(Timestamp::now),
+        requeue_no_member: Duration::from_secs(30),
+    });
+    Controller::new(api::<TitanBackup>(client, ns), watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(
+            backup_controller::reconcile,
+            backup_controller::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "backup reconcile result");
             }
         })
         .await;

@@ -304,13 +304,19 @@ fn default_snapshot_threshold_entries() -> u64 {
     10_000
 }
 
-/// The CRD as YAML, exactly what `titan-operator crd` prints and `manifests/crd.yaml` holds.
+/// The CRDs (TitanCluster, then TitanBackup) as one multi-document YAML,
+/// exactly what `titan-operator crd` prints and `manifests/crd.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     use kube::CustomResourceExt;
     // Long one-line descriptions stay on one line (no folded `>-` blocks);
     // multi-line ones become literal `|-` blocks.
     let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
-    serde_saphyr::to_string_with_options(&TitanCluster::crd(), options)
+    let cluster = serde_saphyr::to_string_with_options(&TitanCluster::crd(), options.clone())?;
+    let backup = serde_saphyr::to_string_with_options(
+        &crate::backup::resource::TitanBackup::crd(),
+        options,
+    )?;
+    Ok(format!("{cluster}---\n{backup}"))
 }
 
 /// A spec the schema accepts but the operator cannot run.

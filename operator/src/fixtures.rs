@@ -68,7 +68,8 @@ impl Expect {
     }
 }
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+/// The test side of the mock API server.
+pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// Serves `expects` in order, then returns. Panics on any mismatch or timeout.
 pub async fn serve(mut handle: Handle, expects: Vec<Expect>) {

@@ -4,8 +4,11 @@
 //! objects ([`builders`], pure) → apply them with server-side apply → observe
 //! pods and every member's admin `Status` → ask the pure [`planner`] for exactly
 //! one next step → execute it → write status.
+//!
+//! [`backup`] is a second controller, for one-shot `TitanBackup`s to S3.
 
 pub mod admin;
+pub mod backup;
 pub mod builders;
 pub mod controller;
 pub mod crd;

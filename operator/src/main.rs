@@ -26,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the TitanCluster CustomResourceDefinition as YAML.
+    /// Print the TitanCluster and TitanBackup CustomResourceDefinitions as YAML.
     Crd,
     /// Run the controller (with Lease leader election).
     Run(Box<RunArgs>),

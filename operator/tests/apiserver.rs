@@ -37,6 +37,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, CustomResourceExt};
 use serde_json::json;
 use titan_operator::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
+use titan_operator::backup::resource::TitanBackup;
 use titan_operator::builders::OperatorIdentity;
 use titan_operator::crd::TitanCluster;
 use titan_operator::leader::{LeaseConfig, LeaseLock};
@@ -179,8 +180,14 @@ async fn crd_installs_with_schema_defaults_and_validation(env: &TestEnv, client:
     crds.create(&PostParams::default(), &TitanCluster::crd())
         .await
         .unwrap_or_else(|e| panic!("CRD install: {e}"));
+    crds.create(&PostParams::default(), &TitanBackup::crd())
+        .await
+        .unwrap_or_else(|e| panic!("TitanBackup CRD install: {e}"));
     let started = Instant::now();
-    while env.kubectl(&["get", "titanclusters", "-A"]).is_err() {
+    while env
+        .kubectl(&["get", "titanclusters,titanbackups", "-A"])
+        .is_err()
+    {
         assert!(
             started.elapsed() < Duration::from_secs(30),
             "CRD never became established"
@@ -381,7 +388,7 @@ async fn kubectl_scale_updates_spec_replicas(env: &TestEnv) {
 }
 
 /// What the operator's ServiceAccount may do (`kubectl auth can-i` arguments).
-const RBAC_ALLOWED: [&str; 8] = [
+const RBAC_ALLOWED: [&str; 11] = [
     "watch titanclusters.titan.dev --all-namespaces",
     "watch statefulsets.apps --all-namespaces",
     "watch pods --all-namespaces",
@@ -390,11 +397,15 @@ const RBAC_ALLOWED: [&str; 8] = [
     "create events.events.k8s.io -n rbac",
     "watch networkpolicies.networking.k8s.io --all-namespaces",
     "delete networkpolicies.networking.k8s.io -n rbac",
+    "watch titanbackups.titan.dev --all-namespaces",
+    "patch titanbackups.titan.dev --subresource=status -n rbac",
+    "get secrets -n rbac",
 ];
 
 /// What it must not do.
-const RBAC_DENIED: [&str; 3] = [
-    "get secrets -n rbac",
+const RBAC_DENIED: [&str; 4] = [
+    "list secrets -n rbac",
+    "watch secrets --all-namespaces",
     "delete statefulsets.apps -n rbac",
     "update leases.coordination.k8s.io -n rbac",
 ];

@@ -357,8 +357,10 @@ fn rule_grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) ->
     })
 }
 
+/// Secrets: `get` only, for the credentials Secret a TitanBackup names;
+/// never `list` or `watch` (the operator cannot enumerate Secrets).
 #[test]
-fn rbac_rules_are_least_privilege_without_wildcards_or_secrets() {
+fn rbac_rules_are_least_privilege_without_wildcards_or_secret_listing() {
     let m = operator_manifest();
     let cluster_rules = m.cluster_role.rules.unwrap_or_default();
     let lease_rules = m.role.rules.unwrap_or_default();
@@ -377,10 +379,14 @@ fn rbac_rules_are_least_privilege_without_wildcards_or_secrets() {
             "non-resource URL in {rule:?}"
         );
         let resources = rule.resources.clone().unwrap_or_default();
-        assert!(
-            !resources.iter().any(|r| r == "secrets"),
-            "secret access in {rule:?}"
-        );
+        if resources.iter().any(|r| r == "secrets") {
+            assert_eq!(resources, ["secrets"], "secrets share no rule: {rule:?}");
+            assert_eq!(
+                rule.verbs,
+                ["get"],
+                "secrets are read by name only: {rule:?}"
+            );
+        }
     }
     assert!(rule_grants(
         &cluster_rules,
@@ -388,6 +394,19 @@ fn rbac_rules_are_least_privilege_without_wildcards_or_secrets() {
         "titanclusters",
         "watch"
     ));
+    assert!(rule_grants(
+        &cluster_rules,
+        "titan.dev",
+        "titanbackups",
+        "watch"
+    ));
+    assert!(rule_grants(
+        &cluster_rules,
+        "titan.dev",
+        "titanbackups/status",
+        "patch"
+    ));
+    assert!(rule_grants(&cluster_rules, "", "secrets", "get"));
     assert!(rule_grants(
         &cluster_rules,
         "titan.dev",
@@ -468,10 +487,30 @@ fn rendered_rbac_objects_have_the_names_of_the_rbac_source() {
     );
 }
 
-fn crd() -> CustomResourceDefinition {
+/// The CRDs of manifests/crd.yaml: TitanCluster, then TitanBackup.
+fn crds() -> Vec<CustomResourceDefinition> {
     let docs = documents(&read_repo_file("manifests/crd.yaml"));
-    assert_eq!(docs.len(), 1, "manifests/crd.yaml holds one CRD");
-    typed(&docs[0])
+    assert_eq!(docs.len(), 2, "manifests/crd.yaml holds two CRDs");
+    docs.iter().map(typed).collect()
+}
+
+fn crd() -> CustomResourceDefinition {
+    crds().remove(0)
+}
+
+#[test]
+fn backup_crd_is_served_in_the_same_group_with_a_status_subresource() {
+    let crd = crds().remove(1);
+    assert_eq!(crd.metadata.name.as_deref(), Some("titanbackups.titan.dev"));
+    assert_eq!(crd.spec.group, "titan.dev");
+    assert_eq!(crd.spec.names.kind, "TitanBackup");
+    assert_eq!(crd.spec.scope, "Namespaced");
+    let version = crd.spec.versions.iter().find(|v| v.name == "v1alpha1");
+    let version = version.unwrap_or_else(|| panic!("no v1alpha1 version"));
+    assert!(version.served && version.storage);
+    let sub = version.subresources.clone().unwrap_or_default();
+    assert!(sub.status.is_some(), "status subresource");
+    assert!(sub.scale.is_none(), "a backup has no replicas");
 }
 
 #[test]

@@ -385,8 +385,10 @@ check_apiserver_apply() {
 RBAC_ALLOWED=("* watch titanclusters.titan.dev" "default patch titanclusters.titan.dev/status"
   "default patch statefulsets.apps" "default delete persistentvolumeclaims"
   "default delete networkpolicies.networking.k8s.io"
+  "* watch titanbackups.titan.dev" "default patch titanbackups.titan.dev/status"
+  "default get secrets"
   "${RELEASE_NAMESPACE} update leases.coordination.k8s.io")
-RBAC_DENIED=("default get secrets" "default update leases.coordination.k8s.io"
+RBAC_DENIED=("default list secrets" "* watch secrets" "default update leases.coordination.k8s.io"
   "default delete titanclusters.titan.dev")
 
 can_i() {
