@@ -69,7 +69,9 @@ pub struct S3Destination {
     pub bucket: String,
     /// Key prefix (no leading or trailing `/` needed). Objects are written
     /// under `PREFIX/NAMESPACE/CLUSTER/`.
-    #[serde(default)]
+    // No schema default: an empty-string default does not survive the API
+    // server's CRD validation ("null" ... must be of type string).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub prefix: String,
     /// Endpoint URL of an S3-compatible server (`https://minio.example:9000`);
     /// AWS S3 when unset. Requests use path-style addressing.
