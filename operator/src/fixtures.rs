@@ -71,6 +71,27 @@ impl Expect {
 /// The test side of the mock API server.
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
+/// Runs one reconcile while the mock API server serves `expects`; both must
+/// finish in time (10 s and 5 s more). Panics on an error or a timeout, and
+/// re-raises a mismatch the server panicked on.
+pub async fn reconcile_against<T, E: std::fmt::Display>(
+    handle: Handle,
+    expects: Vec<Expect>,
+    reconcile: impl std::future::Future<Output = Result<T, E>>,
+) -> T {
+    let server = tokio::spawn(serve(handle, expects));
+    let out = match tokio::time::timeout(Duration::from_secs(10), reconcile).await {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("reconcile failed: {e}"),
+        Err(_) => panic!("reconcile timed out"),
+    };
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(())) => out,
+        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
+        Err(_) => panic!("mock API server did not finish"),
+    }
+}
+
 /// Serves `expects` in order, then returns. Panics on any mismatch or timeout.
 pub async fn serve(mut handle: Handle, expects: Vec<Expect>) {
     for (i, expect) in expects.into_iter().enumerate() {

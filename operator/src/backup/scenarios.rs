@@ -86,18 +86,7 @@ fn context() -> (Arc<BackupContext>, fixtures::Handle) {
 
 async fn run(backup: TitanBackup, expects: Vec<Expect>) -> Requeue {
     let (ctx, handle) = context();
-    let server = tokio::spawn(fixtures::serve(handle, expects));
-    let result = tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(backup), ctx));
-    let requeue = match result.await {
-        Ok(Ok(requeue)) => requeue,
-        Ok(Err(e)) => panic!("reconcile failed: {e}"),
-        Err(_) => panic!("reconcile timed out"),
-    };
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(())) => requeue,
-        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
-        Err(_) => panic!("mock API server did not finish"),
-    }
+    fixtures::reconcile_against(handle, expects, reconcile(Arc::new(backup), ctx)).await
 }
 
 fn running_status(b: &Value) {

@@ -108,19 +108,7 @@ async fn run_knowing(
     expects: Vec<Expect>,
 ) -> Requeue {
     let (ctx, handle) = fixtures::context_with_operator(admin, operator);
-    let server = tokio::spawn(fixtures::serve(handle, expects));
-    let result =
-        tokio::time::timeout(Duration::from_secs(10), reconcile(Arc::new(cluster), ctx)).await;
-    let requeue = match result {
-        Ok(Ok(requeue)) => requeue,
-        Ok(Err(e)) => panic!("reconcile failed: {e}"),
-        Err(_) => panic!("reconcile timed out"),
-    };
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(())) => requeue,
-        Ok(Err(join)) => std::panic::resume_unwind(join.into_panic()),
-        Err(_) => panic!("mock API server did not finish"),
-    }
+    fixtures::reconcile_against(handle, expects, reconcile(Arc::new(cluster), ctx)).await
 }
 
 #[tokio::test]
