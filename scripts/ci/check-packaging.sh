@@ -360,7 +360,8 @@ kc() { kubectl --kubeconfig "${WORK}/kubeconfig" "$@"; }
 check_apiserver_apply() {
   start_apiserver "${KUBEBUILDER_ASSETS}" || return 1
   kc apply --server-side -f "${CRD_FILE}" >&2 || return 1
-  kc wait --for condition=established --timeout=30s crd/titanclusters.titan.dev >&2 || return 1
+  kc wait --for condition=established --timeout=30s \
+    crd/titanclusters.titan.dev crd/titanbackups.titan.dev >&2 || return 1
   kc create namespace "${RELEASE_NAMESPACE}" >&2 || return 1
   # The generated manifest holds its own Namespace; everything else must dry-run.
   kc apply --server-side --dry-run=server -f "${OPERATOR_MANIFEST}" >&2 || return 1
@@ -389,13 +390,19 @@ RBAC_ALLOWED=("* watch titanclusters.titan.dev" "default patch titanclusters.tit
   "default get secrets"
   "${RELEASE_NAMESPACE} update leases.coordination.k8s.io")
 RBAC_DENIED=("default list secrets" "* watch secrets" "default update leases.coordination.k8s.io"
-  "default delete titanclusters.titan.dev")
+  "default delete titanclusters.titan.dev" "default patch titanbackups.titan.dev")
 
+# "RESOURCE/SUB" asks about the subresource: `kubectl auth can-i` itself would
+# read it as the object named SUB.
 can_i() {
-  local ns="$1" verb="$2" resource="$3" scope
+  local ns="$1" verb="$2" resource="$3" scope sub=()
   local sa="system:serviceaccount:${RELEASE_NAMESPACE}:${RELEASE_NAME}"
   if [ "${ns}" = "*" ]; then scope=(--all-namespaces); else scope=(-n "${ns}"); fi
-  kc auth can-i --as "${sa}" "${scope[@]}" "${verb}" "${resource}" >/dev/null 2>&1
+  if [[ ${resource} == */* ]]; then
+    sub=(--subresource "${resource#*/}")
+    resource=${resource%%/*}
+  fi
+  kc auth can-i --as "${sa}" "${scope[@]}" "${sub[@]}" "${verb}" "${resource}" >/dev/null 2>&1
 }
 
 check_rbac_wiring() {
