@@ -179,6 +179,13 @@ pub struct Cli {
         default_value_t = 50
     )]
     pub snapshot_log_percent: u64,
+    /// Keep values of at least this many bytes in the value log (data files
+    /// under `<data-dir>/vlog`, read back with one pread) instead of memory;
+    /// 0 = every value. Unset: every value in memory. Experimental: the log
+    /// is rebuilt at every start and not yet merged while running (see
+    /// ARCHITECTURE.md).
+    #[arg(long = "value-log-threshold", env = "TITAN_VALUE_LOG_THRESHOLD")]
+    pub value_log_threshold: Option<u64>,
     /// Largest snapshot accepted from a leader; a bigger install stream is
     /// refused as soon as it passes this size.
     #[arg(
@@ -424,6 +431,9 @@ pub struct Config {
     /// WAL size, as a percentage of the newest snapshot's size, that an
     /// automatic snapshot also waits for (0 = no size condition).
     pub snapshot_log_percent: u64,
+    /// Values of at least this many bytes go to the value log (`None`: all
+    /// in memory).
+    pub value_log_threshold: Option<u64>,
     /// Largest snapshot accepted from a leader.
     pub max_snapshot_bytes: u64,
     /// Length of one Raft tick.
@@ -698,6 +708,7 @@ impl Cli {
             restore_from: self.restore_from,
             snapshot_threshold_entries: self.snapshot_threshold.max(1),
             snapshot_log_percent: self.snapshot_log_percent,
+            value_log_threshold: self.value_log_threshold,
             max_snapshot_bytes: self.max_snapshot_bytes.max(1),
             tick: Duration::from_millis(tick_ms),
             election_ticks: u32::try_from(election_ticks).unwrap_or(u32::MAX),

@@ -240,18 +240,25 @@ fn node_op() -> impl Strategy<Value = NodeOp> {
     ]
 }
 
-fn boot_opts() -> titan_server::storage::BootOptions {
-    titan_server::storage::BootOptions {
+/// Boot options; with `value_log`, every value goes to a value log that
+/// each boot opens afresh (as the server does).
+fn boot_opts(dir: &Path, value_log: bool) -> titan_server::storage::BootOptions {
+    let mut opts = titan_server::storage::BootOptions {
         wal: WalOptions {
             segment_bytes: 1024,
             compact_margin_entries: 2,
             ..WalOptions::default()
         },
         ..Default::default()
+    };
+    if value_log {
+        let log = titan_server::storage::vlog::ValueLog::open(&dir.join("vlog"), 256).unwrap();
+        opts.snapshot.values = titan_server::storage::value::ValueStore::logged(log, 0);
     }
+    opts
 }
 
-fn run_node_ops(ops: Vec<NodeOp>) {
+fn run_node_ops(ops: Vec<NodeOp>, value_log: bool) {
     use std::collections::BTreeMap;
     use titan_server::storage::boot;
     let dir = tempfile::tempdir().unwrap();
@@ -259,7 +266,7 @@ fn run_node_ops(ops: Vec<NodeOp>) {
     // store starts at revision 1 and every put advances it by one.
     let mut model: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = BTreeMap::new();
     let mut revision = 1u64;
-    let mut node = boot(dir.path(), boot_opts()).unwrap();
+    let mut node = boot(dir.path(), boot_opts(dir.path(), value_log)).unwrap();
     for op in ops {
         match op {
             NodeOp::Put { key, value } => {
@@ -299,12 +306,13 @@ fn run_node_ops(ops: Vec<NodeOp>) {
             }
             NodeOp::Restart => {
                 drop(node);
-                node = boot(dir.path(), boot_opts()).unwrap();
+                node = boot(dir.path(), boot_opts(dir.path(), value_log)).unwrap();
             }
         }
         let got: BTreeMap<Vec<u8>, (Vec<u8>, u64)> = node
             .state_machine
             .iter()
+            .map(|kv| kv.expect("value readable"))
             .map(|(k, v)| (k.to_vec(), (v.value.to_vec(), v.version)))
             .collect();
         assert_eq!(got, model);
@@ -318,6 +326,7 @@ proptest! {
     fn boot_restores_the_model_state_across_snapshots_and_restarts(
         ops in proptest::collection::vec(node_op(), 1..80)
     ) {
-        run_node_ops(ops);
+        run_node_ops(ops.clone(), false);
+        run_node_ops(ops, true);
     }
 }

@@ -50,6 +50,7 @@ fn encoded(sm: &StateMachine) -> Vec<u8> {
 
 fn pairs(sm: &StateMachine) -> Vec<(Vec<u8>, Vec<u8>, u64)> {
     sm.iter()
+        .map(|kv| kv.expect("in-memory read"))
         .map(|(k, v)| (k.to_vec(), v.value.to_vec(), v.version))
         .collect()
 }

@@ -19,6 +19,7 @@ use super::{
 use crate::metrics::{Stage, WritePath};
 use crate::raft::{Entry, EntryKind, NodeId, RaftError, Role};
 use crate::storage::Command;
+use crate::storage::mvcc::MvccError;
 use crate::storage::mvcc_codec::{ProposerTag, lease_command};
 
 /// Most writes a follower has forwarded and not yet seen applied; more
@@ -137,6 +138,13 @@ impl Runtime {
             w.header = self.header(w.header.revision, term);
             w
         });
+        if let Err(NodeError::Mvcc(MvccError::ValueUnreadable)) = outcome {
+            // Another member applied this entry from intact bytes: going on
+            // would diverge from it. Stop; a restart rebuilds the value log.
+            return Err(StorageFailure(format!(
+                "entry {index} needs a value the value log cannot return"
+            )));
+        }
         self.applied = index;
         if kind == EntryKind::Normal {
             self.follow_lease_entry(&e.data);
@@ -186,29 +194,35 @@ impl Runtime {
     /// Answers a read from the current state machine.
     pub(super) fn answer_read(&self, read_index: u64, read: PendingRead) {
         let answer = match read.query {
-            ReadQuery::Get(key) => ReadAnswer::Get(adapter::get(&self.sm, &key)),
+            ReadQuery::Get(key) => adapter::get(&self.sm, &key).map(ReadAnswer::Get),
             ReadQuery::Range {
                 start,
                 end,
                 limit,
                 max_bytes,
-            } => {
-                let (kvs, more): (Vec<KvEntry>, bool) =
-                    adapter::range(&self.sm, &start, &end, (limit, max_bytes));
-                ReadAnswer::Range(kvs, more)
-            }
-            ReadQuery::Etcd(req) => {
-                ReadAnswer::Etcd(super::RangeAt::new(self.sm.kv().clone(), req))
-            }
-            ReadQuery::EtcdStats => ReadAnswer::EtcdStats(self.sm.kv().stats()),
+            } => adapter::range(&self.sm, &start, &end, (limit, max_bytes))
+                .map(|(kvs, more): (Vec<KvEntry>, bool)| ReadAnswer::Range(kvs, more)),
+            ReadQuery::Etcd(req) => Ok(ReadAnswer::Etcd(super::RangeAt::new(
+                self.sm.kv().clone(),
+                req,
+            ))),
+            ReadQuery::EtcdStats => Ok(ReadAnswer::EtcdStats(self.sm.kv().stats())),
             ReadQuery::EtcdSnapshot => {
                 let meta = super::snapshot::snapshot_meta_at(&self.raw, self.applied);
-                ReadAnswer::EtcdSnapshot(super::SnapshotAt::new(self.sm.snapshot_view(), meta))
+                let view = self.sm.snapshot_view();
+                Ok(ReadAnswer::EtcdSnapshot(super::SnapshotAt::new(view, meta)))
             }
             ReadQuery::EtcdEvents(q) => {
                 let kv = self.sm.kv();
                 let batch = kv.events(&q.key, &q.range_end, q.from, q.prev_kv, q.max_events);
-                ReadAnswer::EtcdEvents(batch, kv.compact_revision())
+                Ok(ReadAnswer::EtcdEvents(batch, kv.compact_revision()))
+            }
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                let _ = read.reply.send(Err(NodeError::Mvcc(e)));
+                return;
             }
         };
         // The etcd header's term; titan.v1/TCP reads do not pay for it.

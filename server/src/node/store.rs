@@ -15,6 +15,7 @@ use super::{Header, KvEntry, Member, NodeError, SnapshotInfo, WriteOp, WriteResu
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::raft::{Entry, NodeId, SnapshotMeta};
+use crate::storage::mvcc::MvccError;
 use crate::storage::{
     self, ApplyError, ApplyOutcome, BootOptions, Command, MemberInfo, SnapshotFile, SnapshotStore,
     StateMachine, Wal,
@@ -101,12 +102,12 @@ pub fn apply(sm: &mut StateMachine, e: &Entry) -> Result<WriteResult, NodeError>
 
 /// Reads one key. The value is shared with the map, not copied inside the
 /// runtime task.
-pub fn get(sm: &StateMachine, key: &[u8]) -> Option<KvEntry> {
-    sm.get(key).map(|v| KvEntry {
+pub fn get(sm: &StateMachine, key: &[u8]) -> Result<Option<KvEntry>, MvccError> {
+    Ok(sm.get(key)?.map(|v| KvEntry {
         key: Bytes::copy_from_slice(key),
         value: Bytes::from_owner(v.value.clone()),
         version: v.version,
-    })
+    }))
 }
 
 /// Reads `[start, end)` (empty end = unbounded), at most `limit` keys and
@@ -118,15 +119,15 @@ pub fn range(
     start: &[u8],
     end: &[u8],
     (limit, max_bytes): (usize, usize),
-) -> (Vec<KvEntry>, bool) {
+) -> Result<(Vec<KvEntry>, bool), MvccError> {
     let end = (!end.is_empty()).then_some(end);
-    let found = sm.range(start, end, limit.saturating_add(1));
+    let found = sm.range(start, end, limit.saturating_add(1))?;
     let mut kvs = Vec::with_capacity(found.len().min(limit));
     let mut bytes = 0usize;
     for (k, v) in &found {
         bytes = bytes.saturating_add(k.len() + v.value.len());
         if kvs.len() == limit || (!kvs.is_empty() && bytes > max_bytes) {
-            return (kvs, true);
+            return Ok((kvs, true));
         }
         kvs.push(KvEntry {
             key: Bytes::copy_from_slice(k),
@@ -134,7 +135,7 @@ pub fn range(
             version: v.version,
         });
     }
-    (kvs, false)
+    Ok((kvs, false))
 }
 
 /// The member directory as node-level members.
@@ -281,6 +282,13 @@ pub fn boot(cfg: &Config, metrics: &Arc<Metrics>, env: &NodeEnv) -> Result<Boote
     }));
     opts.wal.compact_margin_entries = env.log_margin_entries();
     opts.snapshot.max_install_bytes = cfg.max_snapshot_bytes;
+    if let Some(threshold) = cfg.value_log_threshold {
+        let dir = cfg.data_dir.join(storage::boot::VLOG_DIR);
+        let log = storage::vlog::ValueLog::open(&dir, storage::vlog::DEFAULT_FILE_LIMIT)
+            .map_err(|e| format!("value log {}: {e}", dir.display()))?;
+        let threshold = usize::try_from(threshold).unwrap_or(usize::MAX);
+        opts.snapshot.values = storage::value::ValueStore::logged(log, threshold);
+    }
     let b = storage::boot(&cfg.data_dir, opts).map_err(|e| e.to_string())?;
     if b.dropped_tail_bytes > 0 {
         tracing::warn!(bytes = b.dropped_tail_bytes, "truncated a torn WAL tail");
@@ -332,7 +340,8 @@ pub fn restore_backup(booted: &mut Booted, members: &[Member], path: &Path) -> R
         .map_err(|e| e.to_string())
         .and_then(|f| {
             let mut r = std::io::BufReader::with_capacity(1 << 20, f);
-            storage::snapshot_codec::load_backup(&mut r, &limits).map_err(|e| e.to_string())
+            let values = booted.sm.kv().values().clone();
+            storage::snapshot_codec::load_backup(&mut r, &limits, values).map_err(|e| e.to_string())
         })
         .map_err(|e| format!("--restore-from {}: {e}", path.display()))?;
     let (entries, _) = bootstrap_log(members);
@@ -401,17 +410,17 @@ mod tests {
     #[test]
     fn range_stops_at_its_byte_budget_and_reports_more() {
         let sm = sm_with(&[("a", 400), ("b", 400), ("c", 400)]);
-        let (kvs, more) = range(&sm, b"", b"", (100, 1000));
+        let (kvs, more) = range(&sm, b"", b"", (100, 1000)).unwrap();
         assert_eq!(kvs.len(), 2, "two pairs of 401 bytes fit 1000");
         assert!(more);
-        let (kvs, more) = range(&sm, b"", b"", (100, 10_000));
+        let (kvs, more) = range(&sm, b"", b"", (100, 10_000)).unwrap();
         assert_eq!((kvs.len(), more), (3, false));
     }
 
     #[test]
     fn range_returns_one_oversize_pair_rather_than_nothing() {
         let sm = sm_with(&[("a", 5000), ("b", 1)]);
-        let (kvs, more) = range(&sm, b"", b"", (100, 10));
+        let (kvs, more) = range(&sm, b"", b"", (100, 10)).unwrap();
         assert_eq!((kvs.len(), more), (1, true));
         assert_eq!(kvs[0].value.len(), 5000);
     }
@@ -419,7 +428,7 @@ mod tests {
     #[test]
     fn range_limit_still_counts_keys() {
         let sm = sm_with(&[("a", 1), ("b", 1), ("c", 1)]);
-        assert!(range(&sm, b"", b"", (2, usize::MAX)).1);
-        assert!(!range(&sm, b"b", b"", (2, usize::MAX)).1);
+        assert!(range(&sm, b"", b"", (2, usize::MAX)).unwrap().1);
+        assert!(!range(&sm, b"b", b"", (2, usize::MAX)).unwrap().1);
     }
 }

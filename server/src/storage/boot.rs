@@ -19,6 +19,8 @@ use crate::raft::{Entry, HardState, SnapshotMeta};
 pub const WAL_DIR: &str = "wal";
 /// Subdirectory holding snapshot files.
 pub const SNAP_DIR: &str = "snap";
+/// Value log directory under the data dir (see `storage::vlog`).
+pub const VLOG_DIR: &str = "vlog";
 
 /// Options for [`boot`].
 #[derive(Debug, Clone, Default)]
@@ -91,6 +93,7 @@ pub struct Boot {
 
 /// Starts the storage layer from `data_dir`.
 pub fn boot(data_dir: &Path, opts: BootOptions) -> Result<Boot, BootError> {
+    let values = opts.snapshot.values.clone();
     let snapshots = SnapshotStore::open(&data_dir.join(SNAP_DIR), opts.snapshot)?;
     let (wal, recovery) = Wal::open(&data_dir.join(WAL_DIR), opts.wal)?;
     // A received snapshot becomes loadable only if the WAL accepted it.
@@ -98,7 +101,7 @@ pub fn boot(data_dir: &Path, opts: BootOptions) -> Result<Boot, BootError> {
     let NewestSnapshot { loaded, skipped } = snapshots.load_newest()?;
     let (mut sm, meta) = match loaded {
         Some(l) => (l.state_machine, l.header.meta),
-        None => (StateMachine::new(), SnapshotMeta::default()),
+        None => (StateMachine::with_values(values), SnapshotMeta::default()),
     };
     check_fallback(&skipped, meta.index, &recovery.entries)?;
     let mut entries = recovery.entries;

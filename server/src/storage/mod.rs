@@ -33,6 +33,8 @@ pub mod mvcc_codec;
 pub mod snapshot;
 pub mod snapshot_codec;
 pub mod state_machine;
+pub mod value;
+pub mod vlog;
 pub mod wal;
 pub mod wal_fs;
 pub mod wal_record;

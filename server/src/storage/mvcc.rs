@@ -22,12 +22,17 @@
 //!   are not replicated: the leader keeps them (`node::lease_clock`).
 //!
 //! The index is a persistent map ([`imbl::OrdMap`]) of persistent vectors:
-//! cloning the store for a snapshot is O(1).
+//! cloning the store for a snapshot is O(1). Values are kept where the
+//! store's [`ValueStore`] puts them: in memory, or in the value log
+//! (`storage::vlog`) above a size threshold; reads fetch them, so every
+//! read that returns values can fail with [`MvccError::ValueUnreadable`].
 
 use std::ops::Bound;
 use std::sync::Arc;
 
 use imbl::{OrdMap, OrdSet, Vector};
+
+use super::value::{Value, ValueStore};
 
 /// Revisions kept by the automatic compaction: once the store is this many
 /// revisions past its compaction point twice over, it compacts to
@@ -82,8 +87,8 @@ pub struct KeyValue {
 /// A live key's state at one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
-    /// Value bytes (shared with readers and snapshots).
-    pub value: Arc<[u8]>,
+    /// The value, in memory or in the value log (see `storage::value`).
+    pub value: Value,
     /// First revision of this generation.
     pub create_revision: i64,
     /// Writes in this generation.
@@ -128,6 +133,11 @@ pub enum MvccError {
     /// A grant while [`MAX_LEASES`] leases exist.
     #[error("etcdserver: too many leases")]
     TooManyLeases,
+    /// A value in the value log could not be read back (the file and
+    /// offset are in the member's log). Never a client's fault; while
+    /// applying, the member stops rather than diverge.
+    #[error("etcdserver: value log read failed")]
+    ValueUnreadable,
 }
 
 /// Sort order of a range.
@@ -376,6 +386,8 @@ pub struct MvccStore {
     history_value_bytes: u64,
     /// Lease id → lease.
     leases: OrdMap<i64, Lease>,
+    /// Where values are kept (memory, or the value log above a threshold).
+    values: ValueStore,
 }
 
 impl Default for MvccStore {
@@ -407,15 +419,8 @@ fn visible(history: &Vector<Record>, rev: i64) -> Option<&Record> {
     }
 }
 
-fn to_kv(key: &Arc<[u8]>, mod_revision: i64, live: &Live) -> KeyValue {
-    KeyValue {
-        key: key.clone(),
-        value: live.value.clone(),
-        create_revision: live.create_revision,
-        mod_revision,
-        version: live.version,
-        lease: live.lease,
-    }
+fn empty_value() -> Arc<[u8]> {
+    Arc::from(Vec::new())
 }
 
 impl MvccStore {
@@ -428,7 +433,51 @@ impl MvccStore {
             records: 0,
             history_value_bytes: 0,
             leases: OrdMap::new(),
+            values: ValueStore::in_memory(),
         }
+    }
+
+    /// An empty store at revision 1 that places values with `values`.
+    pub fn with_values(values: ValueStore) -> Self {
+        MvccStore {
+            values,
+            ..MvccStore::new()
+        }
+    }
+
+    /// The value placement policy (and value log) of this store.
+    pub fn values(&self) -> &ValueStore {
+        &self.values
+    }
+
+    /// The bytes of a record's value.
+    pub fn value_of(&self, key: &[u8], live: &Live) -> Result<Arc<[u8]>, MvccError> {
+        self.values.read(key, &live.value).map_err(|e| {
+            tracing::error!(error = %e, "a stored value could not be read");
+            MvccError::ValueUnreadable
+        })
+    }
+
+    /// A record as etcd clients see it; the value is read only when asked for.
+    fn kv_of(
+        &self,
+        key: &Arc<[u8]>,
+        mod_revision: i64,
+        live: &Live,
+        with_value: bool,
+    ) -> Result<KeyValue, MvccError> {
+        Ok(KeyValue {
+            key: key.clone(),
+            value: if with_value {
+                self.value_of(key, live)?
+            } else {
+                empty_value()
+            },
+            create_revision: live.create_revision,
+            mod_revision,
+            version: live.version,
+            lease: live.lease,
+        })
     }
 
     /// The current revision.
@@ -466,9 +515,9 @@ impl MvccStore {
         key: &'a [u8],
         range_end: &'a [u8],
         rev: i64,
-    ) -> impl Iterator<Item = KeyValue> + 'a {
+    ) -> impl Iterator<Item = Result<KeyValue, MvccError>> + 'a {
         self.visible_live(key, range_end, rev)
-            .map(|(k, mod_rev, l)| to_kv(k, mod_rev, l))
+            .map(|(k, mod_rev, l)| self.kv_of(k, mod_rev, l, true))
     }
 
     /// Live keys in `[key, range_end)` at `rev`, by reference: counting or
@@ -488,15 +537,27 @@ impl MvccStore {
     }
 
     /// The live pair under `key` now.
-    pub fn get(&self, key: &[u8]) -> Option<KeyValue> {
-        let h = self.index.get(key)?;
-        let rec = h.last()?;
-        let k = self.index.get_key_value(key)?.0;
-        rec.live.as_ref().map(|l| to_kv(k, rec.mod_revision, l))
+    pub fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, MvccError> {
+        let Some((k, h)) = self.index.get_key_value(key) else {
+            return Ok(None);
+        };
+        match h.last() {
+            Some(Record {
+                mod_revision,
+                live: Some(l),
+            }) => self.kv_of(k, *mod_revision, l, true).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// The `mod_revision` of the live key `key` now, without its value.
+    pub fn mod_revision_of(&self, key: &[u8]) -> Option<i64> {
+        let rec = self.index.get(key)?.last()?;
+        rec.live.as_ref().map(|_| rec.mod_revision)
     }
 
     /// Every live pair now, in key order.
-    pub fn iter_live(&self) -> impl Iterator<Item = KeyValue> + '_ {
+    pub fn iter_live(&self) -> impl Iterator<Item = Result<KeyValue, MvccError>> + '_ {
         self.live_at(&[0], &[0], self.revision)
     }
 
@@ -519,12 +580,14 @@ impl MvccStore {
             (false, true, Ok(limit)) if limit > 0 => limit.saturating_add(1),
             _ => usize::MAX,
         };
+        // keys_only still reads values to sort by them (stripped below).
+        let with_value = !req.keys_only || req.sort_target == SortTarget::Value;
         let mut count = 0i64;
         let mut kvs: Vec<KeyValue> = Vec::new();
         for (k, mod_rev, live) in self.visible_live(&req.key, &req.range_end, rev) {
             count += 1;
             if kvs.len() < keep && passes(req, mod_rev, live) {
-                kvs.push(to_kv(k, mod_rev, live));
+                kvs.push(self.kv_of(k, mod_rev, live, with_value)?);
             }
         }
         if req.count_only {
@@ -539,8 +602,8 @@ impl MvccStore {
         if more {
             kvs.truncate(req.limit as usize);
         }
-        if req.keys_only {
-            let empty: Arc<[u8]> = Arc::from(Vec::new());
+        if req.keys_only && with_value {
+            let empty = empty_value();
             kvs.iter_mut().for_each(|kv| kv.value = empty.clone());
         }
         Ok(RangeResponse { kvs, more, count })
@@ -571,7 +634,13 @@ impl MvccStore {
         if depth > MAX_TXN_DEPTH {
             return Err(MvccError::TxnTooDeep);
         }
-        let succeeded = req.compare.iter().all(|c| self.compare_holds(c));
+        let mut succeeded = true;
+        for c in &req.compare {
+            if !self.compare_holds(c)? {
+                succeeded = false;
+                break;
+            }
+        }
         let ops = if succeeded {
             &req.success
         } else {
@@ -601,7 +670,7 @@ impl MvccStore {
                 ResponseOp::Put(self.put(p, rev)?)
             }
             RequestOp::DeleteRange(d) => {
-                let resp = self.delete_range(d, rev);
+                let resp = self.delete_range(d, rev)?;
                 *wrote |= resp.deleted > 0;
                 ResponseOp::DeleteRange(resp)
             }
@@ -621,15 +690,19 @@ impl MvccStore {
         view.range(&at)
     }
 
-    fn compare_holds(&self, c: &Compare) -> bool {
-        let kvs: Vec<KeyValue> = self.live_at(&c.key, &c.range_end, i64::MAX).collect();
-        if kvs.is_empty() {
-            if matches!(c.target, CompareTarget::Value(_)) {
-                return false;
+    /// Whether every live key the guard names satisfies it (a missing key
+    /// compares as all-zero fields, and never equal on its value). Values
+    /// are read only for a value compare.
+    fn compare_holds(&self, c: &Compare) -> Result<bool, MvccError> {
+        let on_value = matches!(c.target, CompareTarget::Value(_));
+        let mut any = false;
+        for (k, mod_rev, live) in self.visible_live(&c.key, &c.range_end, i64::MAX) {
+            any = true;
+            if !compare_kv(c, Some(&self.kv_of(k, mod_rev, live, on_value)?)) {
+                return Ok(false);
             }
-            return compare_kv(c, None);
         }
-        kvs.iter().all(|kv| compare_kv(c, Some(kv)))
+        Ok(any || (!on_value && compare_kv(c, None)))
     }
 
     fn put(&mut self, p: &PutRequest, rev: i64) -> Result<PutResponse, MvccError> {
@@ -641,7 +714,7 @@ impl MvccStore {
         }
         let value = match (p.ignore_value, prev_live) {
             (true, Some(l)) => l.value.clone(),
-            _ => Arc::from(p.value.as_slice()),
+            _ => self.values.store(&key, &p.value),
         };
         let lease = match (p.ignore_lease, prev_live) {
             (true, Some(l)) => l.lease,
@@ -658,23 +731,35 @@ impl MvccStore {
             lease,
         };
         let prev_kv = match (&prev, p.prev_kv) {
-            (Some(r), true) => r.live.as_ref().map(|l| to_kv(&key, r.mod_revision, l)),
+            (Some(r), true) => r
+                .live
+                .as_ref()
+                .map(|l| self.kv_of(&key, r.mod_revision, l, true))
+                .transpose()?,
             _ => None,
         };
         self.push_record(key, rev, Some(live));
         Ok(PutResponse { prev_kv })
     }
 
-    fn delete_range(&mut self, d: &DeleteRangeRequest, rev: i64) -> DeleteRangeResponse {
-        let doomed: Vec<KeyValue> = self.live_at(&d.key, &d.range_end, i64::MAX).collect();
+    fn delete_range(
+        &mut self,
+        d: &DeleteRangeRequest,
+        rev: i64,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        // Values are read only when the caller wants the deleted pairs.
+        let doomed: Vec<KeyValue> = self
+            .visible_live(&d.key, &d.range_end, i64::MAX)
+            .map(|(k, mod_rev, l)| self.kv_of(k, mod_rev, l, d.prev_kv))
+            .collect::<Result<_, _>>()?;
         for kv in &doomed {
             self.move_lease(&kv.key, kv.lease, 0);
             self.push_record(kv.key.clone(), rev, None);
         }
-        DeleteRangeResponse {
+        Ok(DeleteRangeResponse {
             deleted: doomed.len() as i64,
             prev_kvs: if d.prev_kv { doomed } else { Vec::new() },
-        }
+        })
     }
 
     /// Detaches `key` from lease `from` and attaches it to `to` (0 = none).
@@ -757,9 +842,9 @@ impl MvccStore {
     /// Rebuilds every lease's key set from the live keys (snapshot load).
     pub(crate) fn attach_lease_keys(&mut self) {
         let leased: Vec<(Arc<[u8]>, i64)> = self
-            .iter_live()
-            .filter(|kv| kv.lease != 0)
-            .map(|kv| (kv.key, kv.lease))
+            .visible_live(&[0], &[0], self.revision)
+            .filter(|(_, _, l)| l.lease != 0)
+            .map(|(k, _, l)| (k.clone(), l.lease))
             .collect();
         for (key, id) in leased {
             if let Some(l) = self.leases.get_mut(&id) {
@@ -866,7 +951,7 @@ impl MvccStore {
         let range = (!empty_bounds(key, range_end))
             .then(|| self.index.range::<_, [u8]>(bounds(key, range_end)));
         for (k, history) in range.into_iter().flatten() {
-            collect_events(k, history, from, prev_kv, &mut events);
+            self.collect_events(k, history, from, prev_kv, &mut events)?;
         }
         events.sort_by(|a, b| (a.kv.mod_revision, &a.kv.key).cmp(&(b.kv.mod_revision, &b.kv.key)));
         let mut complete_through = self.revision;
@@ -881,13 +966,12 @@ impl MvccStore {
         })
     }
 
-    /// Restores a store from snapshot parts (see `mvcc_codec`).
-    pub(crate) fn from_parts(revision: i64, compact_revision: i64) -> Self {
-        MvccStore {
-            revision,
-            compact_revision,
-            ..MvccStore::new()
-        }
+    /// Sets the revisions of a store being restored from a snapshot (see
+    /// `snapshot_codec`), which must still be empty.
+    pub(crate) fn set_revisions(&mut self, revision: i64, compact_revision: i64) {
+        debug_assert!(self.index.is_empty());
+        self.revision = revision;
+        self.compact_revision = compact_revision;
     }
 
     /// Inserts one key's history read from a snapshot.
@@ -906,37 +990,45 @@ impl MvccStore {
     }
 }
 
-fn collect_events(
-    key: &Arc<[u8]>,
-    history: &Vector<Record>,
-    from: i64,
-    want_prev: bool,
-    out: &mut Vec<Event>,
-) {
-    let mut prev: Option<&Record> = None;
-    for rec in history {
-        if rec.mod_revision >= from {
-            let prev_kv = prev
-                .filter(|_| want_prev)
-                .and_then(|p| p.live.as_ref().map(|l| to_kv(key, p.mod_revision, l)));
-            let kv = match &rec.live {
-                Some(l) => to_kv(key, rec.mod_revision, l),
-                None => KeyValue {
-                    key: key.clone(),
-                    value: Arc::from(Vec::new()),
-                    create_revision: 0,
-                    mod_revision: rec.mod_revision,
-                    version: 0,
-                    lease: 0,
-                },
-            };
-            out.push(Event {
-                is_put: rec.live.is_some(),
-                kv,
-                prev_kv,
-            });
+impl MvccStore {
+    fn collect_events(
+        &self,
+        key: &Arc<[u8]>,
+        history: &Vector<Record>,
+        from: i64,
+        want_prev: bool,
+        out: &mut Vec<Event>,
+    ) -> Result<(), MvccError> {
+        let mut prev: Option<&Record> = None;
+        for rec in history {
+            if rec.mod_revision >= from {
+                let prev_kv = match prev.filter(|_| want_prev) {
+                    Some(Record {
+                        mod_revision,
+                        live: Some(l),
+                    }) => Some(self.kv_of(key, *mod_revision, l, true)?),
+                    _ => None,
+                };
+                let kv = match &rec.live {
+                    Some(l) => self.kv_of(key, rec.mod_revision, l, true)?,
+                    None => KeyValue {
+                        key: key.clone(),
+                        value: empty_value(),
+                        create_revision: 0,
+                        mod_revision: rec.mod_revision,
+                        version: 0,
+                        lease: 0,
+                    },
+                };
+                out.push(Event {
+                    is_put: rec.live.is_some(),
+                    kv,
+                    prev_kv,
+                });
+            }
+            prev = Some(rec);
         }
-        prev = Some(rec);
+        Ok(())
     }
 }
 

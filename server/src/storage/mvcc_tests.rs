@@ -67,9 +67,9 @@ fn revision_advances_once_per_txn_that_changes_a_key() {
         s.txn(&txn(ops)).expect("txn");
         assert_eq!(s.revision(), rev, "row {i}");
     }
-    let b = s.get(b"b").expect("b");
+    let b = s.get(b"b").unwrap().expect("b");
     assert_eq!((b.create_revision, b.mod_revision, b.version), (4, 4, 1));
-    assert!(s.get(b"a").is_none());
+    assert!(s.get(b"a").unwrap().is_none());
 }
 
 #[test]
@@ -79,7 +79,7 @@ fn a_key_recreated_after_delete_starts_a_new_generation() {
         s.txn(&txn(ops)).expect("txn");
     }
     s.txn(&txn(vec![put("k", "3")])).expect("txn");
-    let kv = s.get(b"k").expect("k");
+    let kv = s.get(b"k").unwrap().expect("k");
     assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (5, 5, 1));
     let old = get_at(&s, "k", 3).expect("read").expect("live at 3");
     assert_eq!((old.create_revision, old.version), (2, 2));
@@ -344,7 +344,7 @@ fn a_failing_op_leaves_the_whole_txn_unapplied() {
     let err = s.txn(&txn(vec![put("a", "1"), bad]));
     assert_eq!(err, Err(MvccError::KeyNotFound));
     assert_eq!(s.revision(), 1);
-    assert!(s.get(b"a").is_none());
+    assert!(s.get(b"a").unwrap().is_none());
 }
 
 #[test]
@@ -518,8 +518,12 @@ fn check_read(s: &MvccStore, m: &Model, k: &str, rev: i64) {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, rng_seed: proptest::test_runner::RngSeed::Fixed(10), ..ProptestConfig::default() })]
     #[test]
-    fn store_matches_a_model_of_full_states_per_revision(steps in prop::collection::vec(step(), 1..60)) {
-        let mut s = MvccStore::new();
+    fn store_matches_a_model_of_full_states_per_revision(
+        steps in prop::collection::vec(step(), 1..60),
+        threshold in prop::option::of(0usize..3),
+    ) {
+        // Values are one byte: threshold 0 or 1 logs every value, 2 none.
+        let (_dir, mut s) = store_with(threshold);
         let mut m = Model { states: vec![BTreeMap::new(), BTreeMap::new()], compacted: 0 };
         for st in steps {
             run_step(&mut s, &mut m, st);
@@ -534,7 +538,8 @@ proptest! {
         for (k, h) in view.histories() {
             copy.push((k.clone(), h.clone()));
         }
-        let mut back = MvccStore::from_parts(s.revision(), s.compact_revision());
+        let mut back = MvccStore::new();
+        back.set_revisions(s.revision(), s.compact_revision());
         for (k, h) in copy {
             back.insert_history(k, h);
         }
@@ -728,7 +733,7 @@ fn puts_attach_keys_to_leases_and_deletes_detach_them() {
         assert_eq!(lease_keys(&s, 1), Some(owned(k1)), "row {i} lease 1");
         assert_eq!(lease_keys(&s, 2), Some(owned(k2)), "row {i} lease 2");
     }
-    assert_eq!(s.get(b"b").map(|kv| kv.lease), Some(1));
+    assert_eq!(s.get(b"b").unwrap().map(|kv| kv.lease), Some(1));
     assert_eq!(lease_keys(&s, 3), None);
 }
 
@@ -745,8 +750,8 @@ fn revoke_deletes_every_attached_key_in_one_revision_with_delete_events() {
     let before = s.revision();
     s.lease_revoke(7).expect("revoke");
     assert_eq!(s.revision(), before + 1, "one revision for every key");
-    assert_eq!((s.get(b"a"), s.get(b"b")), (None, None));
-    assert!(s.get(b"c").is_some(), "an unleased key stays");
+    assert_eq!((s.get(b"a").unwrap(), s.get(b"b").unwrap()), (None, None));
+    assert!(s.get(b"c").unwrap().is_some(), "an unleased key stays");
     let batch = s
         .events(b"a", b"z", before + 1, false, 100)
         .expect("events");
@@ -802,7 +807,7 @@ fn expiry_and_client_revokes_are_the_same_log_entry() {
         &outcomes[3],
         ApplyOutcome::Rejected(crate::storage::ApplyError::Mvcc(MvccError::LeaseNotFound))
     ));
-    assert_eq!(sm.kv().get(b"k"), None);
+    assert_eq!(sm.kv().get(b"k").unwrap(), None);
     assert_eq!(sm.kv().lease_count(), 0);
 }
 
@@ -895,6 +900,158 @@ fn a_version_2_snapshot_from_before_leases_still_loads_with_no_leases() {
     v2.extend_from_slice(&v3[v3.len() - 8..]);
     let (header, back) = decode_snapshot(&mut &v2[..], &SnapshotLimits::default()).expect("v2");
     assert_eq!(header.version, SNAPSHOT_VERSION_NO_LEASES);
-    assert_eq!(back.kv().get(b"a").map(|kv| kv.version), Some(1));
+    assert_eq!(back.kv().get(b"a").unwrap().map(|kv| kv.version), Some(1));
     assert_eq!(back.kv().lease_count(), 0);
+}
+
+/// A store whose values of at least `threshold` bytes go to a fresh value
+/// log (`None`: all in memory). Keep the directory alive while it is used.
+fn store_with(threshold: Option<usize>) -> (tempfile::TempDir, MvccStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let values = match threshold {
+        Some(t) => {
+            let log = crate::storage::vlog::ValueLog::open(&dir.path().join("vlog"), 512)
+                .expect("value log");
+            ValueStore::logged(log, t)
+        }
+        None => ValueStore::in_memory(),
+    };
+    (dir, MvccStore::with_values(values))
+}
+
+/// Every read path that returns or inspects values, as txns: sort by value
+/// (with and without keys_only), value compares, prev_kv on put and delete,
+/// ignore_value, and watch events with prev_kv.
+fn value_reading_script() -> Vec<TxnRequest> {
+    let cmp_value = |key: &str, v: &str, result| Compare {
+        result,
+        target: CompareTarget::Value(v.into()),
+        key: key.into(),
+        range_end: Vec::new(),
+    };
+    let put_prev = |key: &str, v: &str| {
+        RequestOp::Put(PutRequest {
+            key: key.into(),
+            value: v.into(),
+            prev_kv: true,
+            ..PutRequest::default()
+        })
+    };
+    let range = |keys_only, sort_target| {
+        RequestOp::Range(RangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"z".to_vec(),
+            sort_order: SortOrder::Descend,
+            sort_target,
+            keys_only,
+            ..RangeRequest::default()
+        })
+    };
+    vec![
+        txn(vec![
+            put("a", "long value one"),
+            put("b", "b"),
+            put("c", ""),
+        ]),
+        txn(vec![put_prev("a", "long value two"), put_prev("b", "bb")]),
+        TxnRequest {
+            compare: vec![cmp_value("a", "long value two", CompareResult::Equal)],
+            success: vec![put("d", "compare held"), range(false, SortTarget::Value)],
+            failure: vec![put("d", "compare failed")],
+        },
+        TxnRequest {
+            compare: vec![cmp_value("a", "long value one", CompareResult::Equal)],
+            success: vec![put("e", "wrong")],
+            failure: vec![
+                range(true, SortTarget::Value),
+                range(false, SortTarget::Key),
+            ],
+        },
+        txn(vec![RequestOp::Put(PutRequest {
+            key: b"d".to_vec(),
+            ignore_value: true,
+            prev_kv: true,
+            ..PutRequest::default()
+        })]),
+        txn(vec![del("b", "d")]),
+        txn(vec![range(false, SortTarget::Mod)]),
+    ]
+}
+
+#[test]
+fn logged_values_read_back_exactly_as_in_memory_ones() {
+    let (_d0, mut memory) = store_with(None);
+    for threshold in [0, 2, 5, 100] {
+        let (_d, mut logged) = store_with(Some(threshold));
+        if threshold == 0 {
+            for req in value_reading_script() {
+                assert_eq!(logged.txn(&req), memory.txn(&req), "{req:?}");
+            }
+        } else {
+            for req in value_reading_script() {
+                logged.txn(&req).expect("txn");
+            }
+        }
+        let live = |s: &MvccStore| s.iter_live().collect::<Result<Vec<_>, _>>();
+        assert_eq!(live(&logged), live(&memory), "threshold {threshold}");
+        let events = |s: &MvccStore| s.events(b"a", b"z", 1, true, 1000);
+        assert_eq!(events(&logged), events(&memory), "threshold {threshold}");
+        assert_eq!(logged.stats(), memory.stats(), "threshold {threshold}");
+        let logged_files = logged.values().stats().bytes > 0;
+        assert_eq!(logged_files, threshold <= 14, "threshold {threshold}");
+    }
+}
+
+#[test]
+fn an_unreadable_value_fails_reads_and_txns_without_changing_the_store() {
+    let (dir, mut s) = store_with(Some(0));
+    s.txn(&txn(vec![put("a", "one"), put("b", "two")]))
+        .expect("txn");
+    let file = dir.path().join("vlog").join("00000000.vlog");
+    let mut bytes = std::fs::read(&file).expect("data file");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1; // the last byte of b's value
+    std::fs::write(&file, bytes).expect("write");
+    let before = s.revision();
+    assert_eq!(
+        get_at(&s, "a", 0).map(|kv| value(&kv)),
+        Ok(Some("one".into()))
+    );
+    assert_eq!(get_at(&s, "b", 0), Err(MvccError::ValueUnreadable));
+    let guarded = TxnRequest {
+        compare: vec![Compare {
+            result: CompareResult::Equal,
+            target: CompareTarget::Value(b"two".to_vec()),
+            key: b"b".to_vec(),
+            range_end: Vec::new(),
+        }],
+        success: vec![put("c", "x")],
+        failure: vec![put("c", "y")],
+    };
+    assert_eq!(s.txn(&guarded), Err(MvccError::ValueUnreadable));
+    assert_eq!(
+        s.txn(&txn(vec![put("c", "x"), del("a", "z")])),
+        Err(MvccError::ValueUnreadable)
+    );
+    assert_eq!(s.revision(), before, "a failed txn changes nothing");
+    // Reads that do not need b's value still work.
+    let count = RangeRequest {
+        key: b"a".to_vec(),
+        range_end: b"z".to_vec(),
+        count_only: true,
+        ..RangeRequest::default()
+    };
+    assert_eq!(s.range(&count).map(|r| r.count), Ok(2));
+    let keys_only = RangeRequest {
+        keys_only: true,
+        count_only: false,
+        ..count
+    };
+    assert_eq!(s.range(&keys_only).map(|r| r.kvs.len()), Ok(2));
+    s.txn(&txn(vec![RequestOp::DeleteRange(DeleteRangeRequest {
+        key: b"b".to_vec(),
+        range_end: Vec::new(),
+        prev_kv: false,
+    })]))
+    .expect("a delete without prev_kv needs no value");
 }

@@ -21,10 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::fsutil::sync_dir;
 use super::snapshot_codec::{
-    SnapshotDecodeError, SnapshotHeader, SnapshotLimits, decode_header, decode_snapshot,
+    SnapshotDecodeError, SnapshotHeader, SnapshotLimits, decode_header, decode_snapshot_into,
     encode_snapshot, verify_snapshot,
 };
 use super::state_machine::StateMachine;
+use super::value::ValueStore;
 use crate::raft::SnapshotMeta;
 
 const SNAP_PREFIX: &str = "snap-";
@@ -37,7 +38,7 @@ const STAGED_EXT: &str = ".staged";
 pub const DEFAULT_MAX_INSTALL_BYTES: u64 = 8 << 30;
 
 /// Snapshot store tunables.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SnapshotOptions {
     /// Decoding limits for untrusted snapshot bytes.
     pub limits: SnapshotLimits,
@@ -45,6 +46,8 @@ pub struct SnapshotOptions {
     pub keep_count: usize,
     /// Largest snapshot accepted from a leader.
     pub max_install_bytes: u64,
+    /// Where a loaded snapshot's values go (memory, or the value log).
+    pub values: ValueStore,
 }
 
 impl Default for SnapshotOptions {
@@ -53,6 +56,7 @@ impl Default for SnapshotOptions {
             limits: SnapshotLimits::default(),
             keep_count: 2,
             max_install_bytes: DEFAULT_MAX_INSTALL_BYTES,
+            values: ValueStore::in_memory(),
         }
     }
 }
@@ -306,9 +310,12 @@ impl SnapshotStore {
     pub fn load(&self, path: &Path) -> Result<(SnapshotHeader, StateMachine), SnapshotError> {
         let file = File::open(path).map_err(io_err(path))?;
         let mut r = BufReader::with_capacity(1 << 20, file);
-        decode_snapshot(&mut r, &self.opts.limits).map_err(|source| SnapshotError::Corrupt {
-            path: path.to_path_buf(),
-            source,
+        let values = self.opts.values.clone();
+        decode_snapshot_into(&mut r, &self.opts.limits, values).map_err(|source| {
+            SnapshotError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            }
         })
     }
 

@@ -28,6 +28,7 @@ use titan_snapfile::{BodyItem, CrcWriter, FileHeader, RawRecord, RecordRef};
 
 use super::mvcc::{self, Live, MvccStore, Record};
 use super::state_machine::{MemberInfo, StateMachine};
+use super::value::ValueStore;
 use crate::raft::{ConfState, NodeId, SnapshotMeta};
 
 pub use titan_snapfile::{
@@ -98,25 +99,25 @@ pub fn encode_header(header: &SnapshotHeader) -> Vec<u8> {
     titan_snapfile::encode_header(&header.to_file())
 }
 
-fn record_ref(r: &Record) -> RecordRef<'_> {
-    let (value, create_revision, version, lease) = match &r.live {
-        Some(l) => (Some(&l.value[..]), l.create_revision, l.version, l.lease),
-        None => (None, 0, 0, 0),
+fn record_ref<'a>(r: &Record, value: Option<&'a Arc<[u8]>>) -> RecordRef<'a> {
+    let (create_revision, version, lease) = match &r.live {
+        Some(l) => (l.create_revision, l.version, l.lease),
+        None => (0, 0, 0),
     };
     RecordRef {
         mod_revision: r.mod_revision,
-        value,
+        value: value.map(|v| &v[..]),
         create_revision,
         version,
         lease,
     }
 }
 
-fn record_from_raw(r: RawRecord) -> Record {
+fn record_from_raw(key: &[u8], r: RawRecord, values: &ValueStore) -> Record {
     Record {
         mod_revision: r.mod_revision,
         live: r.live.map(|l| Live {
-            value: l.value.into(),
+            value: values.store_vec(key, l.value),
             create_revision: l.create_revision,
             version: l.version,
             lease: l.lease,
@@ -144,8 +145,18 @@ pub fn encode_snapshot<W: Write>(
     let kv = sm.kv();
     let mut bytes = header.len() as u64;
     bytes += titan_snapfile::write_revisions(&mut body, kv.revision(), kv.compact_revision())?;
+    let mut values: Vec<Option<Arc<[u8]>>> = Vec::new();
     for (key, history) in kv.histories() {
-        let records = history.iter().map(record_ref);
+        // Values in the value log are read one key history at a time.
+        values.clear();
+        for r in history {
+            let value = r.live.as_ref().map(|l| kv.value_of(key, l)).transpose();
+            values.push(value.map_err(io::Error::other)?);
+        }
+        let records = history
+            .iter()
+            .zip(&values)
+            .map(|(r, v)| record_ref(r, v.as_ref()));
         bytes += titan_snapfile::write_history(&mut body, key, history.len(), records)?;
     }
     let leases: Vec<(i64, i64)> = kv.leases().map(|(id, l)| (id, l.ttl_s)).collect();
@@ -169,7 +180,18 @@ pub fn decode_snapshot<R: Read>(
     r: &mut R,
     limits: &SnapshotLimits,
 ) -> Result<(SnapshotHeader, StateMachine), SnapshotDecodeError> {
-    let mut kv = MvccStore::new();
+    decode_snapshot_into(r, limits, ValueStore::in_memory())
+}
+
+/// [`decode_snapshot`], placing values with `values` (into the member's
+/// value log as they are read, so the snapshot's values are never all in
+/// memory at once).
+pub fn decode_snapshot_into<R: Read>(
+    r: &mut R,
+    limits: &SnapshotLimits,
+    values: ValueStore,
+) -> Result<(SnapshotHeader, StateMachine), SnapshotDecodeError> {
+    let mut kv = MvccStore::with_values(values);
     let header = titan_snapfile::decode_stream(r, limits, |item| {
         absorb(&mut kv, item);
         Ok(())
@@ -184,11 +206,15 @@ pub fn decode_snapshot<R: Read>(
 /// Adds one body item to the store being rebuilt.
 fn absorb(kv: &mut MvccStore, item: BodyItem) {
     match item {
-        BodyItem::Revisions { revision, compact } => *kv = MvccStore::from_parts(revision, compact),
-        BodyItem::Key(key, history) => kv.insert_history(
-            Arc::from(key),
-            history.into_iter().map(record_from_raw).collect(),
-        ),
+        BodyItem::Revisions { revision, compact } => kv.set_revisions(revision, compact),
+        BodyItem::Key(key, history) => {
+            let values = kv.values().clone();
+            let history = history
+                .into_iter()
+                .map(|r| record_from_raw(&key, r, &values))
+                .collect();
+            kv.insert_history(Arc::from(key), history);
+        }
         BodyItem::Lease(id, ttl_s) => kv.insert_lease(id, ttl_s),
     }
 }
@@ -201,8 +227,9 @@ fn absorb(kv: &mut MvccStore, item: BodyItem) {
 pub fn load_backup<R: Read + io::Seek>(
     r: &mut R,
     limits: &SnapshotLimits,
+    values: ValueStore,
 ) -> Result<MvccStore, titan_snapfile::backup::BackupError> {
-    let mut kv = MvccStore::new();
+    let mut kv = MvccStore::with_values(values);
     titan_snapfile::backup::read_backup(r, limits, |item| {
         absorb(&mut kv, item.clone());
         Ok(())

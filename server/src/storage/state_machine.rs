@@ -16,6 +16,7 @@ use super::mvcc::{
     Compare, CompareResult, CompareTarget, DeleteRangeRequest, KeyValue, LeaseGrant, MvccError,
     MvccStore, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
+use super::value::ValueStore;
 use super::wal_record::ByteReader;
 use crate::raft::{ConfChange, ConfChangeType, Entry, EntryKind, NodeId};
 
@@ -156,6 +157,9 @@ pub enum ApplyOutcome {
     Rejected(ApplyError),
 }
 
+/// Key-value pairs in key order, as the titan.v1/TCP reads return them.
+pub type Pairs = Vec<(Arc<[u8]>, Versioned)>;
+
 /// The MVCC store, the member directory and the applied index.
 /// `clone()` is O(1) in the number of keys.
 #[derive(Debug, Clone, Default)]
@@ -166,9 +170,17 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    /// An empty state machine at index 0.
+    /// An empty state machine at index 0, every value in memory.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty state machine at index 0 that places values with `values`.
+    pub fn with_values(values: ValueStore) -> Self {
+        Self {
+            kv: MvccStore::with_values(values),
+            ..Self::default()
+        }
     }
 
     /// Applies one committed entry. Deterministic: the same entries in the
@@ -240,10 +252,10 @@ impl StateMachine {
         value: Option<Vec<u8>>,
         cond: Condition,
     ) -> Result<WriteOutcome, MvccError> {
-        let before = self.kv.get(&key);
+        let before = self.kv.mod_revision_of(&key);
         let txn = legacy_txn(key, value.clone(), cond);
         let resp = self.kv.txn(&txn)?;
-        let old_rev = before.as_ref().map_or(0, |kv| kv.mod_revision as u64);
+        let old_rev = before.map_or(0, |rev| rev as u64);
         let version = if resp.succeeded && value.is_some() {
             self.kv.revision() as u64
         } else {
@@ -281,8 +293,8 @@ impl StateMachine {
     }
 
     /// The value and version (mod_revision) stored under `key`.
-    pub fn get(&self, key: &[u8]) -> Option<Versioned> {
-        self.kv.get(key).map(versioned)
+    pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, MvccError> {
+        Ok(self.kv.get(key)?.map(versioned))
     }
 
     /// Up to `limit` pairs with `start <= key < end` (no upper bound when
@@ -292,10 +304,10 @@ impl StateMachine {
         start: &[u8],
         end_exclusive: Option<&[u8]>,
         limit: usize,
-    ) -> Vec<(Arc<[u8]>, Versioned)> {
+    ) -> Result<Pairs, MvccError> {
         let end = match end_exclusive {
             None => vec![0],
-            Some(end) if end <= start => return Vec::new(),
+            Some(end) if end <= start => return Ok(Vec::new()),
             Some(end) => end.to_vec(),
         };
         let req = RangeRequest {
@@ -304,23 +316,24 @@ impl StateMachine {
             limit: i64::try_from(limit).unwrap_or(i64::MAX),
             ..RangeRequest::default()
         };
-        let kvs = self.kv.range(&req).map(|r| r.kvs).unwrap_or_default();
-        kvs.into_iter()
+        let kvs = self.kv.range(&req)?.kvs;
+        Ok(kvs
+            .into_iter()
             .map(|kv| (kv.key.clone(), versioned(kv)))
-            .collect()
+            .collect())
     }
 
     /// Up to `limit` pairs whose key starts with `prefix`, in key order.
-    pub fn prefix(&self, prefix: &[u8], limit: usize) -> Vec<(Arc<[u8]>, Versioned)> {
+    pub fn prefix(&self, prefix: &[u8], limit: usize) -> Result<Pairs, MvccError> {
         let end = prefix_end(prefix);
         self.range(prefix, end.as_deref(), limit)
     }
 
     /// Iterates every live pair in key order.
-    pub fn iter(&self) -> impl Iterator<Item = (Arc<[u8]>, Versioned)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = Result<(Arc<[u8]>, Versioned), MvccError>> + '_ {
         self.kv
             .iter_live()
-            .map(|kv| (kv.key.clone(), versioned(kv)))
+            .map(|kv| kv.map(|kv| (kv.key.clone(), versioned(kv))))
     }
 
     /// Number of keys in the MVCC index (live or with history).
@@ -494,7 +507,7 @@ mod tests {
             );
         }
         assert_eq!(sm.kv().revision(), 5);
-        assert!(sm.get(b"a").is_none());
+        assert!(sm.get(b"a").unwrap().is_none());
         assert_eq!(sm.applied_index(), 9);
     }
 
@@ -579,8 +592,9 @@ mod tests {
         for (i, k) in ["a", "ab", "abc", "b", "b\u{7f}", "c"].iter().enumerate() {
             sm.apply(&normal(i as u64 + 1, put(k, "v", Condition::None)));
         }
-        let keys = |v: Vec<(Arc<[u8]>, Versioned)>| -> Vec<String> {
-            v.iter()
+        let keys = |v: Result<Pairs, MvccError>| -> Vec<String> {
+            v.unwrap()
+                .iter()
                 .map(|(k, _)| String::from_utf8_lossy(k).into_owned())
                 .collect()
         };
@@ -598,8 +612,8 @@ mod tests {
         sm.apply(&normal(1, put("k", "old", Condition::None)));
         let view = sm.snapshot_view();
         sm.apply(&normal(2, put("k", "new", Condition::None)));
-        assert_eq!(&*view.get(b"k").unwrap().value, b"old");
+        assert_eq!(&*view.get(b"k").unwrap().unwrap().value, b"old");
         assert_eq!(view.applied_index(), 1);
-        assert_eq!(&*sm.get(b"k").unwrap().value, b"new");
+        assert_eq!(&*sm.get(b"k").unwrap().unwrap().value, b"new");
     }
 }

@@ -43,6 +43,7 @@ pub fn status_from_mvcc(e: MvccError) -> Status {
         MvccError::LeaseTtlTooLarge => Status::out_of_range(e.to_string()),
         MvccError::TooManyLeases => Status::resource_exhausted(e.to_string()),
         MvccError::KeyNotFound | MvccError::TxnTooDeep => Status::invalid_argument(e.to_string()),
+        MvccError::ValueUnreadable => Status::data_loss(e.to_string()),
     }
 }
 

@@ -93,7 +93,19 @@ fn peer_spec(name: &str) -> PeerSpec {
     }
 }
 
-fn config(name: &str, peers: &[String], join: bool, data_dir: &Path) -> Config {
+/// Where a seed puts values: all in memory, all in the value log, or the
+/// log above a small threshold (so both placements mix in one store).
+fn value_log_threshold(seed: u64) -> Option<u64> {
+    [None, Some(0), Some(4)][(seed % 3) as usize]
+}
+
+fn config(
+    name: &str,
+    peers: &[String],
+    join: bool,
+    data_dir: &Path,
+    value_log_threshold: Option<u64>,
+) -> Config {
     Config {
         name: name.to_string(),
         listen_addr: "sim".into(),
@@ -111,6 +123,7 @@ fn config(name: &str, peers: &[String], join: bool, data_dir: &Path) -> Config {
         snapshot_threshold_entries: SNAPSHOT_THRESHOLD_ENTRIES,
         // Entry count alone: the simulator wants many snapshots.
         snapshot_log_percent: 0,
+        value_log_threshold,
         max_snapshot_bytes: 1 << 30,
         tick: TICK,
         election_ticks: ELECTION_TICKS,
@@ -165,7 +178,8 @@ impl Replica {
             seed: Some(rng.next_u64()),
         };
         let peers = if self.join { &[][..] } else { &self.peers[..] };
-        let cfg = config(&self.name, peers, self.join, self.dir.path());
+        let threshold = value_log_threshold(seed);
+        let cfg = config(&self.name, peers, self.join, self.dir.path(), threshold);
         let (tx, rx) = watch::channel(false);
         // A joining member's id is chosen inside the build (from the seed).
         let id = std::cell::Cell::new(self.id);
