@@ -35,6 +35,7 @@ pub mod snapshot_codec;
 pub mod state_machine;
 pub mod value;
 pub mod vlog;
+pub mod vlog_merge;
 pub mod wal;
 pub mod wal_fs;
 pub mod wal_record;

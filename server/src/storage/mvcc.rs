@@ -33,6 +33,7 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet, Vector};
 
 use super::value::{Value, ValueStore};
+use super::vlog::ValueRef;
 
 /// Revisions kept by the automatic compaction: once the store is this many
 /// revisions past its compaction point twice over, it compacts to
@@ -437,10 +438,11 @@ impl MvccStore {
         }
     }
 
-    /// An empty store at revision 1 that places values with `values`.
+    /// An empty store at revision 1 that places values with `values` (in
+    /// an epoch of its own).
     pub fn with_values(values: ValueStore) -> Self {
         MvccStore {
-            values,
+            values: values.next_epoch(),
             ..MvccStore::new()
         }
     }
@@ -987,6 +989,47 @@ impl MvccStore {
             .map(|r| r.live.as_ref().map_or(0, |l| l.value.len() as u64))
             .sum::<u64>();
         self.index.insert(key, history);
+    }
+}
+
+/// Value-log upkeep: what a merge needs from the index.
+impl MvccStore {
+    /// Every record whose value is in the value log, with its key.
+    pub fn logged_values(&self) -> impl Iterator<Item = (&Arc<[u8]>, ValueRef)> + '_ {
+        self.index.iter().flat_map(|(k, h)| {
+            h.iter()
+                .filter_map(move |r| match r.live.as_ref().map(|l| &l.value) {
+                    Some(Value::Logged(v)) => Some((k, *v)),
+                    _ => None,
+                })
+        })
+    }
+
+    /// Points every record of `key` whose value is at `from` to `to` (the
+    /// same bytes, copied by a merge). Returns how many records changed;
+    /// none when the key or the record is gone since the merge looked.
+    pub fn relocate(&mut self, key: &[u8], from: ValueRef, to: ValueRef) -> usize {
+        let Some(history) = self.index.get_mut(key) else {
+            return 0;
+        };
+        let mut moved = 0;
+        for r in history.iter_mut() {
+            if let Some(l) = r.live.as_mut()
+                && l.value == Value::Logged(from)
+            {
+                l.value = Value::Logged(to);
+                moved += 1;
+            }
+        }
+        moved
+    }
+
+    /// Starts a new value-log epoch after a merge (see
+    /// [`ValueStore::next_epoch`]).
+    pub fn next_value_epoch(&mut self) -> ValueStore {
+        let old = self.values.clone();
+        self.values = self.values.next_epoch();
+        old
     }
 }
 

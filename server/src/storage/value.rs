@@ -47,6 +47,9 @@ impl From<&[u8]> for Value {
 pub struct ValueStore {
     log: Option<Arc<ValueLog>>,
     threshold: usize,
+    /// Shared by every clone of a store since the last merge moved values
+    /// (see [`ValueStore::next_epoch`]).
+    epoch: Arc<()>,
 }
 
 impl ValueStore {
@@ -60,7 +63,32 @@ impl ValueStore {
         Self {
             log: Some(log),
             threshold,
+            epoch: Arc::new(()),
         }
+    }
+
+    /// The same placement in a new epoch. A merge moves values, points the
+    /// live store at the copies and gives it a new epoch; store clones made
+    /// before (readers, snapshot writers) keep the old one, and the merged
+    /// files stay open until [`ValueStore::epoch_released`] says the last of
+    /// them is gone.
+    pub fn next_epoch(&self) -> Self {
+        Self {
+            epoch: Arc::new(()),
+            ..self.clone()
+        }
+    }
+
+    /// Whether `other` is a clone from the same epoch.
+    pub fn same_epoch(&self, other: &ValueStore) -> bool {
+        Arc::ptr_eq(&self.epoch, &other.epoch)
+    }
+
+    /// A check that is true once only the returned closure still holds
+    /// this epoch (every store clone that shared it was dropped).
+    pub fn epoch_released(self) -> impl Fn() -> bool + Send + Sync + 'static {
+        let epoch = self.epoch;
+        move || Arc::strong_count(&epoch) == 1
     }
 
     /// The value log, if values go to one.

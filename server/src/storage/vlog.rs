@@ -24,6 +24,7 @@
 //! Appends come from the applying task only; reads come from any task and
 //! never take the append lock.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -79,13 +80,24 @@ struct Active {
     len: u64,
 }
 
+/// Files a merge emptied, unlinked already and kept open until no reader
+/// that might still hold a reference into them is left (`epoch`).
+struct Retired {
+    files: Vec<u32>,
+    epoch: Box<dyn Fn() -> bool + Send + Sync>,
+}
+
 /// The value log of one member (see the module docs).
 pub struct ValueLog {
     dir: PathBuf,
     file_limit: u64,
-    /// Every file by sequence number; readers clone the `Arc` and `pread`.
-    files: RwLock<Vec<Arc<File>>>,
+    /// Every readable file by sequence number; readers clone the `Arc` and
+    /// `pread`.
+    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    /// Sizes of the closed (sealed) files still on disk.
+    sealed: Mutex<BTreeMap<u32, u64>>,
     active: Mutex<Active>,
+    retired: Mutex<Vec<Retired>>,
     bytes: AtomicU64,
     append_failures: AtomicU64,
     failing: AtomicBool,
@@ -98,6 +110,10 @@ impl std::fmt::Debug for ValueLog {
             .field("stats", &self.stats())
             .finish()
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn file_name(seq: u32) -> String {
@@ -137,12 +153,14 @@ impl ValueLog {
         Ok(Arc::new(ValueLog {
             dir: dir.to_path_buf(),
             file_limit: file_limit.max(RECORD_HEADER_LEN as u64),
-            files: RwLock::new(vec![first.clone()]),
+            files: RwLock::new(BTreeMap::from([(0, first.clone())])),
+            sealed: Mutex::new(BTreeMap::new()),
             active: Mutex::new(Active {
                 seq: 0,
                 file: first,
                 len: 0,
             }),
+            retired: Mutex::new(Vec::new()),
             bytes: AtomicU64::new(0),
             append_failures: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -195,13 +213,7 @@ impl ValueLog {
 
         let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
         if active.len > 0 && active.len + rec.len() as u64 > self.file_limit {
-            let seq = active.seq + 1;
-            let file = Arc::new(create(&self.dir, seq)?);
-            self.files
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(file.clone());
-            *active = Active { seq, file, len: 0 };
+            self.rotate_locked(&mut active)?;
         }
         active.file.write_all_at(&rec, active.len)?;
         let offset = active.len;
@@ -214,6 +226,104 @@ impl ValueLog {
         })
     }
 
+    /// Closes the active file (if it holds anything) and starts a new one,
+    /// so a merge can take every record written so far.
+    pub fn rotate(&self) -> io::Result<()> {
+        let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
+        if active.len > 0 {
+            self.rotate_locked(&mut active)?;
+        }
+        Ok(())
+    }
+
+    fn rotate_locked(&self, active: &mut Active) -> io::Result<()> {
+        let seq = active.seq + 1;
+        let file = Arc::new(create(&self.dir, seq)?);
+        lock(&self.sealed).insert(active.seq, active.len);
+        self.files
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(seq, file.clone());
+        *active = Active { seq, file, len: 0 };
+        Ok(())
+    }
+
+    /// Closed files and their sizes (a merge chooses among these).
+    pub fn sealed_files(&self) -> BTreeMap<u32, u64> {
+        lock(&self.sealed).clone()
+    }
+
+    /// Removes merged files from disk. They stay open, and readable by
+    /// sequence number, until `unreferenced()` says no reader can still
+    /// reach them; [`ValueLog::release_retired`] then closes them.
+    pub fn retire(
+        &self,
+        files: Vec<u32>,
+        unreferenced: impl Fn() -> bool + Send + Sync + 'static,
+    ) -> io::Result<()> {
+        let mut sealed = lock(&self.sealed);
+        for seq in &files {
+            if let Some(size) = sealed.remove(seq) {
+                fs::remove_file(self.dir.join(file_name(*seq)))?;
+                self.bytes.fetch_sub(size, Ordering::Relaxed);
+            }
+        }
+        drop(sealed);
+        lock(&self.retired).push(Retired {
+            files,
+            epoch: Box::new(unreferenced),
+        });
+        Ok(())
+    }
+
+    /// Closes retired files nothing can reach any more; returns how many.
+    pub fn release_retired(&self) -> usize {
+        let mut retired = lock(&self.retired);
+        let mut closed = 0;
+        let mut files = self.files.write().unwrap_or_else(PoisonError::into_inner);
+        retired.retain(|r| {
+            if !(r.epoch)() {
+                return true;
+            }
+            for seq in &r.files {
+                closed += usize::from(files.remove(seq).is_some());
+            }
+            false
+        });
+        closed
+    }
+
+    /// Copies the records `refs` (which must be in sealed files) to the end
+    /// of the log, at most `rate` bytes per second (0 = unlimited), and
+    /// returns each record's old and new place. Any unreadable record stops
+    /// the copy: nothing is moved, and the error names the record.
+    pub fn copy_records(
+        &self,
+        refs: &[(Arc<[u8]>, ValueRef)],
+        rate: u64,
+    ) -> Result<Vec<(Arc<[u8]>, ValueRef, ValueRef)>, ValueLogError> {
+        let started = std::time::Instant::now();
+        let mut copied = 0u64;
+        let mut moves = Vec::with_capacity(refs.len());
+        for (key, from) in refs {
+            let value = self.read(key, *from)?;
+            let to = self.append(key, &value).map_err(|e| ValueLogError {
+                path: self.dir.clone(),
+                offset: 0,
+                what: format!("merge append failed: {e}"),
+            })?;
+            moves.push((key.clone(), *from, to));
+            copied += (RECORD_HEADER_LEN + key.len() + value.len()) as u64;
+            if rate > 0 {
+                let due = std::time::Duration::from_secs_f64(copied as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        }
+        Ok(moves)
+    }
+
     /// Reads the value `r` points at, checking that its record is intact and
     /// belongs to `key`.
     pub fn read(&self, key: &[u8], r: ValueRef) -> Result<Vec<u8>, ValueLogError> {
@@ -224,7 +334,7 @@ impl ValueLog {
         };
         let file = {
             let files = self.files.read().unwrap_or_else(PoisonError::into_inner);
-            files.get(r.file as usize).cloned()
+            files.get(&r.file).cloned()
         }
         .ok_or_else(|| fail("no such data file".into()))?;
         let mut rec = vec![0u8; RECORD_HEADER_LEN + key.len() + r.value_len as usize];
@@ -249,6 +359,11 @@ impl ValueLog {
         }
         rec.drain(..RECORD_HEADER_LEN + key.len());
         Ok(rec)
+    }
+
+    /// Bytes a record for `key` with `value_len` bytes of value takes.
+    pub fn record_len(key_len: usize, value_len: u32) -> u64 {
+        (RECORD_HEADER_LEN + key_len) as u64 + u64::from(value_len)
     }
 
     /// Current counters.
