@@ -300,6 +300,39 @@ fn snapshot_beyond_the_log_restarts_the_log_after_it() {
     assert_eq!(got, vec![501]);
 }
 
+/// A snapshot installed from a leader over a log that diverged at the
+/// snapshot's index (entries of an older term) discards that log on
+/// recovery, as the in-memory log does; one that matches keeps what
+/// follows it.
+#[test]
+fn a_snapshot_marker_keeps_the_log_after_it_only_when_its_entry_matches() {
+    // (log terms for entries 1..=6, marker (index, term), entries recovered)
+    let cases: [(&[u64], (u64, u64), &[u64]); 5] = [
+        (&[1, 1, 2, 2, 2, 2], (4, 3), &[]),
+        (&[1, 1, 2, 2, 2, 2], (4, 2), &[1, 2, 3, 4, 5, 6]),
+        (&[1, 1, 2, 2, 2, 2], (6, 2), &[1, 2, 3, 4, 5, 6]),
+        (&[1, 1, 2, 2, 2, 2], (6, 3), &[]),
+        (&[1, 1], (5, 3), &[]),
+    ];
+    for (i, (terms, (index, term), want)) in cases.into_iter().enumerate() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (wal, _) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+            let log: Vec<Entry> = terms
+                .iter()
+                .enumerate()
+                .map(|(j, t)| entry(j as u64 + 1, *t, 1))
+                .collect();
+            wal.append(&log, Some(hs(2, 2))).unwrap();
+            wal.compact(index, term).unwrap();
+        }
+        let (_, rec) = Wal::open(dir.path(), WalOptions::default()).unwrap();
+        let got: Vec<u64> = rec.entries.iter().map(|e| e.index).collect();
+        assert_eq!(got, want, "case {i}");
+        assert_eq!(rec.snapshot, Some((index, term)), "case {i}");
+    }
+}
+
 /// A hard state that only moved the commit index is written without an
 /// fsync; a clean restart reads it back, a power loss may drop it (leaving
 /// every synced entry and the last synced hard state), and the next synced

@@ -83,7 +83,21 @@ impl ReplayState {
             WalRecord::Truncate { from_index } => self.truncate_from(from_index),
             WalRecord::Snapshot { index, term } => {
                 self.snapshot = Some((index, term));
-                if self.entries.last().is_some_and(|e| e.index < index) {
+                // As the in-memory log (`MemStorage::apply_snapshot`): the
+                // entries after the snapshot survive only when the log
+                // holds the snapshot's own entry (same index and term). A
+                // snapshot installed over a log that diverged there (stale
+                // entries from an older term) or that ends before it
+                // discards the whole log.
+                let first = self.entries.first().map_or(0, |e| e.index);
+                let at = usize::try_from(index.wrapping_sub(first)).ok();
+                let matches = match at.and_then(|i| self.entries.get(i)) {
+                    Some(e) => e.term == term,
+                    // Compaction removed the entry's segment: what is left
+                    // follows the snapshot.
+                    None => first > index,
+                };
+                if !matches {
                     self.entries.clear();
                 }
             }
