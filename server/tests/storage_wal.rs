@@ -307,7 +307,8 @@ fn snapshot_beyond_the_log_restarts_the_log_after_it() {
 #[test]
 fn a_snapshot_marker_keeps_the_log_after_it_only_when_its_entry_matches() {
     // (log terms for entries 1..=6, marker (index, term), entries recovered)
-    let cases: [(&[u64], (u64, u64), &[u64]); 5] = [
+    type Case = (&'static [u64], (u64, u64), &'static [u64]);
+    let cases: [Case; 5] = [
         (&[1, 1, 2, 2, 2, 2], (4, 3), &[]),
         (&[1, 1, 2, 2, 2, 2], (4, 2), &[1, 2, 3, 4, 5, 6]),
         (&[1, 1, 2, 2, 2, 2], (6, 2), &[1, 2, 3, 4, 5, 6]),
