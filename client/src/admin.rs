@@ -67,6 +67,14 @@ impl AdminClient {
         .await
     }
 
+    /// `MergeValueLog` on the node at `endpoint`.
+    pub async fn merge_value_log(&self, endpoint: &str) -> Result<pb::MergeValueLogResponse> {
+        self.once(endpoint, |mut admin| async move {
+            admin.merge_value_log(pb::MergeValueLogRequest {}).await
+        })
+        .await
+    }
+
     /// Adds a member as a learner (on the leader).
     pub async fn add_member(&self, req: pb::AddMemberRequest) -> Result<pb::MembershipResponse> {
         self.on_leader(|mut admin| {

@@ -186,6 +186,21 @@ pub struct Cli {
     /// ARCHITECTURE.md).
     #[arg(long = "value-log-threshold", env = "TITAN_VALUE_LOG_THRESHOLD")]
     pub value_log_threshold: Option<u64>,
+    /// A closed value-log file is merged (its live records copied, the file
+    /// removed) once at least this share of its bytes is dead.
+    #[arg(
+        long = "value-log-merge-ratio",
+        env = "TITAN_VALUE_LOG_MERGE_RATIO",
+        default_value_t = 0.5
+    )]
+    pub value_log_merge_ratio: f64,
+    /// Most bytes per second a value-log merge copies (0 = unlimited).
+    #[arg(
+        long = "value-log-merge-rate",
+        env = "TITAN_VALUE_LOG_MERGE_RATE",
+        default_value_t = 64 << 20
+    )]
+    pub value_log_merge_rate: u64,
     /// Largest snapshot accepted from a leader; a bigger install stream is
     /// refused as soon as it passes this size.
     #[arg(
@@ -434,6 +449,10 @@ pub struct Config {
     /// Values of at least this many bytes go to the value log (`None`: all
     /// in memory).
     pub value_log_threshold: Option<u64>,
+    /// Dead share of a closed value-log file that makes it worth merging.
+    pub value_log_merge_ratio: f64,
+    /// Value-log merge copy rate in bytes per second (0 = unlimited).
+    pub value_log_merge_rate: u64,
     /// Largest snapshot accepted from a leader.
     pub max_snapshot_bytes: u64,
     /// Length of one Raft tick.
@@ -709,6 +728,8 @@ impl Cli {
             snapshot_threshold_entries: self.snapshot_threshold.max(1),
             snapshot_log_percent: self.snapshot_log_percent,
             value_log_threshold: self.value_log_threshold,
+            value_log_merge_ratio: self.value_log_merge_ratio.clamp(0.0, 1.0),
+            value_log_merge_rate: self.value_log_merge_rate,
             max_snapshot_bytes: self.max_snapshot_bytes.max(1),
             tick: Duration::from_millis(tick_ms),
             election_ticks: u32::try_from(election_ticks).unwrap_or(u32::MAX),

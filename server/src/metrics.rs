@@ -145,6 +145,16 @@ pub struct Metrics {
     pub snapshot_seconds: Histogram,
     /// Snapshots received from a leader and installed.
     pub snapshots_installed: Counter,
+    /// Bytes in value-log data files (live and dead).
+    pub value_log_bytes: Gauge,
+    /// Value-log data files open.
+    pub value_log_files: Gauge,
+    /// Value-log appends that failed (the value stayed in memory).
+    pub value_log_append_failures: Gauge,
+    /// Value-log merges that retired at least one file.
+    pub value_log_merges: Counter,
+    /// Dead bytes value-log merges gave back.
+    pub value_log_reclaimed_bytes: Counter,
     /// Raft messages dropped because a peer's send queue was full.
     pub peer_messages_dropped: Counter<u64, AtomicU64>,
     /// 1 once a fatal storage error stopped the node (it exits right after).
@@ -221,6 +231,11 @@ impl Metrics {
             snapshots: Counter::default(),
             snapshot_seconds: latency_histogram(),
             snapshots_installed: Counter::default(),
+            value_log_bytes: Gauge::default(),
+            value_log_files: Gauge::default(),
+            value_log_append_failures: Gauge::default(),
+            value_log_merges: Counter::default(),
+            value_log_reclaimed_bytes: Counter::default(),
             peer_messages_dropped: Counter::default(),
             storage_fatal: Gauge::default(),
             peer_links: Gauge::default(),
@@ -290,6 +305,31 @@ impl Metrics {
             "snapshots_installed",
             "Snapshots installed from a leader",
             self.snapshots_installed.clone(),
+        );
+        r.register(
+            "value_log_bytes",
+            "Bytes in value-log data files, live and dead",
+            self.value_log_bytes.clone(),
+        );
+        r.register(
+            "value_log_files",
+            "Value-log data files open",
+            self.value_log_files.clone(),
+        );
+        r.register(
+            "value_log_append_failures",
+            "Value-log appends that failed (the value stayed in memory)",
+            self.value_log_append_failures.clone(),
+        );
+        r.register(
+            "value_log_merges",
+            "Value-log merges that retired files",
+            self.value_log_merges.clone(),
+        );
+        r.register(
+            "value_log_reclaimed_bytes",
+            "Dead bytes given back by value-log merges",
+            self.value_log_reclaimed_bytes.clone(),
         );
         r.register(
             "peer_messages_dropped",

@@ -85,6 +85,8 @@ struct Summary {
     replaced: u64,
     /// Snapshots streamed to followers.
     snapshots_sent: u64,
+    /// Value-log files retired by merges the simulator asked for.
+    merged_files: u64,
     /// Index every replica applied at the end.
     final_applied: u64,
     /// The linearizability search gave up (nothing proven wrong).
@@ -106,6 +108,8 @@ struct World {
     damaged: Option<usize>,
     /// Members replaced (wiped, joined, promoted, old id removed).
     replaced: u64,
+    /// Value-log files retired by merges the simulator asked for.
+    merged_files: Arc<AtomicU64>,
 }
 
 fn run_seed(seed: u64) -> Result<Summary, String> {
@@ -168,6 +172,7 @@ impl World {
             corrupted: None,
             damaged: None,
             replaced: 0,
+            merged_files: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -240,9 +245,24 @@ impl World {
             70..=89 => self.restart_down().await?,
             90..=94 => self.disk_fault(),
             95..=96 => self.corrupt_down_replica(),
-            _ => {}
+            _ => self.merge_value_log(),
         }
         Ok(())
+    }
+
+    /// Admin.MergeValueLog on one running replica (refused, harmlessly,
+    /// where values stay in memory); counts the files it retired.
+    fn merge_value_log(&mut self) {
+        let i = self.rng.below(REPLICAS as u64) as usize;
+        let Some(h) = self.replicas[i].handle.clone() else {
+            return;
+        };
+        let merged = self.merged_files.clone();
+        tokio::spawn(async move {
+            if let Ok(AdminReply::Merge(info)) = h.admin(AdminCmd::MergeValueLog).await {
+                merged.fetch_add(info.files, Ordering::Relaxed);
+            }
+        });
     }
 
     /// The next fsync or append of one replica's WAL fails: the node must
@@ -489,6 +509,7 @@ impl World {
             crashes: self.crashes,
             storage_stops: self.storage_stops,
             replaced: self.replaced,
+            merged_files: self.merged_files.load(Ordering::Relaxed),
             snapshots_sent: self.net.snapshots_sent(),
             final_applied,
             inconclusive: !linearizable,
@@ -593,6 +614,7 @@ fn assert_coverage(runs: &[Summary]) {
     );
     assert!(total(|s| s.replaced) > 0, "no damaged member replaced");
     assert!(total(|s| s.snapshots_sent) > 0, "no snapshot streamed");
+    assert!(total(|s| s.merged_files) > 0, "no value-log file merged");
     assert!(
         runs.iter().all(|s| s.ops > 100),
         "a run with few operations"

@@ -43,6 +43,7 @@ impl Runtime {
             }
             AdminCmd::TransferLeader(target) => self.transfer(target, reply),
             AdminCmd::TakeSnapshot => self.snapshot_on_demand(reply),
+            AdminCmd::MergeValueLog => self.merge_on_demand(reply),
         }
     }
 

@@ -202,6 +202,7 @@ where
             cfg.snapshot_log_percent,
             env.log_margin_entries(),
         ),
+        merges: super::merge::Merges::new(env.value_log()),
         cfg: cfg.clone(),
         identity,
         raw: parts.raw,

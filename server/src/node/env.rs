@@ -38,6 +38,31 @@ pub struct NodeEnv {
     /// Seed for nonces, read incarnations, election timeouts and a joining
     /// member's id; `None` means OS randomness (ids keep their defaults).
     pub seed: Option<u64>,
+    /// Value-log file size and merge cadence; `None` keeps the defaults.
+    /// The simulator uses tiny files and frequent checks so files close and
+    /// merges run.
+    pub value_log: Option<ValueLogTuning>,
+}
+
+/// Value-log sizes and merge cadence (see `node::merge`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValueLogTuning {
+    /// Data file size.
+    pub file_bytes: u64,
+    /// Smallest log a periodic merge looks at.
+    pub merge_min_bytes: u64,
+    /// How often the runtime looks for files worth merging.
+    pub merge_check_interval: std::time::Duration,
+}
+
+impl Default for ValueLogTuning {
+    fn default() -> Self {
+        ValueLogTuning {
+            file_bytes: crate::storage::vlog::DEFAULT_FILE_LIMIT,
+            merge_min_bytes: super::merge::MERGE_MIN_LOG_BYTES,
+            merge_check_interval: super::merge::MERGE_CHECK_INTERVAL,
+        }
+    }
 }
 
 impl NodeEnv {
@@ -49,7 +74,13 @@ impl NodeEnv {
             wal_segment_bytes: None,
             log_margin_entries: None,
             seed: None,
+            value_log: None,
         }
+    }
+
+    /// Value-log sizes and merge cadence.
+    pub(super) fn value_log(&self) -> ValueLogTuning {
+        self.value_log.unwrap_or_default()
     }
 
     /// Entries the log keeps behind a snapshot (in memory and in the WAL).

@@ -46,6 +46,8 @@ pub enum AdminCmd {
     TransferLeader(NodeId),
     /// Snapshot now.
     TakeSnapshot,
+    /// Merge the value log now.
+    MergeValueLog,
 }
 
 /// Replies to [`AdminCmd`]s.
@@ -59,6 +61,8 @@ pub enum AdminReply {
     TransferStarted(NodeId),
     /// For [`AdminCmd::TakeSnapshot`].
     Snapshot(SnapshotInfo),
+    /// For [`AdminCmd::MergeValueLog`].
+    Merge(super::MergeInfo),
 }
 
 /// Requests from clients and the admin API.
@@ -111,6 +115,8 @@ pub(crate) enum PeerInput {
     SnapshotSent { to: NodeId, ok: bool },
     /// A local snapshot finished writing.
     SnapshotWritten(Result<(SnapshotMeta, crate::storage::SnapshotFile), String>),
+    /// A value-log merge finished copying.
+    MergeCopied(Box<super::merge::MergeDone>),
 }
 
 /// The transport's way into the runtime.

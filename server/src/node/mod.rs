@@ -24,6 +24,7 @@ pub mod identity;
 mod lease_clock;
 pub mod limits;
 pub mod log;
+pub mod merge;
 pub mod outbound;
 mod peers;
 mod proposals;
@@ -34,7 +35,7 @@ pub mod store;
 mod view;
 
 pub use build::{BuildError, BuiltNode, NodeNet, build, build_with_env};
-pub use env::{Blocking, InlineSchedule, NodeEnv};
+pub use env::{Blocking, InlineSchedule, NodeEnv, ValueLogTuning};
 pub use handle::{NodeHandle, PeerInbox};
 pub use outbound::{Outbound, OutboundContext, StatusProbe};
 
@@ -430,6 +431,17 @@ pub struct MemberStatus {
     pub match_index: u64,
     /// Entries behind the leader's last index (0 elsewhere).
     pub lag_entries: u64,
+}
+
+/// What a value-log merge did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MergeInfo {
+    /// Closed files merged away.
+    pub files: u64,
+    /// Bytes those files held.
+    pub file_bytes: u64,
+    /// Live bytes copied out of them.
+    pub live_bytes: u64,
 }
 
 /// Description of the newest local snapshot.

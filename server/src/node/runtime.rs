@@ -66,6 +66,8 @@ pub struct Runtime {
     pub(super) sm: StateMachine,
     /// Snapshot files and in-progress snapshot work.
     pub(super) snap: SnapshotState,
+    /// Value-log merge in flight and its waiters.
+    pub(super) merges: super::merge::Merges,
     /// Outbound peer streams and what peers advertise about themselves.
     pub(super) peers: Peers,
     /// Stamped on outbound batches; set once when a joining node is adopted.
@@ -137,6 +139,7 @@ impl Runtime {
         }
         self.answer_reads();
         self.maybe_snapshot();
+        self.maybe_merge();
         self.publish_view();
         true
     }
@@ -236,6 +239,7 @@ impl Runtime {
             }
             PeerInput::SnapshotSent { to, ok } => self.on_snapshot_sent(to, ok),
             PeerInput::SnapshotWritten(result) => self.on_snapshot_written(result),
+            PeerInput::MergeCopied(done) => self.on_merge_copied(*done),
         }
     }
 

@@ -284,7 +284,7 @@ pub fn boot(cfg: &Config, metrics: &Arc<Metrics>, env: &NodeEnv) -> Result<Boote
     opts.snapshot.max_install_bytes = cfg.max_snapshot_bytes;
     if let Some(threshold) = cfg.value_log_threshold {
         let dir = cfg.data_dir.join(storage::boot::VLOG_DIR);
-        let log = storage::vlog::ValueLog::open(&dir, storage::vlog::DEFAULT_FILE_LIMIT)
+        let log = storage::vlog::ValueLog::open(&dir, env.value_log().file_bytes)
             .map_err(|e| format!("value log {}: {e}", dir.display()))?;
         let threshold = usize::try_from(threshold).unwrap_or(usize::MAX);
         opts.snapshot.values = storage::value::ValueStore::logged(log, threshold);

@@ -292,6 +292,12 @@ impl StateMachine {
         &self.kv
     }
 
+    /// The MVCC store, for upkeep that changes no replicated state
+    /// (repointing values a value-log merge moved).
+    pub(crate) fn kv_mut(&mut self) -> &mut MvccStore {
+        &mut self.kv
+    }
+
     /// The value and version (mod_revision) stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Versioned>, MvccError> {
         Ok(self.kv.get(key)?.map(versioned))

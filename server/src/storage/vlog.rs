@@ -63,6 +63,9 @@ pub struct ValueLogError {
     pub what: String,
 }
 
+/// A record a merge copied: its key, old place and new place.
+pub type Move = (Arc<[u8]>, ValueRef, ValueRef);
+
 /// Counters for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ValueLogStats {
@@ -301,7 +304,7 @@ impl ValueLog {
         &self,
         refs: &[(Arc<[u8]>, ValueRef)],
         rate: u64,
-    ) -> Result<Vec<(Arc<[u8]>, ValueRef, ValueRef)>, ValueLogError> {
+    ) -> Result<Vec<Move>, ValueLogError> {
         let started = std::time::Instant::now();
         let mut copied = 0u64;
         let mut moves = Vec::with_capacity(refs.len());

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::mvcc::MvccStore;
 use super::value::ValueStore;
-use super::vlog::{ValueLog, ValueLogError, ValueRef};
+use super::vlog::{Move, ValueLog, ValueLogError, ValueRef};
 
 /// What a merge would do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -40,7 +40,7 @@ pub struct MergeCopy {
     /// Files to retire once the store is repointed.
     pub files: Vec<u32>,
     /// Per record: key, old place, new place.
-    pub moves: Vec<(Arc<[u8]>, ValueRef, ValueRef)>,
+    pub moves: Vec<Move>,
     /// Bytes the retired files held.
     pub file_bytes: u64,
     /// Bytes copied.

@@ -217,4 +217,22 @@ impl Admin for AdminService {
             other => Err(Status::internal(format!("unexpected reply {other:?}"))),
         }
     }
+
+    async fn merge_value_log(
+        &self,
+        _: Request<pb::MergeValueLogRequest>,
+    ) -> Result<Response<pb::MergeValueLogResponse>, Status> {
+        match self.run(AdminCmd::MergeValueLog).await {
+            Ok(AdminReply::Merge(m)) => Ok(Response::new(pb::MergeValueLogResponse {
+                files: m.files,
+                file_bytes: m.file_bytes,
+                live_bytes: m.live_bytes,
+            })),
+            Ok(other) => Err(Status::internal(format!("unexpected reply {other:?}"))),
+            Err(s) if s.code() == tonic::Code::InvalidArgument => {
+                Err(Status::failed_precondition(s.message().to_string()))
+            }
+            Err(s) => Err(s),
+        }
+    }
 }

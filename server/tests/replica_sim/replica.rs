@@ -13,7 +13,9 @@ use titan_raft::rng::SplitMix64;
 use titan_server::config::{Config, PeerSpec};
 use titan_server::metrics::Metrics;
 use titan_server::node::outbound::{PeerView, StatusProbe};
-use titan_server::node::{Blocking, InlineSchedule, NodeEnv, NodeHandle, NodeNet, build_with_env};
+use titan_server::node::{
+    Blocking, InlineSchedule, NodeEnv, NodeHandle, NodeNet, ValueLogTuning, build_with_env,
+};
 use titan_server::raft::NodeId;
 use titan_server::storage::wal_fs::{SimFault, SimFs};
 use tokio::sync::watch;
@@ -124,6 +126,8 @@ fn config(
         // Entry count alone: the simulator wants many snapshots.
         snapshot_log_percent: 0,
         value_log_threshold,
+        value_log_merge_ratio: 0.3,
+        value_log_merge_rate: 0,
         max_snapshot_bytes: 1 << 30,
         tick: TICK,
         election_ticks: ELECTION_TICKS,
@@ -176,6 +180,13 @@ impl Replica {
             wal_segment_bytes: Some(WAL_SEGMENT_BYTES),
             log_margin_entries: Some(LOG_MARGIN_ENTRIES),
             seed: Some(rng.next_u64()),
+            // Files of a few dozen records and a merge check every second,
+            // so files close, die and get merged during a run.
+            value_log: Some(ValueLogTuning {
+                file_bytes: 1024,
+                merge_min_bytes: 2048,
+                merge_check_interval: Duration::from_secs(1),
+            }),
         };
         let peers = if self.join { &[][..] } else { &self.peers[..] };
         let threshold = value_log_threshold(seed);

@@ -53,10 +53,10 @@ pub struct TransferArgs {
     to: u64,
 }
 
-/// `titanctl snapshot`
+/// `titanctl snapshot`, `titanctl merge-value-log`
 #[derive(Debug, clap::Args)]
 pub struct SnapshotArgs {
-    /// Admin address of the node to snapshot (default: the first endpoint).
+    /// Admin address of the node (default: the first endpoint).
     #[arg(long)]
     node: Option<String>,
 }
@@ -277,19 +277,39 @@ pub async fn transfer(
     Ok(Exit::Ok)
 }
 
+fn node_of(admin: &AdminClient, args: &SnapshotArgs) -> Result<String, Error> {
+    match &args.node {
+        Some(node) => Ok(node.clone()),
+        None => admin.endpoints().first().cloned().ok_or(Error::NoEndpoints),
+    }
+}
+
+pub async fn merge_value_log(
+    admin: &AdminClient,
+    args: &SnapshotArgs,
+    fmt: Format,
+) -> Result<Exit, Error> {
+    let node = node_of(admin, args)?;
+    let m = admin.merge_value_log(&node).await?;
+    match fmt {
+        Format::Json => print_json(&json!({
+            "node": node, "files": m.files, "file_bytes": m.file_bytes,
+            "live_bytes": m.live_bytes
+        })),
+        Format::Table => println!(
+            "value log on {node}: merged {} files ({} bytes, {} live bytes copied)",
+            m.files, m.file_bytes, m.live_bytes
+        ),
+    }
+    Ok(Exit::Ok)
+}
+
 pub async fn snapshot(
     admin: &AdminClient,
     args: &SnapshotArgs,
     fmt: Format,
 ) -> Result<Exit, Error> {
-    let node = match &args.node {
-        Some(node) => node.clone(),
-        None => admin
-            .endpoints()
-            .first()
-            .cloned()
-            .ok_or(Error::NoEndpoints)?,
-    };
+    let node = node_of(admin, args)?;
     let snap = admin
         .take_snapshot(&node)
         .await?

@@ -127,6 +127,9 @@ enum Command {
     /// Snapshots: take one now on a node (`snapshot` alone, or `snapshot
     /// take`), `save` a backup streamed from a member, `verify` one offline.
     Snapshot(snapshot_cmd::SnapshotCmd),
+    /// Merge a node's value log now (rewrite every closed data file holding
+    /// dead records; needs --value-log-threshold on the node).
+    MergeValueLog(admin_cmd::SnapshotArgs),
     /// Print a shell completion script (e.g. `source <(titanctl completion bash)`).
     Completion {
         /// The shell to complete for.
@@ -226,6 +229,7 @@ async fn run(cli: Cli) -> Result<Exit, Error> {
         Command::Members { action } => admin_cmd::members(&admin()?, action, fmt).await,
         Command::TransferLeader(args) => admin_cmd::transfer(&admin()?, args, fmt).await,
         Command::Snapshot(cmd) => snapshot(&cli, cmd).await,
+        Command::MergeValueLog(args) => admin_cmd::merge_value_log(&admin()?, args, fmt).await,
         Command::Completion { shell } => Ok(print_completion(*shell)),
     }
 }
