@@ -213,6 +213,9 @@ fn read_live<R: Read>(
             for x in &mut v {
                 *x = read_i64(r).map_err(eof_to_truncated)?;
             }
+            if v[1] < 1 {
+                return Err(malformed("a live record with a version below 1"));
+            }
             let value = read_field(r, "value", max_value_bytes)?;
             Ok(Some(RawLive {
                 value,

@@ -22,6 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
+use std::num::NonZeroI64;
 use std::sync::Arc;
 
 use titan_snapfile::{BodyItem, CrcWriter, FileHeader, RawRecord, RecordRef};
@@ -101,7 +102,7 @@ pub fn encode_header(header: &SnapshotHeader) -> Vec<u8> {
 
 fn record_ref<'a>(r: &Record, value: Option<&'a Arc<[u8]>>) -> RecordRef<'a> {
     let (create_revision, version, lease) = match &r.live {
-        Some(l) => (l.create_revision, l.version, l.lease),
+        Some(l) => (l.create_revision, l.version.get(), l.lease),
         None => (0, 0, 0),
     };
     RecordRef {
@@ -113,16 +114,27 @@ fn record_ref<'a>(r: &Record, value: Option<&'a Arc<[u8]>>) -> RecordRef<'a> {
     }
 }
 
-fn record_from_raw(key: &[u8], r: RawRecord, values: &ValueStore) -> Record {
-    Record {
-        mod_revision: r.mod_revision,
-        live: r.live.map(|l| Live {
+fn record_from_raw(
+    key: &[u8],
+    r: RawRecord,
+    values: &ValueStore,
+) -> Result<Record, SnapshotDecodeError> {
+    let live = match r.live {
+        None => None,
+        Some(l) => Some(Live {
+            // The decoder refuses versions below 1; this only types it.
+            version: NonZeroI64::new(l.version).ok_or_else(|| {
+                SnapshotDecodeError::Malformed("a live record with version 0".into())
+            })?,
             value: values.store_vec(key, l.value),
             create_revision: l.create_revision,
-            version: l.version,
             lease: l.lease,
         }),
-    }
+    };
+    Ok(Record {
+        mod_revision: r.mod_revision,
+        live,
+    })
 }
 
 /// Streams a snapshot of `sm` at `meta` into `w`. Returns the bytes written.
@@ -192,10 +204,7 @@ pub fn decode_snapshot_into<R: Read>(
     values: ValueStore,
 ) -> Result<(SnapshotHeader, StateMachine), SnapshotDecodeError> {
     let mut kv = MvccStore::with_values(values);
-    let header = titan_snapfile::decode_stream(r, limits, |item| {
-        absorb(&mut kv, item);
-        Ok(())
-    })?;
+    let header = titan_snapfile::decode_stream(r, limits, |item| absorb(&mut kv, item))?;
     titan_snapfile::expect_end(r)?;
     let header = SnapshotHeader::from_file(header)?;
     kv.attach_lease_keys();
@@ -204,7 +213,7 @@ pub fn decode_snapshot_into<R: Read>(
 }
 
 /// Adds one body item to the store being rebuilt.
-fn absorb(kv: &mut MvccStore, item: BodyItem) {
+fn absorb(kv: &mut MvccStore, item: BodyItem) -> Result<(), SnapshotDecodeError> {
     match item {
         BodyItem::Revisions { revision, compact } => kv.set_revisions(revision, compact),
         BodyItem::Key(key, history) => {
@@ -212,11 +221,12 @@ fn absorb(kv: &mut MvccStore, item: BodyItem) {
             let history = history
                 .into_iter()
                 .map(|r| record_from_raw(&key, r, &values))
-                .collect();
+                .collect::<Result<_, _>>()?;
             kv.insert_history(Arc::from(key), history);
         }
         BodyItem::Lease(id, ttl_s) => kv.insert_lease(id, ttl_s),
     }
+    Ok(())
 }
 
 /// The keys, history, leases and revisions of a backup file (the
@@ -230,10 +240,7 @@ pub fn load_backup<R: Read + io::Seek>(
     values: ValueStore,
 ) -> Result<MvccStore, titan_snapfile::backup::BackupError> {
     let mut kv = MvccStore::with_values(values);
-    titan_snapfile::backup::read_backup(r, limits, |item| {
-        absorb(&mut kv, item.clone());
-        Ok(())
-    })?;
+    titan_snapfile::backup::read_backup(r, limits, |item| absorb(&mut kv, item.clone()))?;
     kv.attach_lease_keys();
     Ok(kv)
 }

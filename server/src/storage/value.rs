@@ -10,13 +10,15 @@ use std::sync::Arc;
 
 use super::vlog::{ValueLog, ValueLogError, ValueLogStats, ValueRef};
 
-/// A stored value.
+/// A stored value: 16 bytes, so a key history's record stays small enough
+/// for `imbl` to keep a one-record history inline (see
+/// `mvcc::Record`). The rarer logged reference is boxed for that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     /// Held in memory (shared with readers and snapshots).
     Inline(Arc<[u8]>),
     /// Held in the value log.
-    Logged(ValueRef),
+    Logged(Box<ValueRef>),
 }
 
 impl Value {
@@ -107,7 +109,7 @@ impl ValueStore {
     pub fn store(&self, key: &[u8], value: &[u8]) -> Value {
         match &self.log {
             Some(log) if value.len() >= self.threshold => match log.append(key, value) {
-                Ok(r) => Value::Logged(r),
+                Ok(r) => Value::Logged(Box::new(r)),
                 Err(_) => Value::from(value),
             },
             _ => Value::from(value),
@@ -127,7 +129,7 @@ impl ValueStore {
     pub fn read(&self, key: &[u8], value: &Value) -> Result<Arc<[u8]>, ValueLogError> {
         match (value, &self.log) {
             (Value::Inline(v), _) => Ok(v.clone()),
-            (Value::Logged(r), Some(log)) => log.read(key, *r).map(Arc::from),
+            (Value::Logged(r), Some(log)) => log.read(key, **r).map(Arc::from),
             (Value::Logged(r), None) => Err(ValueLogError {
                 path: Default::default(),
                 offset: r.offset,
