@@ -67,10 +67,9 @@ pub fn plan(
         .filter(|(seq, size)| {
             let live = live.get(seq).copied().unwrap_or(0);
             let dead = size.saturating_sub(live);
-            match all {
-                true => dead > 0,
-                false => **size > 0 && dead as f64 >= min_dead_ratio * **size as f64,
-            }
+            // Never a file without a dead byte (a ratio of 0 would copy
+            // fully live files at every check).
+            dead > 0 && (all || dead as f64 >= min_dead_ratio * **size as f64)
         })
         .map(|(seq, _)| *seq)
         .collect();
@@ -203,6 +202,7 @@ mod tests {
         assert_eq!(sealed, BTreeMap::from([(0, 62)]));
         // (min dead ratio, all, files chosen, live bytes copied)
         let table = [
+            (0.0, false, vec![0], 31),
             (0.5, false, vec![0], 31),
             (0.6, false, vec![], 0),
             (0.9, true, vec![0], 31),
