@@ -98,17 +98,21 @@ impl Runtime {
     }
 
     fn start_merge(&mut self, forced: bool) {
+        // The clone and the closed files are taken together, here on the
+        // loop, before anything else is applied (see `closed_files`).
         let view = self.sm.kv().clone();
+        let closed = vlog_merge::closed_files(&view, forced);
         let planned_on = view.values().clone();
         let ratio = self.cfg.value_log_merge_ratio;
         let rate = self.cfg.value_log_merge_rate;
         self.merges.in_flight = Some(forced);
-        let job = self
-            .blocking
-            .start(move || vlog_merge::run(&view, ratio, forced, rate).map_err(|e| e.to_string()));
+        let job = self.blocking.start(move || {
+            let closed = closed?;
+            vlog_merge::run(&view, &closed, ratio, forced, rate)
+        });
         let tx = self.peer_tx.clone();
         tokio::spawn(async move {
-            let result = job.join().await.and_then(|r| r);
+            let result = job.join().await.and_then(|r| r.map_err(|e| e.to_string()));
             let done = MergeDone {
                 planned_on,
                 forced,

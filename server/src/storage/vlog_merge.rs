@@ -92,16 +92,15 @@ pub fn plan(
     }
 }
 
-/// Plans and copies: the whole background part of a merge. `rate` bounds
-/// the copy in bytes per second (0 = unlimited).
-pub fn run(
-    store: &MvccStore,
-    min_dead_ratio: f64,
-    all: bool,
-    rate: u64,
-) -> Result<MergeCopy, ValueLogError> {
+/// The foreground part of a merge, run with the clone it will plan on:
+/// closes the active file when `all`, then names the closed files. Only
+/// these may be merged: every record in them was appended before the
+/// clone, so the clone knows every live reference into them. (A file
+/// closed later can hold records the clone has never seen, which a plan
+/// would count as dead.)
+pub fn closed_files(store: &MvccStore, all: bool) -> Result<BTreeMap<u32, u64>, ValueLogError> {
     let Some(log) = store.values().log() else {
-        return Ok(MergeCopy::default());
+        return Ok(BTreeMap::new());
     };
     if all {
         log.rotate().map_err(|e| ValueLogError {
@@ -110,7 +109,23 @@ pub fn run(
             what: format!("closing the active file failed: {e}"),
         })?;
     }
-    let plan = plan(store, &log.sealed_files(), min_dead_ratio, all);
+    Ok(log.sealed_files())
+}
+
+/// Plans and copies: the background part of a merge, over a store clone
+/// and the files [`closed_files`] named with it. `rate` bounds the copy in
+/// bytes per second (0 = unlimited).
+pub fn run(
+    store: &MvccStore,
+    closed: &BTreeMap<u32, u64>,
+    min_dead_ratio: f64,
+    all: bool,
+    rate: u64,
+) -> Result<MergeCopy, ValueLogError> {
+    let Some(log) = store.values().log() else {
+        return Ok(MergeCopy::default());
+    };
+    let plan = plan(store, closed, min_dead_ratio, all);
     let moves = log.copy_records(&plan.records, rate)?;
     Ok(MergeCopy {
         files: plan.files,
@@ -231,7 +246,8 @@ mod tests {
         let files_before = vlog_files(&dir);
         let reader = s.clone(); // a range view handed out before the merge
         let planned_on = s.values().clone();
-        let copy = run(&s.clone(), 0.5, true, 0).expect("copy");
+        let closed = closed_files(&s, true).expect("closed files");
+        let copy = run(&s.clone(), &closed, 0.5, true, 0).expect("copy");
         assert!(!copy.files.is_empty() && copy.live_bytes < copy.file_bytes);
         let copied = copy.moves.len();
         assert!(copied > 0);
@@ -257,8 +273,38 @@ mod tests {
         // Writes after the merge still work and a second merge finds
         // nothing dead to take.
         put(&mut s, "e", "after");
-        let again = run(&s.clone(), 0.5, false, 0).expect("copy");
+        let closed = closed_files(&s, false).expect("closed files");
+        let again = run(&s.clone(), &closed, 0.5, false, 0).expect("copy");
         assert!(again.files.is_empty(), "{:?}", again.files);
+    }
+
+    #[test]
+    fn files_closed_after_the_plans_clone_are_never_merged() {
+        // Found by the VOPR (seed 90034): a file closed between the clone
+        // and the plan held records the clone had never seen, which the
+        // plan counted as dead; the file was retired under them.
+        let (_d, mut s) = logged_store(64);
+        for round in 0..6 {
+            put(&mut s, "k", &format!("value {round}"));
+        }
+        s.compact(s.revision()).expect("compact");
+        let view = s.clone();
+        let closed = closed_files(&view, false).expect("closed files");
+        let planned_on = s.values().clone();
+        for k in ["x", "y", "z", "w"] {
+            put(&mut s, k, &format!("{k} written after the clone"));
+        }
+        let copy = run(&view, &closed, 0.0, false, 0).expect("copy");
+        drop(view);
+        apply(&mut s, &planned_on, copy).expect("apply");
+        drop(planned_on);
+        s.values().log().expect("log").release_retired();
+        let got = live(&s);
+        assert_eq!(got.len(), 5, "{got:?}");
+        assert!(
+            got.iter()
+                .any(|(k, v)| k == b"z" && v == b"z written after the clone")
+        );
     }
 
     #[test]
@@ -269,7 +315,8 @@ mod tests {
         }
         s.compact(s.revision()).expect("compact");
         let planned_on = s.values().clone();
-        let copy = run(&s.clone(), 0.1, true, 0).expect("copy");
+        let closed = closed_files(&s, true).expect("closed files");
+        let copy = run(&s.clone(), &closed, 0.1, true, 0).expect("copy");
         assert!(!copy.files.is_empty());
         // An installed snapshot: a new store from the same log.
         let mut installed = MvccStore::with_values(s.values().clone());
