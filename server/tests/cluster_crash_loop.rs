@@ -7,19 +7,11 @@ mod common;
 use std::time::Duration;
 
 use common::load::{Writers, verify_all};
-use common::{Cluster, wait_for};
+use common::{Cluster, wait_for, xorshift};
 
 /// Fixed seed for the victim sequence; change it to explore other schedules.
 const SEED: u64 = 0x7174_616e;
 const ROUNDS: usize = 20;
-
-/// xorshift64*: enough randomness for picking victims, fully reproducible.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
 
 #[test]
 fn twenty_random_kill_nine_rounds_lose_no_acknowledged_write() {
@@ -28,10 +20,10 @@ fn twenty_random_kill_nine_rounds_lose_no_acknowledged_write() {
     let writers = Writers::start(ports, 4, 25);
     let mut rng = SEED;
     for round in 0..ROUNDS {
-        let victim = (next(&mut rng) % 3) as usize;
+        let victim = (xorshift(&mut rng) % 3) as usize;
         eprintln!("round {round}: kill -9 node{}", victim + 1);
         cluster.nodes[victim].kill();
-        std::thread::sleep(Duration::from_millis(300 + next(&mut rng) % 400));
+        std::thread::sleep(Duration::from_millis(300 + xorshift(&mut rng) % 400));
         cluster.nodes[victim].start();
         let before = writers.acked();
         wait_for(Duration::from_secs(20), "progress after restart", || {

@@ -8,19 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::load::{Writers, verify_all};
-use common::{Cluster, Node, http_get, metric, rt, wait_for};
+use common::{Cluster, Node, http_get, metric, rt, wait_for, xorshift};
 use titan_proto::v1 as pb;
 use titan_proto::v1::admin_client::AdminClient;
 
 /// Fixed seed for the kill/merge schedule.
 const SEED: u64 = 0x766c_6f67;
-
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state >> 12;
-    *state ^= *state << 25;
-    *state ^= *state >> 27;
-    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
 
 fn merge(node: &Node) -> Result<pb::MergeValueLogResponse, tonic::Status> {
     let addr = format!("http://127.0.0.1:{}", node.peer_port);
@@ -85,7 +78,7 @@ fn kill_nine_and_merges_with_every_value_logged_lose_no_acknowledged_write() {
     let mut rng = SEED;
     let mut merged_files = 0;
     for round in 0..6 {
-        let victim = (next(&mut rng) % 3) as usize;
+        let victim = (xorshift(&mut rng) % 3) as usize;
         std::thread::sleep(Duration::from_millis(400));
         compact_history(&cluster);
         for node in cluster.nodes.iter().filter(|n| n.is_running()) {
@@ -95,7 +88,7 @@ fn kill_nine_and_merges_with_every_value_logged_lose_no_acknowledged_write() {
         }
         eprintln!("round {round}: kill -9 {}", cluster.nodes[victim].name);
         cluster.nodes[victim].kill();
-        std::thread::sleep(Duration::from_millis(200 + next(&mut rng) % 300));
+        std::thread::sleep(Duration::from_millis(200 + xorshift(&mut rng) % 300));
         cluster.nodes[victim].start();
         let before = writers.acked();
         wait_for(Duration::from_secs(20), "progress after restart", || {

@@ -139,6 +139,15 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// xorshift64*: a fixed-seed source for picking victims and delays in
+/// process tests; fully reproducible from its seed.
+pub fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
 /// Polls `f` every 50 ms until it returns `Some` or `timeout` passes.
 pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;

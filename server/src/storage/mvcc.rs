@@ -430,8 +430,11 @@ fn visible(history: &Vector<Record>, rev: i64) -> Option<&Record> {
     }
 }
 
+/// The empty value of keys-only answers and tombstone events: one shared
+/// allocation, cloned (compares and deletes build many of these).
 fn empty_value() -> Arc<[u8]> {
-    Arc::from(Vec::new())
+    static EMPTY: std::sync::LazyLock<Arc<[u8]>> = std::sync::LazyLock::new(|| Arc::from([]));
+    EMPTY.clone()
 }
 
 impl MvccStore {

@@ -47,45 +47,70 @@ pub struct MergeCopy {
     pub live_bytes: u64,
 }
 
-/// Chooses the closed files of `log` whose dead share is at least
-/// `min_dead_ratio` (every closed file with a dead byte when `all`).
+/// Most records one merge copies (about 40 MB of plan and moves); the
+/// remaining candidate files wait for the next check.
+pub const MAX_MERGE_RECORDS: usize = 1 << 20;
+
+/// Each place `store` references in a closed file, once. A place is shared
+/// only by consecutive records of one key (an `ignore_value` put copies the
+/// reference of the record before it), so comparing with the previous one
+/// suffices; a duplicate that slipped through would only be copied twice,
+/// the second copy left dead.
+fn closed_places<'a>(
+    store: &'a MvccStore,
+    closed: &'a BTreeMap<u32, u64>,
+) -> impl Iterator<Item = (&'a Arc<[u8]>, ValueRef)> + 'a {
+    let mut prev: Option<(&Arc<[u8]>, ValueRef)> = None;
+    store.logged_values().filter(move |(k, r)| {
+        let repeat = prev.is_some_and(|(pk, pr)| Arc::ptr_eq(pk, k) && pr == *r);
+        prev = Some((*k, *r));
+        closed.contains_key(&r.file) && !repeat
+    })
+}
+
+/// Chooses the closed files whose dead share is at least `min_dead_ratio`
+/// (every closed file with a dead byte when `all`), in file order, up to
+/// `max_records` live records (always at least one file).
 pub fn plan(
     store: &MvccStore,
     sealed: &BTreeMap<u32, u64>,
-    min_dead_ratio: f64,
-    all: bool,
+    (min_dead_ratio, all): (f64, bool),
+    max_records: usize,
 ) -> MergePlan {
-    let mut live: BTreeMap<u32, u64> = BTreeMap::new();
-    let mut seen: BTreeSet<(u32, u64)> = BTreeSet::new();
-    for (key, r) in store.logged_values() {
-        if sealed.contains_key(&r.file) && seen.insert((r.file, r.offset)) {
-            *live.entry(r.file).or_default() += ValueLog::record_len(key.len(), r.value_len);
-        }
+    // Per closed file: live bytes and live records.
+    let mut live: BTreeMap<u32, (u64, usize)> = BTreeMap::new();
+    for (key, r) in closed_places(store, sealed) {
+        let e = live.entry(r.file).or_default();
+        e.0 += ValueLog::record_len(key.len(), r.value_len);
+        e.1 += 1;
     }
-    let chosen: BTreeSet<u32> = sealed
-        .iter()
-        .filter(|(seq, size)| {
-            let live = live.get(seq).copied().unwrap_or(0);
-            let dead = size.saturating_sub(live);
-            // Never a file without a dead byte (a ratio of 0 would copy
-            // fully live files at every check).
-            dead > 0 && (all || dead as f64 >= min_dead_ratio * **size as f64)
-        })
-        .map(|(seq, _)| *seq)
+    let mut chosen: BTreeSet<u32> = BTreeSet::new();
+    let mut planned_records = 0usize;
+    for (seq, size) in sealed {
+        let (live_bytes, records) = live.get(seq).copied().unwrap_or((0, 0));
+        let dead = size.saturating_sub(live_bytes);
+        // Never a file without a dead byte (a ratio of 0 would copy fully
+        // live files at every check).
+        let worth = dead > 0 && (all || dead as f64 >= min_dead_ratio * *size as f64);
+        if !worth {
+            continue;
+        }
+        if !chosen.is_empty() && planned_records + records > max_records {
+            break;
+        }
+        planned_records += records;
+        chosen.insert(*seq);
+    }
+    let mut records: Vec<(Arc<[u8]>, ValueRef)> = closed_places(store, sealed)
+        .filter(|(_, r)| chosen.contains(&r.file))
+        .map(|(k, r)| (k.clone(), r))
         .collect();
-    let mut records: Vec<(Arc<[u8]>, ValueRef)> = Vec::new();
-    let mut taken: BTreeSet<(u32, u64)> = BTreeSet::new();
-    for (key, r) in store.logged_values() {
-        if chosen.contains(&r.file) && taken.insert((r.file, r.offset)) {
-            records.push((key.clone(), r));
-        }
-    }
     records.sort_by_key(|(_, r)| (r.file, r.offset));
     MergePlan {
         file_bytes: chosen.iter().map(|seq| sealed[seq]).sum(),
         live_bytes: chosen
             .iter()
-            .map(|seq| live.get(seq).copied().unwrap_or(0))
+            .map(|seq| live.get(seq).map_or(0, |l| l.0))
             .sum(),
         files: chosen.into_iter().collect(),
         records,
@@ -125,7 +150,7 @@ pub fn run(
     let Some(log) = store.values().log() else {
         return Ok(MergeCopy::default());
     };
-    let plan = plan(store, closed, min_dead_ratio, all);
+    let plan = plan(store, closed, (min_dead_ratio, all), MAX_MERGE_RECORDS);
     let moves = log.copy_records(&plan.records, rate)?;
     Ok(MergeCopy {
         files: plan.files,
@@ -223,13 +248,47 @@ mod tests {
             (0.9, true, vec![0], 31),
         ];
         for (ratio, all, files, live_bytes) in table {
-            let p = plan(&s, &sealed, ratio, all);
+            let p = plan(&s, &sealed, (ratio, all), MAX_MERGE_RECORDS);
             assert_eq!(
                 (p.files.clone(), p.live_bytes),
                 (files, live_bytes),
                 "{ratio} {all}"
             );
             assert_eq!(p.records.len(), usize::from(live_bytes > 0));
+        }
+    }
+
+    #[test]
+    fn one_merge_copies_at_most_its_record_budget_but_always_one_file() {
+        // 31-byte records, two per 62-byte file: files 0-2 each end up with
+        // one dead and one live record, file 3 with two live ones.
+        let (_d, mut s) = logged_store(62);
+        let writes = [
+            ("a", 0),
+            ("b", 0),
+            ("a", 1),
+            ("c", 0),
+            ("c", 1),
+            ("d", 0),
+            ("d", 1),
+            ("e", 0),
+        ];
+        for (k, round) in writes {
+            put(&mut s, k, &format!("{k}{}", round.to_string().repeat(9)));
+        }
+        s.compact(s.revision()).expect("compact");
+        let sealed = closed_files(&s, true).expect("closed files");
+        // (record budget, files taken): at least one file, then whole files
+        // while the budget lasts.
+        for (budget, want) in [
+            (0, vec![0]),
+            (1, vec![0]),
+            (2, vec![0, 1]),
+            (3, vec![0, 1, 2]),
+        ] {
+            let p = plan(&s, &sealed, (0.5, false), budget);
+            assert_eq!(p.files, want, "budget {budget}");
+            assert_eq!(p.records.len(), want.len(), "one live record a file");
         }
     }
 
