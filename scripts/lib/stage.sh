@@ -9,8 +9,9 @@ STAGE_SCRIPT_STARTED=$SECONDS
 
 stage_close() {
   if [ -n "${STAGE_NAME}" ]; then
-    printf '== done: %s (%ds; %ds since start)\n' "${STAGE_NAME}" \
-      "$((SECONDS - STAGE_STARTED))" "$((SECONDS - STAGE_SCRIPT_STARTED))"
+    printf '== done: %s (%ds; %ds since start; %s free on disk)\n' "${STAGE_NAME}" \
+      "$((SECONDS - STAGE_STARTED))" "$((SECONDS - STAGE_SCRIPT_STARTED))" \
+      "$(df -h --output=avail . 2>/dev/null | tail -1 | tr -d ' ')"
   fi
   STAGE_NAME=""
 }
