@@ -235,6 +235,7 @@ async fn run_controller(
             ..Settings::default()
         },
         clock: Arc::new(Timestamp::now),
+        backup_stores: crate::reconcile::restore::s3_stores(),
     });
     let backups = run_backup_controller(&client, config, ctx.recorder.clone(), shutdown.clone());
     let wc = watcher::Config::default();

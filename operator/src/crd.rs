@@ -16,6 +16,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::backup::resource::S3Source;
+
 /// Largest cluster the operator manages; Raft clusters above 9 voters only add latency.
 pub const MAX_REPLICAS: i32 = 9;
 /// API group of the CRD.
@@ -113,6 +115,11 @@ pub struct TitanClusterSpec {
     /// Ingress NetworkPolicy for the server pods (opt-in).
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// Where a new cluster's first data comes from; unset starts empty. Read
+    /// only until the cluster has bootstrapped: it never overwrites a cluster
+    /// that exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapSpec>,
 }
 
 /// A NetworkPolicy `NAME` over the server pods, restricting who may connect
@@ -358,6 +365,52 @@ pub enum SpecError {
         "replicas must not be 2: two Raft voters tolerate no failure (a majority of 2 is 2), so restarting either pod, as a rolling update does, stops all writes; use 1 or 3 or more"
     )]
     TwoVotersTolerateNoFailure,
+    /// `bootstrap.fromBackup.s3.key` names no object.
+    #[error("bootstrap.fromBackup.s3.key {0:?} must name an object (not empty, not ending in /)")]
+    BadBackupKey(String),
+    /// `bootstrap.fromBackup.sha256` is not a SHA-256.
+    #[error("bootstrap.fromBackup.sha256 {0:?} must be 64 lower-case hex digits")]
+    BadBackupChecksum(String),
+}
+
+/// How a new cluster is seeded.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// Restore a backup (a TitanBackup's snapshot object): every initial
+    /// member downloads and checks it, then starts from its keys, history,
+    /// leases and revision under the new cluster's own identity.
+    pub from_backup: BackupSource,
+}
+
+/// The backup a new cluster starts from.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSource {
+    /// The snapshot object in S3 or an S3-compatible server.
+    pub s3: S3Source,
+    /// Expected SHA-256 of the whole object (the `sha256` of the backup's
+    /// manifest or status), 64 lower-case hex digits. When set, any other
+    /// object is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+impl BackupSource {
+    fn validate(&self) -> Result<(), SpecError> {
+        let key = &self.s3.key;
+        if key.is_empty() || key.ends_with('/') {
+            return Err(SpecError::BadBackupKey(key.clone()));
+        }
+        if let Some(sha) = &self.sha256 {
+            let hex =
+                sha.len() == 64 && sha.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+            if !hex {
+                return Err(SpecError::BadBackupChecksum(sha.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TitanClusterSpec {
@@ -374,6 +427,9 @@ impl TitanClusterSpec {
                 heartbeat_ms: self.raft.heartbeat_ms,
                 election_timeout_ms: self.raft.election_timeout_ms,
             });
+        }
+        if let Some(bootstrap) = &self.bootstrap {
+            bootstrap.from_backup.validate()?;
         }
         self.network_policy.validate()
     }
@@ -642,5 +698,48 @@ mod tests {
         assert_eq!(scale["statusReplicasPath"], ".status.replicas");
         assert_eq!(scale["labelSelectorPath"], ".status.selector");
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "tc");
+    }
+
+    /// `bootstrap.fromBackup` must name an object, and a checksum, when
+    /// given, must be a SHA-256.
+    #[test]
+    fn a_backup_source_names_an_object_and_a_real_checksum() {
+        let sha = "0123456789abcdef".repeat(4);
+        let table: [(&str, Option<&str>, Result<(), SpecError>); 5] = [
+            ("t/ns/c/1-b.snapshot", None, Ok(())),
+            ("t/ns/c/1-b.snapshot", Some(&sha), Ok(())),
+            (
+                "t/ns/c/",
+                None,
+                Err(SpecError::BadBackupKey("t/ns/c/".into())),
+            ),
+            (
+                "k",
+                Some("ABC"),
+                Err(SpecError::BadBackupChecksum("ABC".into())),
+            ),
+            (
+                "k",
+                Some(&sha.to_uppercase()),
+                Err(SpecError::BadBackupChecksum(sha.to_uppercase())),
+            ),
+        ];
+        for (key, checksum, want) in table {
+            let mut spec = spec();
+            spec.bootstrap = Some(BootstrapSpec {
+                from_backup: BackupSource {
+                    s3: S3Source {
+                        bucket: "b".into(),
+                        key: key.into(),
+                        endpoint: None,
+                        region: "us-east-1".into(),
+                        credentials_secret: "s3".into(),
+                        allow_http: false,
+                    },
+                    sha256: checksum.map(str::to_string),
+                },
+            });
+            assert_eq!(spec.validate(), want, "{key} {checksum:?}");
+        }
     }
 }

@@ -277,6 +277,7 @@ pub fn context_with_operator(
             ..Settings::default()
         },
         clock: Arc::new(now),
+        backup_stores: crate::reconcile::restore::s3_stores(),
     };
     (Arc::new(ctx), handle)
 }

@@ -99,6 +99,7 @@ fn context(client: Client) -> Arc<Context> {
             }),
             ..Settings::default()
         },
+        backup_stores: titan_operator::reconcile::restore::s3_stores(),
         clock: Arc::new(Timestamp::now),
     })
 }

@@ -451,9 +451,30 @@ fn a_real_members_backup_downloads_verified_and_restores_every_key() {
         manifest.sha256,
         "download matches the manifest"
     );
+    // The init container's download: `titan-operator fetch-backup`, with
+    // the manifest's checksum, credentials from the environment.
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-    let file = dir.path().join("restore.snapshot");
-    std::fs::write(&file, &downloaded).unwrap_or_else(|e| panic!("write: {e}"));
+    let file = dir.path().join("restore").join("backup.snapshot");
+    let fetched = fetch_backup(&s3, &req.keys.snapshot, &file, Some(&manifest.sha256));
+    assert!(fetched.status.success(), "fetch-backup: {fetched:?}");
+    assert_eq!(
+        std::fs::read(&file).unwrap_or_default(),
+        downloaded,
+        "fetched file is the object"
+    );
+
+    // A damaged copy of it is refused, and nothing is written.
+    let mut damaged = downloaded.clone();
+    damaged[100] ^= 0x01;
+    let damaged_key = format!("{}.damaged", req.keys.snapshot);
+    rt.block_on(store.put(&Path::from(damaged_key.as_str()), damaged.into()))
+        .unwrap_or_else(|e| panic!("put: {e}"));
+    let refused_file = dir.path().join("refused").join("backup.snapshot");
+    let refused = fetch_backup(&s3, &damaged_key, &refused_file, None);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a damaged backup is refused");
+    assert!(stderr.contains("BackupCorrupt"), "{stderr}");
+    assert!(!refused_file.exists() && !refused_file.with_extension("partial").exists());
 
     let flag = format!("--restore-from={}", file.display());
     let restored = titan_testkit::Cluster::start(1, &[&flag]);
@@ -472,4 +493,33 @@ fn a_real_members_backup_downloads_verified_and_restores_every_key() {
         manifest.revision,
         want.len()
     );
+}
+
+/// Runs `titan-operator fetch-backup` against the test's S3 server.
+fn fetch_backup(
+    s3: &S3Server,
+    key: &str,
+    out: &std::path::Path,
+    sha256: Option<&str>,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_titan-operator"));
+    cmd.args([
+        "fetch-backup",
+        "--bucket",
+        BUCKET,
+        "--key",
+        key,
+        "--allow-http",
+    ])
+    .arg("--endpoint")
+    .arg(format!("http://{}", s3.addr))
+    .arg("--out")
+    .arg(out)
+    .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
+    if let Some(sha) = sha256 {
+        cmd.args(["--sha256", sha]);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("titan-operator fetch-backup: {e}"))
 }

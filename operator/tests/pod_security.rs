@@ -65,6 +65,9 @@ fn database_pods_pass_restricted_with_default_and_custom_settings() {
             "podLabels": {"team": "a"}, "podAnnotations": {"x": "y"},
             "tolerations": [{"key": "k", "operator": "Exists"}],
             "networkPolicy": {"enabled": true}}),
+        // A cluster restored from a backup: its restore-backup init container too.
+        json!({"bootstrap": {"fromBackup": {"s3": {"bucket": "b", "key": "k",
+            "credentialsSecret": "s3"}}}}),
     ];
     for spec in specs {
         assert_eq!(check(&database_pod(spec.clone())), vec![], "{spec}");

@@ -21,6 +21,7 @@
 pub mod controller;
 pub mod naming;
 pub mod resource;
+pub mod restore;
 #[cfg(test)]
 mod scenarios;
 pub mod store;
@@ -85,6 +86,40 @@ pub enum BackupError {
         /// What does not match.
         detail: String,
     },
+    /// The backup to restore from is not in the bucket.
+    #[error("no backup at s3://{bucket}/{key}")]
+    BackupNotFound {
+        /// Bucket name.
+        bucket: String,
+        /// Object key.
+        key: String,
+    },
+    /// The backup to restore from does not check out (truncated, a
+    /// checksum mismatch, an undecodable snapshot inside).
+    #[error("backup {key} is damaged: {detail}")]
+    BackupCorrupt {
+        /// Object key.
+        key: String,
+        /// What does not match.
+        detail: String,
+    },
+    /// The backup was written in a snapshot format this build cannot read
+    /// (a newer Titan's).
+    #[error("backup {key} has an unsupported format: {detail}")]
+    BackupUnsupported {
+        /// Object key.
+        key: String,
+        /// The decoder's words.
+        detail: String,
+    },
+    /// Writing the downloaded backup to local disk failed.
+    #[error("writing {path}: {detail}")]
+    Download {
+        /// Local path.
+        path: String,
+        /// I/O error.
+        detail: String,
+    },
     /// Writing an object failed.
     #[error("writing {key}: {detail}")]
     Upload {
@@ -108,6 +143,10 @@ impl BackupError {
             Self::SnapshotStream { .. } => "SnapshotStreamFailed",
             Self::SnapshotCorrupt { .. } => "SnapshotCorrupt",
             Self::Upload { .. } => "UploadFailed",
+            Self::BackupNotFound { .. } => "BackupNotFound",
+            Self::BackupCorrupt { .. } => "BackupCorrupt",
+            Self::BackupUnsupported { .. } => "BackupFormatUnsupported",
+            Self::Download { .. } => "DownloadFailed",
         }
     }
 }

@@ -90,6 +90,47 @@ pub struct S3Destination {
     pub allow_http: bool,
 }
 
+/// One backup object to read (`TitanCluster.spec.bootstrap.fromBackup.s3`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Source {
+    /// Bucket name.
+    #[schemars(length(min = 1))]
+    pub bucket: String,
+    /// Object key of the `.snapshot` a TitanBackup wrote (its
+    /// `status.objectKey`).
+    #[schemars(length(min = 1))]
+    pub key: String,
+    /// Endpoint URL of an S3-compatible server; AWS S3 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket.
+    #[serde(default = "default_region")]
+    pub region: String,
+    /// Name of a Secret in the cluster's namespace with the keys
+    /// `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY` (and optionally
+    /// `AWS_SESSION_TOKEN`).
+    #[schemars(length(min = 1))]
+    pub credentials_secret: String,
+    /// Allow a plain `http://` endpoint (test and in-cluster servers only).
+    #[serde(default)]
+    pub allow_http: bool,
+}
+
+impl S3Source {
+    /// The bucket as a store location (no prefix: the key is whole).
+    pub fn bucket_location(&self) -> S3Destination {
+        S3Destination {
+            bucket: self.bucket.clone(),
+            prefix: String::new(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            credentials_secret: self.credentials_secret.clone(),
+            allow_http: self.allow_http,
+        }
+    }
+}
+
 fn default_region() -> String {
     "us-east-1".to_string()
 }

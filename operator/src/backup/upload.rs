@@ -118,14 +118,31 @@ impl StreamDigest {
             self.cluster_id = h.cluster_id;
         }
         self.remaining_bytes = Some(msg.remaining_bytes);
-        self.whole.update(&msg.blob);
-        self.size_bytes += msg.blob.len() as u64;
-        self.tail.extend_from_slice(&msg.blob);
+        self.feed(&msg.blob);
+    }
+
+    /// Feeds raw bytes (an object read back from the bucket).
+    pub fn feed(&mut self, blob: &[u8]) {
+        self.whole.update(blob);
+        self.size_bytes += blob.len() as u64;
+        self.tail.extend_from_slice(blob);
         if self.tail.len() > CHECKSUM_LEN {
             let cut = self.tail.len() - CHECKSUM_LEN;
             self.content.update(&self.tail[..cut]);
             self.tail.drain(..cut);
         }
+    }
+
+    /// Bytes fed so far.
+    pub fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+
+    /// Checks the trailer of a whole object fed with [`StreamDigest::feed`]
+    /// (an object has no `remaining_bytes` to check).
+    pub fn finish_object(mut self) -> Result<SnapshotDigest, String> {
+        self.remaining_bytes = Some(0);
+        self.finish()
     }
 
     /// Checks the stream ended where the server said and that its trailer

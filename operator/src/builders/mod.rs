@@ -7,6 +7,7 @@
 mod configmap;
 mod networkpolicy;
 mod pdb;
+mod restore;
 mod service;
 mod statefulset;
 
@@ -19,6 +20,7 @@ pub use networkpolicy::{
 pub use pdb::{
     as_v1beta1 as pdb_as_v1beta1, max_unavailable, pdb, v1beta1_resource as pdb_v1beta1_resource,
 };
+pub use restore::{RESTORE_CONTAINER, RESTORE_FILE};
 pub use service::{client_service, leader_role_patch, leader_service, peers_service};
 pub use statefulset::{DATA_DIR, SERVER_CONTAINER, default_resources, statefulset};
 

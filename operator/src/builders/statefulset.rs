@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::restore;
 use super::{
     BOOTSTRAPPED_KEY, BuildInput, CLIENT_PORT, GRPC_PORT, HTTP_PORT, INITIAL_PEERS_KEY, Names,
     PEER_PORT, child_meta,
@@ -111,10 +112,7 @@ fn pod_template(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> Po
         }),
         spec: Some(PodSpec {
             containers: vec![server_container(cluster, names, input)],
-            init_containers: spec
-                .storage
-                .fix_permissions
-                .then(|| vec![fix_permissions_container(cluster)]),
+            init_containers: init_containers(cluster, names),
             // The server never talks to the API server.
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
@@ -136,6 +134,23 @@ fn pod_template(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> Po
             ..PodSpec::default()
         }),
     }
+}
+
+/// `fix-permissions` (when asked for), then `restore-backup` (for a cluster
+/// bootstrapped from a backup); none for most clusters.
+fn init_containers(cluster: &TitanCluster, names: &Names) -> Option<Vec<Container>> {
+    let mut containers = Vec::new();
+    if cluster.spec.storage.fix_permissions {
+        containers.push(fix_permissions_container(cluster));
+    }
+    if let Some(bootstrap) = &cluster.spec.bootstrap {
+        containers.push(restore::restore_container(
+            cluster,
+            names,
+            &bootstrap.from_backup,
+        ));
+    }
+    (!containers.is_empty()).then_some(containers)
 }
 
 /// `spec.storage.fixPermissions`: chowns the volume's root directory (not
@@ -218,6 +233,13 @@ fn server_container(cluster: &TitanCluster, names: &Names, input: &BuildInput) -
 fn startup_script(cluster: &TitanCluster, names: &Names) -> String {
     let raft = &cluster.spec.raft;
     let peers_svc = names.peers_service();
+    // Only for a cluster restored from a backup, so that other clusters keep
+    // their pod template.
+    let (restore_flag, restore_done) = if cluster.spec.bootstrap.is_some() {
+        (restore::restore_flag_script(), restore::cleanup_script())
+    } else {
+        (String::new(), String::new())
+    };
     format!(
         r#"set -eu
 host="${{POD_NAME}}.{peers_svc}.${{POD_NAMESPACE}}.svc"
@@ -226,7 +248,7 @@ set -- --id "${{POD_NAME}}" --port {PEER_PORT} --client-port {CLIENT_PORT} --grp
   --advertise-peer-addr "${{host}}:{PEER_PORT}" --advertise-client-addr "${{host}}:{CLIENT_PORT}" \
   --advertise-grpc-addr "${{host}}:{GRPC_PORT}" \
   --election-timeout-ms {election} --heartbeat-ms {heartbeat} --snapshot-threshold {threshold}
-if [ "${{BOOTSTRAPPED}}" != "true" ]; then
+{restore_done}if [ "${{BOOTSTRAPPED}}" != "true" ]; then
   member=no; others=""
   IFS=,
   for p in ${{INITIAL_PEERS}}; do
@@ -234,7 +256,7 @@ if [ "${{BOOTSTRAPPED}}" != "true" ]; then
   done
   unset IFS
   if [ "$member" = yes ]; then
-    if [ -n "$others" ]; then exec titan-server "$@" --peers "$others"; fi
+{restore_flag}    if [ -n "$others" ]; then exec titan-server "$@" --peers "$others"; fi
     exec titan-server "$@"
   fi
 fi
@@ -246,8 +268,9 @@ exec titan-server "$@" --join
     )
 }
 
-fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
-    let field = |name: &str, path: &str| EnvVar {
+/// An environment variable from a field of the pod.
+pub(super) fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
             field_ref: Some(ObjectFieldSelector {
@@ -257,8 +280,12 @@ fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
             ..EnvVarSource::default()
         }),
         value: None,
-    };
-    let config = |name: &str, key: &str| EnvVar {
+    }
+}
+
+/// An environment variable from the cluster's ConfigMap.
+pub(super) fn config_env(names: &Names, name: &str, key: &str) -> EnvVar {
+    EnvVar {
         name: name.to_string(),
         value_from: Some(EnvVarSource {
             config_map_key_ref: Some(ConfigMapKeySelector {
@@ -269,13 +296,21 @@ fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
             ..EnvVarSource::default()
         }),
         value: None,
-    };
-    let mut env = vec![
-        field("POD_NAME", "metadata.name"),
-        field("POD_NAMESPACE", "metadata.namespace"),
-        config("BOOTSTRAPPED", BOOTSTRAPPED_KEY),
-        config("INITIAL_PEERS", INITIAL_PEERS_KEY),
-    ];
+    }
+}
+
+/// The pod's name and namespace, and the bootstrap state of the cluster.
+pub(super) fn identity_env(names: &Names) -> Vec<EnvVar> {
+    vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+        config_env(names, "BOOTSTRAPPED", BOOTSTRAPPED_KEY),
+        config_env(names, "INITIAL_PEERS", INITIAL_PEERS_KEY),
+    ]
+}
+
+fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
+    let mut env = identity_env(names);
     // Only when set, so that clusters without it keep their pod template.
     if let Some(level) = cluster.spec.log_level {
         env.push(EnvVar {

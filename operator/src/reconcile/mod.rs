@@ -5,6 +5,7 @@
 mod apply;
 mod execute;
 pub mod observe;
+pub mod restore;
 pub mod routing;
 pub mod status;
 
@@ -79,6 +80,8 @@ pub struct Context {
     pub settings: Settings,
     /// Clock, injectable so tests are deterministic.
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// The stores `spec.bootstrap.fromBackup` is read from.
+    pub backup_stores: restore::StoreFactory,
 }
 
 /// Reconcile failures. Each maps to a metric label in [`Error::reason`].
@@ -221,13 +224,17 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
             invalid.to_string(),
         )
         .await;
-        write_invalid_status(ctx, cluster, &names, &invalid.to_string(), now).await?;
+        let note = invalid.to_string();
+        write_degraded_status(ctx, cluster, &names, "InvalidSpec", &note, now).await?;
         return Ok(Requeue::await_change());
     }
     if cluster.spec.paused {
         return paused(ctx, cluster, &names, now).await;
     }
     let state = observe::read_kube_state(ctx, &names).await?;
+    if let Some(requeue) = restore::gate(ctx, cluster, &names, &state, now).await? {
+        return Ok(requeue);
+    }
     let mut pods = observe::pods_by_ordinal(&state, &names, now);
     observe::poll_admin(ctx, &mut pods).await;
     let voters = status::leader(&pods).map(|(_, l)| l.members.iter().filter(|m| m.voter).count());
@@ -309,10 +316,12 @@ async fn paused(
     Ok(Requeue::await_change())
 }
 
-async fn write_invalid_status(
+/// Phase Degraded, with the Degraded condition's `reason` and `message`.
+async fn write_degraded_status(
     ctx: &Context,
     cluster: &TitanCluster,
     names: &Names,
+    reason: &str,
     message: &str,
     now: Timestamp,
 ) -> Result<(), Error> {
@@ -324,7 +333,7 @@ async fn write_invalid_status(
         &mut next.conditions,
         status::DEGRADED,
         true,
-        "InvalidSpec",
+        reason,
         message,
         generation,
         now,

@@ -592,3 +592,162 @@ async fn disabled_network_policy_not_owned_or_unreadable_is_left_alone() {
         run(cluster, healthy_admin(), expects).await;
     }
 }
+
+/// `spec.bootstrap.fromBackup` scenarios: the backup is checked before any
+/// object exists (the object sits in an in-memory store).
+mod restore {
+    use super::*;
+    use crate::backup::restore::test_support::good_backup;
+    use crate::reconcile::restore::{RECHECK_AFTER, StoreFactory};
+    use object_store::memory::InMemory;
+    use object_store::path::Path as ObjectPath;
+    use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+
+    const SECRET: &str = "/api/v1/namespaces/prod/secrets/s3";
+    const KEY: &str = "titan/prod/old/20261207T000000Z-nightly.snapshot";
+
+    fn restored_cluster() -> TitanCluster {
+        fixtures::cluster(json!({
+            "replicas": 3,
+            "bootstrap": {"fromBackup": {"s3": {
+                "bucket": "backups", "key": KEY, "credentialsSecret": "s3",
+            }}},
+        }))
+    }
+
+    fn secret() -> Value {
+        json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "s3", "namespace": "prod"},
+            // "ak" and "sk", base64.
+            "data": {"AWS_ACCESS_KEY_ID": "YWs=", "AWS_SECRET_ACCESS_KEY": "c2s="},
+        })
+    }
+
+    /// A context whose stores all hold `object` (if any) under [`KEY`].
+    async fn context_holding(
+        object: Option<Vec<u8>>,
+    ) -> (Arc<crate::reconcile::Context>, fixtures::Handle) {
+        let store = Arc::new(InMemory::new());
+        if let Some(bytes) = object {
+            store
+                .put(&ObjectPath::from(KEY), PutPayload::from(bytes))
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (ctx, handle) = fixtures::context(Arc::new(FakeAdmin::default()));
+        let mut ctx = (*ctx).clone();
+        let stores: StoreFactory = Arc::new(move |_, _| Ok(store.clone() as Arc<dyn ObjectStore>));
+        ctx.backup_stores = stores;
+        (Arc::new(ctx), handle)
+    }
+
+    fn observe_nothing() -> Vec<Expect> {
+        observe_calls(
+            None,
+            None,
+            fixtures::pods_json(&[]),
+            fixtures::pvcs_json(&[]),
+        )
+    }
+
+    async fn run_failing(secret: Option<Value>, object: Option<Vec<u8>>, check: fn(&Value)) {
+        let cluster = restored_cluster();
+        let mut expects = observe_nothing();
+        expects.push(Expect::new(
+            Method::GET,
+            SECRET,
+            secret.map_or(Reply::NotFound, Reply::Json),
+        ));
+        expects.push(Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(check));
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Degraded");
+            let degraded = condition(b, "Degraded");
+            assert_eq!(degraded["status"], "True");
+            assert!(
+                degraded["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("cannot restore from backup")),
+                "{degraded}"
+            );
+        }));
+        let (ctx, handle) = context_holding(object).await;
+        let requeue =
+            fixtures::reconcile_against(handle, expects, reconcile(Arc::new(cluster), ctx)).await;
+        assert_eq!(requeue, Requeue::requeue(RECHECK_AFTER));
+    }
+
+    #[tokio::test]
+    async fn a_missing_secret_creates_nothing_and_says_so() {
+        run_failing(None, Some(good_backup()), |b| {
+            assert_eq!(b["type"], "Warning");
+            assert_eq!(b["reason"], "CredentialsSecretMissing");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_missing_backup_creates_nothing_and_says_so() {
+        run_failing(Some(secret()), None, |b| {
+            assert_eq!(b["reason"], "BackupNotFound");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_damaged_backup_creates_nothing_and_says_so() {
+        let mut damaged = good_backup();
+        damaged[60] ^= 0x01; // in the body: the header still decodes
+        run_failing(Some(secret()), Some(damaged), |b| {
+            assert_eq!(b["reason"], "BackupCorrupt");
+            let note = b["note"].as_str().unwrap_or_default();
+            assert!(note.contains("does not match"), "{note}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_good_backup_is_verified_then_every_object_is_created_with_the_restore_container() {
+        let cluster = restored_cluster();
+        let mut expects = observe_nothing();
+        expects.push(Expect::new(Method::GET, SECRET, Reply::Json(secret())));
+        expects.push(
+            Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+                assert_eq!(b["reason"], "BackupVerified");
+            }),
+        );
+        let mut applies = apply_calls(true);
+        applies[5] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
+            let init = &b["spec"]["template"]["spec"]["initContainers"];
+            assert_eq!(init[0]["name"], "restore-backup", "{init}");
+        });
+        expects.extend(applies);
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Bootstrapping");
+        }));
+        let (ctx, handle) = context_holding(Some(good_backup())).await;
+        let requeue =
+            fixtures::reconcile_against(handle, expects, reconcile(Arc::new(cluster), ctx)).await;
+        assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
+    }
+
+    /// A bootstrapped cluster with its StatefulSet: the reconcile reads no
+    /// Secret and no backup (the mock fails any call it does not expect).
+    #[tokio::test]
+    async fn an_existing_cluster_is_never_checked_again() {
+        let cluster = restored_cluster();
+        let admin = Arc::new(FakeAdmin {
+            statuses: fixtures::healthy_statuses(3, 0),
+            ..FakeAdmin::default()
+        });
+        let mut expects = steady_state_calls_labeled(3, &[0, 1, 2], Some(0));
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Running");
+        }));
+        let (ctx, handle) = context_holding(None).await;
+        let mut ctx = (*ctx).clone();
+        ctx.admin = admin;
+        fixtures::reconcile_against(handle, expects, reconcile(Arc::new(cluster), Arc::new(ctx)))
+            .await;
+    }
+}
