@@ -74,8 +74,9 @@ if [ "${TITAN_SKIP_K8S_NODE:-0}" = 1 ] || [ "$(id -u)" != 0 ]; then
 else
   stage "k8s node: build the node binaries and images (cached)"
   scripts/ci/k8s-node.sh build
-  stage "k8s node: binaries for the image (debug)"
-  cargo build --locked --bin titan-server --bin titan-operator --bin titanctl
+  stage "k8s node: binaries for the image (debug), and the e2e's S3 server"
+  cargo build --locked --bin titan-server --bin titan-operator --bin titanctl \
+    --example s3_test_server
   stage "k8s node: start (until Ready)"
   scripts/ci/k8s-node.sh stop
   trap 'scripts/ci/k8s-node.sh stop || true; stage_close' EXIT

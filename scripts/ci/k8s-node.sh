@@ -5,7 +5,7 @@
 #   scripts/ci/k8s-node.sh start    # start the node, wait until it is Ready
 #   scripts/ci/k8s-node.sh status   # what runs; exit 0 only when the node is Ready
 #   scripts/ci/k8s-node.sh stop     # stop everything, undo every host change, check it
-#   scripts/ci/k8s-node.sh env      # prints `export KUBECONFIG=...` for eval
+#   scripts/ci/k8s-node.sh env      # prints `export KUBECONFIG=... TITAN_NODE_IP=...` for eval
 #   scripts/ci/k8s-node.sh kubectl ARGS...      # the node's kubectl 1.20 as admin
 #   scripts/ci/k8s-node.sh import IMAGE.tar     # docker-archive into the node's containerd
 #   scripts/ci/k8s-node.sh world-writable-pvs N  # N PVs of StorageClass world-writable
@@ -577,7 +577,7 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
-  env) echo "export KUBECONFIG=${KUBECONFIG_ADMIN}" ;;
+  env) printf 'export KUBECONFIG=%s\nexport TITAN_NODE_IP=%s\n' "${KUBECONFIG_ADMIN}" "${NODE_IP}" ;;
   import)
     shift
     ctr --address "${CTR_SOCK}" -n k8s.io images import "$@"

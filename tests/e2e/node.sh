@@ -5,7 +5,8 @@
 # assembled by scripts/image.sh and a busybox tool image as the client.
 #
 #   scripts/ci/k8s-node.sh build && scripts/ci/k8s-node.sh start
-#   cargo build --release --locked --bin titan-server --bin titan-operator --bin titanctl
+#   cargo build --release --locked --bin titan-server --bin titan-operator --bin titanctl \
+#     --example s3_test_server
 #   tests/e2e/node.sh
 #
 # Phases: image import; helm install; 3-member TitanCluster with
@@ -18,15 +19,19 @@
 # one member's PVC and pod deleted (it comes back under a new Raft identity,
 # joining, no re-bootstrap); paused: true holds a scale-up until unpaused;
 # after every phase every acknowledged write is read back from every member by
-# its per-pod name; then delete the TitanCluster and helm uninstall, and
+# its per-pod name; a TitanBackup into an S3 server on the node, then new
+# clusters from spec.bootstrap.fromBackup (a damaged copy is refused; the
+# backup itself serves every acknowledged write); then delete the
+# TitanCluster and helm uninstall, and
 # nothing of it is left. Finally a short run on the second storage setup
 # (StorageClass world-writable: 0777 volumes, no fixPermissions): install,
 # Available, writes, leader pod delete under load, per-member check, cleanup.
 # Prints a timeline with each phase's duration at the end (and on failure).
 #
 # Env: ARTIFACTS_DIR (./e2e-artifacts), E2E_PHASES (all; or a space-separated
-# subset of: rollout snapshot pvc-loss paused cleanup world-writable, run
-# after the core phases).
+# subset of: rollout snapshot pvc-loss paused restore cleanup world-writable,
+# run after the core phases); TITAN_S3_TEST_SERVER (the s3_test_server
+# example binary, default next to the release binaries).
 set -euo pipefail
 
 E2E_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -80,6 +85,7 @@ node_on_exit() {
   local rc=$?
   [ -n "${WRITER_PID}" ] && kill "${WRITER_PID}" 2>/dev/null
   [ -n "${LEADER_WRITER_PID}" ] && kill "${LEADER_WRITER_PID}" 2>/dev/null
+  [ -n "${S3_PID}" ] && kill "${S3_PID}" 2>/dev/null
   if [ "${rc}" -ne 0 ]; then
     TIMELINE+=("$(printf '%-52s %4ds FAILED' "${PHASE}" "$((SECONDS - PHASE_STARTED))")")
     PHASE=""
@@ -384,6 +390,123 @@ paused_phase() {
   kt get tc "${TC}" -o wide >&2
 }
 
+# Backup and restore on real pods: an S3-compatible server on the node's
+# address (s3s-fs over a directory, operator/examples/s3_test_server.rs), a
+# TitanBackup of the cluster into it, then two new clusters with
+# spec.bootstrap.fromBackup: one on a damaged copy (Degraded, BackupCorrupt,
+# no StatefulSet), one on the backup itself, which must serve every write
+# acknowledged before the backup from every member.
+S3_ADDR="${TITAN_NODE_IP:-10.88.0.1}:19000"
+S3_BUCKET="e2e"
+S3_PID=""
+RESTORED_TC="titan-restored"
+DAMAGED_TC="titan-damaged"
+
+start_s3() {
+  local server="${TITAN_S3_TEST_SERVER:-${TITAN_RELEASE_DIR:-${E2E_ROOT}/target/release}/examples/s3_test_server}"
+  [ -x "${server}" ] || die "no ${server}: cargo build --example s3_test_server -p titan-operator"
+  mkdir -p "${ARTIFACTS_DIR}/s3"
+  "${server}" "${S3_ADDR}" "${ARTIFACTS_DIR}/s3" e2e-ak e2e-sk "${S3_BUCKET}" \
+    >"${ARTIFACTS_DIR}/s3.log" 2>&1 &
+  S3_PID=$!
+  wait_until 30 grep -q listening "${ARTIFACTS_DIR}/s3.log" || die "S3 test server did not start"
+}
+
+stop_s3() {
+  [ -n "${S3_PID}" ] || return 0
+  kill "${S3_PID}" 2>/dev/null || true
+  wait "${S3_PID}" 2>/dev/null || true
+  S3_PID=""
+}
+
+backup_field() { kt get tbk e2e-backup -o "jsonpath=$1" 2>/dev/null || true; }
+backup_completed() { [ "$(backup_field '{.status.phase}')" = Completed ]; }
+
+# A TitanCluster named $1 restored from object $2 (checksum $3, or none).
+apply_restored_cluster() {
+  local name="$1" key="$2" sha="$3"
+  kt apply -f - <<YAML
+apiVersion: titan.dev/v1alpha1
+kind: TitanCluster
+metadata:
+  name: ${name}
+spec:
+  replicas: 3
+  image: ${IMAGE_REPO}:${TAG_A}
+  imagePullPolicy: IfNotPresent
+  storage:
+    size: 1Gi
+${STORAGE_LINES}
+  bootstrap:
+    fromBackup:
+      s3:
+        bucket: ${S3_BUCKET}
+        key: ${key}
+        endpoint: http://${S3_ADDR}
+        allowHttp: true
+        credentialsSecret: s3-creds
+${sha:+      sha256: ${sha}}
+YAML
+}
+
+degraded_reason_is() {
+  [ "$(kt get tc "$1" -o 'jsonpath={.status.conditions[?(@.type=="Degraded")].reason}' 2>/dev/null)" = "$2" ]
+}
+
+restored_pvcs_gone() { [ -z "$(kt get pvc -l app.kubernetes.io/instance="${RESTORED_TC}" -o name)" ]; }
+
+restore_phase() {
+  local key sha object
+  stop_leader_writer # every acknowledged write then precedes the backup
+  start_s3
+  kt create secret generic s3-creds --from-literal=AWS_ACCESS_KEY_ID=e2e-ak \
+    --from-literal=AWS_SECRET_ACCESS_KEY=e2e-sk --dry-run=client -o yaml | kt apply -f -
+  kt apply -f - <<YAML
+apiVersion: titan.dev/v1alpha1
+kind: TitanBackup
+metadata:
+  name: e2e-backup
+spec:
+  cluster: ${TC}
+  destination:
+    s3:
+      bucket: ${S3_BUCKET}
+      prefix: e2e
+      endpoint: http://${S3_ADDR}
+      allowHttp: true
+      credentialsSecret: s3-creds
+YAML
+  wait_until 120 backup_completed ||
+    die "backup not Completed: $(backup_field '{.status}')"
+  key="$(backup_field '{.status.objectKey}')"
+  sha="$(backup_field '{.status.sha256}')"
+  log "backup ${key}: $(backup_field '{.status.sizeBytes}') bytes, sha256 ${sha}"
+
+  object="${ARTIFACTS_DIR}/s3/${S3_BUCKET}/${key}"
+  cp "${object}" "${object}.damaged"
+  printf '\377' | dd of="${object}.damaged" bs=1 seek=100 conv=notrunc status=none
+  apply_restored_cluster "${DAMAGED_TC}" "${key}.damaged" ""
+  wait_until 90 degraded_reason_is "${DAMAGED_TC}" BackupCorrupt ||
+    die "${DAMAGED_TC}: $(kt get tc "${DAMAGED_TC}" -o 'jsonpath={.status}')"
+  [ -z "$(kt get sts "${DAMAGED_TC}" --ignore-not-found -o name)" ] ||
+    die "a damaged backup got a StatefulSet"
+  log "${DAMAGED_TC}: Degraded/BackupCorrupt, no StatefulSet, no pod"
+  kt delete tc "${DAMAGED_TC}" --wait=true --timeout=60s
+
+  apply_restored_cluster "${RESTORED_TC}" "${key}" "${sha}"
+  kt wait "tc/${RESTORED_TC}" --for=condition=Available --timeout="${AVAILABLE_TIMEOUT_S}s" ||
+    die "restored cluster not Available: $(kt get tc "${RESTORED_TC}" -o 'jsonpath={.status}')"
+  kt logs "${RESTORED_TC}-0" -c restore-backup | grep -q '^fetched ' ||
+    die "${RESTORED_TC}-0 did not fetch the backup"
+  TC="${RESTORED_TC}" verify_everywhere
+  kt delete tc "${RESTORED_TC}" --wait=true --timeout=120s
+  kt delete pvc -l app.kubernetes.io/instance="${RESTORED_TC}" --wait=true --timeout=60s
+  wait_until 60 restored_pvcs_gone || die "restored cluster's PVCs left"
+  kt delete tbk e2e-backup --wait=true
+  kt delete secret s3-creds
+  stop_s3
+}
+
 # The second storage setup: static host-path PVs in 0777 directories (like
 # kind's local-path), no fixPermissions; a short scenario on fresh state.
 world_writable_phase() {
@@ -457,7 +580,7 @@ node_main() {
   phase "scale 5 -> 3 under load" && scale_and_settle 3 && stop_writer && verify_everywhere
   check_leader_writer
   local extra
-  for extra in ${E2E_PHASES:-rollout snapshot pvc-loss paused cleanup world-writable}; do
+  for extra in ${E2E_PHASES:-rollout snapshot pvc-loss paused restore cleanup world-writable}; do
     case "${extra}" in
       rollout)
         phase "rolling update to ${TAG_B}" && step8_rolling_update && verify_everywhere
@@ -474,6 +597,9 @@ node_main() {
       paused)
         phase "paused holds replicas 5; unpause; back to 3" && paused_phase && verify_everywhere
         check_leader_writer
+        ;;
+      restore)
+        phase "backup to S3, restore into new clusters" && restore_phase
         ;;
       cleanup)
         stop_leader_writer
