@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use crate::admin::{GrpcAdmin, GrpcAdminConfig};
 use crate::backup::controller::{self as backup_controller, BackupContext, member_endpoint};
 use crate::backup::resource::TitanBackup;
+use crate::backup::schedule::TitanBackupSchedule;
+use crate::backup::schedule_controller::{self, ScheduleContext};
 use crate::backup::store::StoreConfig;
 use crate::backup::upload::UploadConfig;
 use crate::builders::OperatorIdentity;
@@ -238,6 +240,8 @@ async fn run_controller(
         backup_stores: crate::reconcile::restore::s3_stores(),
     });
     let backups = run_backup_controller(&client, config, ctx.recorder.clone(), shutdown.clone());
+    let schedules =
+        run_schedule_controller(&client, config, ctx.recorder.clone(), shutdown.clone());
     let wc = watcher::Config::default();
     let selector = watcher::Config::default().labels("app.kubernetes.io/name=titan");
     let clusters = Controller::new(api::<TitanCluster>(&client, ns), wc.clone())
@@ -256,7 +260,7 @@ async fn run_controller(
                 tracing::debug!(%error, "reconcile result");
             }
         });
-    futures::join!(clusters, backups);
+    futures::join!(clusters, backups, schedules);
 }
 
 /// The one-shot TitanBackup controller, stopped by the same `shutdown`.
@@ -289,4 +293,35 @@ async fn run_backup_controller(
             }
         })
         .await;
+}
+
+/// The TitanBackupSchedule controller, stopped by the same `shutdown`.
+async fn run_schedule_controller(
+    client: &Client,
+    config: &RunConfig,
+    recorder: Recorder,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.watch_namespace.as_deref();
+    let ctx = Arc::new(ScheduleContext {
+        client: client.clone(),
+        recorder,
+        clock: Arc::new(Timestamp::now),
+    });
+    Controller::new(
+        api::<TitanBackupSchedule>(client, ns),
+        watcher::Config::default(),
+    )
+    .graceful_shutdown_on(shutdown)
+    .run(
+        schedule_controller::reconcile,
+        schedule_controller::error_policy,
+        ctx,
+    )
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "backup schedule reconcile result");
+        }
+    })
+    .await;
 }

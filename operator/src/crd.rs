@@ -321,9 +321,13 @@ pub fn crd_yaml() -> Result<String, serde_saphyr::SerializeError> {
     let cluster = serde_saphyr::to_string_with_options(&TitanCluster::crd(), options.clone())?;
     let backup = serde_saphyr::to_string_with_options(
         &crate::backup::resource::TitanBackup::crd(),
+        options.clone(),
+    )?;
+    let schedule = serde_saphyr::to_string_with_options(
+        &crate::backup::schedule::TitanBackupSchedule::crd(),
         options,
     )?;
-    Ok(format!("{cluster}---\n{backup}"))
+    Ok(format!("{cluster}---\n{backup}---\n{schedule}"))
 }
 
 /// A spec the schema accepts but the operator cannot run.

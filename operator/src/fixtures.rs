@@ -35,6 +35,8 @@ pub enum Reply {
     NotFound,
     /// 403 Forbidden Status (RBAC refused the call).
     Forbidden,
+    /// 409 AlreadyExists Status (a create of a name that exists).
+    Conflict,
 }
 
 /// One expected call: method, exact path, optional body check, reply.
@@ -132,6 +134,10 @@ pub async fn serve(mut handle: Handle, expects: Vec<Expect>) {
             Reply::Forbidden => json_response(
                 StatusCode::FORBIDDEN,
                 &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden", "code": 403, "message": "forbidden"}),
+            ),
+            Reply::Conflict => json_response(
+                StatusCode::CONFLICT,
+                &json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "already exists"}),
             ),
         };
         send.send_response(response);

@@ -24,6 +24,10 @@ pub mod resource;
 pub mod restore;
 #[cfg(test)]
 mod scenarios;
+pub mod schedule;
+pub mod schedule_controller;
+#[cfg(test)]
+mod schedule_scenarios;
 pub mod store;
 pub mod upload;
 

@@ -1,0 +1,220 @@
+//! The TitanBackupSchedule controller: when a run is due, create the
+//! TitanBackup (idempotent: the name is the run's time, and one that exists
+//! already counts as created), record it in status, prune old finished
+//! TitanBackups of the schedule, and requeue for the next run.
+//!
+//! Talks to the API server only (TitanBackup create/list/delete, the
+//! schedule's status, Events); the backup itself is the TitanBackup
+//! controller's.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action as Requeue;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+
+use super::resource::TitanBackup;
+use super::schedule::{
+    Child, SCHEDULE_LABEL, TitanBackupSchedule, TitanBackupScheduleStatus, backup_name, to_prune,
+    until_next_run,
+};
+use crate::builders::FIELD_MANAGER;
+use crate::reconcile::Error;
+
+/// Longest label value Kubernetes accepts.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// Shared state of every TitanBackupSchedule reconcile.
+#[derive(Clone)]
+pub struct ScheduleContext {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Clock, injectable so tests are deterministic.
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+/// Controller entry point.
+pub async fn reconcile(
+    schedule: Arc<TitanBackupSchedule>,
+    ctx: Arc<ScheduleContext>,
+) -> Result<Requeue, Error> {
+    let ns = schedule
+        .namespace()
+        .ok_or(Error::MissingField("namespace"))?;
+    let name = schedule.name_any();
+    // The watch cache may lag our own last status write: decide on the
+    // object itself, or a run could be created twice.
+    let api: Api<TitanBackupSchedule> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(schedule) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get TitanBackupSchedule"))?
+    else {
+        return Ok(Requeue::await_change());
+    };
+    if name.len() > MAX_LABEL_VALUE {
+        let note = format!(
+            "the schedule's name is {} characters; its TitanBackups carry it in the label {SCHEDULE_LABEL}, which allows {MAX_LABEL_VALUE}",
+            name.len()
+        );
+        publish(&ctx, &schedule, EventType::Warning, "NameTooLong", note).await;
+        return Ok(Requeue::await_change());
+    }
+    let spec = &schedule.spec;
+    let previous = schedule.status.clone().unwrap_or_default();
+    if spec.suspend {
+        let status = TitanBackupScheduleStatus {
+            next_schedule_time: None,
+            ..previous
+        };
+        write_status(&ctx, &ns, &name, &status).await?;
+        return Ok(Requeue::await_change());
+    }
+    let now = (ctx.clock)();
+    let last = previous.last_schedule_time.as_ref().map(|t| t.0);
+    let wait = until_next_run(last, spec.interval_seconds, now);
+    if !wait.is_zero() {
+        return Ok(Requeue::requeue(wait));
+    }
+    let backup = backup_name(&name, now);
+    create_backup(&ctx, &schedule, &ns, &backup).await?;
+    let next = now + Duration::from_secs(u64::from(spec.interval_seconds));
+    let status = TitanBackupScheduleStatus {
+        last_schedule_time: Some(Time(now)),
+        last_backup: Some(backup.clone()),
+        next_schedule_time: Some(Time(next)),
+    };
+    write_status(&ctx, &ns, &name, &status).await?;
+    prune(&ctx, &ns, &name, spec.history_limit).await?;
+    let note = format!("created TitanBackup {backup}");
+    publish(&ctx, &schedule, EventType::Normal, "BackupScheduled", note).await;
+    Ok(Requeue::requeue(Duration::from_secs(u64::from(
+        spec.interval_seconds,
+    ))))
+}
+
+/// Logs, records a Warning event and retries later.
+pub fn error_policy(
+    schedule: Arc<TitanBackupSchedule>,
+    error: &Error,
+    ctx: Arc<ScheduleContext>,
+) -> Requeue {
+    tracing::warn!(schedule = %schedule.name_any(), %error, "backup schedule reconcile failed");
+    let note = error.to_string();
+    tokio::spawn(async move {
+        publish(&ctx, &schedule, EventType::Warning, "ReconcileFailed", note).await;
+    });
+    Requeue::requeue(Duration::from_secs(30))
+}
+
+/// Creates the run's TitanBackup, owned by the schedule; one of that name
+/// already there (a retried reconcile) counts as created.
+async fn create_backup(
+    ctx: &ScheduleContext,
+    schedule: &TitanBackupSchedule,
+    ns: &str,
+    name: &str,
+) -> Result<(), Error> {
+    let owner = schedule
+        .controller_owner_ref(&())
+        .ok_or(Error::MissingField("uid"))?;
+    let backup = TitanBackup {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(ns.to_string()),
+            labels: Some([(SCHEDULE_LABEL.to_string(), schedule.name_any())].into()),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: schedule.spec.template.clone(),
+        status: None,
+    };
+    let api: Api<TitanBackup> = Api::namespaced(ctx.client.clone(), ns);
+    match api.create(&PostParams::default(), &backup).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(source) => Err(Error::Kube {
+            op: "create TitanBackup",
+            source,
+        }),
+    }
+}
+
+/// Deletes finished TitanBackups of the schedule beyond `limit`.
+async fn prune(ctx: &ScheduleContext, ns: &str, schedule: &str, limit: u32) -> Result<(), Error> {
+    let api: Api<TitanBackup> = Api::namespaced(ctx.client.clone(), ns);
+    let selector = format!("{SCHEDULE_LABEL}={schedule}");
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(Error::kube("list TitanBackups"))?;
+    let children: Vec<Child> = listed
+        .items
+        .iter()
+        .map(|b| Child::new(b.name_any(), b.status.as_ref()))
+        .collect();
+    for name in to_prune(&children, limit) {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Kube {
+                    op: "delete TitanBackup",
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn write_status(
+    ctx: &ScheduleContext,
+    ns: &str,
+    name: &str,
+    status: &TitanBackupScheduleStatus,
+) -> Result<(), Error> {
+    let api: Api<TitanBackupSchedule> = Api::namespaced(ctx.client.clone(), ns);
+    let patch = serde_json::json!({
+        "apiVersion": "titan.dev/v1alpha1",
+        "kind": "TitanBackupSchedule",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("patch TitanBackupSchedule status"))?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &ScheduleContext,
+    schedule: &TitanBackupSchedule,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: "Schedule".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &schedule.object_ref(&()))
+        .await
+    {
+        tracing::warn!(%error, "publishing event failed");
+    }
+}
