@@ -288,6 +288,26 @@ pub fn context_with_operator(
     (Arc::new(ctx), handle)
 }
 
+/// The pod spec the StatefulSet of a 3-member, not yet bootstrapped cluster
+/// with `spec` carries.
+pub fn pod_spec(spec: Value) -> k8s_openapi::api::core::v1::PodSpec {
+    let cluster = cluster(spec);
+    let names = crate::builders::Names::of(&cluster);
+    let input = crate::builders::BuildInput {
+        initial_replicas: 3,
+        cluster_id: "id".to_string(),
+        bootstrapped: false,
+        statefulset_replicas: 3,
+        voters: 3,
+        keep_no_resources: false,
+    };
+    crate::builders::statefulset(&cluster, &names, &input)
+        .spec
+        .template
+        .spec
+        .unwrap_or_else(|| panic!("statefulset without a pod spec"))
+}
+
 /// A TitanCluster `prod/demo` that already carries the finalizer.
 pub fn cluster(spec: Value) -> TitanCluster {
     serde_json::from_value(json!({

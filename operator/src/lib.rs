@@ -15,6 +15,7 @@ pub mod crd;
 #[cfg(test)]
 pub mod fixtures;
 pub mod http;
+pub mod kube_io;
 pub mod leader;
 pub mod logging;
 pub mod metrics;

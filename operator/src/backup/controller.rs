@@ -11,21 +11,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event, EventType, Recorder};
-use kube::{Client, Resource, ResourceExt};
+use kube::runtime::events::{EventType, Recorder};
+use kube::{Client, ResourceExt};
 
 use super::BackupError;
 use super::naming::backup_keys;
 use super::resource::{BackupPhase, TitanBackup, TitanBackupStatus};
-use super::store::{StoreConfig, credentials_from_secret, s3_store};
+use super::store::{StoreConfig, read_credentials, s3_store};
 use super::upload::{BackupOutcome, BackupRequest, UploadConfig, take_backup};
-use crate::builders::{FIELD_MANAGER, GRPC_PORT, Names};
+use crate::builders::{GRPC_PORT, Names};
 use crate::crd::{MemberRole, TitanCluster, TitanClusterStatus};
+use crate::kube_io::{apply_status, publish_event};
 use crate::reconcile::Error;
 use crate::reconcile::status::set_condition;
 
@@ -184,15 +184,9 @@ async fn run(
             cluster: spec.cluster.clone(),
         }));
     };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let Some(secret) = secrets
-        .get_opt(&s3.credentials_secret)
-        .await
-        .map_err(Error::kube("get credentials Secret"))?
-    else {
-        return Ok(Err(BackupError::CredentialsSecretMissing {
-            secret: s3.credentials_secret.clone(),
-        }));
+    let credentials = match read_credentials(&ctx.client, ns, &s3.credentials_secret).await? {
+        Ok(credentials) => credentials,
+        Err(failure) => return Ok(Err(failure)),
     };
     let names = Names::of(&cluster);
     let request = BackupRequest {
@@ -206,7 +200,6 @@ async fn run(
         keep: spec.retention.as_ref().map(|r| r.keep),
     };
     let outcome = async {
-        let credentials = credentials_from_secret(&secret, &s3.credentials_secret)?;
         let store = s3_store(s3, &credentials, &ctx.store)?;
         take_backup(store.as_ref(), &request, &ctx.upload).await
     };
@@ -321,19 +314,8 @@ async fn write_status(
     status: &TitanBackupStatus,
 ) -> Result<(), Error> {
     let api: Api<TitanBackup> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = serde_json::json!({
-        "apiVersion": "titan.dev/v1alpha1",
-        "kind": "TitanBackup",
-        "status": status,
-    });
-    api.patch_status(
-        &backup.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("patch TitanBackup status"))?;
-    Ok(())
+    let op = "patch TitanBackup status";
+    apply_status(&api, "TitanBackup", &backup.name_any(), status, op).await
 }
 
 /// Publishes an event; failing to record one never fails the reconcile.
@@ -344,16 +326,7 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Backup".to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &backup.object_ref(&())).await {
-        tracing::warn!(%error, "publishing event failed");
-    }
+    publish_event(&ctx.recorder, backup, type_, reason, "Backup", note).await;
 }
 
 #[cfg(test)]

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 
 use super::resource::TitanBackup;
@@ -22,7 +22,7 @@ use super::schedule::{
     Child, SCHEDULE_LABEL, TitanBackupSchedule, TitanBackupScheduleStatus, backup_name, to_prune,
     until_next_run,
 };
-use crate::builders::FIELD_MANAGER;
+use crate::kube_io::{apply_status, publish_event};
 use crate::reconcile::Error;
 
 /// Longest label value Kubernetes accepts.
@@ -181,19 +181,8 @@ async fn write_status(
     status: &TitanBackupScheduleStatus,
 ) -> Result<(), Error> {
     let api: Api<TitanBackupSchedule> = Api::namespaced(ctx.client.clone(), ns);
-    let patch = serde_json::json!({
-        "apiVersion": "titan.dev/v1alpha1",
-        "kind": "TitanBackupSchedule",
-        "status": status,
-    });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("patch TitanBackupSchedule status"))?;
-    Ok(())
+    let op = "patch TitanBackupSchedule status";
+    apply_status(&api, "TitanBackupSchedule", name, status, op).await
 }
 
 async fn publish(
@@ -203,18 +192,5 @@ async fn publish(
     reason: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: "Schedule".to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &schedule.object_ref(&()))
-        .await
-    {
-        tracing::warn!(%error, "publishing event failed");
-    }
+    publish_event(&ctx.recorder, schedule, type_, reason, "Schedule", note).await;
 }

@@ -77,6 +77,27 @@ pub fn credentials_from_secret(secret: &Secret, name: &str) -> Result<S3Credenti
     })
 }
 
+/// Reads the Secret `name` in `namespace` and its credentials. The outer
+/// error is an API server failure (retried); the inner one says what the
+/// user must fix (the Secret is missing or incomplete).
+pub async fn read_credentials(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Result<S3Credentials, BackupError>, crate::reconcile::Error> {
+    let secrets: kube::Api<Secret> = kube::Api::namespaced(client.clone(), namespace);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(crate::reconcile::Error::kube("get credentials Secret"))?;
+    Ok(match secret {
+        Some(secret) => credentials_from_secret(&secret, name),
+        None => Err(BackupError::CredentialsSecretMissing {
+            secret: name.to_string(),
+        }),
+    })
+}
+
 /// An S3 store for `dest` (path-style requests, so any S3-compatible server works).
 pub fn s3_store(
     dest: &S3Destination,

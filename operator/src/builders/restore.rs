@@ -9,12 +9,10 @@
 //! nothing: joining members get the data from the leader. After bootstrap
 //! the startup script deletes the file.
 
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, SecretKeySelector, SecurityContext, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, EnvVarSource, SecretKeySelector, VolumeMount};
 
 use super::Names;
-use super::statefulset::{DATA_DIR, identity_env};
+use super::statefulset::{DATA_DIR, identity_env, restricted_security_context};
 use crate::backup::resource::{ACCESS_KEY_ID, SECRET_ACCESS_KEY, SESSION_TOKEN};
 use crate::crd::{BackupSource, TitanCluster};
 
@@ -97,15 +95,7 @@ pub fn restore_container(
             mount_path: DATA_DIR.to_string(),
             ..VolumeMount::default()
         }]),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context()),
         ..Container::default()
     }
 }
@@ -128,41 +118,19 @@ fn secret_env(secret: &str, key: &str, optional: bool) -> EnvVar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builders::{BuildInput, statefulset};
     use serde_json::json;
 
-    fn restored_cluster(source: serde_json::Value) -> TitanCluster {
-        crate::fixtures::cluster(json!({
-            "replicas": 3,
-            "bootstrap": {"fromBackup": source},
-        }))
-    }
-
-    fn pod_spec(cluster: &TitanCluster) -> k8s_openapi::api::core::v1::PodSpec {
-        let names = Names::of(cluster);
-        let input = BuildInput {
-            initial_replicas: 3,
-            cluster_id: "id".to_string(),
-            bootstrapped: false,
-            statefulset_replicas: 3,
-            voters: 3,
-            keep_no_resources: false,
-        };
-        statefulset(cluster, &names, &input)
-            .spec
-            .template
-            .spec
-            .unwrap_or_else(|| panic!("no pod spec"))
+    fn restored_spec(source: serde_json::Value) -> serde_json::Value {
+        json!({"replicas": 3, "bootstrap": {"fromBackup": source}})
     }
 
     #[test]
     fn a_restored_cluster_fetches_in_an_init_container_with_argv_not_shell_text() {
-        let cluster = restored_cluster(json!({
+        let spec = crate::fixtures::pod_spec(restored_spec(json!({
             "s3": {"bucket": "b", "key": "k'; rm -rf / #", "credentialsSecret": "s3",
                    "endpoint": "http://minio:9000", "allowHttp": true},
             "sha256": "ab".repeat(32),
-        }));
-        let spec = pod_spec(&cluster);
+        })));
         let init = spec.init_containers.unwrap_or_default();
         assert_eq!(init.len(), 1);
         let c = &init[0];
@@ -216,8 +184,7 @@ mod tests {
 
     #[test]
     fn other_clusters_keep_their_pod_template() {
-        let plain = crate::fixtures::cluster(json!({"replicas": 3}));
-        let spec = pod_spec(&plain);
+        let spec = crate::fixtures::pod_spec(json!({"replicas": 3}));
         assert!(spec.init_containers.is_none());
         let server = &spec.containers[0].command.clone().unwrap_or_default()[2];
         assert!(!server.contains("restore"), "{server}");

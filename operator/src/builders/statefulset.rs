@@ -212,16 +212,23 @@ fn server_container(cluster: &TitanCluster, names: &Names, input: &BuildInput) -
         lifecycle: Some(drain_before_stop()),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_string()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_security_context()),
         ..Container::default()
+    }
+}
+
+/// A non-root container's context under the `restricted` profile: no
+/// privilege escalation, no capability, a read-only root filesystem (the
+/// pod sets the user and the seccomp profile).
+pub(super) fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_string()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
     }
 }
 
@@ -419,21 +426,7 @@ mod tests {
     use crate::fixtures;
 
     fn pod_spec(spec: serde_json::Value) -> PodSpec {
-        let cluster = fixtures::cluster(spec);
-        let names = Names::of(&cluster);
-        let input = BuildInput {
-            initial_replicas: 3,
-            cluster_id: "id".to_string(),
-            bootstrapped: false,
-            statefulset_replicas: 3,
-            voters: 3,
-            keep_no_resources: false,
-        };
-        statefulset(&cluster, &names, &input)
-            .spec
-            .template
-            .spec
-            .unwrap_or_else(|| panic!("statefulset without a pod spec"))
+        fixtures::pod_spec(spec)
     }
 
     /// `spec.resources` wins as given (`{}` included); unset, the defaults,

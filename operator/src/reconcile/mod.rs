@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action as Requeue;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{self, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::admin::{AdminApi, AdminError};
-use crate::builders::{FIELD_MANAGER, Names, OperatorIdentity};
+use crate::builders::{Names, OperatorIdentity};
 use crate::crd::{Phase, TitanCluster, TitanClusterStatus};
 use crate::metrics::Metrics;
 use crate::planner::{self, Action, Plan, PlannerConfig, WaitReason};
@@ -197,16 +197,7 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &cluster.object_ref(&())).await {
-        tracing::warn!(%error, "publishing event failed");
-    }
+    crate::kube_io::publish_event(&ctx.recorder, cluster, type_, reason, action, note).await;
 }
 
 /// validate → (paused: status only) → observe → apply → plan → leader label →
@@ -350,19 +341,8 @@ async fn write_status(
     status: TitanClusterStatus,
 ) -> Result<(), Error> {
     let api: Api<TitanCluster> = Api::namespaced(ctx.client.clone(), &names.namespace);
-    let patch = serde_json::json!({
-        "apiVersion": "titan.dev/v1alpha1",
-        "kind": "TitanCluster",
-        "status": status,
-    });
-    api.patch_status(
-        &cluster.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map_err(Error::kube("patch status"))?;
-    Ok(())
+    let name = cluster.name_any();
+    crate::kube_io::apply_status(&api, "TitanCluster", &name, &status, "patch status").await
 }
 
 /// Requeue delay by what the planner decided.

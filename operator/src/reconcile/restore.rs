@@ -11,9 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
-use kube::Api;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
 use object_store::ObjectStore;
@@ -23,7 +21,7 @@ use super::{Context, Error, publish, write_degraded_status};
 use crate::backup::BackupError;
 use crate::backup::resource::S3Destination;
 use crate::backup::restore::{CheckedBackup, check_object};
-use crate::backup::store::{S3Credentials, StoreConfig, credentials_from_secret, s3_store};
+use crate::backup::store::{S3Credentials, StoreConfig, read_credentials, s3_store};
 use crate::builders::{BOOTSTRAPPED_KEY, Names};
 use crate::crd::{BackupSource, TitanCluster};
 
@@ -119,18 +117,12 @@ async fn check(
     source: &BackupSource,
 ) -> Result<Result<CheckedBackup, BackupError>, Error> {
     let s3 = &source.s3;
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let Some(secret) = secrets
-        .get_opt(&s3.credentials_secret)
-        .await
-        .map_err(Error::kube("get credentials Secret"))?
-    else {
-        return Ok(Err(BackupError::CredentialsSecretMissing {
-            secret: s3.credentials_secret.clone(),
-        }));
+    let credentials = match read_credentials(&ctx.client, namespace, &s3.credentials_secret).await?
+    {
+        Ok(credentials) => credentials,
+        Err(failure) => return Ok(Err(failure)),
     };
     let checked = async {
-        let credentials = credentials_from_secret(&secret, &s3.credentials_secret)?;
         let store = (ctx.backup_stores)(&s3.bucket_location(), &credentials)?;
         check_object(
             store.as_ref(),
