@@ -158,6 +158,13 @@ pub struct Cli {
     /// Data directory (default `./data/<id>`).
     #[arg(long = "data-dir", env = "TITAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Check the data dir offline and exit, changing nothing: the WAL's
+    /// frames, every snapshot a start would load, the log after it, the
+    /// replay. Prints what a start would find; exit 0 when it would start,
+    /// 1 when it would refuse (with the same error). Never run it on the dir
+    /// of a running member.
+    #[arg(long = "check-data-dir", default_value_t = false)]
+    pub check_data_dir: bool,
     /// Seed a new cluster from this backup (`titanctl snapshot save`,
     /// `etcdctl snapshot save`): every initial member starts with the same
     /// file and the same -peers. Ignored once the data dir holds a cluster.

@@ -48,10 +48,42 @@ extern "C" fn tune_allocator() {
 #[unsafe(link_section = ".init_array.00100")]
 static TUNE_ALLOCATOR: extern "C" fn() = tune_allocator;
 
+/// `--check-data-dir`: the report on stdout, the verdict as the exit code.
+fn check_data_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use titan_server::storage::BootOptions;
+    use titan_server::storage::check::check_data_dir;
+    let report = check_data_dir(dir, &BootOptions::default());
+    for line in &report.lines {
+        println!("{line}");
+    }
+    match report.verdict {
+        Ok(start) => {
+            println!(
+                "ok: {} would start from snapshot index {} with {} log entries, applied through {}, revision {}, {} keys indexed",
+                dir.display(),
+                start.snapshot_index,
+                start.entries,
+                start.applied_index,
+                start.revision,
+                start.keys
+            );
+            Ok(())
+        }
+        Err(e) => {
+            println!("refused: {}: {e}", dir.display());
+            std::process::exit(1);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse_from(normalize_args(std::env::args_os()));
     init_logging(&cli)?;
+    let check_only = cli.check_data_dir;
     let cfg = cli.into_config().context("invalid configuration")?;
+    if check_only {
+        return check_data_dir(&cfg.data_dir);
+    }
     check_data_dir_writable(&cfg.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -227,3 +227,151 @@ fn crash_after_the_wal_accepted_a_received_snapshot_publishes_it_at_boot() {
     );
     b.wal.append(&[put(201, "k5")], Some(hs(201))).unwrap();
 }
+
+/// Every file under `dir` with its bytes, to show a check wrote nothing.
+fn dir_image(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push((path.clone(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn last_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    segs.pop().unwrap()
+}
+
+/// `--check-data-dir` agrees with boot on each kind of dir: where boot
+/// starts, the check reports the same starting point; where boot refuses,
+/// the check refuses with the same error. The check changes no byte.
+#[test]
+fn the_offline_check_agrees_with_boot_and_writes_nothing() {
+    use titan_server::storage::check::check_data_dir;
+    type Damage = fn(&Path);
+    let none: Damage = |_| {};
+    let torn_tail: Damage = |d| {
+        let seg = last_segment(d);
+        let mut data = fs::read(&seg).unwrap();
+        data.extend_from_slice(&[0x5a; 7]);
+        fs::write(&seg, data).unwrap();
+    };
+    let flipped_mid_log: Damage = |d| {
+        let mut segs: Vec<_> = fs::read_dir(d.join("wal"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        segs.sort();
+        let first = &segs[0];
+        let mut data = fs::read(first).unwrap();
+        let mid = data.len() / 2;
+        data[mid] ^= 0x01;
+        fs::write(first, data).unwrap();
+    };
+    let lost_snapshots: Damage = |d| {
+        for f in fs::read_dir(d.join("snap")).unwrap() {
+            fs::remove_file(f.unwrap().path()).unwrap();
+        }
+    };
+    // (what, margin, damage, the error boot and the check must share)
+    let table: [(&str, u64, Damage, Option<&str>); 6] = [
+        ("a clean dir", 5, none, None),
+        ("a torn tail", 5, torn_tail, None),
+        ("a flipped byte mid-log", 1000, flipped_mid_log, Some("WAL")),
+        (
+            "a corrupt newest snapshot the WAL covers",
+            1000,
+            corrupt_newest_snapshot,
+            None,
+        ),
+        (
+            "a corrupt newest snapshot the WAL does not cover",
+            0,
+            corrupt_newest_snapshot,
+            Some("is corrupt"),
+        ),
+        (
+            "lost snapshots behind a compacted WAL",
+            0,
+            lost_snapshots,
+            Some("entries are missing"),
+        ),
+    ];
+    for (what, margin, damage, refused) in table {
+        let dir = tempfile::tempdir().unwrap();
+        populate(dir.path(), 100, 90, &[40, 80], margin);
+        damage(dir.path());
+        let before = dir_image(dir.path());
+        let report = check_data_dir(dir.path(), &opts(margin));
+        assert_eq!(dir_image(dir.path()), before, "{what}: the check wrote");
+        match (boot(dir.path(), opts(margin)), report.verdict, refused) {
+            (Ok(b), Ok(start), None) => {
+                assert_eq!(start.snapshot_index, b.snapshot_meta.index, "{what}");
+                assert_eq!(start.applied_index, b.applied_index, "{what}");
+                assert_eq!(start.entries, b.entries.len(), "{what}");
+                assert_eq!(start.revision, b.state_machine.kv().revision(), "{what}");
+                assert_eq!(start.keys, b.state_machine.len(), "{what}");
+            }
+            (Err(booted), Err(checked), Some(want)) => {
+                assert_eq!(checked.to_string(), booted.to_string(), "{what}");
+                assert!(checked.to_string().contains(want), "{what}: {checked}");
+            }
+            (booted, checked, want) => panic!(
+                "{what}: boot {:?}, check {:?}, expected refusal {want:?}; report {:?}",
+                booted.map(|b| b.applied_index),
+                checked,
+                report.lines
+            ),
+        }
+        if what == "a torn tail" {
+            assert!(
+                report
+                    .lines
+                    .iter()
+                    .any(|l| l.contains("torn tail of 7 bytes")),
+                "{:?}",
+                report.lines
+            );
+        }
+    }
+}
+
+/// The flag itself: a report and exit 0 on a good dir, "refused" and exit 1
+/// on one a start would refuse.
+#[test]
+fn check_data_dir_flag_exits_zero_on_a_good_dir_and_one_on_a_refused_one() {
+    let dir = tempfile::tempdir().unwrap();
+    populate(dir.path(), 100, 90, &[40, 80], 0);
+    let run = |d: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_titan-server"))
+            .arg("--check-data-dir")
+            .arg(format!("--data-dir={}", d.display()))
+            .output()
+            .unwrap()
+    };
+    let good = run(dir.path());
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}");
+    assert!(out.contains("would start from snapshot index 80"), "{out}");
+    corrupt_newest_snapshot(dir.path());
+    let bad = run(dir.path());
+    let out = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{out}");
+    assert!(
+        out.contains("refused:") && out.contains("is corrupt"),
+        "{out}"
+    );
+}

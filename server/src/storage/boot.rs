@@ -103,17 +103,7 @@ pub fn boot(data_dir: &Path, opts: BootOptions) -> Result<Boot, BootError> {
         Some(l) => (l.state_machine, l.header.meta),
         None => (StateMachine::with_values(values), SnapshotMeta::default()),
     };
-    check_fallback(&skipped, meta.index, &recovery.entries)?;
-    let mut entries = recovery.entries;
-    entries.retain(|e| e.index > meta.index);
-    if let Some(first) = entries.first()
-        && first.index != meta.index + 1
-    {
-        return Err(BootError::LogGap {
-            snapshot_index: meta.index,
-            wal_first_index: first.index,
-        });
-    }
+    let entries = entries_after(&skipped, meta.index, recovery.entries)?;
     let mut hard_state = recovery.hard_state;
     hard_state.commit = hard_state.commit.max(meta.index);
     for e in entries.iter().take_while(|e| e.index <= hard_state.commit) {
@@ -135,6 +125,27 @@ pub fn boot(data_dir: &Path, opts: BootOptions) -> Result<Boot, BootError> {
 
 /// When newer snapshots were corrupt, the WAL must hold every entry from
 /// the fallback's index + 1 through the newest corrupt snapshot's index.
+/// The log entries after the snapshot at `base_index`, checked the way a
+/// start needs them: a corrupt newer snapshot must be covered by the WAL,
+/// and the entries must continue right after the snapshot.
+pub(crate) fn entries_after(
+    skipped: &[SkippedSnapshot],
+    base_index: u64,
+    mut entries: Vec<Entry>,
+) -> Result<Vec<Entry>, BootError> {
+    check_fallback(skipped, base_index, &entries)?;
+    entries.retain(|e| e.index > base_index);
+    if let Some(first) = entries.first()
+        && first.index != base_index + 1
+    {
+        return Err(BootError::LogGap {
+            snapshot_index: base_index,
+            wal_first_index: first.index,
+        });
+    }
+    Ok(entries)
+}
+
 fn check_fallback(
     skipped: &[SkippedSnapshot],
     base_index: u64,

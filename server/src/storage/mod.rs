@@ -27,6 +27,7 @@
 //! 5. Storage depends on `raft` only for its plain data types.
 
 pub mod boot;
+pub mod check;
 pub mod fsutil;
 pub mod mvcc;
 pub mod mvcc_codec;

@@ -179,6 +179,15 @@ impl SnapshotStore {
         })
     }
 
+    /// A store over `dir` for reading only: nothing is created or deleted
+    /// (see `storage::check`).
+    pub fn read_only(dir: &Path, opts: SnapshotOptions) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            opts,
+        }
+    }
+
     /// The directory.
     pub fn dir(&self) -> &Path {
         &self.dir

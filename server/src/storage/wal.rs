@@ -310,6 +310,23 @@ impl Wal {
         ))
     }
 
+    /// Reads the WAL in `dir` as [`Wal::open`] would, changing nothing (no
+    /// directory is created, no torn tail cut): the recovered log, and the
+    /// number of segment files. A missing directory is an empty log.
+    pub fn inspect(dir: &Path, opts: &WalOptions) -> Result<(WalRecovery, usize), WalError> {
+        if !dir.exists() {
+            return Ok((WalRecovery::default(), 0));
+        }
+        let rec = recover_dir(opts.fs.as_ref(), dir, opts)?;
+        let recovery = WalRecovery {
+            hard_state: rec.state.hard_state,
+            entries: rec.state.entries,
+            snapshot: rec.state.snapshot,
+            dropped_tail_bytes: rec.dropped_tail_bytes,
+        };
+        Ok((recovery, rec.segments.len()))
+    }
+
     /// Builds the writer state from what recovery found, cutting the torn
     /// tail and recreating a last segment whose header was torn.
     fn resume(
