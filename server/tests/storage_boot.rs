@@ -255,6 +255,31 @@ fn last_segment(dir: &Path) -> std::path::PathBuf {
     segs.pop().unwrap()
 }
 
+fn append_torn_tail(dir: &Path) {
+    let seg = last_segment(dir);
+    let mut data = fs::read(&seg).unwrap();
+    data.extend_from_slice(&[0x5a; 7]);
+    fs::write(&seg, data).unwrap();
+}
+
+fn flip_a_byte_mid_log(dir: &Path) {
+    let mut segs: Vec<_> = fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    segs.sort();
+    let mut data = fs::read(&segs[0]).unwrap();
+    let mid = data.len() / 2;
+    data[mid] ^= 0x01;
+    fs::write(&segs[0], data).unwrap();
+}
+
+fn delete_snapshots(dir: &Path) {
+    for f in fs::read_dir(dir.join("snap")).unwrap() {
+        fs::remove_file(f.unwrap().path()).unwrap();
+    }
+}
+
 /// `--check-data-dir` agrees with boot on each kind of dir: where boot
 /// starts, the check reports the same starting point; where boot refuses,
 /// the check refuses with the same error. The check changes no byte.
@@ -263,34 +288,16 @@ fn the_offline_check_agrees_with_boot_and_writes_nothing() {
     use titan_server::storage::check::check_data_dir;
     type Damage = fn(&Path);
     let none: Damage = |_| {};
-    let torn_tail: Damage = |d| {
-        let seg = last_segment(d);
-        let mut data = fs::read(&seg).unwrap();
-        data.extend_from_slice(&[0x5a; 7]);
-        fs::write(&seg, data).unwrap();
-    };
-    let flipped_mid_log: Damage = |d| {
-        let mut segs: Vec<_> = fs::read_dir(d.join("wal"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .collect();
-        segs.sort();
-        let first = &segs[0];
-        let mut data = fs::read(first).unwrap();
-        let mid = data.len() / 2;
-        data[mid] ^= 0x01;
-        fs::write(first, data).unwrap();
-    };
-    let lost_snapshots: Damage = |d| {
-        for f in fs::read_dir(d.join("snap")).unwrap() {
-            fs::remove_file(f.unwrap().path()).unwrap();
-        }
-    };
     // (what, margin, damage, the error boot and the check must share)
     let table: [(&str, u64, Damage, Option<&str>); 6] = [
         ("a clean dir", 5, none, None),
-        ("a torn tail", 5, torn_tail, None),
-        ("a flipped byte mid-log", 1000, flipped_mid_log, Some("WAL")),
+        ("a torn tail", 5, append_torn_tail, None),
+        (
+            "a flipped byte mid-log",
+            1000,
+            flip_a_byte_mid_log,
+            Some("WAL"),
+        ),
         (
             "a corrupt newest snapshot the WAL covers",
             1000,
@@ -306,7 +313,7 @@ fn the_offline_check_agrees_with_boot_and_writes_nothing() {
         (
             "lost snapshots behind a compacted WAL",
             0,
-            lost_snapshots,
+            delete_snapshots,
             Some("entries are missing"),
         ),
     ];
