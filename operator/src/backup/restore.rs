@@ -20,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
+use sha2::Digest as _;
 use titan_snapfile::backup::{BackupError as FileError, BackupSummary, verify_backup};
 use titan_snapfile::{FileHeader, SnapshotDecodeError, SnapshotLimits, decode_header};
 use tokio::io::AsyncWriteExt;
@@ -56,9 +57,10 @@ pub async fn check_object(
     Ok(CheckedBackup { digest, header })
 }
 
-/// Downloads the object at `key` to `out` (see the module docs). A verified
-/// file already at `out` (an init container that ran before) is kept
-/// without a download.
+/// Downloads the object at `key` to `out` (see the module docs). A file
+/// already at `out` that an earlier run fetched from the same object (an
+/// init container that ran before) is checked again and kept without a
+/// download; any other file there is replaced.
 pub async fn fetch(
     store: &dyn ObjectStore,
     bucket: &str,
@@ -66,18 +68,26 @@ pub async fn fetch(
     out: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<BackupSummary, BackupError> {
-    if tokio::fs::try_exists(out).await.unwrap_or(false) {
-        match verify_file(out.to_path_buf(), key).await {
+    let source_file = out.with_extension("source");
+    let source = format!("s3://{bucket}/{key}\n");
+    let same_source = tokio::fs::read_to_string(&source_file)
+        .await
+        .is_ok_and(|s| s == source);
+    if same_source && tokio::fs::try_exists(out).await.unwrap_or(false) {
+        match verify_file(out.to_path_buf(), key, expected_sha256).await {
             Ok(summary) => return Ok(summary),
             Err(error) => {
                 tracing::warn!(path = %out.display(), %error, "replacing a damaged earlier download")
             }
         }
     }
+    // Whatever is there is not this object's: it goes before the download.
+    let _ = tokio::fs::remove_file(&source_file).await;
+    let _ = tokio::fs::remove_file(out).await;
     let partial = out.with_extension("partial");
     let result = async {
         download(store, bucket, key, &partial, expected_sha256).await?;
-        verify_file(partial.clone(), key).await
+        verify_file(partial.clone(), key, None).await
     }
     .await;
     let summary = match result {
@@ -90,6 +100,9 @@ pub async fn fetch(
     tokio::fs::rename(&partial, out)
         .await
         .map_err(|e| local(out, &e))?;
+    tokio::fs::write(&source_file, source)
+        .await
+        .map_err(|e| local(&source_file, &e))?;
     sync_parent(out).await?;
     Ok(summary)
 }
@@ -179,10 +192,27 @@ async fn download(
     Ok(())
 }
 
-/// The whole offline check of `titanctl snapshot verify`, on the blocking pool.
-async fn verify_file(path: PathBuf, key: &str) -> Result<BackupSummary, BackupError> {
+/// The whole offline check of `titanctl snapshot verify` (and the whole
+/// file's SHA-256 against `expected_sha256`, if given), on the blocking pool.
+async fn verify_file(
+    path: PathBuf,
+    key: &str,
+    expected_sha256: Option<&str>,
+) -> Result<BackupSummary, BackupError> {
     let key = key.to_string();
+    let expected = expected_sha256.map(str::to_string);
     let checked = tokio::task::spawn_blocking(move || {
+        if let Some(want) = expected {
+            let mut file = std::fs::File::open(&path).map_err(|e| local(&path, &e))?;
+            let mut hasher = sha2::Sha256::new();
+            std::io::copy(&mut file, &mut hasher).map_err(|e| local(&path, &e))?;
+            let got = titan_snapfile::backup::hex(&sha2::Digest::finalize(hasher));
+            if got != want {
+                let detail =
+                    format!("SHA-256 is {got}, bootstrap.fromBackup.sha256 expects {want}");
+                return Err(corrupt(&key, detail));
+            }
+        }
         let mut file = std::fs::File::open(&path).map_err(|e| local(&path, &e))?;
         verify_backup(&mut file, &SnapshotLimits::default()).map_err(|e| match e {
             FileError::Io(io) => local(&path, &io),
@@ -416,10 +446,27 @@ mod tests {
 
         // A rerun (the init container again) keeps the file without a download.
         let gone = InMemory::new();
-        let again = fetch(&gone, BUCKET, KEY, &out, None)
+        let sha = hex(&Sha256::digest(&file));
+        let again = fetch(&gone, BUCKET, KEY, &out, Some(&sha))
             .await
             .unwrap_or_else(|e| panic!("rerun: {e}"));
         assert_eq!(again, summary);
+        // ... but not for another object, nor another expected checksum.
+        assert_eq!(
+            reason(fetch(&gone, BUCKET, KEY, &out, Some(&"0".repeat(64))).await),
+            "BackupNotFound",
+            "a file of another checksum is fetched again"
+        );
+        assert!(!out.exists(), "a file of another object is removed");
+        // Fetched again, then the same file from another key.
+        fetch(&store, BUCKET, KEY, &out, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            reason(fetch(&gone, BUCKET, "other-key", &out, None).await),
+            "BackupNotFound"
+        );
+        assert!(!out.exists(), "a file of another object is removed");
 
         // A damaged object leaves nothing at the path, nor a partial file.
         let other = dir.path().join("other").join("backup.snapshot");
