@@ -392,7 +392,8 @@ paused_phase() {
 
 # Backup and restore on real pods: an S3-compatible server on the node's
 # address (s3s-fs over a directory, operator/examples/s3_test_server.rs), a
-# TitanBackup of the cluster into it, then two new clusters with
+# TitanBackupSchedule whose first run backs the cluster up into it, then two
+# new clusters with
 # spec.bootstrap.fromBackup: one on a damaged copy (Degraded, BackupCorrupt,
 # no StatefulSet), one on the backup itself, which must serve every write
 # acknowledged before the backup from every member.
@@ -419,7 +420,10 @@ stop_s3() {
   S3_PID=""
 }
 
-backup_field() { kt get tbk e2e-backup -o "jsonpath=$1" 2>/dev/null || true; }
+BACKUP=""
+no_backups_left() { [ -z "$(kt get tbk -o name 2>/dev/null)" ]; }
+scheduled_backup_exists() { [ -n "$(kt get tbk -l titan.dev/backup-schedule=e2e-schedule -o name 2>/dev/null)" ]; }
+backup_field() { kt get tbk "${BACKUP}" -o "jsonpath=$1" 2>/dev/null || true; }
 backup_completed() { [ "$(backup_field '{.status.phase}')" = Completed ]; }
 
 # A TitanCluster named $1 restored from object $2 (checksum $3, or none).
@@ -461,23 +465,28 @@ restore_phase() {
   start_s3
   kt create secret generic s3-creds --from-literal=AWS_ACCESS_KEY_ID=e2e-ak \
     --from-literal=AWS_SECRET_ACCESS_KEY=e2e-sk --dry-run=client -o yaml | kt apply -f -
+  # The backup comes from a schedule: its first run is created at once.
   kt apply -f - <<YAML
 apiVersion: titan.dev/v1alpha1
-kind: TitanBackup
+kind: TitanBackupSchedule
 metadata:
-  name: e2e-backup
+  name: e2e-schedule
 spec:
-  cluster: ${TC}
-  destination:
-    s3:
-      bucket: ${S3_BUCKET}
-      prefix: e2e
-      endpoint: http://${S3_ADDR}
-      allowHttp: true
-      credentialsSecret: s3-creds
+  intervalSeconds: 3600
+  template:
+    cluster: ${TC}
+    destination:
+      s3:
+        bucket: ${S3_BUCKET}
+        prefix: e2e
+        endpoint: http://${S3_ADDR}
+        allowHttp: true
+        credentialsSecret: s3-creds
 YAML
+  wait_until 60 scheduled_backup_exists || die "the schedule created no TitanBackup: $(kt get tbs e2e-schedule -o 'jsonpath={.status}')"
+  BACKUP="$(kt get tbs e2e-schedule -o 'jsonpath={.status.lastBackup}')"
   wait_until 120 backup_completed ||
-    die "backup not Completed: $(backup_field '{.status}')"
+    die "backup ${BACKUP} not Completed: $(backup_field '{.status}')"
   key="$(backup_field '{.status.objectKey}')"
   sha="$(backup_field '{.status.sha256}')"
   log "backup ${key}: $(backup_field '{.status.sizeBytes}') bytes, sha256 ${sha}"
@@ -502,7 +511,9 @@ YAML
   kt delete tc "${RESTORED_TC}" --wait=true --timeout=120s
   kt delete pvc -l app.kubernetes.io/instance="${RESTORED_TC}" --wait=true --timeout=60s
   wait_until 60 restored_pvcs_gone || die "restored cluster's PVCs left"
-  kt delete tbk e2e-backup --wait=true
+  # The schedule's TitanBackups go with it (owner references).
+  kt delete tbs e2e-schedule --wait=true
+  wait_until 60 no_backups_left || die "TitanBackups left: $(kt get tbk -o name)"
   kt delete secret s3-creds
   stop_s3
 }

@@ -90,6 +90,9 @@ pub fn restore_container(
         ]),
         args: Some(args),
         env: Some(env),
+        // The error it exits with becomes the termination message, which
+        // the operator copies into the cluster's Degraded condition.
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         volume_mounts: Some(vec![VolumeMount {
             name: "data".to_string(),
             mount_path: DATA_DIR.to_string(),

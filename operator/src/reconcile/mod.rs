@@ -260,7 +260,9 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
         snapshot,
         now,
     };
-    write_status(ctx, cluster, &names, status::build_status(&status_input)).await?;
+    let mut next = status::build_status(&status_input);
+    restore::report_fetch_failure(ctx, cluster, &state, &mut next, now).await;
+    write_status(ctx, cluster, &names, next).await?;
     Ok(requeue_for(&ctx.settings, &plan.action))
 }
 

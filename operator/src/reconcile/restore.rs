@@ -11,19 +11,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
+use kube::{Resource, ResourceExt};
 use object_store::ObjectStore;
 
 use super::observe::KubeState;
+use super::status::{DEGRADED, set_condition};
 use super::{Context, Error, publish, write_degraded_status};
 use crate::backup::BackupError;
 use crate::backup::resource::S3Destination;
 use crate::backup::restore::{CheckedBackup, check_object};
 use crate::backup::store::{S3Credentials, StoreConfig, read_credentials, s3_store};
-use crate::builders::{BOOTSTRAPPED_KEY, Names};
-use crate::crd::{BackupSource, TitanCluster};
+use crate::builders::{BOOTSTRAPPED_KEY, Names, RESTORE_CONTAINER};
+use crate::crd::{BackupSource, Phase, TitanCluster, TitanClusterStatus};
 
 /// How long a failed check waits before the next (the user uploads the
 /// object, fixes the Secret, the bucket comes back).
@@ -133,4 +136,134 @@ async fn check(
         .await
     };
     Ok(checked.await)
+}
+
+/// The first initial member whose `restore-backup` init container failed
+/// (exited non-zero, now or last time), with what it said: the object went
+/// away or changed after the operator's check, or the download broke. The
+/// container's message is its last log lines (`FallbackToLogsOnError`).
+pub fn fetch_failure(pods: &[Pod]) -> Option<(String, String)> {
+    pods.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.init_container_statuses.as_ref()?;
+        let status = statuses.iter().find(|s| s.name == RESTORE_CONTAINER)?;
+        let failed = [status.state.as_ref(), status.last_state.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.terminated.as_ref())
+            .find(|t| t.exit_code != 0)?;
+        let message = failed
+            .message
+            .as_deref()
+            .map(str::trim)
+            .filter(|m| !m.is_empty())
+            .unwrap_or("no message")
+            .to_string();
+        Some((pod.name_any(), message))
+    })
+}
+
+/// While a restored cluster has not bootstrapped: a failed fetch turns the
+/// Degraded condition to `RestoreFailed` with the pod and its message, and
+/// is announced by one Warning event when it first shows.
+pub(super) async fn report_fetch_failure(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    state: &KubeState,
+    status: &mut TitanClusterStatus,
+    now: Timestamp,
+) {
+    if cluster.spec.bootstrap.is_none() || bootstrapped(state) {
+        return;
+    }
+    let Some((pod, message)) = fetch_failure(&state.pods) else {
+        return;
+    };
+    let note = format!("{pod} could not fetch the backup: {message}");
+    let already = cluster.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == DEGRADED && c.reason == FETCH_FAILED && c.message == note)
+    });
+    if !already {
+        publish(
+            ctx,
+            cluster,
+            EventType::Warning,
+            FETCH_FAILED,
+            "Restore",
+            note.clone(),
+        )
+        .await;
+    }
+    let generation = cluster.meta().generation;
+    set_condition(
+        &mut status.conditions,
+        DEGRADED,
+        true,
+        FETCH_FAILED,
+        &note,
+        generation,
+        now,
+    );
+    status.phase = Some(Phase::Degraded);
+}
+
+/// Condition and event reason of a failed fetch.
+pub const FETCH_FAILED: &str = "RestoreFailed";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(name: &str, init: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "status": {"initContainerStatuses": init},
+        }))
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn init(state: serde_json::Value, last: serde_json::Value) -> serde_json::Value {
+        json!([{"name": "restore-backup", "image": "i", "imageID": "", "ready": false,
+                "restartCount": 1, "state": state, "lastState": last}])
+    }
+
+    #[test]
+    fn a_failed_fetch_is_found_with_its_message_and_nothing_else_is() {
+        let crashed = init(
+            json!({"waiting": {"reason": "CrashLoopBackOff"}}),
+            json!({"terminated": {"exitCode": 1, "message": "Error: BackupNotFound: no backup at s3://b/k\n"}}),
+        );
+        let table = [
+            (vec![pod("t-0", json!([]))], None),
+            (
+                vec![pod("t-0", init(json!({"running": {}}), json!({})))],
+                None,
+            ),
+            (
+                vec![pod(
+                    "t-0",
+                    init(json!({"terminated": {"exitCode": 0}}), json!({})),
+                )],
+                None,
+            ),
+            (
+                vec![pod("t-0", json!([])), pod("t-1", crashed)],
+                Some(("t-1", "Error: BackupNotFound: no backup at s3://b/k")),
+            ),
+            (
+                vec![pod(
+                    "t-2",
+                    init(json!({"terminated": {"exitCode": 2}}), json!({})),
+                )],
+                Some(("t-2", "no message")),
+            ),
+        ];
+        for (pods, want) in table {
+            let got = fetch_failure(&pods);
+            let got = got.as_ref().map(|(p, m)| (p.as_str(), m.as_str()));
+            assert_eq!(got, want);
+        }
+    }
 }

@@ -731,6 +731,81 @@ mod restore {
         assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
     }
 
+    /// The pods of a restored cluster whose restore-backup init container
+    /// keeps failing (the object went away after the check): no pod IP, not
+    /// Ready.
+    fn pods_failing_to_fetch() -> Value {
+        let mut pods = fixtures::pods_json(&[0, 1, 2]);
+        for item in pods["items"].as_array_mut().into_iter().flatten() {
+            item["status"] = json!({
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "initContainerStatuses": [{
+                    "name": "restore-backup", "image": "i", "imageID": "", "ready": false,
+                    "restartCount": 2,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1,
+                        "message": "Error: BackupNotFound: no backup at s3://backups/k"}},
+                }],
+            });
+        }
+        pods
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_fails_after_the_check_turns_degraded_with_its_message() {
+        let cluster = restored_cluster();
+        let mut expects = observe_calls(
+            Some(fixtures::configmap_json(false, 3)),
+            Some(fixtures::statefulset_json(3)),
+            pods_failing_to_fetch(),
+            fixtures::pvcs_json(&[0, 1, 2]),
+        );
+        expects.extend(apply_calls(false));
+        expects.push(
+            Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+                assert_eq!(b["type"], "Warning");
+                assert_eq!(b["reason"], "RestoreFailed");
+                let note = b["note"].as_str().unwrap_or_default();
+                assert!(
+                    note.starts_with("demo-0 could not fetch the backup: Error: BackupNotFound"),
+                    "{note}"
+                );
+            }),
+        );
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Degraded");
+            assert_eq!(condition(b, "Degraded")["reason"], "RestoreFailed");
+        }));
+        let (ctx, handle) = context_holding(None).await;
+        fixtures::reconcile_against(handle, expects, reconcile(Arc::new(cluster), ctx)).await;
+    }
+
+    #[tokio::test]
+    async fn a_fetch_failure_already_reported_raises_no_second_event() {
+        let mut cluster = restored_cluster();
+        let note =
+            "demo-0 could not fetch the backup: Error: BackupNotFound: no backup at s3://backups/k";
+        cluster.status = Some(
+            serde_json::from_value(json!({"conditions": [{
+                "type": "Degraded", "status": "True", "reason": "RestoreFailed",
+                "message": note, "lastTransitionTime": "2027-01-01T00:00:00Z",
+            }]}))
+            .unwrap_or_else(|e| panic!("{e}")),
+        );
+        let mut expects = observe_calls(
+            Some(fixtures::configmap_json(false, 3)),
+            Some(fixtures::statefulset_json(3)),
+            pods_failing_to_fetch(),
+            fixtures::pvcs_json(&[0, 1, 2]),
+        );
+        expects.extend(apply_calls(false));
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(condition(b, "Degraded")["reason"], "RestoreFailed");
+        }));
+        let (ctx, handle) = context_holding(None).await;
+        fixtures::reconcile_against(handle, expects, reconcile(Arc::new(cluster), ctx)).await;
+    }
+
     /// A bootstrapped cluster with its StatefulSet: the reconcile reads no
     /// Secret and no backup (the mock fails any call it does not expect).
     #[tokio::test]
