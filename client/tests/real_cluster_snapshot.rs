@@ -105,6 +105,17 @@ fn save_verify_and_read_back_every_written_key() {
     assert!(verified.status.success(), "verify: {verified:?}");
     let verified = json(&verified);
     assert_eq!(verified["sha256"], saved["sha256"]);
+    let bytes = std::fs::read(&file).expect("read");
+    let whole = titan_snapfile::backup::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    assert_eq!(
+        verified["sha256"],
+        whole.as_str(),
+        "sha256 is what sha256sum prints"
+    );
+    assert_eq!(
+        verified["trailer_sha256"],
+        titan_snapfile::backup::hex(&bytes[bytes.len() - 32..]).as_str()
+    );
     assert_eq!(verified["revision"], saved["revision"]);
     assert_eq!(contents_at(&file, revision), want, "backup contents");
 

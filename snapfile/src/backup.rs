@@ -91,8 +91,11 @@ pub struct BackupSummary {
     pub leases: u64,
     /// Whole file size.
     pub file_bytes: u64,
-    /// The SHA-256 trailer, hex.
+    /// SHA-256 of the whole file, hex: what `sha256sum` prints and what a
+    /// TitanBackup's manifest records.
     pub sha256: String,
+    /// etcd's trailer (the SHA-256 of everything before it), hex.
+    pub trailer_sha256: String,
 }
 
 /// A writer that hashes everything passing through it; [`Sha256Writer::finish`]
@@ -137,7 +140,8 @@ impl<W: io::Write> io::Write for Sha256Writer<W> {
 }
 
 /// SHA-256 of the first `len` bytes of `r`, read in bounded chunks.
-fn sha256_prefix<R: Read>(r: &mut R, len: u64) -> io::Result<[u8; 32]> {
+/// The hasher after the first `len` bytes of `r`.
+fn sha256_prefix<R: Read>(r: &mut R, len: u64) -> io::Result<Sha256> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 64 << 10];
     let mut left = len;
@@ -150,7 +154,7 @@ fn sha256_prefix<R: Read>(r: &mut R, len: u64) -> io::Result<[u8; 32]> {
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
-    Ok(hasher.finalize().into())
+    Ok(hasher)
 }
 
 /// A reader that counts the bytes passing through it.
@@ -186,9 +190,11 @@ where
     }
     let content = file_bytes - CHECKSUM_LEN as u64;
     r.seek(SeekFrom::Start(0))?;
-    let actual = sha256_prefix(r, content)?;
+    let mut whole = sha256_prefix(r, content)?;
+    let actual: [u8; CHECKSUM_LEN] = whole.clone().finalize().into();
     let mut stored = [0u8; CHECKSUM_LEN];
     r.read_exact(&mut stored)?;
+    whole.update(stored);
     if actual != stored {
         return Err(BackupError::ChecksumMismatch {
             expected: hex(&stored),
@@ -205,7 +211,8 @@ where
         live_keys: 0,
         leases: 0,
         file_bytes,
-        sha256: hex(&stored),
+        sha256: hex(&whole.finalize()),
+        trailer_sha256: hex(&stored),
     };
     let mut reader = Counting {
         inner: BufReader::new(r.by_ref().take(content)),

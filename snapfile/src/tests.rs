@@ -167,7 +167,16 @@ fn a_good_backup_reports_what_it_holds() {
     assert_eq!((s.revision, s.compact_revision), (5, 0));
     assert_eq!((s.keys, s.records, s.live_keys, s.leases), (2, 4, 1, 1));
     assert_eq!(s.file_bytes, good.len() as u64);
-    assert_eq!(s.sha256, crate::backup::hex(&good[good.len() - 32..]));
+    assert_eq!(
+        s.trailer_sha256,
+        crate::backup::hex(&good[good.len() - 32..])
+    );
+    use sha2::Digest;
+    assert_eq!(
+        s.sha256,
+        crate::backup::hex(&sha2::Sha256::digest(&good)),
+        "the whole file's, as sha256sum prints it"
+    );
 }
 
 #[test]

@@ -103,6 +103,7 @@ fn print_summary(verb: &str, file: &Path, s: &BackupSummary, fmt: Format) {
             "index": s.header.index, "term": s.header.term,
             "format_version": s.header.version, "keys": s.keys, "live_keys": s.live_keys,
             "records": s.records, "leases": s.leases, "sha256": s.sha256,
+            "trailer_sha256": s.trailer_sha256,
         })),
         Format::Table => println!(
             "{verb} {}: {} bytes, revision {} (index {}, term {}), {} live keys, {} records, {} leases, format {}, sha256 {}",
