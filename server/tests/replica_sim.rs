@@ -7,7 +7,9 @@
 //! inline "blocking" storage work whose order against the runtime's
 //! apply-during-fsync overlap is drawn from the seed; and clients issuing
 //! puts, linearizable gets and compare-and-swap transactions to every
-//! replica (followers forward writes).
+//! replica (followers forward writes); planned membership changes (a
+//! healthy follower replaced by a new member, leadership transfers) amid
+//! the faults.
 //!
 //! A *safety* phase injects faults; a *liveness* phase heals them and
 //! requires a leader, a new committed write and every replica applied to
@@ -83,6 +85,10 @@ struct Summary {
     storage_stops: u64,
     /// Members replaced after refusing to boot from a damaged WAL.
     replaced: u64,
+    /// Healthy followers replaced mid-run (planned membership changes).
+    planned_replacements: u64,
+    /// Leadership transfers asked for mid-run.
+    transfers: u64,
     /// Snapshots streamed to followers.
     snapshots_sent: u64,
     /// Value-log files retired by merges the simulator asked for.
@@ -108,6 +114,10 @@ struct World {
     damaged: Option<usize>,
     /// Members replaced (wiped, joined, promoted, old id removed).
     replaced: u64,
+    /// Healthy followers replaced mid-run.
+    planned_replacements: u64,
+    /// Leadership transfers asked for.
+    transfers: u64,
     /// Value-log files retired by merges the simulator asked for.
     merged_files: Arc<AtomicU64>,
 }
@@ -172,6 +182,8 @@ impl World {
             corrupted: None,
             damaged: None,
             replaced: 0,
+            planned_replacements: 0,
+            transfers: 0,
             merged_files: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -245,8 +257,67 @@ impl World {
             70..=89 => self.restart_down().await?,
             90..=94 => self.disk_fault(),
             95..=96 => self.corrupt_down_replica(),
+            97 => self.transfer_leadership(),
+            98 => self.replace_healthy().await?,
             _ => self.merge_value_log(),
         }
+        Ok(())
+    }
+
+    /// Admin.TransferLeader on the leader, to a random member or (0) the
+    /// most up-to-date voter, amid whatever faults are active; the reply is
+    /// not awaited.
+    fn transfer_leadership(&mut self) {
+        let target = if self.rng.chance(1, 2) {
+            0
+        } else {
+            self.replicas[self.rng.below(REPLICAS as u64) as usize].id
+        };
+        let leader = self
+            .replicas
+            .iter()
+            .filter_map(|r| r.handle.clone())
+            .find(|h| h.leader_view().is_self);
+        let Some(h) = leader else {
+            return;
+        };
+        self.shared.trace.event(&[10, target]);
+        self.transfers += 1;
+        tokio::spawn(async move {
+            let _ = h.admin(AdminCmd::TransferLeader(target)).await;
+        });
+    }
+
+    /// A planned replacement of a healthy follower (an operator moving a
+    /// member to a new volume) under client load: the network is healed and
+    /// armed disk faults disarmed first, so that it can finish; afterwards
+    /// the faults go on against the new membership (conf changes in the
+    /// WAL, in snapshots, replayed after crashes).
+    async fn replace_healthy(&mut self) -> Result<(), String> {
+        if !self.down().is_empty() || self.damaged.is_some() || self.corrupted.is_some() {
+            return Ok(());
+        }
+        let followers: Vec<usize> = (0..REPLICAS)
+            .filter(|&i| {
+                self.replicas[i]
+                    .handle
+                    .as_ref()
+                    .is_some_and(|h| !h.leader_view().is_self)
+            })
+            .collect();
+        if followers.is_empty() {
+            return Ok(());
+        }
+        let i = followers[self.rng.below(followers.len() as u64) as usize];
+        self.net.heal();
+        for r in &self.replicas {
+            r.fs.set_fault(None);
+        }
+        self.shared.trace.event(&[11, i as u64]);
+        self.replicas[i].crash(&self.net, Vec::new());
+        self.publish_handle(i);
+        self.replace(i).await?;
+        self.planned_replacements += 1;
         Ok(())
     }
 
@@ -354,6 +425,7 @@ impl World {
         self.restart_down().await?;
         if let Some(i) = self.damaged.take() {
             self.replace(i).await?;
+            self.replaced += 1;
         }
         let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS);
         let h = self.replicas[0].handle.clone().ok_or("replica 0 down")?;
@@ -422,7 +494,6 @@ impl World {
                 continue;
             };
             let Some(cmd) = membership_step(&st, old, &member) else {
-                self.replaced += 1;
                 return Ok(());
             };
             let outcome = h.admin(cmd).await.is_ok();
@@ -509,6 +580,8 @@ impl World {
             crashes: self.crashes,
             storage_stops: self.storage_stops,
             replaced: self.replaced,
+            planned_replacements: self.planned_replacements,
+            transfers: self.transfers,
             merged_files: self.merged_files.load(Ordering::Relaxed),
             snapshots_sent: self.net.snapshots_sent(),
             final_applied,
@@ -613,6 +686,11 @@ fn assert_coverage(runs: &[Summary]) {
         "no node stopped on a disk fault"
     );
     assert!(total(|s| s.replaced) > 0, "no damaged member replaced");
+    assert!(
+        total(|s| s.planned_replacements) > 0,
+        "no healthy member replaced"
+    );
+    assert!(total(|s| s.transfers) > 0, "no leadership transfer");
     assert!(total(|s| s.snapshots_sent) > 0, "no snapshot streamed");
     assert!(total(|s| s.merged_files) > 0, "no value-log file merged");
     assert!(
