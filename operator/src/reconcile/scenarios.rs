@@ -751,9 +751,8 @@ mod restore {
         pods
     }
 
-    #[tokio::test]
-    async fn a_fetch_that_fails_after_the_check_turns_degraded_with_its_message() {
-        let cluster = restored_cluster();
+    /// The reads and applies of a reconcile while the fetch keeps failing.
+    fn fetch_failing_reads_and_applies() -> Vec<Expect> {
         let mut expects = observe_calls(
             Some(fixtures::configmap_json(false, 3)),
             Some(fixtures::statefulset_json(3)),
@@ -761,6 +760,13 @@ mod restore {
             fixtures::pvcs_json(&[0, 1, 2]),
         );
         expects.extend(apply_calls(false));
+        expects
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_fails_after_the_check_turns_degraded_with_its_message() {
+        let cluster = restored_cluster();
+        let mut expects = fetch_failing_reads_and_applies();
         expects.push(
             Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
                 assert_eq!(b["type"], "Warning");
@@ -792,13 +798,7 @@ mod restore {
             }]}))
             .unwrap_or_else(|e| panic!("{e}")),
         );
-        let mut expects = observe_calls(
-            Some(fixtures::configmap_json(false, 3)),
-            Some(fixtures::statefulset_json(3)),
-            pods_failing_to_fetch(),
-            fixtures::pvcs_json(&[0, 1, 2]),
-        );
-        expects.extend(apply_calls(false));
+        let mut expects = fetch_failing_reads_and_applies();
         expects.push(status_call(&cluster, |b| {
             assert_eq!(condition(b, "Degraded")["reason"], "RestoreFailed");
         }));
