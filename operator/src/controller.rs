@@ -303,25 +303,47 @@ async fn run_schedule_controller(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ns = config.watch_namespace.as_deref();
+    let schedules = api::<TitanBackupSchedule>(client, ns);
+    if !crd_served(&schedules).await {
+        // `helm upgrade` does not install new CRDs: an operator newer than
+        // its CRDs keeps serving clusters and backups, and still stops
+        // cleanly (a watch on a resource the API server does not serve
+        // retries forever).
+        tracing::warn!(
+            "the TitanBackupSchedule CRD is not installed: scheduled backups are off until it is (kubectl apply -f manifests/crd.yaml) and the operator restarts"
+        );
+        shutdown.await;
+        return;
+    }
     let ctx = Arc::new(ScheduleContext {
         client: client.clone(),
         recorder,
         clock: Arc::new(Timestamp::now),
     });
-    Controller::new(
-        api::<TitanBackupSchedule>(client, ns),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown)
-    .run(
-        schedule_controller::reconcile,
-        schedule_controller::error_policy,
-        ctx,
-    )
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "backup schedule reconcile result");
-        }
-    })
-    .await;
+    Controller::new(schedules, watcher::Config::default())
+        .graceful_shutdown_on(shutdown)
+        .run(
+            schedule_controller::reconcile,
+            schedule_controller::error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "backup schedule reconcile result");
+            }
+        })
+        .await;
+}
+
+/// Whether the API server serves `api`'s resource: false only on 404 (its
+/// CRD is not installed); any other answer, failures included, counts as
+/// served (the controller's watch retries those).
+async fn crd_served<K>(api: &Api<K>) -> bool
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let probe = api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await;
+    !matches!(probe, Err(kube::Error::Api(status)) if status.code == 404)
 }

@@ -487,10 +487,11 @@ fn rendered_rbac_objects_have_the_names_of_the_rbac_source() {
     );
 }
 
-/// The CRDs of manifests/crd.yaml: TitanCluster, then TitanBackup.
+/// The CRDs of manifests/crd.yaml: TitanCluster, TitanBackup, then
+/// TitanBackupSchedule.
 fn crds() -> Vec<CustomResourceDefinition> {
     let docs = documents(&read_repo_file("manifests/crd.yaml"));
-    assert_eq!(docs.len(), 2, "manifests/crd.yaml holds two CRDs");
+    assert_eq!(docs.len(), 3, "manifests/crd.yaml holds three CRDs");
     docs.iter().map(typed).collect()
 }
 
@@ -511,6 +512,24 @@ fn backup_crd_is_served_in_the_same_group_with_a_status_subresource() {
     let sub = version.subresources.clone().unwrap_or_default();
     assert!(sub.status.is_some(), "status subresource");
     assert!(sub.scale.is_none(), "a backup has no replicas");
+}
+
+#[test]
+fn backup_schedule_crd_is_served_in_the_same_group_with_a_status_subresource() {
+    let crd = crds().remove(2);
+    assert_eq!(
+        crd.metadata.name.as_deref(),
+        Some("titanbackupschedules.titan.dev")
+    );
+    assert_eq!(crd.spec.group, "titan.dev");
+    assert_eq!(crd.spec.names.kind, "TitanBackupSchedule");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["tbs".to_string()]));
+    assert_eq!(crd.spec.scope, "Namespaced");
+    let version = crd.spec.versions.iter().find(|v| v.name == "v1alpha1");
+    let version = version.unwrap_or_else(|| panic!("no v1alpha1 version"));
+    assert!(version.served && version.storage);
+    let sub = version.subresources.clone().unwrap_or_default();
+    assert!(sub.status.is_some(), "status subresource");
 }
 
 #[test]
