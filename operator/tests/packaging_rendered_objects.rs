@@ -499,37 +499,44 @@ fn crd() -> CustomResourceDefinition {
     crds().remove(0)
 }
 
-#[test]
-fn backup_crd_is_served_in_the_same_group_with_a_status_subresource() {
-    let crd = crds().remove(1);
-    assert_eq!(crd.metadata.name.as_deref(), Some("titanbackups.titan.dev"));
+/// The `n`th CRD: `titan.dev`, namespaced, `v1alpha1` served and stored
+/// with a status subresource; its subresources for further checks.
+fn namespaced_titan_crd(
+    n: usize,
+    name: &str,
+    kind: &str,
+    short: &str,
+) -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceSubresources
+{
+    let crd = crds().remove(n);
+    assert_eq!(crd.metadata.name.as_deref(), Some(name));
     assert_eq!(crd.spec.group, "titan.dev");
-    assert_eq!(crd.spec.names.kind, "TitanBackup");
+    assert_eq!(crd.spec.names.kind, kind);
+    assert_eq!(crd.spec.names.short_names, Some(vec![short.to_string()]));
     assert_eq!(crd.spec.scope, "Namespaced");
     let version = crd.spec.versions.iter().find(|v| v.name == "v1alpha1");
-    let version = version.unwrap_or_else(|| panic!("no v1alpha1 version"));
-    assert!(version.served && version.storage);
+    let version = version.unwrap_or_else(|| panic!("{kind}: no v1alpha1 version"));
+    assert!(version.served && version.storage, "{kind}");
     let sub = version.subresources.clone().unwrap_or_default();
-    assert!(sub.status.is_some(), "status subresource");
+    assert!(sub.status.is_some(), "{kind}: status subresource");
+    sub
+}
+
+#[test]
+fn backup_crd_is_served_in_the_same_group_with_a_status_subresource() {
+    let sub = namespaced_titan_crd(1, "titanbackups.titan.dev", "TitanBackup", "tbk");
     assert!(sub.scale.is_none(), "a backup has no replicas");
 }
 
 #[test]
 fn backup_schedule_crd_is_served_in_the_same_group_with_a_status_subresource() {
-    let crd = crds().remove(2);
-    assert_eq!(
-        crd.metadata.name.as_deref(),
-        Some("titanbackupschedules.titan.dev")
+    let sub = namespaced_titan_crd(
+        2,
+        "titanbackupschedules.titan.dev",
+        "TitanBackupSchedule",
+        "tbs",
     );
-    assert_eq!(crd.spec.group, "titan.dev");
-    assert_eq!(crd.spec.names.kind, "TitanBackupSchedule");
-    assert_eq!(crd.spec.names.short_names, Some(vec!["tbs".to_string()]));
-    assert_eq!(crd.spec.scope, "Namespaced");
-    let version = crd.spec.versions.iter().find(|v| v.name == "v1alpha1");
-    let version = version.unwrap_or_else(|| panic!("no v1alpha1 version"));
-    assert!(version.served && version.storage);
-    let sub = version.subresources.clone().unwrap_or_default();
-    assert!(sub.status.is_some(), "status subresource");
+    assert!(sub.scale.is_none(), "a schedule has no replicas");
 }
 
 #[test]
