@@ -5,12 +5,13 @@
 //! yields an error (which the planner treats as "unknown", never as "removed")
 //! instead of blocking the reconcile.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use titan_proto::v1 as pb;
 use titan_proto::v1::admin_client::AdminClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::planner::{MemberView, NodeRole, NodeStatus};
 
@@ -45,6 +46,75 @@ pub enum AdminError {
     },
 }
 
+/// The PEM files of mutual TLS: the CA that signs the servers, and the
+/// client certificate and key presented to them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// CA certificate the server's certificate must chain to.
+    pub ca_pem: String,
+    /// Client certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for TlsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsIdentity").finish_non_exhaustive()
+    }
+}
+
+/// Mutual TLS to one server: the identity, and the name its certificate
+/// must carry (the pod's DNS name: the operator dials the pod's IP).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// Shared by every target of one reconcile.
+    pub identity: Arc<TlsIdentity>,
+    /// Name verified against the server certificate's SANs.
+    pub server_name: String,
+}
+
+/// Where and how to reach one server's Admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTarget {
+    /// `http://HOST:5001`, or `https://HOST:5001` with [`AdminTarget::tls`].
+    pub uri: String,
+    /// Mutual TLS settings; `None` is plaintext.
+    pub tls: Option<AdminTls>,
+}
+
+impl AdminTarget {
+    /// Plaintext `http://HOST:PORT`.
+    pub fn plain(host_port: &str) -> AdminTarget {
+        AdminTarget {
+            uri: format!("http://{host_port}"),
+            tls: None,
+        }
+    }
+
+    /// `https://HOST:PORT`, verified as `tls.server_name`.
+    pub fn tls(host_port: &str, tls: AdminTls) -> AdminTarget {
+        AdminTarget {
+            uri: format!("https://{host_port}"),
+            tls: Some(tls),
+        }
+    }
+}
+
+impl From<String> for AdminTarget {
+    /// A plaintext target from a full URI (`http://HOST:PORT`).
+    fn from(uri: String) -> AdminTarget {
+        AdminTarget { uri, tls: None }
+    }
+}
+
+impl std::fmt::Display for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.uri)
+    }
+}
+
 /// A new member to add as a learner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMember {
@@ -70,28 +140,31 @@ pub struct SnapshotTaken {
 /// Result type of admin calls.
 pub type AdminResult<T> = Result<T, AdminError>;
 
-/// The admin operations the operator uses. `endpoint` is `http://HOST:5001`.
+/// The admin operations the operator uses, each on one server's [`AdminTarget`].
 pub trait AdminApi: Send + Sync {
     /// `Admin.Status` of one server.
-    fn status(&self, endpoint: String) -> BoxFuture<'static, AdminResult<NodeStatus>>;
+    fn status(&self, endpoint: AdminTarget) -> BoxFuture<'static, AdminResult<NodeStatus>>;
     /// `Admin.AddMember` (learner) on the leader.
     fn add_learner(
         &self,
-        endpoint: String,
+        endpoint: AdminTarget,
         member: NewMember,
     ) -> BoxFuture<'static, AdminResult<()>>;
     /// `Admin.PromoteMember` on the leader.
-    fn promote(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>>;
+    fn promote(&self, endpoint: AdminTarget, id: u64) -> BoxFuture<'static, AdminResult<()>>;
     /// `Admin.RemoveMember` on the leader; returns once the change committed.
-    fn remove(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>>;
+    fn remove(&self, endpoint: AdminTarget, id: u64) -> BoxFuture<'static, AdminResult<()>>;
     /// `Admin.TransferLeadership` on the leader.
     fn transfer_leadership(
         &self,
-        endpoint: String,
+        endpoint: AdminTarget,
         target_id: u64,
     ) -> BoxFuture<'static, AdminResult<()>>;
     /// `Admin.TakeSnapshot` on one server.
-    fn take_snapshot(&self, endpoint: String) -> BoxFuture<'static, AdminResult<SnapshotTaken>>;
+    fn take_snapshot(
+        &self,
+        endpoint: AdminTarget,
+    ) -> BoxFuture<'static, AdminResult<SnapshotTaken>>;
 }
 
 /// Timeouts of the real client.
@@ -126,13 +199,24 @@ impl GrpcAdmin {
     }
 }
 
-async fn connect(config: GrpcAdminConfig, endpoint: &str) -> AdminResult<AdminClient<Channel>> {
-    let ep = Endpoint::from_shared(endpoint.to_string()).map_err(|source| {
-        AdminError::InvalidEndpoint {
-            endpoint: endpoint.to_string(),
-            source,
-        }
-    })?;
+async fn connect(
+    config: GrpcAdminConfig,
+    target: &AdminTarget,
+) -> AdminResult<AdminClient<Channel>> {
+    let endpoint = target.uri.as_str();
+    let invalid = |source| AdminError::InvalidEndpoint {
+        endpoint: endpoint.to_string(),
+        source,
+    };
+    let mut ep = Endpoint::from_shared(endpoint.to_string()).map_err(invalid)?;
+    if let Some(tls) = &target.tls {
+        let id = &tls.identity;
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&id.ca_pem))
+            .identity(Identity::from_pem(&id.cert_pem, &id.key_pem))
+            .domain_name(tls.server_name.clone());
+        ep = ep.tls_config(config).map_err(invalid)?;
+    }
     let channel = ep
         .connect_timeout(Duration::from_millis(config.connect_timeout_ms))
         .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -145,9 +229,9 @@ async fn connect(config: GrpcAdminConfig, endpoint: &str) -> AdminResult<AdminCl
     Ok(AdminClient::new(channel))
 }
 
-fn rpc_error(endpoint: &str) -> impl FnOnce(tonic::Status) -> AdminError + '_ {
+fn rpc_error(endpoint: &AdminTarget) -> impl FnOnce(tonic::Status) -> AdminError + '_ {
     move |status| AdminError::Rpc {
-        endpoint: endpoint.to_string(),
+        endpoint: endpoint.uri.clone(),
         status: Box::new(status),
     }
 }
@@ -184,7 +268,7 @@ pub fn node_status(resp: pb::StatusResponse) -> NodeStatus {
 }
 
 impl AdminApi for GrpcAdmin {
-    fn status(&self, endpoint: String) -> BoxFuture<'static, AdminResult<NodeStatus>> {
+    fn status(&self, endpoint: AdminTarget) -> BoxFuture<'static, AdminResult<NodeStatus>> {
         let config = self.config;
         Box::pin(async move {
             let mut client = connect(config, &endpoint).await?;
@@ -198,7 +282,7 @@ impl AdminApi for GrpcAdmin {
 
     fn add_learner(
         &self,
-        endpoint: String,
+        endpoint: AdminTarget,
         member: NewMember,
     ) -> BoxFuture<'static, AdminResult<()>> {
         let config = self.config;
@@ -216,7 +300,7 @@ impl AdminApi for GrpcAdmin {
         })
     }
 
-    fn promote(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>> {
+    fn promote(&self, endpoint: AdminTarget, id: u64) -> BoxFuture<'static, AdminResult<()>> {
         let config = self.config;
         Box::pin(async move {
             let mut client = connect(config, &endpoint).await?;
@@ -229,7 +313,7 @@ impl AdminApi for GrpcAdmin {
         })
     }
 
-    fn remove(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>> {
+    fn remove(&self, endpoint: AdminTarget, id: u64) -> BoxFuture<'static, AdminResult<()>> {
         let config = self.config;
         Box::pin(async move {
             let mut client = connect(config, &endpoint).await?;
@@ -244,7 +328,7 @@ impl AdminApi for GrpcAdmin {
 
     fn transfer_leadership(
         &self,
-        endpoint: String,
+        endpoint: AdminTarget,
         target_id: u64,
     ) -> BoxFuture<'static, AdminResult<()>> {
         let config = self.config;
@@ -259,7 +343,10 @@ impl AdminApi for GrpcAdmin {
         })
     }
 
-    fn take_snapshot(&self, endpoint: String) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
+    fn take_snapshot(
+        &self,
+        endpoint: AdminTarget,
+    ) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
         let config = self.config;
         Box::pin(async move {
             let mut client = connect(config, &endpoint).await?;
@@ -300,12 +387,12 @@ mod tests {
             request_timeout_ms: 200,
         });
         // Port 1 on loopback: nothing listens there.
-        let result = admin.status("http://127.0.0.1:1".to_string()).await;
+        let result = admin.status("http://127.0.0.1:1".to_string().into()).await;
         assert!(
             matches!(result, Err(AdminError::Connect { .. })),
             "{result:?}"
         );
-        let result = admin.status("not a uri".to_string()).await;
+        let result = admin.status("not a uri".to_string().into()).await;
         assert!(
             matches!(result, Err(AdminError::InvalidEndpoint { .. })),
             "{result:?}"

@@ -120,6 +120,33 @@ pub struct TitanClusterSpec {
     /// that exists.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapSpec>,
+    /// TLS with certificates the operator issues and renews. Fixed when the
+    /// cluster is created: a change later is refused (Degraded,
+    /// `TlsChangeUnsupported`), because members cannot switch one by one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// `spec.tls`: the operator creates a CA (Secret `NAME-ca`) and a
+/// certificate per member (Secret `NAME-tls`, with `ca.crt` for clients),
+/// renews member certificates 30 days before they expire (the servers
+/// re-read them without a restart), and calls the Admin API with a client
+/// certificate of that CA.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// Mutual TLS on the peer port (Raft and Admin: only certificates of
+    /// the cluster CA get in), TLS on the client gRPC port, and the
+    /// plaintext TCP port bound to the pod's loopback only.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl TitanClusterSpec {
+    /// Whether `spec.tls.enabled` is set.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.enabled)
+    }
 }
 
 /// A NetworkPolicy `NAME` over the server pods, restricting who may connect

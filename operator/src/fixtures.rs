@@ -14,7 +14,7 @@ use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 
-use crate::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
+use crate::admin::{AdminApi, AdminError, AdminResult, AdminTarget, NewMember, SnapshotTaken};
 use crate::builders::OperatorIdentity;
 use crate::crd::TitanCluster;
 use crate::metrics::Metrics;
@@ -175,6 +175,8 @@ pub struct FakeAdmin {
     pub statuses: BTreeMap<String, NodeStatus>,
     /// Mutating calls, in order.
     pub calls: Mutex<Vec<AdminCall>>,
+    /// Every target `status` was called on, with its TLS settings.
+    pub status_targets: Mutex<Vec<AdminTarget>>,
 }
 
 impl FakeAdmin {
@@ -191,11 +193,14 @@ impl FakeAdmin {
 }
 
 impl AdminApi for FakeAdmin {
-    fn status(&self, endpoint: String) -> BoxFuture<'static, AdminResult<NodeStatus>> {
-        let found = self.statuses.get(&endpoint).cloned();
+    fn status(&self, endpoint: AdminTarget) -> BoxFuture<'static, AdminResult<NodeStatus>> {
+        let found = self.statuses.get(&endpoint.uri).cloned();
+        if let Ok(mut seen) = self.status_targets.lock() {
+            seen.push(endpoint.clone());
+        }
         Box::pin(async move {
             found.ok_or(AdminError::Rpc {
-                endpoint,
+                endpoint: endpoint.uri,
                 status: Box::new(tonic::Status::unavailable("scripted: unreachable")),
             })
         })
@@ -203,34 +208,37 @@ impl AdminApi for FakeAdmin {
 
     fn add_learner(
         &self,
-        endpoint: String,
+        endpoint: AdminTarget,
         member: NewMember,
     ) -> BoxFuture<'static, AdminResult<()>> {
-        self.record(AdminCall::AddLearner(endpoint, member));
+        self.record(AdminCall::AddLearner(endpoint.uri, member));
         Box::pin(async { Ok(()) })
     }
 
-    fn promote(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>> {
-        self.record(AdminCall::Promote(endpoint, id));
+    fn promote(&self, endpoint: AdminTarget, id: u64) -> BoxFuture<'static, AdminResult<()>> {
+        self.record(AdminCall::Promote(endpoint.uri, id));
         Box::pin(async { Ok(()) })
     }
 
-    fn remove(&self, endpoint: String, id: u64) -> BoxFuture<'static, AdminResult<()>> {
-        self.record(AdminCall::Remove(endpoint, id));
+    fn remove(&self, endpoint: AdminTarget, id: u64) -> BoxFuture<'static, AdminResult<()>> {
+        self.record(AdminCall::Remove(endpoint.uri, id));
         Box::pin(async { Ok(()) })
     }
 
     fn transfer_leadership(
         &self,
-        endpoint: String,
+        endpoint: AdminTarget,
         target_id: u64,
     ) -> BoxFuture<'static, AdminResult<()>> {
-        self.record(AdminCall::Transfer(endpoint, target_id));
+        self.record(AdminCall::Transfer(endpoint.uri, target_id));
         Box::pin(async { Ok(()) })
     }
 
-    fn take_snapshot(&self, endpoint: String) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
-        self.record(AdminCall::Snapshot(endpoint));
+    fn take_snapshot(
+        &self,
+        endpoint: AdminTarget,
+    ) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
+        self.record(AdminCall::Snapshot(endpoint.uri));
         Box::pin(async { Ok(SnapshotTaken { index: 42 }) })
     }
 }

@@ -21,3 +21,4 @@ pub mod logging;
 pub mod metrics;
 pub mod planner;
 pub mod reconcile;
+pub mod tls;

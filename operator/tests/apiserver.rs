@@ -36,7 +36,9 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, CustomResourceExt};
 use serde_json::json;
-use titan_operator::admin::{AdminApi, AdminError, AdminResult, NewMember, SnapshotTaken};
+use titan_operator::admin::{
+    AdminApi, AdminError, AdminResult, AdminTarget, NewMember, SnapshotTaken,
+};
 use titan_operator::backup::resource::TitanBackup;
 use titan_operator::builders::OperatorIdentity;
 use titan_operator::crd::TitanCluster;
@@ -54,27 +56,27 @@ const OPERATOR_SA: &str = "system:serviceaccount:titan-system:titan-operator";
 struct Unreachable;
 
 impl AdminApi for Unreachable {
-    fn status(&self, endpoint: String) -> BoxFuture<'static, AdminResult<NodeStatus>> {
+    fn status(&self, endpoint: AdminTarget) -> BoxFuture<'static, AdminResult<NodeStatus>> {
         Box::pin(async move {
             Err(AdminError::Rpc {
-                endpoint,
+                endpoint: endpoint.uri,
                 status: Box::new(tonic::Status::unavailable("no kubelet in this tier")),
             })
         })
     }
-    fn add_learner(&self, _: String, _: NewMember) -> BoxFuture<'static, AdminResult<()>> {
+    fn add_learner(&self, _: AdminTarget, _: NewMember) -> BoxFuture<'static, AdminResult<()>> {
         Box::pin(async { Ok(()) })
     }
-    fn promote(&self, _: String, _: u64) -> BoxFuture<'static, AdminResult<()>> {
+    fn promote(&self, _: AdminTarget, _: u64) -> BoxFuture<'static, AdminResult<()>> {
         Box::pin(async { Ok(()) })
     }
-    fn remove(&self, _: String, _: u64) -> BoxFuture<'static, AdminResult<()>> {
+    fn remove(&self, _: AdminTarget, _: u64) -> BoxFuture<'static, AdminResult<()>> {
         Box::pin(async { Ok(()) })
     }
-    fn transfer_leadership(&self, _: String, _: u64) -> BoxFuture<'static, AdminResult<()>> {
+    fn transfer_leadership(&self, _: AdminTarget, _: u64) -> BoxFuture<'static, AdminResult<()>> {
         Box::pin(async { Ok(()) })
     }
-    fn take_snapshot(&self, _: String) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
+    fn take_snapshot(&self, _: AdminTarget) -> BoxFuture<'static, AdminResult<SnapshotTaken>> {
         Box::pin(async { Ok(SnapshotTaken { index: 0 }) })
     }
 }

@@ -357,8 +357,10 @@ fn rule_grants(rules: &[PolicyRule], group: &str, resource: &str, verb: &str) ->
     })
 }
 
-/// Secrets: `get` only, for the credentials Secret a TitanBackup names;
-/// never `list` or `watch` (the operator cannot enumerate Secrets).
+/// Secrets: `get` by name (the credentials Secret a TitanBackup names, a
+/// `spec.tls` cluster's CA and member Secrets), `create` and `patch` for
+/// the latter two; never `list`, `watch`, `update` or `delete` (the operator
+/// cannot enumerate Secrets; owned ones go with their cluster).
 #[test]
 fn rbac_rules_are_least_privilege_without_wildcards_or_secret_listing() {
     let m = operator_manifest();
@@ -383,7 +385,7 @@ fn rbac_rules_are_least_privilege_without_wildcards_or_secret_listing() {
             assert_eq!(resources, ["secrets"], "secrets share no rule: {rule:?}");
             assert_eq!(
                 rule.verbs,
-                ["get"],
+                ["get", "create", "patch"],
                 "secrets are read by name only: {rule:?}"
             );
         }

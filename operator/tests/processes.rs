@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use titan_operator::admin::{AdminApi, GrpcAdmin, GrpcAdminConfig, NewMember};
+use titan_operator::admin::{AdminApi, AdminTarget, GrpcAdmin, GrpcAdminConfig, NewMember};
 use titan_operator::planner::{self, Action, NodeRole, Observed, PlannerConfig, PodView};
 
 /// Most planner steps one convergence may take before the test fails.
@@ -208,11 +208,11 @@ impl LocalPods {
             .collect()
     }
 
-    fn endpoint(&self, ordinal: u32) -> Option<String> {
+    fn endpoint(&self, ordinal: u32) -> Option<AdminTarget> {
         let s = self.slots.get(&ordinal)?;
         s.child
             .as_ref()
-            .map(|_| format!("http://127.0.0.1:{}", s.peer_port))
+            .map(|_| AdminTarget::plain(&format!("127.0.0.1:{}", s.peer_port)))
     }
 }
 
@@ -272,7 +272,7 @@ async fn step(pods: &mut LocalPods, desired: u32) -> Action {
     };
     let action = planner::plan(&observed, &cfg, &|n| n.strip_prefix("demo-")?.parse().ok()).action;
     let admin = admin();
-    let ep = |o: u32| pods.endpoint(o).unwrap_or_default();
+    let ep = |o: u32| pods.endpoint(o).unwrap_or_else(|| String::new().into());
     let result = match &action {
         Action::ScaleStatefulSet(n) => {
             pods.set_replicas(*n);
@@ -458,7 +458,10 @@ async fn scaling_down_the_leader_transfers_then_removes_it() {
         .find(|(_, p)| p.node.as_ref().is_some_and(|n| n.role == NodeRole::Leader));
     let via = leader.map(|(o, _)| *o).unwrap_or(0);
     let _ = admin()
-        .transfer_leadership(pods.endpoint(via).unwrap_or_default(), id2)
+        .transfer_leadership(
+            pods.endpoint(via).unwrap_or_else(|| String::new().into()),
+            id2,
+        )
         .await;
     let writers = Writers::start(pods.client_ports.clone());
     let actions = converge(&mut pods, 2).await;
@@ -598,7 +601,7 @@ async fn due_snapshot_is_taken_on_every_member_through_the_admin_api() {
     let plan = planner::plan(&observed, &cfg, &|n| n.strip_prefix("demo-")?.parse().ok());
     assert_eq!(plan.action, Action::TakeSnapshot);
     for o in 0..3 {
-        let endpoint = pods.endpoint(o).unwrap_or_default();
+        let endpoint = pods.endpoint(o).unwrap_or_else(|| String::new().into());
         let taken = admin().take_snapshot(endpoint).await;
         let index = taken
             .map(|t| t.index)

@@ -387,7 +387,7 @@ RBAC_ALLOWED=("* watch titanclusters.titan.dev" "default patch titanclusters.tit
   "default patch statefulsets.apps" "default delete persistentvolumeclaims"
   "default delete networkpolicies.networking.k8s.io"
   "* watch titanbackups.titan.dev" "default patch titanbackups.titan.dev/status"
-  "default get secrets"
+  "default get secrets" "default create secrets" "default patch secrets"
   "${RELEASE_NAMESPACE} update leases.coordination.k8s.io")
 RBAC_DENIED=("default list secrets" "* watch secrets" "default update leases.coordination.k8s.io"
   "default delete titanclusters.titan.dev" "default patch titanbackups.titan.dev")

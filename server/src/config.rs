@@ -140,6 +140,12 @@ pub struct Cli {
         default_value = "0.0.0.0"
     )]
     pub listen_addr: String,
+    /// Address the plaintext TCP client port binds to [default:
+    /// --listen-addr]. `127.0.0.1` keeps the plaintext protocol reachable
+    /// only from inside the host or pod (for `nc localhost 6001`) when the
+    /// other ports use TLS.
+    #[arg(long = "client-listen-addr", env = "TITAN_CLIENT_LISTEN_ADDR")]
+    pub client_listen_addr: Option<String>,
     /// `host:port` clients are redirected to (default: `<fqdn>:<client-port>`).
     #[arg(long = "advertise-client-addr", env = "TITAN_ADVERTISE_CLIENT_ADDR")]
     pub advertise_client_addr: Option<String>,
@@ -424,8 +430,10 @@ impl PeerSpec {
 pub struct Config {
     /// This node's name.
     pub name: String,
-    /// Bind address of every listener.
+    /// Bind address of every listener but the plaintext TCP one.
     pub listen_addr: String,
+    /// Bind address of the plaintext TCP client port.
+    pub client_listen_addr: String,
     /// Peer port (Raft + Admin gRPC).
     pub peer_port: u16,
     /// Plaintext TCP port.
@@ -723,6 +731,9 @@ impl Cli {
                 .advertise_grpc_addr
                 .unwrap_or_else(|| format!("{host}:{grpc_port}")),
             name: self.id,
+            client_listen_addr: self
+                .client_listen_addr
+                .unwrap_or_else(|| self.listen_addr.clone()),
             listen_addr: self.listen_addr,
             peer_port: self.port,
             client_port: self.client_port,
@@ -884,6 +895,23 @@ mod tests {
             args.extend(flag.as_deref());
             let cfg = config(&args).expect("valid");
             assert_eq!((cfg.grpc_port, cfg.http_port), (grpc, http), "{client:?}");
+        }
+    }
+
+    #[test]
+    fn the_plaintext_tcp_port_binds_where_told_else_with_the_others() {
+        let cases: [(&[&str], &str, &str); 3] = [
+            (&[], "0.0.0.0", "0.0.0.0"),
+            (&["--listen-addr=10.0.0.5"], "10.0.0.5", "10.0.0.5"),
+            (&["--client-listen-addr=127.0.0.1"], "0.0.0.0", "127.0.0.1"),
+        ];
+        for (flags, listen, client) in cases {
+            let cfg = config(flags).expect("valid");
+            assert_eq!(
+                (cfg.listen_addr.as_str(), cfg.client_listen_addr.as_str()),
+                (listen, client),
+                "{flags:?}"
+            );
         }
     }
 

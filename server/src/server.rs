@@ -143,7 +143,7 @@ async fn start_listeners(
     shutdown: &watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, StartError> {
     let host = cfg.listen_addr.as_str();
-    let client = bind(host, cfg.client_port).await?;
+    let client = bind(&cfg.client_listen_addr, cfg.client_port).await?;
     let peer = bind(host, cfg.peer_port).await?;
     let grpc = bind(host, cfg.grpc_port).await?;
     let http = bind(host, cfg.http_port).await?;

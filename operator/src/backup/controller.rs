@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
@@ -35,7 +36,7 @@ pub const COMPLETED: &str = "Completed";
 pub const FAILED: &str = "Failed";
 
 /// The client gRPC endpoint of pod `member` of a cluster.
-pub type EndpointFn = dyn Fn(&Names, &str) -> String + Send + Sync;
+pub type EndpointFn = dyn Fn(&Names, &str, bool) -> String + Send + Sync;
 
 /// Shared state of every TitanBackup reconcile.
 #[derive(Clone)]
@@ -56,10 +57,11 @@ pub struct BackupContext {
     pub requeue_no_member: Duration,
 }
 
-/// `http://POD.NAME-peers.NAMESPACE.svc:7001`.
-pub fn member_endpoint(names: &Names, member: &str) -> String {
+/// `http://POD.NAME-peers.NAMESPACE.svc:7001`, `https://` when `tls`.
+pub fn member_endpoint(names: &Names, member: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     format!(
-        "http://{member}.{}.{}.svc:{GRPC_PORT}",
+        "{scheme}://{member}.{}.{}.svc:{GRPC_PORT}",
         names.peers_service(),
         names.namespace
     )
@@ -189,11 +191,30 @@ async fn run(
         Err(failure) => return Ok(Err(failure)),
     };
     let names = Names::of(&cluster);
+    let tls = cluster.spec.tls_enabled();
+    let ca_pem = if tls {
+        match cluster_ca(&ctx.client, &names).await? {
+            Some(ca) => Some(ca),
+            None => {
+                return Ok(Err(BackupError::SnapshotStream {
+                    endpoint: (ctx.endpoint)(&names, &member, tls),
+                    detail: format!(
+                        "the cluster uses TLS but Secret {} has no {}",
+                        names.tls_secret(),
+                        crate::tls::CA_CERT_KEY
+                    ),
+                }));
+            }
+        }
+    } else {
+        None
+    };
     let request = BackupRequest {
         namespace: ns.to_string(),
         cluster: spec.cluster.clone(),
         backup: backup.name_any(),
-        endpoint: (ctx.endpoint)(&names, &member),
+        endpoint: (ctx.endpoint)(&names, &member, tls),
+        ca_pem,
         member: member.clone(),
         bucket: s3.bucket.clone(),
         keys: backup_keys(&s3.prefix, ns, &spec.cluster, &backup.name_any(), started),
@@ -204,6 +225,20 @@ async fn run(
         take_backup(store.as_ref(), &request, &ctx.upload).await
     };
     Ok(outcome.await.map(|o| (member, o)))
+}
+
+/// `spec.tls`: the CA certificate members' client ports are verified
+/// with, from the member Secret; `None` if it is missing.
+async fn cluster_ca(client: &Client, names: &Names) -> Result<Option<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let secret = secrets
+        .get_opt(&names.tls_secret())
+        .await
+        .map_err(Error::kube("get member certificates secret"))?;
+    Ok(secret
+        .and_then(|s| s.data)
+        .and_then(|d| d.get(crate::tls::CA_CERT_KEY).cloned())
+        .and_then(|v| String::from_utf8(v.0).ok()))
 }
 
 fn completed_note(outcome: &BackupOutcome) -> String {
@@ -386,8 +421,12 @@ mod tests {
             namespace: "prod".into(),
         };
         assert_eq!(
-            member_endpoint(&names, "demo-1"),
+            member_endpoint(&names, "demo-1", false),
             "http://demo-1.demo-peers.prod.svc:7001"
+        );
+        assert_eq!(
+            member_endpoint(&names, "demo-1", true),
+            "https://demo-1.demo-peers.prod.svc:7001"
         );
     }
 

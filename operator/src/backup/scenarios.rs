@@ -428,7 +428,7 @@ mod completes {
         ];
         let (ctx, handle) = context();
         let mut ctx = Arc::try_unwrap(ctx).unwrap_or_else(|_| panic!("shared context"));
-        ctx.endpoint = Arc::new(move |_, _| format!("http://{member}"));
+        ctx.endpoint = Arc::new(move |_, _, _| format!("http://{member}"));
         let backup: TitanBackup = serde_json::from_value(spec).unwrap_or_else(|e| panic!("{e}"));
         let server = tokio::spawn(fixtures::serve(handle, calls));
         let requeue = reconcile(Arc::new(backup), Arc::new(ctx)).await;

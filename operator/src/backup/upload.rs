@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use titan_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use titan_proto::etcdserverpb::{SnapshotRequest, SnapshotResponse};
 use titan_snapfile::backup::{CHECKSUM_LEN, has_checksum_size, hex};
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
 use super::BackupError;
 use super::naming::{BackupKeys, MANIFEST_FORMAT_VERSION, Manifest, expired_snapshots};
@@ -62,8 +62,11 @@ pub struct BackupRequest {
     pub backup: String,
     /// Pod streamed from.
     pub member: String,
-    /// Its client gRPC endpoint (`http://HOST:7001`).
+    /// Its client gRPC endpoint (`http://HOST:7001`, `https://` under `spec.tls`).
     pub endpoint: String,
+    /// CA certificate (PEM) the member's client port is verified with,
+    /// for an `https://` endpoint.
+    pub ca_pem: Option<String>,
     /// Bucket name, for error messages.
     pub bucket: String,
     /// Where the objects go.
@@ -180,14 +183,21 @@ impl StreamDigest {
 /// Opens `Maintenance.Snapshot` on `endpoint`.
 pub async fn open_snapshot(
     endpoint: &str,
+    ca_pem: Option<&str>,
     config: &UploadConfig,
 ) -> Result<tonic::Streaming<SnapshotResponse>, BackupError> {
     let failed = |detail: String| BackupError::SnapshotStream {
         endpoint: endpoint.to_string(),
         detail,
     };
-    let channel = Endpoint::from_shared(endpoint.to_string())
-        .map_err(|e| failed(e.to_string()))?
+    let mut ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| failed(e.to_string()))?;
+    if let Some(ca) = ca_pem {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+        ep = ep
+            .tls_config(tls)
+            .map_err(|e| failed(format!("TLS settings: {e}")))?;
+    }
+    let channel = ep
         .connect_timeout(config.connect_timeout)
         .connect()
         .await
@@ -297,7 +307,7 @@ pub async fn take_backup(
     config: &UploadConfig,
 ) -> Result<BackupOutcome, BackupError> {
     check_bucket(store, req).await?;
-    let stream = open_snapshot(&req.endpoint, config).await?;
+    let stream = open_snapshot(&req.endpoint, req.ca_pem.as_deref(), config).await?;
     let digest = upload_snapshot(store, &req.keys.snapshot, &req.endpoint, stream, config).await?;
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,

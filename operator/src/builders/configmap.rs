@@ -13,6 +13,9 @@ pub const INITIAL_PEERS_KEY: &str = "initial-peers";
 pub const INITIAL_REPLICAS_KEY: &str = "initial-replicas";
 /// Key: `"true"` once the initial members formed a cluster; pods then `--join`.
 pub const BOOTSTRAPPED_KEY: &str = "bootstrapped";
+/// Key: `"true"` when the cluster was created with `spec.tls.enabled`
+/// (missing: created without, or before the field existed).
+pub const TLS_KEY: &str = "tls";
 /// Key: cluster identity.
 pub const CLUSTER_ID_KEY: &str = "cluster-id";
 
@@ -32,6 +35,16 @@ pub fn initial_peers(names: &Names, initial_replicas: u32) -> String {
         .join(",")
 }
 
+/// The TLS mode a cluster was created with, from its ConfigMap; `None`
+/// before the ConfigMap exists.
+pub fn recorded_tls(configmap: Option<&ConfigMap>) -> Option<bool> {
+    let data = configmap?.data.as_ref();
+    Some(
+        data.and_then(|d| d.get(TLS_KEY))
+            .is_some_and(|v| v == "true"),
+    )
+}
+
 /// The ConfigMap pods read (through env `configMapKeyRef`) at container start.
 pub fn configmap(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> ConfigMap {
     let raft = &cluster.spec.raft;
@@ -46,6 +59,7 @@ pub fn configmap(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> C
             initial_peers(names, input.initial_replicas),
         ),
         (BOOTSTRAPPED_KEY.to_string(), input.bootstrapped.to_string()),
+        (TLS_KEY.to_string(), cluster.spec.tls_enabled().to_string()),
         (
             "election-timeout-ms".to_string(),
             raft.election_timeout_ms.to_string(),

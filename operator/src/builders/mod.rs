@@ -12,7 +12,8 @@ mod service;
 mod statefulset;
 
 pub use configmap::{
-    BOOTSTRAPPED_KEY, CLUSTER_ID_KEY, INITIAL_PEERS_KEY, INITIAL_REPLICAS_KEY, configmap,
+    BOOTSTRAPPED_KEY, CLUSTER_ID_KEY, INITIAL_PEERS_KEY, INITIAL_REPLICAS_KEY, TLS_KEY, configmap,
+    recorded_tls,
 };
 pub use networkpolicy::{
     NAMESPACE_NAME_LABEL, OperatorIdentity, PodSelectorError, network_policy, parse_pod_selector,
@@ -22,7 +23,7 @@ pub use pdb::{
 };
 pub use restore::{RESTORE_CONTAINER, RESTORE_FILE};
 pub use service::{client_service, leader_role_patch, leader_service, peers_service};
-pub use statefulset::{DATA_DIR, SERVER_CONTAINER, default_resources, statefulset};
+pub use statefulset::{DATA_DIR, SERVER_CONTAINER, TLS_DIR, default_resources, statefulset};
 
 use std::collections::BTreeMap;
 
@@ -78,6 +79,17 @@ impl Names {
     /// Service over the current leader's pod only (`NAME-leader`).
     pub fn leader_service(&self) -> String {
         format!("{}-leader", self.cluster)
+    }
+
+    /// Secret of the cluster CA under `spec.tls` (`tls.crt`, `tls.key`).
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+
+    /// Secret of the member certificates under `spec.tls` (`ca.crt`,
+    /// `POD.crt`, `POD.key`), mounted by every server pod.
+    pub fn tls_secret(&self) -> String {
+        format!("{}-tls", self.cluster)
     }
 
     /// ConfigMap with initial members and the bootstrapped flag.

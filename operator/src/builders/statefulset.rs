@@ -12,7 +12,8 @@ use k8s_openapi::api::core::v1::{
     ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
     PersistentVolumeClaim, PersistentVolumeClaimSpec, PodAffinityTerm, PodAntiAffinity,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecurityContext, VolumeMount, VolumeResourceRequirements, WeightedPodAffinityTerm,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -27,6 +28,11 @@ use crate::crd::TitanCluster;
 
 /// Mount point of the `data` PVC and `--data-dir` of the server.
 pub const DATA_DIR: &str = "/var/lib/titan";
+/// Where the member Secret (`spec.tls`) is mounted in the server container.
+pub const TLS_DIR: &str = "/etc/titan/tls";
+/// Mode of the mounted certificate files: owner and group (the pod's
+/// `fsGroup`) read, nobody else.
+const TLS_FILE_MODE: i32 = 0o440;
 /// Name of the `titan-server` container in every server pod.
 pub const SERVER_CONTAINER: &str = "titan";
 /// UID/GID the server runs as (non-root).
@@ -113,6 +119,7 @@ fn pod_template(cluster: &TitanCluster, names: &Names, input: &BuildInput) -> Po
         spec: Some(PodSpec {
             containers: vec![server_container(cluster, names, input)],
             init_containers: init_containers(cluster, names),
+            volumes: tls_volume(cluster, names).map(|v| vec![v]),
             // The server never talks to the API server.
             automount_service_account_token: Some(false),
             security_context: Some(PodSecurityContext {
@@ -204,17 +211,60 @@ fn server_container(cluster: &TitanCluster, names: &Names, input: &BuildInput) -
         ]),
         env: Some(env(cluster, names)),
         resources: resources(cluster, input),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".to_string(),
-            mount_path: DATA_DIR.to_string(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(server_mounts(cluster)),
         lifecycle: Some(drain_before_stop()),
         liveness_probe: Some(http_probe("/healthz", 10, 6)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
         security_context: Some(restricted_security_context()),
         ..Container::default()
     }
+}
+
+/// `spec.tls`: the member Secret as a volume. Its files are updated in
+/// place when the operator renews a certificate; the server re-reads them.
+fn tls_volume(cluster: &TitanCluster, names: &Names) -> Option<Volume> {
+    cluster.spec.tls_enabled().then(|| Volume {
+        name: "tls".to_string(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(names.tls_secret()),
+            default_mode: Some(TLS_FILE_MODE),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+}
+
+fn server_mounts(cluster: &TitanCluster) -> Vec<VolumeMount> {
+    let mut mounts = vec![VolumeMount {
+        name: "data".to_string(),
+        mount_path: DATA_DIR.to_string(),
+        ..VolumeMount::default()
+    }];
+    if cluster.spec.tls_enabled() {
+        mounts.push(VolumeMount {
+            name: "tls".to_string(),
+            mount_path: TLS_DIR.to_string(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
+    mounts
+}
+
+/// `spec.tls`: the member's own certificate (it must exist: the operator
+/// writes it before the pod can start, and the kubelet may lag a little, so
+/// a missing file fails the container, which is retried), then the server's
+/// TLS flags. The plaintext TCP port listens on loopback only.
+fn tls_script() -> String {
+    format!(
+        r#"cert="{TLS_DIR}/${{POD_NAME}}.crt"; key="{TLS_DIR}/${{POD_NAME}}.key"; ca="{TLS_DIR}/ca.crt"
+if [ ! -s "$cert" ] || [ ! -s "$key" ]; then
+  echo "no certificate for ${{POD_NAME}} in {TLS_DIR} yet (Secret ${{TLS_SECRET}})" >&2; exit 1
+fi
+set -- "$@" --peer-tls-cert "$cert" --peer-tls-key "$key" --peer-tls-ca "$ca"   --client-tls-cert "$cert" --client-tls-key "$key" --client-listen-addr 127.0.0.1
+"#
+    )
 }
 
 /// A non-root container's context under the `restricted` profile: no
@@ -247,6 +297,11 @@ fn startup_script(cluster: &TitanCluster, names: &Names) -> String {
     } else {
         (String::new(), String::new())
     };
+    let tls = if cluster.spec.tls_enabled() {
+        tls_script()
+    } else {
+        String::new()
+    };
     format!(
         r#"set -eu
 host="${{POD_NAME}}.{peers_svc}.${{POD_NAMESPACE}}.svc"
@@ -255,7 +310,7 @@ set -- --id "${{POD_NAME}}" --port {PEER_PORT} --client-port {CLIENT_PORT} --grp
   --advertise-peer-addr "${{host}}:{PEER_PORT}" --advertise-client-addr "${{host}}:{CLIENT_PORT}" \
   --advertise-grpc-addr "${{host}}:{GRPC_PORT}" \
   --election-timeout-ms {election} --heartbeat-ms {heartbeat} --snapshot-threshold {threshold}
-{restore_done}if [ "${{BOOTSTRAPPED}}" != "true" ]; then
+{tls}{restore_done}if [ "${{BOOTSTRAPPED}}" != "true" ]; then
   member=no; others=""
   IFS=,
   for p in ${{INITIAL_PEERS}}; do
@@ -319,6 +374,13 @@ pub(super) fn identity_env(names: &Names) -> Vec<EnvVar> {
 fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
     let mut env = identity_env(names);
     // Only when set, so that clusters without it keep their pod template.
+    if cluster.spec.tls_enabled() {
+        env.push(EnvVar {
+            name: "TLS_SECRET".to_string(),
+            value: Some(names.tls_secret()),
+            value_from: None,
+        });
+    }
     if let Some(level) = cluster.spec.log_level {
         env.push(EnvVar {
             name: "TITAN_LOG_LEVEL".to_string(),

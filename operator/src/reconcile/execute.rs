@@ -12,7 +12,7 @@ use kube::runtime::events::EventType;
 use super::observe::{PodObservation, pending_snapshot_token};
 use super::status::action_name;
 use super::{Context, Error, apply, publish};
-use crate::admin::{AdminError, NewMember};
+use crate::admin::{AdminError, AdminTarget, NewMember};
 use crate::builders::{BuildInput, Names};
 use crate::crd::{LastSnapshot, TitanCluster};
 use crate::planner::Action;
@@ -131,7 +131,7 @@ fn endpoint(
     pods: &BTreeMap<u32, PodObservation>,
     ordinal: u32,
     action: &'static str,
-) -> Result<String, Error> {
+) -> Result<AdminTarget, Error> {
     pods.get(&ordinal)
         .and_then(|p| p.endpoint.clone())
         .ok_or_else(|| Error::Admin {

@@ -3,6 +3,7 @@
 //! execute one step → status.
 
 mod apply;
+mod certs;
 mod execute;
 pub mod observe;
 pub mod restore;
@@ -111,6 +112,15 @@ pub enum Error {
     /// The object lacks a namespace or name.
     #[error("TitanCluster without {0}")]
     MissingField(&'static str),
+    /// `spec.tls`: a certificate could not be loaded or issued.
+    #[error("certificates in Secret {secret}: {source}")]
+    Tls {
+        /// The Secret concerned.
+        secret: String,
+        /// What went wrong.
+        #[source]
+        source: crate::tls::PkiError,
+    },
 }
 
 impl Error {
@@ -129,6 +139,7 @@ impl Error {
                 _ => "finalizer",
             },
             Error::MissingField(_) => "invalid_object",
+            Error::Tls { .. } => "tls",
         }
     }
 }
@@ -223,10 +234,14 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
         return paused(ctx, cluster, &names, now).await;
     }
     let state = observe::read_kube_state(ctx, &names).await?;
+    if let Some(requeue) = refuse_tls_change(ctx, cluster, &names, &state, now).await? {
+        return Ok(requeue);
+    }
     if let Some(requeue) = restore::gate(ctx, cluster, &names, &state, now).await? {
         return Ok(requeue);
     }
-    let mut pods = observe::pods_by_ordinal(&state, &names, now);
+    let tls = certs::ensure(ctx, cluster, &names, &state, now).await?;
+    let mut pods = observe::pods_by_ordinal(&state, &names, tls.as_ref(), now);
     observe::poll_admin(ctx, &mut pods).await;
     let voters = status::leader(&pods).map(|(_, l)| l.members.iter().filter(|m| m.voter).count());
     let voters = voters.and_then(|v| u32::try_from(v).ok());
@@ -264,6 +279,47 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
     restore::report_fetch_failure(ctx, cluster, &state, &mut next, now).await;
     write_status(ctx, cluster, &names, next).await?;
     Ok(requeue_for(&ctx.settings, &plan.action))
+}
+
+/// Degraded (`TlsChangeUnsupported`, with a Warning event) and nothing
+/// applied when [`tls_change`] refuses the spec.
+async fn refuse_tls_change(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    state: &observe::KubeState,
+    now: Timestamp,
+) -> Result<Option<Requeue>, Error> {
+    let Some(note) = tls_change(cluster, state) else {
+        return Ok(None);
+    };
+    let reason = "TlsChangeUnsupported";
+    publish(
+        ctx,
+        cluster,
+        EventType::Warning,
+        reason,
+        "Validate",
+        note.clone(),
+    )
+    .await;
+    write_degraded_status(ctx, cluster, names, reason, &note, now).await?;
+    Ok(Some(Requeue::await_change()))
+}
+
+/// A refusal when `spec.tls.enabled` differs from what the cluster was
+/// created with: members cannot switch one at a time (a plaintext member
+/// and a TLS member do not talk), so the change would cost quorum.
+fn tls_change(cluster: &TitanCluster, state: &observe::KubeState) -> Option<String> {
+    let recorded = crate::builders::recorded_tls(state.configmap.as_ref())?;
+    let wanted = cluster.spec.tls_enabled();
+    (recorded != wanted).then(|| {
+        format!(
+            "spec.tls.enabled is {wanted} but the cluster was created with {recorded}; \
+             TLS cannot be switched on a running cluster (set it back, or restore a backup \
+             into a new cluster)"
+        )
+    })
 }
 
 async fn paused(

@@ -2,6 +2,7 @@
 //! member's admin `Status`. The result feeds the pure planner.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -11,6 +12,7 @@ use kube::api::{Api, ListParams};
 use kube::{Resource, ResourceExt};
 
 use super::{Context, Error};
+use crate::admin::{AdminTarget, AdminTls, TlsIdentity};
 use crate::builders::{self, Names, PEER_PORT, SERVER_CONTAINER};
 use crate::crd::{SNAPSHOT_REQUEST_ANNOTATION, TitanCluster};
 use crate::planner::{NodeStatus, Observed, PodView};
@@ -36,8 +38,9 @@ pub struct KubeState {
 pub struct PodObservation {
     /// Pod name.
     pub name: String,
-    /// Admin endpoint (`http://POD_IP:5001`), when the pod has an IP.
-    pub endpoint: Option<String>,
+    /// Admin endpoint (`http://POD_IP:5001`, or `https://` under
+    /// `spec.tls`), when the pod has an IP.
+    pub endpoint: Option<AdminTarget>,
     /// What the planner sees.
     pub view: PodView,
     /// The pod carries `titan.dev/role=leader` (the leader Service selects it).
@@ -162,9 +165,12 @@ fn unready_secs(pod: &Pod, now: Timestamp) -> u64 {
 }
 
 /// Pods by ordinal with readiness and revision, without admin views yet.
+/// With `tls` (the cluster uses `spec.tls`), each admin endpoint is mutual
+/// TLS verified against the pod's DNS name.
 pub fn pods_by_ordinal(
     state: &KubeState,
     names: &Names,
+    tls: Option<&Arc<TlsIdentity>>,
     now: Timestamp,
 ) -> BTreeMap<u32, PodObservation> {
     let update_revision = state
@@ -191,7 +197,19 @@ pub fn pods_by_ordinal(
             unready_secs: unready_secs(pod, now),
             node: None,
         };
-        let endpoint = ip.map(|ip| format!("http://{ip}:{PEER_PORT}"));
+        let endpoint = ip.map(|ip| {
+            let host_port = format!("{ip}:{PEER_PORT}");
+            match tls {
+                Some(identity) => AdminTarget::tls(
+                    &host_port,
+                    AdminTls {
+                        identity: identity.clone(),
+                        server_name: names.pod_host(ordinal),
+                    },
+                ),
+                None => AdminTarget::plain(&host_port),
+            }
+        });
         let leader_labeled = pod
             .labels()
             .get(builders::ROLE_LABEL)
@@ -212,7 +230,7 @@ pub fn pods_by_ordinal(
 /// Polls `Admin.Status` on every pod with an IP, concurrently and bounded by
 /// [`MAX_POLLED_PODS`]. Failures leave `node = None` (unknown, not removed).
 pub async fn poll_admin(ctx: &Context, pods: &mut BTreeMap<u32, PodObservation>) {
-    let targets: Vec<(u32, String)> = pods
+    let targets: Vec<(u32, AdminTarget)> = pods
         .iter()
         .filter(|(_, p)| !p.view.terminating)
         .filter_map(|(o, p)| p.endpoint.clone().map(|e| (*o, e)))
@@ -360,15 +378,29 @@ mod tests {
             cluster: "demo".into(),
             namespace: "prod".into(),
         };
-        let by_ordinal = pods_by_ordinal(&s, &names, fixtures::now());
+        let by_ordinal = pods_by_ordinal(&s, &names, None, fixtures::now());
         assert_eq!(by_ordinal.len(), 2);
         assert!(by_ordinal[&0].view.up_to_date);
         assert!(!by_ordinal[&1].view.up_to_date);
+        let target = by_ordinal[&0].endpoint.clone().expect("endpoint");
         assert_eq!(
-            by_ordinal[&0].endpoint.as_deref(),
-            Some("http://10.0.0.0:5001")
+            (target.uri.as_str(), target.tls),
+            ("http://10.0.0.0:5001", None)
         );
         assert!(by_ordinal[&0].view.ready);
+
+        // spec.tls: mutual TLS to the pod IP, verified as the pod's DNS name.
+        let identity = Arc::new(TlsIdentity {
+            ca_pem: "ca".into(),
+            cert_pem: "cert".into(),
+            key_pem: "key".into(),
+        });
+        let by_ordinal = pods_by_ordinal(&s, &names, Some(&identity), fixtures::now());
+        let target = by_ordinal[&1].endpoint.clone().expect("endpoint");
+        assert_eq!(target.uri, "https://10.0.0.1:5001");
+        let tls = target.tls.expect("tls");
+        assert_eq!(tls.server_name, "demo-1.demo-peers.prod.svc");
+        assert!(Arc::ptr_eq(&tls.identity, &identity));
     }
 
     #[test]
@@ -380,7 +412,7 @@ mod tests {
             cluster: "demo".into(),
             namespace: "prod".into(),
         };
-        let by_ordinal = pods_by_ordinal(&s, &names, fixtures::now());
+        let by_ordinal = pods_by_ordinal(&s, &names, None, fixtures::now());
         assert!(!by_ordinal[&0].view.ready);
         assert_eq!(by_ordinal[&0].view.unready_secs, 60);
     }

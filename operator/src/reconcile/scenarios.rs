@@ -826,3 +826,245 @@ mod restore {
             .await;
     }
 }
+
+/// `spec.tls` scenarios: the CA and member certificates come first, Admin
+/// calls use mutual TLS, and TLS cannot be switched on a running cluster.
+mod tls {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::api::core::v1::Secret;
+
+    use super::*;
+    use crate::builders::Names;
+    use crate::tls::{ClusterCa, member_certs};
+
+    const CA_SECRET: &str = "/api/v1/namespaces/prod/secrets/demo-ca";
+    const TLS_SECRET: &str = "/api/v1/namespaces/prod/secrets/demo-tls";
+    const SECRETS: &str = "/api/v1/namespaces/prod/secrets";
+    const DAY: i64 = 86_400;
+
+    fn tls_cluster() -> TitanCluster {
+        fixtures::cluster(json!({"replicas": 3, "tls": {"enabled": true}}))
+    }
+
+    fn names() -> Names {
+        Names {
+            cluster: "demo".into(),
+            namespace: "prod".into(),
+        }
+    }
+
+    fn secret_json(name: &str, data: &BTreeMap<String, String>) -> Value {
+        let secret = Secret {
+            metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some("prod".to_string()),
+                ..Default::default()
+            },
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        };
+        serde_json::to_value(secret).unwrap_or_default()
+    }
+
+    /// A CA Secret and a member Secret issued `age_days` before the scenarios' now.
+    fn stored_pki(age_days: i64) -> (Value, Value) {
+        let issued_at = fixtures::now().as_second() - age_days * DAY;
+        let ca = ClusterCa::generate(&names(), issued_at).expect("ca");
+        let members = member_certs(&ca, &names(), 3, &BTreeMap::new(), issued_at).expect("members");
+        let ca_data = BTreeMap::from([
+            ("tls.crt".to_string(), ca.cert_pem().to_string()),
+            ("tls.key".to_string(), ca.key_pem().to_string()),
+        ]);
+        (
+            secret_json("demo-ca", &ca_data),
+            secret_json("demo-tls", &members.data),
+        )
+    }
+
+    fn tls_configmap(tls: bool) -> Value {
+        let mut cm = fixtures::configmap_json(true, 3);
+        cm["data"]["tls"] = json!(tls.to_string());
+        cm
+    }
+
+    fn member_secret_keys(b: &Value) -> Vec<String> {
+        b["data"]
+            .as_object()
+            .map(|d| d.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn a_new_tls_cluster_gets_a_ca_and_member_certificates_before_any_pod() {
+        let cluster = tls_cluster();
+        let mut expects = observe_calls(
+            None,
+            None,
+            fixtures::pods_json(&[]),
+            fixtures::pvcs_json(&[]),
+        );
+        expects.extend([
+            Expect::new(Method::GET, CA_SECRET, Reply::NotFound),
+            Expect::new(Method::POST, SECRETS, Reply::Echo).check(|b| {
+                assert_eq!(b["metadata"]["name"], "demo-ca");
+                assert_eq!(b["type"], "kubernetes.io/tls");
+                assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "TitanCluster");
+                assert_eq!(member_secret_keys(b), ["tls.crt", "tls.key"]);
+            }),
+            Expect::new(Method::POST, paths::EVENTS, Reply::Echo)
+                .check(|b| assert_eq!(b["reason"], "CaCreated")),
+            Expect::new(Method::GET, TLS_SECRET, Reply::NotFound),
+            Expect::new(Method::PATCH, TLS_SECRET, Reply::Echo).check(|b| {
+                assert_eq!(
+                    member_secret_keys(b),
+                    [
+                        "ca.crt",
+                        "demo-0.crt",
+                        "demo-0.key",
+                        "demo-1.crt",
+                        "demo-1.key",
+                        "demo-2.crt",
+                        "demo-2.key"
+                    ]
+                );
+            }),
+            Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+                assert_eq!(b["reason"], "CertificatesIssued");
+                let note = b["note"].as_str().unwrap_or_default();
+                assert!(note.contains("demo-0, demo-1, demo-2"), "{note}");
+            }),
+        ]);
+        let mut applies = apply_calls(true);
+        applies[4] = Expect::new(Method::PATCH, paths::CONFIGMAP, Reply::Echo)
+            .check(|b| assert_eq!(b["data"]["tls"], "true"));
+        applies[5] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
+            let pod = &b["spec"]["template"]["spec"];
+            assert_eq!(pod["volumes"][0]["secret"]["secretName"], "demo-tls");
+            assert_eq!(pod["volumes"][0]["secret"]["defaultMode"], 0o440);
+            let server = &pod["containers"][0];
+            assert_eq!(server["volumeMounts"][1]["mountPath"], "/etc/titan/tls");
+            assert_eq!(server["volumeMounts"][1]["readOnly"], true);
+            let script = server["command"][2].as_str().unwrap_or_default();
+            for flag in [
+                "--peer-tls-ca \"$ca\"",
+                "--client-tls-cert \"$cert\"",
+                "--client-listen-addr 127.0.0.1",
+            ] {
+                assert!(script.contains(flag), "{flag} missing in {script}");
+            }
+        });
+        expects.extend(applies);
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Bootstrapping");
+        }));
+        run(cluster, Arc::new(FakeAdmin::default()), expects).await;
+    }
+
+    /// A running TLS cluster whose certificates were issued `age_days` ago.
+    fn running_tls_calls(age_days: i64, renewal: Vec<Expect>) -> Vec<Expect> {
+        let (ca, members) = stored_pki(age_days);
+        let mut expects = observe_calls(
+            Some(tls_configmap(true)),
+            Some(fixtures::statefulset_json(3)),
+            fixtures::pods_json(&[0, 1, 2]),
+            fixtures::pvcs_json(&[0, 1, 2]),
+        );
+        expects.push(Expect::new(Method::GET, CA_SECRET, Reply::Json(ca)));
+        expects.push(Expect::new(Method::GET, TLS_SECRET, Reply::Json(members)));
+        expects.extend(renewal);
+        expects.extend(apply_calls(false));
+        expects.push(label_call(1, true));
+        expects
+    }
+
+    fn tls_admin() -> Arc<FakeAdmin> {
+        let statuses = fixtures::healthy_statuses(3, 1)
+            .into_iter()
+            .map(|(uri, s)| (uri.replace("http://", "https://"), s))
+            .collect();
+        Arc::new(FakeAdmin {
+            statuses,
+            ..FakeAdmin::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_running_tls_cluster_is_polled_with_mutual_tls_and_nothing_is_reissued() {
+        let cluster = tls_cluster();
+        let admin = tls_admin();
+        let mut expects = running_tls_calls(10, vec![]);
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Running");
+            assert_eq!(condition(b, "Available")["status"], "True");
+        }));
+        run(cluster, admin.clone(), expects).await;
+        let targets = admin
+            .status_targets
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default();
+        assert_eq!(targets.len(), 3);
+        for (ordinal, target) in targets.iter().enumerate() {
+            assert_eq!(target.uri, format!("https://10.0.0.{ordinal}:5001"));
+            let tls = target.tls.as_ref().expect("mutual TLS");
+            assert_eq!(
+                tls.server_name,
+                format!("demo-{ordinal}.demo-peers.prod.svc")
+            );
+            assert!(tls.identity.cert_pem.contains("BEGIN CERTIFICATE"));
+        }
+    }
+
+    #[tokio::test]
+    async fn member_certificates_thirty_days_from_expiry_are_renewed_in_place() {
+        let cluster = tls_cluster();
+        let renewal = vec![
+            Expect::new(Method::PATCH, TLS_SECRET, Reply::Echo)
+                .check(|b| assert_eq!(member_secret_keys(b).len(), 7)),
+            Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+                assert_eq!(b["reason"], "CertificatesIssued");
+            }),
+        ];
+        let mut expects = running_tls_calls(61, renewal);
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Running");
+        }));
+        run(cluster, tls_admin(), expects).await;
+    }
+
+    #[tokio::test]
+    async fn switching_tls_on_for_a_running_cluster_is_refused_and_nothing_changes() {
+        for (spec_tls, recorded) in [(true, false), (false, true)] {
+            let cluster = fixtures::cluster(json!({"replicas": 3, "tls": {"enabled": spec_tls}}));
+            let mut cm = fixtures::configmap_json(true, 3);
+            if recorded {
+                cm["data"]["tls"] = json!("true");
+            }
+            let mut expects = observe_calls(
+                Some(cm),
+                Some(fixtures::statefulset_json(3)),
+                fixtures::pods_json(&[0, 1, 2]),
+                fixtures::pvcs_json(&[0, 1, 2]),
+            );
+            expects.push(
+                Expect::new(Method::POST, paths::EVENTS, Reply::Echo)
+                    .check(|b| assert_eq!(b["reason"], "TlsChangeUnsupported")),
+            );
+            expects.push(status_call(&cluster, |b| {
+                assert_eq!(b["status"]["phase"], "Degraded");
+                let degraded = condition(b, "Degraded");
+                assert_eq!(degraded["reason"], "TlsChangeUnsupported");
+                let msg = degraded["message"].as_str().unwrap_or_default();
+                assert!(msg.contains("cannot be switched"), "{msg}");
+            }));
+            let requeue = run(cluster, healthy_admin(), expects).await;
+            assert_eq!(requeue, Requeue::await_change());
+        }
+    }
+}

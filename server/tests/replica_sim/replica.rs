@@ -111,6 +111,7 @@ fn config(
     Config {
         name: name.to_string(),
         listen_addr: "sim".into(),
+        client_listen_addr: "sim".into(),
         peer_port: 1,
         client_port: 2,
         grpc_port: 3,

@@ -1,0 +1,192 @@
+//! `spec.tls`: keeps the cluster CA (Secret `NAME-ca`) and the member
+//! certificates (Secret `NAME-tls`) up to date before anything else is
+//! applied, and hands the reconcile the operator's client identity for
+//! Admin calls. The certificate rules themselves are in [`crate::tls`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::events::EventType;
+
+use super::observe::KubeState;
+use super::{Context, Error, publish};
+use crate::admin::TlsIdentity;
+use crate::builders::{FIELD_MANAGER, Names, child_meta};
+use crate::crd::TitanCluster;
+use crate::tls::{self, ClusterCa};
+
+/// Keys of the CA Secret (the `kubernetes.io/tls` layout).
+const CA_SECRET_CERT: &str = "tls.crt";
+const CA_SECRET_KEY: &str = "tls.key";
+
+/// Under `spec.tls`: makes sure the CA exists, that every member up to the
+/// largest of `spec.replicas`, the StatefulSet's replicas and the pods seen
+/// has a valid certificate of it (issuing or renewing those that do not),
+/// and returns a fresh client identity for the Admin API. `None` without
+/// `spec.tls`, and nothing is read then.
+pub async fn ensure(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    state: &KubeState,
+    now: Timestamp,
+) -> Result<Option<Arc<TlsIdentity>>, Error> {
+    if !cluster.spec.tls_enabled() {
+        return Ok(None);
+    }
+    let now = now.as_second();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let ca = cluster_ca(ctx, cluster, names, &secrets, now).await?;
+    let existing = secrets
+        .get_opt(&names.tls_secret())
+        .await
+        .map_err(Error::kube("get member certificates secret"))?;
+    let have = string_data(existing.as_ref());
+    let count = member_count(cluster, state, names);
+    let want = tls::member_certs(&ca, names, count, &have, now).map_err(pki(names.tls_secret()))?;
+    if existing.is_none() || want.data != have {
+        let secret = Secret {
+            metadata: child_meta(cluster, names, names.tls_secret()),
+            type_: Some("Opaque".to_string()),
+            data: Some(byte_data(&want.data)),
+            ..Secret::default()
+        };
+        secrets
+            .patch(
+                &names.tls_secret(),
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(Error::kube("apply member certificates secret"))?;
+    }
+    if !want.issued.is_empty() {
+        let note = format!(
+            "issued certificates for {} (new, renewed or replaced) in Secret {}",
+            want.issued.join(", "),
+            names.tls_secret()
+        );
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "CertificatesIssued",
+            "IssueCertificates",
+            note,
+        )
+        .await;
+    }
+    let operator = ca.issue_operator(now).map_err(pki(names.ca_secret()))?;
+    Ok(Some(Arc::new(TlsIdentity {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: operator.cert_pem,
+        key_pem: operator.key_pem,
+    })))
+}
+
+fn pki(secret: String) -> impl FnOnce(tls::PkiError) -> Error {
+    move |source| Error::Tls { secret, source }
+}
+
+/// The CA from its Secret, or a new one created there. The CA is created
+/// with `create`, never overwritten: if two reconciles race, the loser
+/// reads the winner's.
+async fn cluster_ca(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    secrets: &Api<Secret>,
+    now: i64,
+) -> Result<ClusterCa, Error> {
+    let name = names.ca_secret();
+    if let Some(found) = secrets
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get CA secret"))?
+    {
+        return load_ca(&found, &name);
+    }
+    let ca = ClusterCa::generate(names, now).map_err(pki(name.clone()))?;
+    let secret = Secret {
+        metadata: child_meta(cluster, names, name.clone()),
+        type_: Some("kubernetes.io/tls".to_string()),
+        data: Some(byte_data(&BTreeMap::from([
+            (CA_SECRET_CERT.to_string(), ca.cert_pem().to_string()),
+            (CA_SECRET_KEY.to_string(), ca.key_pem().to_string()),
+        ]))),
+        ..Secret::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            let note = format!("created the cluster CA in Secret {name}");
+            publish(
+                ctx,
+                cluster,
+                EventType::Normal,
+                "CaCreated",
+                "IssueCertificates",
+                note,
+            )
+            .await;
+            Ok(ca)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let found = secrets
+                .get(&name)
+                .await
+                .map_err(Error::kube("get CA secret"))?;
+            load_ca(&found, &name)
+        }
+        Err(e) => Err(Error::kube("create CA secret")(e)),
+    }
+}
+
+fn load_ca(secret: &Secret, name: &str) -> Result<ClusterCa, Error> {
+    let data = string_data(Some(secret));
+    let part = |key: &str| data.get(key).map(String::as_str).unwrap_or_default();
+    ClusterCa::load(part(CA_SECRET_CERT), part(CA_SECRET_KEY)).map_err(pki(name.to_string()))
+}
+
+/// Members that need a certificate: `spec.replicas`, the StatefulSet's
+/// current size, and any pod of a higher ordinal still around.
+fn member_count(cluster: &TitanCluster, state: &KubeState, names: &Names) -> u32 {
+    let spec = u32::try_from(cluster.spec.replicas).unwrap_or(0);
+    let sts = state
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.spec.replicas)
+        .and_then(|r| u32::try_from(r).ok())
+        .unwrap_or(0);
+    let pods = state
+        .pods
+        .iter()
+        .filter_map(|p| p.metadata.name.as_deref())
+        .filter_map(|n| names.ordinal_of(n))
+        .map(|o| o + 1)
+        .max()
+        .unwrap_or(0);
+    spec.max(sts).max(pods)
+}
+
+/// A Secret's data as text; entries that are not UTF-8 are left out (and
+/// so re-issued).
+fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
+    secret
+        .and_then(|s| s.data.as_ref())
+        .map(|d| {
+            d.iter()
+                .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn byte_data(data: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
+    data.iter()
+        .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
+        .collect()
+}
