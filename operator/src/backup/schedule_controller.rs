@@ -1,6 +1,7 @@
 //! The TitanBackupSchedule controller: when a run is due, create the
-//! TitanBackup (idempotent: the name is the run's time, and one that exists
-//! already counts as created), record it in status, prune old finished
+//! TitanBackup (idempotent: a run created since the slot was due, by an
+//! attempt whose status write failed, is recorded instead of repeated; and
+//! a name that exists already counts as created), record it in status, prune old finished
 //! TitanBackups of the schedule, and requeue for the next run.
 //!
 //! Talks to the API server only (TitanBackup create/list/delete, the
@@ -82,21 +83,55 @@ pub async fn reconcile(
     if !wait.is_zero() {
         return Ok(Requeue::requeue(wait));
     }
-    let backup = backup_name(&name, now);
-    create_backup(&ctx, &schedule, &ns, &backup).await?;
-    let next = now + Duration::from_secs(u64::from(spec.interval_seconds));
+    let mut children = list_children(&ctx, &ns, &name).await?;
+    // A run of this slot may exist already: created by an attempt whose
+    // status write then failed. It is recorded, not repeated.
+    let due = last
+        .map(|l| l + Duration::from_secs(u64::from(spec.interval_seconds)))
+        .or_else(|| schedule.metadata.creation_timestamp.as_ref().map(|t| t.0));
+    let (backup, at, note) = match due.and_then(|due| run_since(&children, due)) {
+        Some((backup, created)) => {
+            let note = format!("recorded TitanBackup {backup}, created by an earlier attempt");
+            (backup, created, note)
+        }
+        None => {
+            let backup = backup_name(&name, now);
+            create_backup(&ctx, &schedule, &ns, &backup).await?;
+            children.push(TitanBackup {
+                metadata: ObjectMeta {
+                    name: Some(backup.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: spec.template.clone(),
+                status: None,
+            });
+            let note = format!("created TitanBackup {backup}");
+            (backup, now, note)
+        }
+    };
+    let next = at + Duration::from_secs(u64::from(spec.interval_seconds));
     let status = TitanBackupScheduleStatus {
-        last_schedule_time: Some(Time(now)),
+        last_schedule_time: Some(Time(at)),
         last_backup: Some(backup.clone()),
         next_schedule_time: Some(Time(next)),
     };
     write_status(&ctx, &ns, &name, &status).await?;
-    prune(&ctx, &ns, &name, spec.history_limit).await?;
-    let note = format!("created TitanBackup {backup}");
+    prune(&ctx, &ns, &children, spec.history_limit).await?;
     publish(&ctx, &schedule, EventType::Normal, "BackupScheduled", note).await;
-    Ok(Requeue::requeue(Duration::from_secs(u64::from(
-        spec.interval_seconds,
-    ))))
+    let wait = next
+        .duration_since(now)
+        .try_into()
+        .unwrap_or(Duration::ZERO);
+    Ok(Requeue::requeue(wait))
+}
+
+/// The newest of `children` created at or after `due`, with its creation time.
+fn run_since(children: &[TitanBackup], due: Timestamp) -> Option<(String, Timestamp)> {
+    children
+        .iter()
+        .filter_map(|b| Some((b.name_any(), b.metadata.creation_timestamp.as_ref()?.0)))
+        .filter(|(_, created)| *created >= due)
+        .max_by_key(|(_, created)| *created)
 }
 
 /// Logs, records a Warning event and retries later.
@@ -146,20 +181,36 @@ async fn create_backup(
     }
 }
 
-/// Deletes finished TitanBackups of the schedule beyond `limit`.
-async fn prune(ctx: &ScheduleContext, ns: &str, schedule: &str, limit: u32) -> Result<(), Error> {
+/// The schedule's TitanBackups (by its label).
+async fn list_children(
+    ctx: &ScheduleContext,
+    ns: &str,
+    schedule: &str,
+) -> Result<Vec<TitanBackup>, Error> {
     let api: Api<TitanBackup> = Api::namespaced(ctx.client.clone(), ns);
     let selector = format!("{SCHEDULE_LABEL}={schedule}");
     let listed = api
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(Error::kube("list TitanBackups"))?;
-    let children: Vec<Child> = listed
-        .items
-        .iter()
-        .map(|b| Child::new(b.name_any(), b.status.as_ref()))
-        .collect();
-    for name in to_prune(&children, limit) {
+    Ok(listed.items)
+}
+
+/// Deletes finished TitanBackups of the schedule beyond `limit`.
+async fn prune(
+    ctx: &ScheduleContext,
+    ns: &str,
+    children: &[TitanBackup],
+    limit: u32,
+) -> Result<(), Error> {
+    let api: Api<TitanBackup> = Api::namespaced(ctx.client.clone(), ns);
+    let mut listed: Vec<Child> = Vec::new();
+    for b in children {
+        if !listed.iter().any(|c| c.name == b.name_any()) {
+            listed.push(Child::new(b.name_any(), b.status.as_ref()));
+        }
+    }
+    for name in to_prune(&listed, limit) {
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(status)) if status.code == 404 => {}

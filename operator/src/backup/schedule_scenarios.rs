@@ -98,17 +98,16 @@ fn first_run_calls(object: &Value, create: Reply) -> Vec<Expect> {
         backup_item("nightly-20270113080000", Some("Completed")),
         backup_item("nightly-20270114080000", Some("Completed")),
         backup_item("nightly-20270114090000", Some("Running")),
-        backup_item(RUN, None),
     ]});
     vec![
         Expect::new(Method::GET, SCHEDULE, Reply::Json(object.clone())),
+        Expect::new(Method::GET, BACKUPS, Reply::Json(listed)),
         Expect::new(Method::POST, BACKUPS, create).check(check_created),
         Expect::new(Method::PATCH, STATUS, Reply::Json(object.clone())).check(|b| {
             assert_eq!(b["status"]["lastBackup"], RUN);
             assert_eq!(b["status"]["lastScheduleTime"], "2027-01-15T08:00:00Z");
             assert_eq!(b["status"]["nextScheduleTime"], "2027-01-15T09:00:00Z");
         }),
-        Expect::new(Method::GET, BACKUPS, Reply::Json(listed)),
         Expect::new(
             Method::DELETE,
             format!("{BACKUPS}/nightly-20270111080000"),
@@ -133,6 +132,40 @@ async fn a_retried_run_whose_backup_exists_counts_as_created() {
     let object = schedule_json(json!({}), None);
     let calls = first_run_calls(&object, Reply::Conflict);
     run(object, calls).await;
+}
+
+#[tokio::test]
+async fn a_run_created_before_a_failed_status_write_is_recorded_not_repeated() {
+    // Due at 07:00; an attempt created its run at 07:00:05 and then failed
+    // to write status. Now (08:00) that run is recorded, none is created,
+    // and the next one is due an interval after it.
+    let object = schedule_json(
+        json!({}),
+        Some(
+            json!({"lastScheduleTime": "2027-01-15T06:00:00Z", "lastBackup": "nightly-20270115060000"}),
+        ),
+    );
+    let mut earlier = backup_item("nightly-20270115070005", Some("Running"));
+    earlier["metadata"]["creationTimestamp"] = json!("2027-01-15T07:00:05Z");
+    let mut older = backup_item("nightly-20270115060000", Some("Completed"));
+    older["metadata"]["creationTimestamp"] = json!("2027-01-15T06:00:00Z");
+    let listed = json!({"apiVersion": "titan.dev/v1alpha1", "kind": "TitanBackupList",
+        "metadata": {}, "items": [older, earlier]});
+    let calls = vec![
+        Expect::new(Method::GET, SCHEDULE, Reply::Json(object.clone())),
+        Expect::new(Method::GET, BACKUPS, Reply::Json(listed)),
+        Expect::new(Method::PATCH, STATUS, Reply::Json(object.clone())).check(|b| {
+            assert_eq!(b["status"]["lastBackup"], "nightly-20270115070005");
+            assert_eq!(b["status"]["lastScheduleTime"], "2027-01-15T07:00:05Z");
+            assert_eq!(b["status"]["nextScheduleTime"], "2027-01-15T08:00:05Z");
+        }),
+        Expect::new(Method::POST, EVENTS, Reply::Echo).check(|b| {
+            let note = b["note"].as_str().unwrap_or_default();
+            assert!(note.contains("created by an earlier attempt"), "{note}");
+        }),
+    ];
+    let requeue = run(object, calls).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(5)));
 }
 
 #[tokio::test]
