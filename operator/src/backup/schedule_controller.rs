@@ -89,26 +89,7 @@ pub async fn reconcile(
     let due = last
         .map(|l| l + Duration::from_secs(u64::from(spec.interval_seconds)))
         .or_else(|| schedule.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let (backup, at, note) = match due.and_then(|due| run_since(&children, due)) {
-        Some((backup, created)) => {
-            let note = format!("recorded TitanBackup {backup}, created by an earlier attempt");
-            (backup, created, note)
-        }
-        None => {
-            let backup = backup_name(&name, now);
-            create_backup(&ctx, &schedule, &ns, &backup).await?;
-            children.push(TitanBackup {
-                metadata: ObjectMeta {
-                    name: Some(backup.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: spec.template.clone(),
-                status: None,
-            });
-            let note = format!("created TitanBackup {backup}");
-            (backup, now, note)
-        }
-    };
+    let (backup, at, note) = run_for_slot(&ctx, &schedule, &ns, &mut children, due, now).await?;
     let next = at + Duration::from_secs(u64::from(spec.interval_seconds));
     let status = TitanBackupScheduleStatus {
         last_schedule_time: Some(Time(at)),
@@ -123,6 +104,35 @@ pub async fn reconcile(
         .try_into()
         .unwrap_or(Duration::ZERO);
     Ok(Requeue::requeue(wait))
+}
+
+/// This slot's run: one created since `due` (recorded), else a new one
+/// (created, and added to `children` for pruning). Returns its name, its
+/// time and the event note.
+async fn run_for_slot(
+    ctx: &ScheduleContext,
+    schedule: &TitanBackupSchedule,
+    ns: &str,
+    children: &mut Vec<TitanBackup>,
+    due: Option<Timestamp>,
+    now: Timestamp,
+) -> Result<(String, Timestamp, String), Error> {
+    if let Some((backup, created)) = due.and_then(|due| run_since(children, due)) {
+        let note = format!("recorded TitanBackup {backup}, created by an earlier attempt");
+        return Ok((backup, created, note));
+    }
+    let backup = backup_name(&schedule.name_any(), now);
+    create_backup(ctx, schedule, ns, &backup).await?;
+    children.push(TitanBackup {
+        metadata: ObjectMeta {
+            name: Some(backup.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: schedule.spec.template.clone(),
+        status: None,
+    });
+    let note = format!("created TitanBackup {backup}");
+    Ok((backup, now, note))
 }
 
 /// The newest of `children` created at or after `due`, with its creation time.
