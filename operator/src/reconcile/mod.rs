@@ -273,10 +273,10 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
         selector: names.selector_string(),
         pdb_supported: applied.pdb_supported,
         snapshot,
+        restore_failure: restore::fetch_failure_note(ctx, cluster, &state).await,
         now,
     };
-    let mut next = status::build_status(&status_input);
-    restore::report_fetch_failure(ctx, cluster, &state, &mut next, now).await;
+    let next = status::build_status(&status_input);
     write_status(ctx, cluster, &names, next).await?;
     Ok(requeue_for(&ctx.settings, &plan.action))
 }
@@ -341,6 +341,7 @@ async fn paused(
         selector: names.selector_string(),
         pdb_supported: true,
         snapshot: None,
+        restore_failure: None,
         now,
     };
     let prev_pdb = cluster

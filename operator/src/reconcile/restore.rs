@@ -15,18 +15,18 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use object_store::ObjectStore;
 
 use super::observe::KubeState;
-use super::status::{DEGRADED, set_condition};
+use super::status::DEGRADED;
 use super::{Context, Error, publish, write_degraded_status};
 use crate::backup::BackupError;
 use crate::backup::resource::S3Destination;
 use crate::backup::restore::{CheckedBackup, check_object};
 use crate::backup::store::{S3Credentials, StoreConfig, read_credentials, s3_store};
 use crate::builders::{BOOTSTRAPPED_KEY, Names, RESTORE_CONTAINER};
-use crate::crd::{BackupSource, Phase, TitanCluster, TitanClusterStatus};
+use crate::crd::{BackupSource, TitanCluster};
 
 /// How long a failed check waits before the next (the user uploads the
 /// object, fixes the Secret, the bucket comes back).
@@ -162,22 +162,19 @@ pub fn fetch_failure(pods: &[Pod]) -> Option<(String, String)> {
     })
 }
 
-/// While a restored cluster has not bootstrapped: a failed fetch turns the
-/// Degraded condition to `RestoreFailed` with the pod and its message, and
-/// is announced by one Warning event when it first shows.
-pub(super) async fn report_fetch_failure(
+/// Until bootstrap, a `restore-backup` init container that failed: its
+/// note (`POD could not fetch the backup: MESSAGE`), which `build_status`
+/// turns into Degraded/`RestoreFailed`. A Warning event is published the
+/// first time the note appears in the condition.
+pub(super) async fn fetch_failure_note(
     ctx: &Context,
     cluster: &TitanCluster,
     state: &KubeState,
-    status: &mut TitanClusterStatus,
-    now: Timestamp,
-) {
+) -> Option<String> {
     if cluster.spec.bootstrap.is_none() || bootstrapped(state) {
-        return;
+        return None;
     }
-    let Some((pod, message)) = fetch_failure(&state.pods) else {
-        return;
-    };
+    let (pod, message) = fetch_failure(&state.pods)?;
     let note = format!("{pod} could not fetch the backup: {message}");
     let already = cluster.status.as_ref().is_some_and(|s| {
         s.conditions
@@ -195,17 +192,7 @@ pub(super) async fn report_fetch_failure(
         )
         .await;
     }
-    let generation = cluster.meta().generation;
-    set_condition(
-        &mut status.conditions,
-        DEGRADED,
-        true,
-        FETCH_FAILED,
-        &note,
-        generation,
-        now,
-    );
-    status.phase = Some(Phase::Degraded);
+    Some(note)
 }
 
 /// Condition and event reason of a failed fetch.

@@ -8,6 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use super::observe::PodObservation;
+use super::restore::FETCH_FAILED;
 use crate::crd::{LastSnapshot, MemberRole, MemberStatus, Phase, TitanClusterStatus};
 use crate::planner::{Action, NodeRole, NodeStatus, Plan, WaitReason};
 
@@ -38,6 +39,9 @@ pub struct StatusInput<'a> {
     pub pdb_supported: bool,
     /// A snapshot completed this reconcile.
     pub snapshot: Option<LastSnapshot>,
+    /// Before bootstrap, why a member could not fetch the backup it
+    /// restores: the cluster is then Degraded/`RestoreFailed` with it.
+    pub restore_failure: Option<String>,
     /// Now.
     pub now: Timestamp,
 }
@@ -101,8 +105,13 @@ pub fn build_status(input: &StatusInput<'_>) -> TitanClusterStatus {
             input.now,
         );
     }
+    let phase = if input.restore_failure.is_some() {
+        Phase::Degraded
+    } else {
+        input.plan.phase
+    };
     TitanClusterStatus {
-        phase: Some(input.plan.phase),
+        phase: Some(phase),
         replicas: i32::try_from(members.len()).unwrap_or(i32::MAX),
         selector: Some(input.selector.clone()),
         ready_replicas: i32::try_from(ready).unwrap_or(i32::MAX),
@@ -185,9 +194,11 @@ fn condition_values(input: &StatusInput<'_>, availability: &Availability) -> Vec
             progress_reason.clone(),
             progress_message(progressing, &progress_reason, action),
         ),
-        (
-            DEGRADED,
-            degraded.is_some(),
+        match &input.restore_failure {
+            Some(note) => (DEGRADED, true, FETCH_FAILED.to_string(), note.clone()),
+            None => (
+                DEGRADED,
+                degraded.is_some(),
             degraded.clone().unwrap_or_else(|| "AsExpected".to_string()),
             degraded.map_or_else(
                 || "Every member is healthy.".to_string(),
@@ -197,7 +208,8 @@ fn condition_values(input: &StatusInput<'_>, availability: &Availability) -> Vec
                     )
                 },
             ),
-        ),
+            ),
+        },
         (
             RECONCILIATION_PAUSED,
             paused,
@@ -388,8 +400,35 @@ mod tests {
             selector: "a=b".to_string(),
             pdb_supported: true,
             snapshot: None,
+            restore_failure: None,
             now: t(now),
         }
+    }
+
+    #[test]
+    fn a_failed_backup_fetch_makes_the_cluster_degraded_with_its_message() {
+        let plan = Plan {
+            action: Action::Wait(WaitReason::Bootstrapping),
+            phase: Phase::Bootstrapping,
+        };
+        let pods = BTreeMap::new();
+        let mut i = input(&plan, &pods, None, 1000);
+        i.restore_failure = Some("demo-0 could not fetch the backup: gone".to_string());
+        let s = build_status(&i);
+        assert_eq!(s.phase, Some(Phase::Degraded));
+        let degraded = condition(&s, DEGRADED);
+        assert_eq!(
+            (
+                degraded.status.as_str(),
+                degraded.reason.as_str(),
+                degraded.message.as_str()
+            ),
+            (
+                "True",
+                FETCH_FAILED,
+                "demo-0 could not fetch the backup: gone"
+            )
+        );
     }
 
     fn condition<'a>(s: &'a TitanClusterStatus, type_: &str) -> &'a Condition {
