@@ -427,13 +427,14 @@ backup_field() { kt get tbk "${BACKUP}" -o "jsonpath=$1" 2>/dev/null || true; }
 backup_completed() { [ "$(backup_field '{.status.phase}')" = Completed ]; }
 
 # A TitanCluster named $1 restored from object $2 (checksum $3, or none).
-apply_restored_cluster() {
-  local name="$1" key="$2" sha="$3"
+# A 3-member TitanCluster $1 of the e2e image on the current storage, with
+# the spec lines $2 (indented two spaces) added.
+apply_tc() {
   kt apply -f - <<YAML
 apiVersion: titan.dev/v1alpha1
 kind: TitanCluster
 metadata:
-  name: ${name}
+  name: $1
 spec:
   replicas: 3
   image: ${IMAGE_REPO}:${TAG_A}
@@ -441,7 +442,13 @@ spec:
   storage:
     size: 1Gi
 ${STORAGE_LINES}
-  bootstrap:
+$2
+YAML
+}
+
+apply_restored_cluster() {
+  local name="$1" key="$2" sha="$3"
+  apply_tc "${name}" "  bootstrap:
     fromBackup:
       s3:
         bucket: ${S3_BUCKET}
@@ -449,8 +456,7 @@ ${STORAGE_LINES}
         endpoint: http://${S3_ADDR}
         allowHttp: true
         credentialsSecret: s3-creds
-${sha:+      sha256: ${sha}}
-YAML
+${sha:+      sha256: ${sha}}"
 }
 
 degraded_reason_is() {
@@ -542,21 +548,8 @@ tls_secret_has() { [ -n "$(kt get secret "${TLS_TC}-tls" -o "jsonpath={.data.$1}
 
 tls_phase() {
   local i m reply before
-  kt apply -f - <<YAML
-apiVersion: titan.dev/v1alpha1
-kind: TitanCluster
-metadata:
-  name: ${TLS_TC}
-spec:
-  replicas: 3
-  image: ${IMAGE_REPO}:${TAG_A}
-  imagePullPolicy: IfNotPresent
-  storage:
-    size: 1Gi
-${STORAGE_LINES}
-  tls:
-    enabled: true
-YAML
+  apply_tc "${TLS_TC}" "  tls:
+    enabled: true"
   kt wait "tc/${TLS_TC}" --for=condition=Available --timeout="${AVAILABLE_TIMEOUT_S}s" ||
     die "TLS cluster not Available: $(kt get tc "${TLS_TC}" -o 'jsonpath={.status}')"
   [ "$(kt get secret "${TLS_TC}-ca" -o 'jsonpath={.type}')" = kubernetes.io/tls ] ||
