@@ -39,7 +39,10 @@ pub struct RetryConfig {
 
 /// TLS settings (rustls, ring provider). The files are read when the client
 /// is built, so a missing or malformed one fails
-/// [`crate::Client::connect`] with [`crate::Error::TlsFile`] naming it.
+/// [`crate::Client::connect`] with [`crate::Error::TlsFile`] naming it. They
+/// are read again before every new connection: a changed, valid set (a
+/// rotated client certificate, a new CA bundle) is used from then on, a
+/// broken one is logged and the previous set kept.
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     /// PEM file with the CA certificates that sign the servers' certificates.

@@ -20,8 +20,67 @@ pub struct ChannelPool {
     channels: Mutex<HashMap<String, Channel>>,
     /// Dial settings for new channels.
     connect_timeout: std::time::Duration,
-    /// TLS settings of every dial (`None`: plaintext).
-    tls: Option<ClientTlsConfig>,
+    /// TLS settings of every dial (`None`: plaintext), re-read from their
+    /// files before each new connection.
+    tls: Option<Mutex<LiveTls>>,
+}
+
+/// Client TLS settings that follow their files: before each dial the files
+/// are read again, and when their bytes changed and the new set is valid it
+/// is used from then on (a rotated client certificate, or a new CA bundle,
+/// reaches new connections without rebuilding the client). A broken or
+/// half-written set is logged and the previous one kept. Channels already
+/// open keep their connection.
+#[derive(Debug)]
+struct LiveTls {
+    /// The file paths and server name.
+    source: TlsConfig,
+    /// The files' bytes `config` was built from.
+    files: Vec<Vec<u8>>,
+    /// What new connections use.
+    config: ClientTlsConfig,
+}
+
+impl LiveTls {
+    fn new(source: &TlsConfig) -> Result<LiveTls, Error> {
+        let config = crate::tls::client_tls(source)?;
+        Ok(LiveTls {
+            source: source.clone(),
+            files: tls_file_bytes(source).unwrap_or_default(),
+            config,
+        })
+    }
+
+    /// The settings for a new connection, after taking in changed files.
+    fn current(&mut self) -> ClientTlsConfig {
+        match tls_file_bytes(&self.source) {
+            Ok(files) if files == self.files => {}
+            Ok(files) => match crate::tls::client_tls(&self.source) {
+                Ok(config) => {
+                    tracing::info!(ca = %self.source.ca_cert_path.display(), "client TLS files changed; new connections use them");
+                    self.files = files;
+                    self.config = config;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "client TLS files changed but are not usable; keeping the previous ones");
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "client TLS files unreadable; keeping the previous ones");
+            }
+        }
+        self.config.clone()
+    }
+}
+
+/// The bytes of every file of `tls`, in a fixed order.
+fn tls_file_bytes(tls: &TlsConfig) -> std::io::Result<Vec<Vec<u8>>> {
+    let mut files = vec![std::fs::read(&tls.ca_cert_path)?];
+    if let Some((cert, key)) = &tls.client_identity {
+        files.push(std::fs::read(cert)?);
+        files.push(std::fs::read(key)?);
+    }
+    Ok(files)
 }
 
 impl ChannelPool {
@@ -32,18 +91,14 @@ impl ChannelPool {
         if config.endpoints.is_empty() {
             return Err(Error::NoEndpoints);
         }
-        let tls = config
-            .tls
-            .as_ref()
-            .map(crate::tls::client_tls)
-            .transpose()?;
+        let tls = config.tls.as_ref().map(LiveTls::new).transpose()?;
         for endpoint in &config.endpoints {
-            parse_endpoint(endpoint, tls.as_ref())?;
+            parse_endpoint(endpoint, tls.as_ref().map(|t| &t.config))?;
         }
         Ok(ChannelPool {
             channels: Mutex::new(HashMap::new()),
             connect_timeout: config.connect_timeout,
-            tls,
+            tls: tls.map(Mutex::new),
         })
     }
 
@@ -52,7 +107,12 @@ impl ChannelPool {
         if let Some(channel) = self.lock().get(endpoint) {
             return Ok(channel.clone());
         }
-        let channel = dial(endpoint, self.tls.as_ref(), self.connect_timeout).await?;
+        let tls = self.tls.as_ref().map(|live| {
+            live.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .current()
+        });
+        let channel = dial(endpoint, tls.as_ref(), self.connect_timeout).await?;
         let mut channels = self.lock();
         if channels.len() >= MAX_POOLED_CHANNELS {
             channels.clear();

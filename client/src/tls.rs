@@ -1,6 +1,7 @@
 //! [`TlsConfig`] → tonic's rustls settings: reads and checks the PEM files
-//! once, when the client is built, so a bad file is reported by name before
-//! anything is dialled.
+//! when the client is built, so a bad file is reported by name before
+//! anything is dialled (and again, through `pool::LiveTls`, before each new
+//! connection, so rotated files are taken in).
 
 use std::path::Path;
 

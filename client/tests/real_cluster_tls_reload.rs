@@ -438,3 +438,37 @@ fn a_key_that_does_not_match_the_new_certificate_keeps_the_old_one_served_until_
     rt.block_on(writer.put("after-fix", "v"))
         .expect("write with the new certificate");
 }
+
+#[test]
+fn a_client_takes_a_rotated_client_certificate_from_its_files_without_being_rebuilt() {
+    let ca = TestCa::new("titan CA");
+    let (cluster, pem) = start(1, &ca, &ca.node_leaf("node"));
+    let rt = runtime();
+    // The client starts with a certificate the cluster's CA never signed:
+    // the member refuses it (the client port requires a client certificate).
+    let stranger = TestCa::new("another CA");
+    let (cert, key) = stranger.client_leaf("stranger");
+    pem.replace("app.pem", &cert);
+    pem.replace("app-key.pem", &key);
+    let kv = client(cluster.grpc_endpoints(), pem.client_tls("ca.pem", "app"));
+    let refused = rt.block_on(kv.put("rotated", "no"));
+    assert!(refused.is_err(), "a certificate of another CA got in");
+
+    // A half-written replacement (a certificate without its key yet) is not
+    // taken: still refused, and the client keeps working on the old set.
+    let (cert, key) = ca.client_leaf("app");
+    pem.replace("app.pem", &cert);
+    pem.replace("app-key.pem", "not a key");
+    assert!(rt.block_on(kv.put("rotated", "no")).is_err());
+
+    // The key lands: the same client object connects with the new pair.
+    pem.replace("app-key.pem", &key);
+    let revision = rt
+        .block_on(kv.put("rotated", "yes"))
+        .unwrap_or_else(|e| panic!("put with the rotated certificate: {e}"));
+    assert!(revision > 0);
+    let got = rt
+        .block_on(kv.get("rotated", Consistency::Linearizable))
+        .unwrap_or_else(|e| panic!("get: {e}"));
+    assert_eq!(got.map(|(value, _)| value), Some(b"yes".to_vec()));
+}

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::runtime::controller::Action as Requeue;
 use kube::runtime::events::EventType;
-use kube::ResourceExt;
 use object_store::ObjectStore;
 
 use super::observe::KubeState;
