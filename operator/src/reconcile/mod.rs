@@ -217,17 +217,16 @@ async fn apply(cluster: &TitanCluster, ctx: &Context) -> Result<Requeue, Error> 
     let now = (ctx.clock)();
     let names = Names::of(cluster);
     if let Err(invalid) = cluster.spec.validate() {
-        publish(
+        let note = invalid.to_string();
+        degrade(
             ctx,
             cluster,
-            EventType::Warning,
-            "InvalidSpec",
-            "Validate",
-            invalid.to_string(),
+            &names,
+            ("InvalidSpec", "Validate"),
+            &note,
+            now,
         )
-        .await;
-        let note = invalid.to_string();
-        write_degraded_status(ctx, cluster, &names, "InvalidSpec", &note, now).await?;
+        .await?;
         return Ok(Requeue::await_change());
     }
     if cluster.spec.paused {
@@ -293,17 +292,8 @@ async fn refuse_tls_change(
     let Some(note) = tls_change(cluster, state) else {
         return Ok(None);
     };
-    let reason = "TlsChangeUnsupported";
-    publish(
-        ctx,
-        cluster,
-        EventType::Warning,
-        reason,
-        "Validate",
-        note.clone(),
-    )
-    .await;
-    write_degraded_status(ctx, cluster, names, reason, &note, now).await?;
+    let why = ("TlsChangeUnsupported", "Validate");
+    degrade(ctx, cluster, names, why, &note, now).await?;
     Ok(Some(Requeue::await_change()))
 }
 
@@ -364,6 +354,28 @@ async fn paused(
     }
     write_status(ctx, cluster, names, next).await?;
     Ok(Requeue::await_change())
+}
+
+/// A refusal: a Warning event `reason` (by `action`) and the Degraded
+/// status with the same reason and `note`.
+pub(super) async fn degrade(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    (reason, action): (&str, &str),
+    note: &str,
+    now: Timestamp,
+) -> Result<(), Error> {
+    publish(
+        ctx,
+        cluster,
+        EventType::Warning,
+        reason,
+        action,
+        note.to_string(),
+    )
+    .await;
+    write_degraded_status(ctx, cluster, names, reason, note, now).await
 }
 
 /// Phase Degraded, with the Degraded condition's `reason` and `message`.

@@ -20,7 +20,7 @@ use object_store::ObjectStore;
 
 use super::observe::KubeState;
 use super::status::DEGRADED;
-use super::{Context, Error, publish, write_degraded_status};
+use super::{Context, Error, degrade, publish};
 use crate::backup::BackupError;
 use crate::backup::resource::S3Destination;
 use crate::backup::restore::{CheckedBackup, check_object};
@@ -88,16 +88,7 @@ pub(super) async fn gate(
             let reason = failure.reason();
             let note = format!("cannot restore from backup: {failure}");
             tracing::warn!(cluster = %names.cluster, %reason, %failure, "backup check failed");
-            publish(
-                ctx,
-                cluster,
-                EventType::Warning,
-                reason,
-                "Restore",
-                note.clone(),
-            )
-            .await;
-            write_degraded_status(ctx, cluster, names, reason, &note, now).await?;
+            degrade(ctx, cluster, names, (reason, "Restore"), &note, now).await?;
             Ok(Some(Requeue::requeue(RECHECK_AFTER)))
         }
     }
