@@ -262,7 +262,8 @@ fn tls_script() -> String {
 if [ ! -s "$cert" ] || [ ! -s "$key" ]; then
   echo "no certificate for ${{POD_NAME}} in {TLS_DIR} yet (Secret ${{TLS_SECRET}})" >&2; exit 1
 fi
-set -- "$@" --peer-tls-cert "$cert" --peer-tls-key "$key" --peer-tls-ca "$ca"   --client-tls-cert "$cert" --client-tls-key "$key" --client-listen-addr 127.0.0.1
+set -- "$@" --peer-tls-cert "$cert" --peer-tls-key "$key" --peer-tls-ca "$ca" \
+  --client-tls-cert "$cert" --client-tls-key "$key" --client-listen-addr 127.0.0.1
 "#
     )
 }
@@ -373,7 +374,7 @@ pub(super) fn identity_env(names: &Names) -> Vec<EnvVar> {
 
 fn env(cluster: &TitanCluster, names: &Names) -> Vec<EnvVar> {
     let mut env = identity_env(names);
-    // Only when set, so that clusters without it keep their pod template.
+    // Only when set, so that clusters without them keep their pod template.
     if cluster.spec.tls_enabled() {
         env.push(EnvVar {
             name: "TLS_SECRET".to_string(),
@@ -590,5 +591,48 @@ mod tests {
             assert_eq!(caps.add, Some(vec!["CHOWN".to_string()]));
             assert_eq!(caps.drop, Some(vec!["ALL".to_string()]));
         }
+    }
+
+    /// The TLS lines of the startup script, run by a real `/bin/sh` with
+    /// the mount point moved to a temporary directory: with the member's
+    /// files the server gets every TLS flag; without them the container
+    /// fails naming the Secret.
+    #[test]
+    fn tls_script_passes_the_members_files_or_fails_naming_the_secret() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let tls_dir = dir.path().display().to_string();
+        let script = format!(
+            "set -eu\nset -- --id x\n{}printf '%s|' \"$@\"\n",
+            tls_script().replace(TLS_DIR, &tls_dir)
+        );
+        let run = |pod: &str| {
+            std::process::Command::new("/bin/sh")
+                .args(["-c", &script])
+                .env("POD_NAME", pod)
+                .env("TLS_SECRET", "demo-tls")
+                .output()
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        for name in ["demo-0.crt", "demo-0.key", "ca.crt"] {
+            std::fs::write(dir.path().join(name), "pem").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let out = run("demo-0");
+        let args = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{args}");
+        let want = format!(
+            "--id|x|--peer-tls-cert|{tls_dir}/demo-0.crt|--peer-tls-key|{tls_dir}/demo-0.key|\
+             --peer-tls-ca|{tls_dir}/ca.crt|--client-tls-cert|{tls_dir}/demo-0.crt|\
+             --client-tls-key|{tls_dir}/demo-0.key|--client-listen-addr|127.0.0.1|"
+        );
+        assert_eq!(args, want);
+
+        let out = run("demo-1");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "started without a certificate");
+        assert!(out.stdout.is_empty(), "the server was started");
+        assert!(
+            err.contains("no certificate for demo-1") && err.contains("demo-tls"),
+            "{err}"
+        );
     }
 }
