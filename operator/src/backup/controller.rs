@@ -235,10 +235,7 @@ async fn cluster_ca(client: &Client, names: &Names) -> Result<Option<String>, Er
         .get_opt(&names.tls_secret())
         .await
         .map_err(Error::kube("get member certificates secret"))?;
-    Ok(secret
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(crate::tls::CA_CERT_KEY).cloned())
-        .and_then(|v| String::from_utf8(v.0).ok()))
+    Ok(secret.and_then(|s| crate::kube_io::secret_text(&s, crate::tls::CA_CERT_KEY)))
 }
 
 fn completed_note(outcome: &BackupOutcome) -> String {

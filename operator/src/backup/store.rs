@@ -59,8 +59,7 @@ impl std::fmt::Debug for S3Credentials {
 /// Reads the credentials from the Secret `name`.
 pub fn credentials_from_secret(secret: &Secret, name: &str) -> Result<S3Credentials, BackupError> {
     let value = |key: &'static str| -> Option<String> {
-        let data = secret.data.as_ref()?.get(key)?;
-        let text = String::from_utf8(data.0.clone()).ok()?;
+        let text = crate::kube_io::secret_text(secret, key)?;
         let text = text.trim().to_string();
         (!text.is_empty()).then_some(text)
     };

@@ -17,6 +17,7 @@ use super::{Context, Error, publish};
 use crate::admin::TlsIdentity;
 use crate::builders::{FIELD_MANAGER, Names, child_meta};
 use crate::crd::TitanCluster;
+use crate::kube_io::secret_texts;
 use crate::tls::{self, ClusterCa};
 
 /// Keys of the CA Secret (the `kubernetes.io/tls` layout).
@@ -45,7 +46,8 @@ pub async fn ensure(
         .get_opt(&names.tls_secret())
         .await
         .map_err(Error::kube("get member certificates secret"))?;
-    let have = string_data(existing.as_ref());
+    // Entries that are not UTF-8 are left out, and so re-issued.
+    let have = secret_texts(existing.as_ref());
     let count = member_count(cluster, state, names);
     let want = tls::member_certs(&ca, names, count, &have, now).map_err(pki(names.tls_secret()))?;
     if existing.is_none() || want.data != have {
@@ -146,7 +148,7 @@ async fn cluster_ca(
 }
 
 fn load_ca(secret: &Secret, name: &str) -> Result<ClusterCa, Error> {
-    let data = string_data(Some(secret));
+    let data = secret_texts(Some(secret));
     let part = |key: &str| data.get(key).map(String::as_str).unwrap_or_default();
     ClusterCa::load(part(CA_SECRET_CERT), part(CA_SECRET_KEY)).map_err(pki(name.to_string()))
 }
@@ -170,19 +172,6 @@ fn member_count(cluster: &TitanCluster, state: &KubeState, names: &Names) -> u32
         .max()
         .unwrap_or(0);
     spec.max(sts).max(pods)
-}
-
-/// A Secret's data as text; entries that are not UTF-8 are left out (and
-/// so re-issued).
-fn string_data(secret: Option<&Secret>) -> BTreeMap<String, String> {
-    secret
-        .and_then(|s| s.data.as_ref())
-        .map(|d| {
-            d.iter()
-                .filter_map(|(k, v)| Some((k.clone(), String::from_utf8(v.0.clone()).ok()?)))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn byte_data(data: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
