@@ -30,6 +30,9 @@ pub const CA_VALIDITY_DAYS: i64 = 3650;
 pub const MEMBER_VALIDITY_DAYS: i64 = 90;
 /// A member certificate is re-issued once fewer days than this remain.
 pub const RENEW_BEFORE_DAYS: i64 = 30;
+/// Subject CN of the operator's client certificate; the members allow
+/// only it to change the cluster through Admin (`--admin-allowed-cn`).
+pub const OPERATOR_CN: &str = "titan-operator";
 /// Lifetime of the operator's client certificate (issued per reconcile).
 pub const OPERATOR_VALIDITY_SECS: i64 = 3600;
 /// Certificates start this much before "now", for clocks a little behind.
@@ -186,7 +189,7 @@ impl ClusterCa {
     /// The operator's client certificate for Admin calls (client auth only).
     pub fn issue_operator(&self, now: i64) -> Result<Leaf, PkiError> {
         self.sign(
-            "titan-operator",
+            OPERATOR_CN,
             Vec::new(),
             vec![ExtendedKeyUsagePurpose::ClientAuth],
             now,

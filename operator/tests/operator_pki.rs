@@ -1,7 +1,8 @@
 //! The certificates the operator issues under `spec.tls`, used by a real
 //! `titan-server` exactly as the pod's startup script passes them: the
 //! operator's Admin client gets in with its own certificate of the cluster
-//! CA, and is refused without one or with another CA's; the plaintext TCP
+//! CA, and is refused without one or with another CA's; a member's
+//! certificate may read Status but not change the cluster; the plaintext TCP
 //! port listens on loopback only; a TLS member's backup streams over TLS
 //! verified with the cluster CA.
 //!
@@ -18,7 +19,7 @@ use titan_operator::admin::{
 use titan_operator::backup::upload::{UploadConfig, open_snapshot};
 use titan_operator::builders::Names;
 use titan_operator::planner::NodeRole;
-use titan_operator::tls::{ClusterCa, member_certs};
+use titan_operator::tls::{ClusterCa, OPERATOR_CN, member_certs};
 use titan_testkit::Cluster;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -54,6 +55,7 @@ fn member_flags(dir: &Path) -> Vec<String> {
         format!("--client-tls-cert={}", f("demo-0.crt")),
         format!("--client-tls-key={}", f("demo-0.key")),
         "--client-listen-addr=127.0.0.1".to_string(),
+        format!("--admin-allowed-cn={OPERATOR_CN}"),
     ]
 }
 
@@ -76,8 +78,19 @@ fn target(peer_port: u16, identity: Arc<TlsIdentity>) -> AdminTarget {
     )
 }
 
-#[test]
-fn operator_issued_certificates_admit_the_operator_and_refuse_everyone_else() {
+/// One TLS member `demo-0` started with the operator's flags and files,
+/// and what the tests call it with.
+struct Member {
+    rt: tokio::runtime::Runtime,
+    ca: ClusterCa,
+    members: titan_operator::tls::MemberCerts,
+    operator: Arc<TlsIdentity>,
+    admin: GrpcAdmin,
+    cluster: Cluster,
+    _dir: tempfile::TempDir,
+}
+
+fn start_member() -> Member {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -96,11 +109,33 @@ fn operator_issued_certificates_admit_the_operator_and_refuse_everyone_else() {
         .identity(Identity::from_pem(&operator.cert_pem, &operator.key_pem))
         .domain_name(names().pod_host(0));
     let cluster = Cluster::start_tls(1, &flags, harness_tls);
-    let node = &cluster.nodes[0];
     let admin = GrpcAdmin::new(GrpcAdminConfig {
         connect_timeout_ms: 2_000,
         request_timeout_ms: 5_000,
     });
+    Member {
+        rt,
+        ca,
+        members,
+        operator,
+        admin,
+        cluster,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn operator_issued_certificates_admit_the_operator_and_refuse_everyone_else() {
+    let Member {
+        rt,
+        ca,
+        operator,
+        admin,
+        cluster,
+        ..
+    } = start_member();
+    let now = now();
+    let node = &cluster.nodes[0];
 
     // The operator's own certificate, verified as the pod's DNS name.
     let status = rt
@@ -156,6 +191,83 @@ fn operator_issued_certificates_admit_the_operator_and_refuse_everyone_else() {
     println!(
         "ok: mTLS admin as the operator; other CA, plaintext and wrong name refused; \
          TCP on loopback (outside address checked: {outside:?}); {bytes} snapshot bytes over TLS"
+    );
+}
+
+#[test]
+fn a_members_certificate_reads_status_but_cannot_change_the_cluster() {
+    let Member {
+        rt,
+        ca,
+        members,
+        operator,
+        admin,
+        cluster,
+        ..
+    } = start_member();
+    let node = &cluster.nodes[0];
+    let status = rt
+        .block_on(admin.status(target(node.peer_port, operator.clone())))
+        .unwrap_or_else(|e| panic!("operator refused: {e}"));
+    // A member's own certificate gets through the peer port's mutual TLS
+    // and may read Status (members probe each other), but it is not the
+    // admin identity: it cannot remove a member, move leadership or take a
+    // snapshot. The operator can.
+    let member = Arc::new(TlsIdentity {
+        ca_pem: ca.cert_pem().to_string(),
+        cert_pem: members.data["demo-0.crt"].clone(),
+        key_pem: members.data["demo-0.key"].clone(),
+    });
+    let as_member = target(node.peer_port, member);
+    rt.block_on(admin.status(as_member.clone()))
+        .unwrap_or_else(|e| panic!("a member's Status refused: {e}"));
+    let refusals = [
+        (
+            "RemoveMember",
+            rt.block_on(admin.remove(as_member.clone(), status.id)),
+        ),
+        (
+            "TransferLeadership",
+            rt.block_on(admin.transfer_leadership(as_member.clone(), status.id)),
+        ),
+        (
+            "TakeSnapshot",
+            rt.block_on(admin.take_snapshot(as_member)).map(|_| ()),
+        ),
+    ];
+    for (call, got) in refusals {
+        match got {
+            Err(AdminError::Rpc { status: s, .. }) => {
+                assert_eq!(s.code(), tonic::Code::PermissionDenied, "{call}: {s:?}");
+                assert!(
+                    s.message().contains("CN=demo-0") && s.message().contains(OPERATOR_CN),
+                    "{call}: {}",
+                    s.message()
+                );
+            }
+            other => panic!("{call} with a member's certificate: {other:?}"),
+        }
+    }
+    let after = rt
+        .block_on(admin.status(target(node.peer_port, operator.clone())))
+        .unwrap_or_else(|e| panic!("status: {e}"));
+    assert_eq!(
+        after.role,
+        NodeRole::Leader,
+        "the refused calls changed the member"
+    );
+    assert_eq!(
+        after.members.len(),
+        1,
+        "the refused RemoveMember removed a member"
+    );
+    let taken = rt
+        .block_on(admin.take_snapshot(target(node.peer_port, operator.clone())))
+        .unwrap_or_else(|e| panic!("the operator's TakeSnapshot refused: {e}"));
+
+    println!(
+        "ok: a member's certificate read Status and was refused RemoveMember, \
+         TransferLeadership and TakeSnapshot; the operator's took {taken:?}"
     );
 }
 

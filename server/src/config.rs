@@ -77,6 +77,9 @@ pub enum ConfigError {
         /// The flag that is missing.
         missing: &'static str,
     },
+    /// `--admin-allowed-cn` holds an empty name.
+    #[error("--admin-allowed-cn {0:?} holds an empty name; give common names separated by commas")]
+    BadAdminName(String),
     /// A TLS flag that only makes sense with another one.
     #[error("{given} needs {needs}: {why}")]
     TlsNeeds {
@@ -301,6 +304,16 @@ pub struct Cli {
         default_value_t = DEFAULT_TLS_RELOAD_INTERVAL_MS
     )]
     pub tls_reload_interval_ms: u64,
+    /// Subject common names allowed to make the Admin calls that change the
+    /// cluster (membership, leadership transfer, snapshots, value-log
+    /// merge), comma-separated or repeated. Needs peer mutual TLS. Status
+    /// stays open to every certificate of --peer-tls-ca. Default: any.
+    #[arg(
+        long = "admin-allowed-cn",
+        env = "TITAN_ADMIN_ALLOWED_CN",
+        value_delimiter = ','
+    )]
+    pub admin_allowed_cn: Vec<String>,
 }
 
 /// Default `--tls-reload-interval-ms`: a rotated Kubernetes Secret reaches
@@ -400,6 +413,26 @@ fn check_tls(cli: &Cli) -> Result<(Option<TlsFiles>, Option<TlsFiles>), ConfigEr
     Ok((client, peer))
 }
 
+/// `--admin-allowed-cn`: names without blanks, and only with peer mutual
+/// TLS, where callers have a certificate to check.
+fn check_admin_names(names: &[String], peer_tls: bool) -> Result<Vec<String>, ConfigError> {
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !peer_tls {
+        return Err(ConfigError::TlsNeeds {
+            given: "--admin-allowed-cn",
+            needs: "--peer-tls-cert, --peer-tls-key and --peer-tls-ca",
+            why: "the names are checked against the client certificate of the peer port's mutual TLS",
+        });
+    }
+    let names: Vec<String> = names.iter().map(|n| n.trim().to_string()).collect();
+    if names.iter().any(String::is_empty) {
+        return Err(ConfigError::BadAdminName(names.join(",")));
+    }
+    Ok(names)
+}
+
 /// One `-peers` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSpec {
@@ -489,6 +522,9 @@ pub struct Config {
     pub peer_tls: Option<TlsFiles>,
     /// How often the TLS files are re-read.
     pub tls_reload_interval: Duration,
+    /// Subject CNs allowed to change the cluster through Admin (empty: any
+    /// caller the peer port admits).
+    pub admin_allowed_cn: Vec<String>,
 }
 
 impl Config {
@@ -755,6 +791,7 @@ impl Cli {
             max_line_bytes: self.max_line_bytes.max(64),
             max_connections: self.max_connections.max(1),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            admin_allowed_cn: check_admin_names(&self.admin_allowed_cn, peer_tls.is_some())?,
             client_tls,
             peer_tls,
             tls_reload_interval: Duration::from_millis(self.tls_reload_interval_ms),
@@ -1052,6 +1089,49 @@ mod tests {
             "server-only client TLS next to peer mTLS"
         );
         assert!(config(&[]).is_ok_and(|c| c.client_tls.is_none() && c.peer_tls.is_none()));
+    }
+
+    #[test]
+    fn admin_allowed_names_need_peer_mutual_tls_and_no_blank_name() {
+        let peer = ["--peer-tls-cert=p", "--peer-tls-key=pk", "--peer-tls-ca=pa"];
+        /// Ok(the names kept) or Err(text the error carries).
+        type Want = Result<Vec<&'static str>, &'static str>;
+        // (extra flags, with peer mTLS, wanted)
+        let table: Vec<(Vec<&str>, bool, Want)> = vec![
+            (vec![], false, Ok(vec![])),
+            (vec![], true, Ok(vec![])),
+            (
+                vec!["--admin-allowed-cn=titan-operator"],
+                false,
+                Err("--peer-tls-ca"),
+            ),
+            (
+                vec!["--admin-allowed-cn=titan-operator"],
+                true,
+                Ok(vec!["titan-operator"]),
+            ),
+            (
+                vec!["--admin-allowed-cn=titan-operator, ops"],
+                true,
+                Ok(vec!["titan-operator", "ops"]),
+            ),
+            (
+                vec!["--admin-allowed-cn=a", "--admin-allowed-cn=b"],
+                true,
+                Ok(vec!["a", "b"]),
+            ),
+            (vec!["--admin-allowed-cn=a,,b"], true, Err("empty name")),
+            (vec!["--admin-allowed-cn= "], true, Err("empty name")),
+        ];
+        for (extra, mtls, want) in table {
+            let mut args: Vec<&str> = if mtls { peer.to_vec() } else { vec![] };
+            args.extend(&extra);
+            match (config(&args), want) {
+                (Ok(cfg), Ok(names)) => assert_eq!(cfg.admin_allowed_cn, names, "{args:?}"),
+                (Err(e), Err(text)) => assert!(e.to_string().contains(text), "{args:?}: {e}"),
+                (got, want) => panic!("{args:?}: got {got:?}, want {want:?}"),
+            }
+        }
     }
 
     #[test]

@@ -161,8 +161,10 @@ async fn start_listeners(
     );
     let mut tasks = vec![tokio::spawn(tcp.run())];
     let (h, s, peer_tls) = (handle.clone(), shutdown.clone(), tls.peer_server);
+    let admins = transport::admin_auth::AdminPolicy::new(cfg.admin_allowed_cn.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = transport::serve_peer(peer, h, inbox, snapshots, peer_tls, s).await {
+        if let Err(e) = transport::serve_peer(peer, h, inbox, snapshots, peer_tls, admins, s).await
+        {
             tracing::error!(error = %e, "peer gRPC server failed");
         }
     }));

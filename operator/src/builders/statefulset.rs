@@ -25,6 +25,7 @@ use super::{
     PEER_PORT, child_meta,
 };
 use crate::crd::TitanCluster;
+use crate::tls::OPERATOR_CN;
 
 /// Mount point of the `data` PVC and `--data-dir` of the server.
 pub const DATA_DIR: &str = "/var/lib/titan";
@@ -255,7 +256,9 @@ fn server_mounts(cluster: &TitanCluster) -> Vec<VolumeMount> {
 /// `spec.tls`: the member's own certificate (it must exist: the operator
 /// writes it before the pod can start, and the kubelet may lag a little, so
 /// a missing file fails the container, which is retried), then the server's
-/// TLS flags. The plaintext TCP port listens on loopback only.
+/// TLS flags. The plaintext TCP port listens on loopback only, and only the
+/// operator's certificate may change the cluster through Admin (a member's
+/// certificate is admitted to the peer port, but cannot remove its peers).
 fn tls_script() -> String {
     format!(
         r#"cert="{TLS_DIR}/${{POD_NAME}}.crt"; key="{TLS_DIR}/${{POD_NAME}}.key"; ca="{TLS_DIR}/ca.crt"
@@ -263,7 +266,8 @@ if [ ! -s "$cert" ] || [ ! -s "$key" ]; then
   echo "no certificate for ${{POD_NAME}} in {TLS_DIR} yet (Secret ${{TLS_SECRET}})" >&2; exit 1
 fi
 set -- "$@" --peer-tls-cert "$cert" --peer-tls-key "$key" --peer-tls-ca "$ca" \
-  --client-tls-cert "$cert" --client-tls-key "$key" --client-listen-addr 127.0.0.1
+  --client-tls-cert "$cert" --client-tls-key "$key" --client-listen-addr 127.0.0.1 \
+  --admin-allowed-cn {OPERATOR_CN}
 "#
     )
 }
@@ -622,7 +626,8 @@ mod tests {
         let want = format!(
             "--id|x|--peer-tls-cert|{tls_dir}/demo-0.crt|--peer-tls-key|{tls_dir}/demo-0.key|\
              --peer-tls-ca|{tls_dir}/ca.crt|--client-tls-cert|{tls_dir}/demo-0.crt|\
-             --client-tls-key|{tls_dir}/demo-0.key|--client-listen-addr|127.0.0.1|"
+             --client-tls-key|{tls_dir}/demo-0.key|--client-listen-addr|127.0.0.1|\
+             --admin-allowed-cn|titan-operator|"
         );
         assert_eq!(args, want);
 

@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 use titan_proto::v1 as pb;
 use titan_proto::v1::admin_server::Admin;
 
+use super::admin_auth::AdminPolicy;
 use super::status_from_error;
 use super::tls::Dialer;
 use crate::node::handle::{AdminCmd, AdminReply};
@@ -59,12 +60,30 @@ const TRANSFER_WAIT: Duration = Duration::from_secs(3);
 pub struct AdminService {
     /// The local node.
     node: NodeHandle,
+    /// Who may make the calls that change the cluster.
+    policy: AdminPolicy,
 }
 
 impl AdminService {
-    /// Serves `node`.
-    pub fn new(node: NodeHandle) -> Self {
-        AdminService { node }
+    /// Serves `node`; the calls that change the cluster are checked against
+    /// `policy`.
+    pub fn new(node: NodeHandle, policy: AdminPolicy) -> Self {
+        AdminService { node, policy }
+    }
+
+    /// Refuses `req` unless its caller is an admin identity (see
+    /// [`AdminPolicy`]); logs the refusal.
+    fn authorize<T>(&self, call: &str, req: &Request<T>) -> Result<(), Status> {
+        let certs = req.peer_certs();
+        self.policy
+            .check(call, certs.as_deref().map(Vec::as_slice))
+            .inspect_err(|s| {
+                tracing::warn!(
+                    remote = ?req.remote_addr(),
+                    reason = s.message(),
+                    "Admin call refused"
+                );
+            })
     }
 
     async fn run(&self, cmd: AdminCmd) -> Result<AdminReply, Status> {
@@ -153,6 +172,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize("AddMember", &req)?;
         let r = req.into_inner();
         if r.id == 0 || r.peer_addr.is_empty() {
             return Err(Status::invalid_argument("id and peer_addr are required"));
@@ -171,6 +191,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::PromoteMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize("PromoteMember", &req)?;
         self.membership(AdminCmd::Promote(req.into_inner().id))
             .await
     }
@@ -179,6 +200,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::MembershipResponse>, Status> {
+        self.authorize("RemoveMember", &req)?;
         self.membership(AdminCmd::Remove(req.into_inner().id)).await
     }
 
@@ -186,6 +208,7 @@ impl Admin for AdminService {
         &self,
         req: Request<pb::TransferLeadershipRequest>,
     ) -> Result<Response<pb::TransferLeadershipResponse>, Status> {
+        self.authorize("TransferLeadership", &req)?;
         let mut leader = self.node.watch_leader();
         let target = match self
             .run(AdminCmd::TransferLeader(req.into_inner().target_id))
@@ -208,8 +231,9 @@ impl Admin for AdminService {
 
     async fn take_snapshot(
         &self,
-        _: Request<pb::TakeSnapshotRequest>,
+        req: Request<pb::TakeSnapshotRequest>,
     ) -> Result<Response<pb::TakeSnapshotResponse>, Status> {
+        self.authorize("TakeSnapshot", &req)?;
         match self.run(AdminCmd::TakeSnapshot).await? {
             AdminReply::Snapshot(s) => Ok(Response::new(pb::TakeSnapshotResponse {
                 snapshot: Some(snapshot_to_pb(&s)),
@@ -220,8 +244,9 @@ impl Admin for AdminService {
 
     async fn merge_value_log(
         &self,
-        _: Request<pb::MergeValueLogRequest>,
+        req: Request<pb::MergeValueLogRequest>,
     ) -> Result<Response<pb::MergeValueLogResponse>, Status> {
+        self.authorize("MergeValueLog", &req)?;
         match self.run(AdminCmd::MergeValueLog).await {
             Ok(AdminReply::Merge(m)) => Ok(Response::new(pb::MergeValueLogResponse {
                 files: m.files,

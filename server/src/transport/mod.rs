@@ -7,6 +7,7 @@
 //! Architecture invariant: no other module depends on tonic or the
 //! generated protobuf types; conversion happens at this boundary.
 
+pub mod admin_auth;
 pub mod admin_service;
 pub mod convert;
 pub mod etcd_cluster;
@@ -113,6 +114,7 @@ pub async fn serve_peer(
     inbox: PeerInbox,
     snapshots: crate::storage::SnapshotStore,
     tls: Option<tls::LiveServerConfig>,
+    admins: admin_auth::AdminPolicy,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), tonic::transport::Error> {
     let (health, health_svc) = tonic_health::server::health_reporter();
@@ -130,7 +132,9 @@ pub async fn serve_peer(
     let router = Server::builder()
         .add_service(health_svc)
         .add_service(raft)
-        .add_service(AdminServer::new(admin_service::AdminService::new(node)));
+        .add_service(AdminServer::new(admin_service::AdminService::new(
+            node, admins,
+        )));
     serve(router, listener, tls, shutdown).await
 }
 

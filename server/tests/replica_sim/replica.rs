@@ -139,6 +139,7 @@ fn config(
         client_tls: None,
         peer_tls: None,
         tls_reload_interval: Duration::from_secs(60),
+        admin_allowed_cn: Vec::new(),
     }
 }
 
