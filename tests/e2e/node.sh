@@ -575,9 +575,18 @@ tls_phase() {
   tls_ctl --admin-endpoints "$(tls_member 1 5001)" --cacert "${TLS_DIR}/ca.crt" \
     --cert "${TLS_DIR}/${TLS_TC}-0.crt" --key "${TLS_DIR}/${TLS_TC}-0.key" status >/dev/null ||
     die "an Admin call with a member certificate was refused"
+  # A member's certificate is not the admin identity: it may read Status
+  # but not change the cluster (--admin-allowed-cn titan-operator).
+  reply="$(tls_ctl --admin-endpoints "$(tls_member 1 5001)" --cacert "${TLS_DIR}/ca.crt" \
+    --cert "${TLS_DIR}/${TLS_TC}-0.crt" --key "${TLS_DIR}/${TLS_TC}-0.key" snapshot 2>&1)" &&
+    die "a snapshot was taken with a member certificate: ${reply}"
+  case "${reply}" in
+    *"CN=${TLS_TC}-0"*) ;;
+    *) die "a member certificate's TakeSnapshot failed for another reason: ${reply}" ;;
+  esac
   [ -z "$(nc_request "$(tls_member 0 6001)" "GET tls-1")" ] ||
     die "the plaintext TCP port answered from outside the pod"
-  log "refused: plaintext gRPC, Admin without a client certificate, TCP from outside the pod"
+  log "refused: plaintext gRPC, Admin without a client certificate, a member certificate's TakeSnapshot, TCP from outside the pod"
   # Rotation: member 1's certificate goes missing from the Secret; the
   # operator issues a new one and the running member picks it up.
   # (no series until the first reload)
