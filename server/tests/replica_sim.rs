@@ -9,7 +9,10 @@
 //! puts, linearizable gets and compare-and-swap transactions to every
 //! replica (followers forward writes); planned membership changes (a
 //! healthy follower replaced by a new member, leadership transfers) amid
-//! the faults.
+//! the faults. A replacement either heals the network first and finishes,
+//! or runs amid the faults: one step (add the learner, promote it, remove
+//! the old id) at a time while partitions, drops, crashes and disk faults
+//! go on, finished after healing if the faults kept it from finishing.
 //!
 //! A *safety* phase injects faults; a *liveness* phase heals them and
 //! requires a leader, a new committed write and every replica applied to
@@ -65,6 +68,9 @@ const SAFETY_MS: u64 = 12_000;
 const LIVENESS_MS: u64 = 10_000;
 /// Budget for every replica to apply the same index afterwards.
 const CONVERGENCE_MS: u64 = 20_000;
+/// How long a membership step amid the faults may go without a reply
+/// before the next one is issued.
+const STEP_PATIENCE_MS: u64 = 1_000;
 /// Crashes are skipped while this many replicas are down (crashed, stopped
 /// by a disk fault or refusing to boot), so a majority can usually make
 /// progress; a disk fault may still stop a second one.
@@ -89,6 +95,12 @@ struct Summary {
     planned_replacements: u64,
     /// Leadership transfers asked for mid-run.
     transfers: u64,
+    /// Replacements started amid the faults (network left as it was).
+    replacements_amid_faults: u64,
+    /// Their membership steps issued while the faults were active.
+    steps_amid_faults: u64,
+    /// Of those replacements, the ones that finished before healing.
+    finished_amid_faults: u64,
     /// Snapshots streamed to followers.
     snapshots_sent: u64,
     /// Value-log files retired by merges the simulator asked for.
@@ -118,8 +130,27 @@ struct World {
     planned_replacements: u64,
     /// Leadership transfers asked for.
     transfers: u64,
+    /// A replacement under way amid the faults.
+    pending: Option<Replacement>,
+    /// Replacements started amid the faults.
+    replacements_amid_faults: u64,
+    /// Their steps issued while the faults were active.
+    steps_amid_faults: u64,
+    /// Replacements that finished before healing.
+    finished_amid_faults: u64,
     /// Value-log files retired by merges the simulator asked for.
     merged_files: Arc<AtomicU64>,
+}
+
+/// A planned replacement running amid the faults: replica `i` already runs
+/// as the new `member`; `old` is the id it had.
+struct Replacement {
+    i: usize,
+    old: NodeId,
+    member: Member,
+    /// The step in flight and when it was issued (its reply is not awaited
+    /// by the safety loop).
+    step: Option<(Instant, JoinHandle<()>)>,
 }
 
 fn run_seed(seed: u64) -> Result<Summary, String> {
@@ -184,6 +215,10 @@ impl World {
             replaced: 0,
             planned_replacements: 0,
             transfers: 0,
+            pending: None,
+            replacements_amid_faults: 0,
+            steps_amid_faults: 0,
+            finished_amid_faults: 0,
             merged_files: Arc::new(AtomicU64::new(0)),
         })
     }
@@ -225,6 +260,7 @@ impl World {
             self.net.check_storm()?;
             self.reap()?;
             self.fault(action).await?;
+            self.advance_replacement().await;
         }
         Ok(())
     }
@@ -246,13 +282,14 @@ impl World {
                     }
                 }
             }
-            35..=54 => {
+            35..=52 => {
                 for &a in &ids {
                     for &b in &ids {
                         self.net.set_link(a, b, true);
                     }
                 }
             }
+            53..=54 => self.begin_replacement_amid_faults().await?,
             55..=69 if self.down().len() < MAX_DOWN => self.crash_one(),
             70..=89 => self.restart_down().await?,
             90..=94 => self.disk_fault(),
@@ -294,21 +331,9 @@ impl World {
     /// the faults go on against the new membership (conf changes in the
     /// WAL, in snapshots, replayed after crashes).
     async fn replace_healthy(&mut self) -> Result<(), String> {
-        if !self.down().is_empty() || self.damaged.is_some() || self.corrupted.is_some() {
+        let Some(i) = self.replaceable_follower() else {
             return Ok(());
-        }
-        let followers: Vec<usize> = (0..REPLICAS)
-            .filter(|&i| {
-                self.replicas[i]
-                    .handle
-                    .as_ref()
-                    .is_some_and(|h| !h.leader_view().is_self)
-            })
-            .collect();
-        if followers.is_empty() {
-            return Ok(());
-        }
-        let i = followers[self.rng.below(followers.len() as u64) as usize];
+        };
         self.net.heal();
         for r in &self.replicas {
             r.fs.set_fault(None);
@@ -319,6 +344,106 @@ impl World {
         self.replace(i).await?;
         self.planned_replacements += 1;
         Ok(())
+    }
+
+    /// A running follower to replace, when every replica is up, none is
+    /// damaged and no replacement is under way.
+    fn replaceable_follower(&mut self) -> Option<usize> {
+        if !self.down().is_empty()
+            || self.damaged.is_some()
+            || self.corrupted.is_some()
+            || self.pending.is_some()
+        {
+            return None;
+        }
+        let followers: Vec<usize> = (0..REPLICAS)
+            .filter(|&i| {
+                self.replicas[i]
+                    .handle
+                    .as_ref()
+                    .is_some_and(|h| !h.leader_view().is_self)
+            })
+            .collect();
+        if followers.is_empty() {
+            return None;
+        }
+        Some(followers[self.rng.below(followers.len() as u64) as usize])
+    }
+
+    /// A planned replacement that leaves the faults as they are: the
+    /// follower is wiped and started as a new member at once; the
+    /// membership steps follow one by one from the safety loop
+    /// (`advance_replacement`), through partitions, drops, crashes of the
+    /// other replicas and disk faults. The new member's own process is
+    /// left alone until it is a voter and the old id is gone (so its
+    /// identity is the one being added).
+    async fn begin_replacement_amid_faults(&mut self) -> Result<(), String> {
+        let Some(i) = self.replaceable_follower() else {
+            return Ok(());
+        };
+        self.shared.trace.event(&[12, i as u64]);
+        let old = self.replicas[i].id;
+        self.replicas[i].crash(&self.net, Vec::new());
+        self.publish_handle(i);
+        self.replicas[i].wipe();
+        self.replicas[i].start(self.seed, &self.net).await?;
+        self.publish_handle(i);
+        let member = self.replicas[i].as_member();
+        self.pending = Some(Replacement {
+            i,
+            old,
+            member,
+            step: None,
+        });
+        self.replacements_amid_faults += 1;
+        Ok(())
+    }
+
+    /// Issues the next step of the replacement under way, on whichever
+    /// replica believes it leads, once the previous step returned; clears
+    /// it when the leader's configuration has the new voter and not the
+    /// old id.
+    async fn advance_replacement(&mut self) {
+        let Some(p) = self.pending.as_ref() else {
+            return;
+        };
+        // Like the operator, whose Admin call times out: a step without a
+        // reply after STEP_PATIENCE_MS is left running and the next one is
+        // derived from the leader's view anew (possibly the same again).
+        let patience = Duration::from_millis(STEP_PATIENCE_MS);
+        if p.step
+            .as_ref()
+            .is_some_and(|(at, s)| !s.is_finished() && at.elapsed() < patience)
+        {
+            return;
+        }
+        let Some((h, st)) = self.leader_status().await else {
+            return;
+        };
+        let Some(p) = self.pending.as_mut() else {
+            return;
+        };
+        match membership_step(&st, p.old, &p.member) {
+            None => {
+                self.shared.trace.event(&[13, p.i as u64]);
+                self.pending = None;
+                self.finished_amid_faults += 1;
+            }
+            Some(cmd) => {
+                self.shared.trace.event(&[14, p.i as u64]);
+                self.steps_amid_faults += 1;
+                let task = tokio::spawn(async move {
+                    let _ = h.admin(cmd).await;
+                });
+                p.step = Some((Instant::now(), task));
+            }
+        }
+    }
+
+    /// The replica a replacement under way runs as the new member; crashes
+    /// and disk faults leave it alone.
+    fn spared(&self) -> Option<usize> {
+        self.pending.as_ref().map(|p| p.i)
     }
 
     /// Admin.MergeValueLog on one running replica (refused, harmlessly,
@@ -340,6 +465,9 @@ impl World {
     /// stop without acknowledging anything that is not durable.
     fn disk_fault(&mut self) {
         let i = self.rng.below(REPLICAS as u64) as usize;
+        if self.spared() == Some(i) {
+            return;
+        }
         let fault = if self.rng.chance(1, 2) {
             SimFault::SyncFails
         } else {
@@ -362,7 +490,7 @@ impl World {
 
     fn crash_one(&mut self) {
         let i = self.rng.below(REPLICAS as u64) as usize;
-        if !self.replicas[i].is_up() {
+        if !self.replicas[i].is_up() || self.spared() == Some(i) {
             return;
         }
         let torn_len = if self.rng.chance(1, 2) {
@@ -379,7 +507,9 @@ impl World {
     /// Damages a closed WAL segment of a down replica: it must refuse to
     /// boot (then an operator replaces it, see `replace`).
     fn corrupt_down_replica(&mut self) {
-        if self.damaged.is_some() || self.corrupted.is_some() {
+        // With a replacement under way the old member is already gone: a
+        // second lost member would leave no quorum to finish it with.
+        if self.damaged.is_some() || self.corrupted.is_some() || self.pending.is_some() {
             return;
         }
         if let Some(&i) = self.down().first()
@@ -423,6 +553,12 @@ impl World {
         }
         self.reap()?;
         self.restart_down().await?;
+        if let Some(p) = self.pending.take() {
+            if let Some((_, step)) = p.step {
+                step.abort();
+            }
+            self.finish_membership(p.old, &p.member).await?;
+        }
         if let Some(i) = self.damaged.take() {
             self.replace(i).await?;
             self.replaced += 1;
@@ -479,21 +615,21 @@ impl World {
         self.replicas[i].wipe();
         self.replicas[i].start(self.seed, &self.net).await?;
         self.publish_handle(i);
-        let name = self.replicas[i].name.clone();
-        let member = Member {
-            id: self.replicas[i].id,
-            peer_addr: format!("{name}:1"),
-            client_addr: format!("{name}:2"),
-            grpc_addr: format!("{name}:3"),
-            name,
-        };
+        let member = self.replicas[i].as_member();
+        self.finish_membership(old, &member).await
+    }
+
+    /// Drives the leader's configuration to "`member` is a voter and `old`
+    /// is gone", one step at a time, each re-derived from the leader's
+    /// member list (a lost reply is simply retried).
+    async fn finish_membership(&mut self, old: NodeId, member: &Member) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_millis(LIVENESS_MS);
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let Some((h, st)) = self.leader_status().await else {
                 continue;
             };
-            let Some(cmd) = membership_step(&st, old, &member) else {
+            let Some(cmd) = membership_step(&st, old, member) else {
                 return Ok(());
             };
             let outcome = h.admin(cmd).await.is_ok();
@@ -564,6 +700,7 @@ impl World {
             ));
         }
         checks::check_committed_prefixes(&self.replicas)?;
+        self.check_members().await?;
         let finals = self.final_reads().await?;
         let history = self
             .shared
@@ -582,11 +719,35 @@ impl World {
             replaced: self.replaced,
             planned_replacements: self.planned_replacements,
             transfers: self.transfers,
+            replacements_amid_faults: self.replacements_amid_faults,
+            steps_amid_faults: self.steps_amid_faults,
+            finished_amid_faults: self.finished_amid_faults,
             merged_files: self.merged_files.load(Ordering::Relaxed),
             snapshots_sent: self.net.snapshots_sent(),
             final_applied,
             inconclusive: !linearizable,
         })
+    }
+
+    /// Every replica's configuration is exactly the running replicas, all
+    /// voters: no replaced id left behind, no learner never promoted.
+    async fn check_members(&self) -> Result<(), String> {
+        let want: std::collections::BTreeSet<NodeId> = self.replicas.iter().map(|r| r.id).collect();
+        for r in &self.replicas {
+            let h = r.handle.as_ref().ok_or("replica down at the end")?;
+            let st = status(h).await?;
+            let voters = st.members.iter().filter(|m| m.voter).map(|m| m.member.id);
+            let got: std::collections::BTreeSet<NodeId> = voters.collect();
+            if got != want || st.members.len() != want.len() {
+                let members: Vec<(NodeId, bool)> =
+                    st.members.iter().map(|m| (m.member.id, m.voter)).collect();
+                return Err(format!(
+                    "{} ends with members (id, voter) {members:?}; the replicas are {want:?}",
+                    r.name
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// A linearizable read of every key, added to the history.
@@ -691,6 +852,14 @@ fn assert_coverage(runs: &[Summary]) {
         "no healthy member replaced"
     );
     assert!(total(|s| s.transfers) > 0, "no leadership transfer");
+    assert!(
+        total(|s| s.replacements_amid_faults) > 0,
+        "no replacement amid faults"
+    );
+    assert!(
+        total(|s| s.steps_amid_faults) > 0,
+        "no membership step issued amid faults"
+    );
     assert!(total(|s| s.snapshots_sent) > 0, "no snapshot streamed");
     assert!(total(|s| s.merged_files) > 0, "no value-log file merged");
     assert!(

@@ -14,7 +14,7 @@ use titan_server::config::{Config, PeerSpec};
 use titan_server::metrics::Metrics;
 use titan_server::node::outbound::{PeerView, StatusProbe};
 use titan_server::node::{
-    Blocking, InlineSchedule, NodeEnv, NodeHandle, NodeNet, ValueLogTuning, build_with_env,
+    Blocking, InlineSchedule, Member, NodeEnv, NodeHandle, NodeNet, ValueLogTuning, build_with_env,
 };
 use titan_server::raft::NodeId;
 use titan_server::storage::wal_fs::{SimFault, SimFs};
@@ -255,6 +255,18 @@ impl Replica {
         }
         self.dir = fresh;
         self.fs = fs;
+    }
+
+    /// This replica as a member to add (the addresses are names the
+    /// simulated network routes by).
+    pub fn as_member(&self) -> Member {
+        Member {
+            id: self.id,
+            name: self.name.clone(),
+            peer_addr: format!("{}:1", self.name),
+            client_addr: format!("{}:2", self.name),
+            grpc_addr: format!("{}:3", self.name),
+        }
     }
 
     /// What an operator does with a member whose disk is damaged: delete
