@@ -140,12 +140,80 @@ pub struct TlsSpec {
     /// plaintext TCP port bound to the pod's loopback only.
     #[serde(default)]
     pub enabled: bool,
+    /// Clients of the gRPC port (the etcd v3 API) must present a
+    /// certificate of the cluster CA, such as one from
+    /// `clientCertificates`. Needs `enabled`. Can be changed on a running
+    /// cluster (the pods roll one at a time).
+    #[serde(default)]
+    pub client_auth: bool,
+    /// Client certificates the operator issues and renews for applications,
+    /// one Secret `NAME-client-<name>` each (`tls.crt`, `tls.key`,
+    /// `ca.crt`; subject CN `<name>`; 90 days, renewed 30 days before).
+    /// Names are lower-case letters, digits and '-' (at most 40 characters,
+    /// at most 16 names). `titan-operator` is reserved. Needs `enabled`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub client_certificates: Vec<String>,
+}
+
+/// Most `spec.tls.clientCertificates`.
+pub const MAX_CLIENT_CERTIFICATES: usize = 16;
+/// Longest name in `spec.tls.clientCertificates`.
+const MAX_CLIENT_NAME: usize = 40;
+
+impl TlsSpec {
+    /// Client options only with TLS; client names that make valid Secret
+    /// names, unique, and never the operator's admin identity.
+    fn validate(&self) -> Result<(), SpecError> {
+        if !self.enabled && (self.client_auth || !self.client_certificates.is_empty()) {
+            return Err(SpecError::ClientTlsWithoutTls);
+        }
+        if self.client_certificates.len() > MAX_CLIENT_CERTIFICATES {
+            return Err(SpecError::TooManyClientCertificates(
+                self.client_certificates.len(),
+            ));
+        }
+        for (i, name) in self.client_certificates.iter().enumerate() {
+            let label = !name.is_empty()
+                && name.len() <= MAX_CLIENT_NAME
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !name.starts_with('-')
+                && !name.ends_with('-');
+            if !label {
+                return Err(SpecError::BadClientName(name.clone()));
+            }
+            if name == crate::tls::OPERATOR_CN {
+                return Err(SpecError::ReservedClientName(name.clone()));
+            }
+            if self.client_certificates[..i].contains(name) {
+                return Err(SpecError::DuplicateClientName(name.clone()));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl TitanClusterSpec {
     /// Whether `spec.tls.enabled` is set.
     pub fn tls_enabled(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| t.enabled)
+    }
+
+    /// Whether the gRPC port requires client certificates
+    /// (`spec.tls.clientAuth` on a TLS cluster).
+    pub fn client_auth(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|t| t.enabled && t.client_auth)
+    }
+
+    /// `spec.tls.clientCertificates` (empty without TLS).
+    pub fn client_certificates(&self) -> &[String] {
+        match &self.tls {
+            Some(t) if t.enabled => &t.client_certificates,
+            _ => &[],
+        }
     }
 }
 
@@ -399,6 +467,26 @@ pub enum SpecError {
     /// `bootstrap.fromBackup.s3.key` names no object.
     #[error("bootstrap.fromBackup.s3.key {0:?} must name an object (not empty, not ending in /)")]
     BadBackupKey(String),
+    /// `tls.clientAuth` or `tls.clientCertificates` without `tls.enabled`.
+    #[error("tls.clientAuth and tls.clientCertificates need tls.enabled: true")]
+    ClientTlsWithoutTls,
+    /// More client certificates than [`MAX_CLIENT_CERTIFICATES`].
+    #[error("tls.clientCertificates has {0} names; at most {MAX_CLIENT_CERTIFICATES}")]
+    TooManyClientCertificates(usize),
+    /// A client certificate name that cannot name a Secret.
+    #[error(
+        "tls.clientCertificates name {0:?} must be 1 to {MAX_CLIENT_NAME} lower-case letters, \
+         digits or '-', not starting or ending with '-'"
+    )]
+    BadClientName(String),
+    /// The operator's own admin identity asked for as a client certificate.
+    #[error(
+        "tls.clientCertificates name {0:?} is reserved: it is the identity allowed to change the cluster"
+    )]
+    ReservedClientName(String),
+    /// A name listed twice.
+    #[error("tls.clientCertificates lists {0:?} twice")]
+    DuplicateClientName(String),
     /// `bootstrap.fromBackup.sha256` is not a SHA-256.
     #[error("bootstrap.fromBackup.sha256 {0:?} must be 64 lower-case hex digits")]
     BadBackupChecksum(String),
@@ -461,6 +549,9 @@ impl TitanClusterSpec {
         }
         if let Some(bootstrap) = &self.bootstrap {
             bootstrap.from_backup.validate()?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate()?;
         }
         self.network_policy.validate()
     }
@@ -713,6 +804,74 @@ mod tests {
         assert_eq!(client_from["maxItems"], MAX_POLICY_PEERS);
         assert_eq!(client_from["items"]["minProperties"], 1, "{client_from}");
         assert_eq!(policy["properties"]["enabled"]["default"], false);
+    }
+
+    /// `spec.tls` client options: only with TLS, names that make Secret
+    /// names, no duplicate, never the operator's admin identity.
+    #[test]
+    fn tls_client_options_need_tls_and_good_unique_unreserved_names() {
+        let many: Vec<String> = (0..=MAX_CLIENT_CERTIFICATES)
+            .map(|i| format!("app{i}"))
+            .collect();
+        let long = "a".repeat(MAX_CLIENT_NAME + 1);
+        let table = [
+            (serde_json::json!({"enabled": true}), Ok(())),
+            (
+                serde_json::json!({"enabled": true, "clientAuth": true, "clientCertificates": ["filesync", "app-2"]}),
+                Ok(()),
+            ),
+            (
+                serde_json::json!({"clientAuth": true}),
+                Err(SpecError::ClientTlsWithoutTls),
+            ),
+            (
+                serde_json::json!({"enabled": false, "clientCertificates": ["a"]}),
+                Err(SpecError::ClientTlsWithoutTls),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": ["File_Sync"]}),
+                Err(SpecError::BadClientName("File_Sync".into())),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": [""]}),
+                Err(SpecError::BadClientName(String::new())),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": ["-a"]}),
+                Err(SpecError::BadClientName("-a".into())),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": [long.clone()]}),
+                Err(SpecError::BadClientName(long)),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": ["titan-operator"]}),
+                Err(SpecError::ReservedClientName("titan-operator".into())),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": ["a", "b", "a"]}),
+                Err(SpecError::DuplicateClientName("a".into())),
+            ),
+            (
+                serde_json::json!({"enabled": true, "clientCertificates": many}),
+                Err(SpecError::TooManyClientCertificates(
+                    MAX_CLIENT_CERTIFICATES + 1,
+                )),
+            ),
+        ];
+        for (tls, want) in table {
+            let mut spec = spec();
+            spec.tls =
+                Some(serde_json::from_value(tls.clone()).unwrap_or_else(|e| panic!("{tls}: {e}")));
+            assert_eq!(spec.validate(), want, "{tls}");
+        }
+        let mut spec = spec();
+        spec.tls = Some(TlsSpec {
+            enabled: false,
+            client_auth: true,
+            client_certificates: vec!["a".into()],
+        });
+        assert!(!spec.client_auth() && spec.client_certificates().is_empty());
     }
 
     #[test]

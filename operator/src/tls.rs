@@ -186,6 +186,18 @@ impl ClusterCa {
         )
     }
 
+    /// An application's client certificate (`spec.tls.clientCertificates`):
+    /// subject CN `name`, client auth only, no SAN.
+    pub fn issue_client(&self, name: &str, now: i64) -> Result<Leaf, PkiError> {
+        self.sign(
+            name,
+            Vec::new(),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+            now,
+            MEMBER_VALIDITY_DAYS * DAY_SECS,
+        )
+    }
+
     /// The operator's client certificate for Admin calls (client auth only).
     pub fn issue_operator(&self, now: i64) -> Result<Leaf, PkiError> {
         self.sign(
@@ -233,6 +245,37 @@ pub fn not_after(cert_pem: &str) -> Option<i64> {
 /// than [`RENEW_BEFORE_DAYS`] left.
 pub fn needs_renewal(cert_pem: &str, now: i64) -> bool {
     not_after(cert_pem).is_none_or(|end| end - now < RENEW_BEFORE_DAYS * DAY_SECS)
+}
+
+/// Certificate key of a client certificate Secret (`kubernetes.io/tls`).
+pub const CLIENT_CERT_KEY: &str = "tls.crt";
+/// Private key key of a client certificate Secret.
+pub const CLIENT_KEY_KEY: &str = "tls.key";
+
+/// The data of client certificate `name`'s Secret given what it holds now:
+/// `None` while its certificate is of this CA with more than
+/// [`RENEW_BEFORE_DAYS`] left (kept byte for byte); otherwise a new
+/// certificate and key with `ca.crt`.
+pub fn client_cert(
+    ca: &ClusterCa,
+    name: &str,
+    existing: &BTreeMap<String, String>,
+    now: i64,
+) -> Result<Option<BTreeMap<String, String>>, PkiError> {
+    let same_ca = existing.get(CA_CERT_KEY).map(String::as_str) == Some(ca.cert_pem());
+    let usable = match (existing.get(CLIENT_CERT_KEY), existing.get(CLIENT_KEY_KEY)) {
+        (Some(cert), Some(_)) => same_ca && !needs_renewal(cert, now),
+        _ => false,
+    };
+    if usable {
+        return Ok(None);
+    }
+    let leaf = ca.issue_client(name, now)?;
+    Ok(Some(BTreeMap::from([
+        (CA_CERT_KEY.to_string(), ca.cert_pem().to_string()),
+        (CLIENT_CERT_KEY.to_string(), leaf.cert_pem),
+        (CLIENT_KEY_KEY.to_string(), leaf.key_pem),
+    ])))
 }
 
 /// Key of member `pod`'s certificate in the member Secret.
@@ -460,5 +503,43 @@ mod tests {
         assert_eq!(moved.data[CA_CERT_KEY], new_ca.cert_pem());
         assert!(!moved.data.contains_key("demo-3.crt"));
         assert_chain_verifies(new_ca.cert_pem(), &moved.data["demo-0.crt"]);
+    }
+    #[test]
+    fn a_client_certificate_is_kept_until_due_and_reissued_when_due_damaged_or_of_another_ca() {
+        let ca = ClusterCa::generate(&names(), NOW).expect("ca");
+        let first = client_cert(&ca, "filesync", &BTreeMap::new(), NOW)
+            .expect("issue")
+            .expect("a new Secret is issued");
+        let (sans, issuer, subject) = parsed(&first[CLIENT_CERT_KEY]);
+        assert_eq!(subject, "CN=filesync");
+        assert!(sans.is_empty(), "{sans:?}");
+        assert!(issuer.contains("demo"), "{issuer}");
+        assert_eq!(first[CA_CERT_KEY], ca.cert_pem());
+        assert_chain_verifies(ca.cert_pem(), &first[CLIENT_CERT_KEY]);
+
+        let mut no_key = first.clone();
+        no_key.remove(CLIENT_KEY_KEY);
+        let mut junk = first.clone();
+        junk.insert(CLIENT_CERT_KEY.to_string(), "junk".to_string());
+        let other = ClusterCa::generate(&names(), NOW).expect("other");
+        let mut moved = first.clone();
+        moved.insert(CA_CERT_KEY.to_string(), other.cert_pem().to_string());
+        // (what the Secret holds, when, re-issued?)
+        let table = [
+            (&first, NOW + DAY_SECS, false),
+            (&first, NOW + 59 * DAY_SECS, false),
+            (&first, NOW + 61 * DAY_SECS, true),
+            (&no_key, NOW, true),
+            (&junk, NOW, true),
+            (&moved, NOW, true),
+        ];
+        for (i, (have, now, reissued)) in table.into_iter().enumerate() {
+            let got = client_cert(&ca, "filesync", have, now).expect("client cert");
+            assert_eq!(got.is_some(), reissued, "row {i}");
+            if let Some(data) = got {
+                assert!(!needs_renewal(&data[CLIENT_CERT_KEY], now), "row {i}");
+                assert_chain_verifies(ca.cert_pem(), &data[CLIENT_CERT_KEY]);
+            }
+        }
     }
 }

@@ -241,7 +241,7 @@ fn request(endpoint: &str, backup: &str, started: Timestamp, keep: Option<u32>) 
         backup: backup.to_string(),
         member: "demo-1".to_string(),
         endpoint: endpoint.to_string(),
-        ca_pem: None,
+        tls: None,
         bucket: BUCKET.to_string(),
         keys: backup_keys("titan", "prod", "demo", backup, started),
         keep,

@@ -16,10 +16,12 @@ use std::sync::Arc;
 use titan_operator::admin::{
     AdminApi, AdminError, AdminTarget, AdminTls, GrpcAdmin, GrpcAdminConfig, TlsIdentity,
 };
-use titan_operator::backup::upload::{UploadConfig, open_snapshot};
+use titan_operator::backup::upload::{StreamTls, UploadConfig, open_snapshot};
 use titan_operator::builders::Names;
 use titan_operator::planner::NodeRole;
-use titan_operator::tls::{ClusterCa, OPERATOR_CN, member_certs};
+use titan_operator::tls::{
+    CLIENT_CERT_KEY, CLIENT_KEY_KEY, ClusterCa, OPERATOR_CN, client_cert, member_certs,
+};
 use titan_testkit::Cluster;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
@@ -45,10 +47,11 @@ fn write_member_files(dir: &Path, data: &BTreeMap<String, String>) {
     }
 }
 
-/// The startup script's TLS flags for member `demo-0`.
-fn member_flags(dir: &Path) -> Vec<String> {
+/// The startup script's TLS flags for member `demo-0` (`client_auth`:
+/// `spec.tls.clientAuth`).
+fn member_flags(dir: &Path, client_auth: bool) -> Vec<String> {
     let f = |name: &str| dir.join(name).display().to_string();
-    vec![
+    let mut flags = vec![
         format!("--peer-tls-cert={}", f("demo-0.crt")),
         format!("--peer-tls-key={}", f("demo-0.key")),
         format!("--peer-tls-ca={}", f("ca.crt")),
@@ -56,7 +59,11 @@ fn member_flags(dir: &Path) -> Vec<String> {
         format!("--client-tls-key={}", f("demo-0.key")),
         "--client-listen-addr=127.0.0.1".to_string(),
         format!("--admin-allowed-cn={OPERATOR_CN}"),
-    ]
+    ];
+    if client_auth {
+        flags.push(format!("--client-tls-ca={}", f("ca.crt")));
+    }
+    flags
 }
 
 fn identity_of(ca: &ClusterCa, now: i64) -> Arc<TlsIdentity> {
@@ -90,7 +97,7 @@ struct Member {
     _dir: tempfile::TempDir,
 }
 
-fn start_member() -> Member {
+fn start_member(client_auth: bool) -> Member {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -101,7 +108,7 @@ fn start_member() -> Member {
     let members = member_certs(&ca, &names(), 1, &BTreeMap::new(), now).expect("members");
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
     write_member_files(dir.path(), &members.data);
-    let flags = member_flags(dir.path());
+    let flags = member_flags(dir.path(), client_auth);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let operator = identity_of(&ca, now);
     let harness_tls = ClientTlsConfig::new()
@@ -133,7 +140,7 @@ fn operator_issued_certificates_admit_the_operator_and_refuse_everyone_else() {
         admin,
         cluster,
         ..
-    } = start_member();
+    } = start_member(false);
     let now = now();
     let node = &cluster.nodes[0];
 
@@ -183,10 +190,10 @@ fn operator_issued_certificates_admit_the_operator_and_refuse_everyone_else() {
     // another CA the member is not trusted.
     let grpc = format!("https://{}", node.grpc_endpoint());
     let bytes = rt
-        .block_on(snapshot_bytes(&grpc, ca.cert_pem()))
+        .block_on(snapshot_bytes(&grpc, &verified_by(ca.cert_pem())))
         .unwrap_or_else(|e| panic!("snapshot over TLS: {e}"));
     assert!(bytes > 0, "an empty snapshot stream");
-    let untrusted = rt.block_on(snapshot_bytes(&grpc, stranger_ca.cert_pem()));
+    let untrusted = rt.block_on(snapshot_bytes(&grpc, &verified_by(stranger_ca.cert_pem())));
     assert!(untrusted.is_err(), "a member another CA signed was trusted");
     println!(
         "ok: mTLS admin as the operator; other CA, plaintext and wrong name refused; \
@@ -204,7 +211,7 @@ fn a_members_certificate_reads_status_but_cannot_change_the_cluster() {
         admin,
         cluster,
         ..
-    } = start_member();
+    } = start_member(false);
     let node = &cluster.nodes[0];
     let status = rt
         .block_on(admin.status(target(node.peer_port, operator.clone())))
@@ -271,11 +278,88 @@ fn a_members_certificate_reads_status_but_cannot_change_the_cluster() {
     );
 }
 
+/// `spec.tls.clientAuth`: the gRPC port serves a client certificate the
+/// operator issued (`spec.tls.clientCertificates`) and refuses a client
+/// without one; a backup streams only with the operator's certificate.
+#[test]
+fn client_auth_serves_issued_client_certificates_and_refuses_anonymous_clients() {
+    let Member {
+        rt,
+        ca,
+        operator,
+        cluster,
+        ..
+    } = start_member(true);
+    let grpc = format!("https://{}", cluster.nodes[0].grpc_endpoint());
+    let app = client_cert(&ca, "filesync", &BTreeMap::new(), now())
+        .expect("client certificate")
+        .expect("issued");
+
+    let anonymous = rt.block_on(put(&grpc, ca.cert_pem(), None));
+    assert!(anonymous.is_err(), "a client without a certificate wrote");
+    let issued = Some((app[CLIENT_CERT_KEY].as_str(), app[CLIENT_KEY_KEY].as_str()));
+    rt.block_on(put(&grpc, ca.cert_pem(), issued))
+        .unwrap_or_else(|e| panic!("the issued client certificate was refused: {e}"));
+
+    let refused = rt.block_on(snapshot_bytes(&grpc, &verified_by(ca.cert_pem())));
+    assert!(refused.is_err(), "a backup streamed without a certificate");
+    let mutual = StreamTls {
+        ca_pem: ca.cert_pem().to_string(),
+        identity: Some(operator),
+    };
+    let bytes = rt
+        .block_on(snapshot_bytes(&grpc, &mutual))
+        .unwrap_or_else(|e| panic!("the operator's backup stream was refused: {e}"));
+    assert!(bytes > 0);
+    println!(
+        "ok: anonymous put refused ({}); CN=filesync put served; backup stream {bytes} bytes \
+         with the operator's certificate, refused without",
+        anonymous.err().unwrap_or_default()
+    );
+}
+
+/// An etcd Put of `k` over TLS verified with `ca_pem`, presenting
+/// `identity` (certificate, key) if given.
+async fn put(grpc: &str, ca_pem: &str, identity: Option<(&str, &str)>) -> Result<(), String> {
+    use titan_proto::etcdserverpb::PutRequest;
+    use titan_proto::etcdserverpb::kv_client::KvClient;
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca_pem))
+        .domain_name(names().pod_host(0));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = tonic::transport::Endpoint::from_shared(grpc.to_string())
+        .map_err(|e| e.to_string())?
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    KvClient::new(channel)
+        .put(PutRequest {
+            key: b"k".to_vec(),
+            value: b"v".to_vec(),
+            ..PutRequest::default()
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+}
+
+/// A stream verified with `ca_pem`, without a client certificate.
+fn verified_by(ca_pem: &str) -> StreamTls {
+    StreamTls {
+        ca_pem: ca_pem.to_string(),
+        identity: None,
+    }
+}
+
 /// Bytes of a whole etcd Maintenance.Snapshot stream from `grpc`, the
-/// member verified with `ca_pem`.
-async fn snapshot_bytes(grpc: &str, ca_pem: &str) -> Result<usize, String> {
+/// member verified as `tls` says.
+async fn snapshot_bytes(grpc: &str, tls: &StreamTls) -> Result<usize, String> {
     let config = UploadConfig::default();
-    let mut stream = open_snapshot(grpc, Some(ca_pem), &config)
+    let mut stream = open_snapshot(grpc, Some(tls), &config)
         .await
         .map_err(|e| e.to_string())?;
     let mut bytes = 0;

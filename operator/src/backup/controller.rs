@@ -23,11 +23,12 @@ use super::BackupError;
 use super::naming::backup_keys;
 use super::resource::{BackupPhase, TitanBackup, TitanBackupStatus};
 use super::store::{StoreConfig, read_credentials, s3_store};
-use super::upload::{BackupOutcome, BackupRequest, UploadConfig, take_backup};
+use super::upload::{BackupOutcome, BackupRequest, StreamTls, UploadConfig, take_backup};
 use crate::builders::{GRPC_PORT, Names};
 use crate::crd::{MemberRole, TitanCluster, TitanClusterStatus};
-use crate::kube_io::{apply_status, publish_event};
+use crate::kube_io::{apply_status, publish_event, secret_text};
 use crate::reconcile::Error;
+use crate::reconcile::certs::operator_identity;
 use crate::reconcile::status::set_condition;
 
 /// Condition: the backup is in the bucket.
@@ -192,29 +193,17 @@ async fn run(
     };
     let names = Names::of(&cluster);
     let tls = cluster.spec.tls_enabled();
-    let ca_pem = if tls {
-        match cluster_ca(&ctx.client, &names).await? {
-            Some(ca) => Some(ca),
-            None => {
-                return Ok(Err(BackupError::SnapshotStream {
-                    endpoint: (ctx.endpoint)(&names, &member, tls),
-                    detail: format!(
-                        "the cluster uses TLS but Secret {} has no {}",
-                        names.tls_secret(),
-                        crate::tls::CA_CERT_KEY
-                    ),
-                }));
-            }
-        }
-    } else {
-        None
+    let endpoint = (ctx.endpoint)(&names, &member, tls);
+    let stream_tls = match stream_tls(&ctx.client, &cluster, &names, started).await? {
+        Ok(settings) => settings,
+        Err(detail) => return Ok(Err(BackupError::SnapshotStream { endpoint, detail })),
     };
     let request = BackupRequest {
         namespace: ns.to_string(),
         cluster: spec.cluster.clone(),
         backup: backup.name_any(),
-        endpoint: (ctx.endpoint)(&names, &member, tls),
-        ca_pem,
+        endpoint,
+        tls: stream_tls,
         member: member.clone(),
         bucket: s3.bucket.clone(),
         keys: backup_keys(&s3.prefix, ns, &spec.cluster, &backup.name_any(), started),
@@ -227,15 +216,45 @@ async fn run(
     Ok(outcome.await.map(|o| (member, o)))
 }
 
-/// `spec.tls`: the CA certificate members' client ports are verified
-/// with, from the member Secret; `None` if it is missing.
-async fn cluster_ca(client: &Client, names: &Names) -> Result<Option<String>, Error> {
+/// How to stream from a member of `cluster`: nothing without `spec.tls`;
+/// else verified with the CA certificate of the member Secret and, under
+/// `spec.tls.clientAuth`, presenting the operator's client certificate.
+/// The inner `Err` says which Secret is missing what.
+async fn stream_tls(
+    client: &Client,
+    cluster: &TitanCluster,
+    names: &Names,
+    now: Timestamp,
+) -> Result<Result<Option<StreamTls>, String>, Error> {
+    if !cluster.spec.tls_enabled() {
+        return Ok(Ok(None));
+    }
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
     let secret = secrets
         .get_opt(&names.tls_secret())
         .await
         .map_err(Error::kube("get member certificates secret"))?;
-    Ok(secret.and_then(|s| crate::kube_io::secret_text(&s, crate::tls::CA_CERT_KEY)))
+    let Some(ca_pem) = secret.and_then(|s| secret_text(&s, crate::tls::CA_CERT_KEY)) else {
+        return Ok(Err(format!(
+            "the cluster uses TLS but Secret {} has no {}",
+            names.tls_secret(),
+            crate::tls::CA_CERT_KEY
+        )));
+    };
+    let identity = if cluster.spec.client_auth() {
+        match operator_identity(client, names, now.as_second()).await? {
+            Some(identity) => Some(identity),
+            None => {
+                return Ok(Err(format!(
+                    "the cluster requires client certificates but its CA Secret {} is missing",
+                    names.ca_secret()
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Ok(Some(StreamTls { ca_pem, identity })))
 }
 
 fn completed_note(outcome: &BackupOutcome) -> String {

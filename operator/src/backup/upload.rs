@@ -6,6 +6,7 @@
 //! the keys, so the whole path is testable against any `ObjectStore` and any
 //! snapshot stream.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -16,10 +17,11 @@ use sha2::{Digest, Sha256};
 use titan_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use titan_proto::etcdserverpb::{SnapshotRequest, SnapshotResponse};
 use titan_snapfile::backup::{CHECKSUM_LEN, has_checksum_size, hex};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::BackupError;
 use super::naming::{BackupKeys, MANIFEST_FORMAT_VERSION, Manifest, expired_snapshots};
+use crate::admin::TlsIdentity;
 
 /// S3's smallest part (every part but the last must be at least 5 MiB).
 pub const MIN_PART_SIZE_BYTES: usize = 5 << 20;
@@ -64,15 +66,24 @@ pub struct BackupRequest {
     pub member: String,
     /// Its client gRPC endpoint (`http://HOST:7001`, `https://` under `spec.tls`).
     pub endpoint: String,
-    /// CA certificate (PEM) the member's client port is verified with,
-    /// for an `https://` endpoint.
-    pub ca_pem: Option<String>,
+    /// TLS of an `https://` endpoint (`spec.tls`).
+    pub tls: Option<StreamTls>,
     /// Bucket name, for error messages.
     pub bucket: String,
     /// Where the objects go.
     pub keys: BackupKeys,
     /// `retention.keep`, if set.
     pub keep: Option<u32>,
+}
+
+/// How the snapshot stream from a TLS member is secured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamTls {
+    /// CA certificate (PEM) the member's client port is verified with.
+    pub ca_pem: String,
+    /// The operator's client certificate, presented when the port requires
+    /// one (`spec.tls.clientAuth`).
+    pub identity: Option<Arc<TlsIdentity>>,
 }
 
 /// The result of a completed backup.
@@ -183,7 +194,7 @@ impl StreamDigest {
 /// Opens `Maintenance.Snapshot` on `endpoint`.
 pub async fn open_snapshot(
     endpoint: &str,
-    ca_pem: Option<&str>,
+    tls: Option<&StreamTls>,
     config: &UploadConfig,
 ) -> Result<tonic::Streaming<SnapshotResponse>, BackupError> {
     let failed = |detail: String| BackupError::SnapshotStream {
@@ -191,8 +202,12 @@ pub async fn open_snapshot(
         detail,
     };
     let mut ep = Endpoint::from_shared(endpoint.to_string()).map_err(|e| failed(e.to_string()))?;
-    if let Some(ca) = ca_pem {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(settings) = tls {
+        let mut tls =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&settings.ca_pem));
+        if let Some(id) = &settings.identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
         ep = ep
             .tls_config(tls)
             .map_err(|e| failed(format!("TLS settings: {e}")))?;
@@ -307,7 +322,7 @@ pub async fn take_backup(
     config: &UploadConfig,
 ) -> Result<BackupOutcome, BackupError> {
     check_bucket(store, req).await?;
-    let stream = open_snapshot(&req.endpoint, req.ca_pem.as_deref(), config).await?;
+    let stream = open_snapshot(&req.endpoint, req.tls.as_ref(), config).await?;
     let digest = upload_snapshot(store, &req.keys.snapshot, &req.endpoint, stream, config).await?;
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,

@@ -92,6 +92,11 @@ impl Names {
         format!("{}-tls", self.cluster)
     }
 
+    /// Secret of the client certificate `name` (`spec.tls.clientCertificates`).
+    pub fn client_secret(&self, name: &str) -> String {
+        format!("{}-client-{name}", self.cluster)
+    }
+
     /// ConfigMap with initial members and the bootstrapped flag.
     pub fn configmap(&self) -> String {
         format!("{}-config", self.cluster)

@@ -259,7 +259,14 @@ fn server_mounts(cluster: &TitanCluster) -> Vec<VolumeMount> {
 /// TLS flags. The plaintext TCP port listens on loopback only, and only the
 /// operator's certificate may change the cluster through Admin (a member's
 /// certificate is admitted to the peer port, but cannot remove its peers).
-fn tls_script() -> String {
+/// With `client_auth` the gRPC port also requires a certificate of the
+/// cluster CA.
+fn tls_script(client_auth: bool) -> String {
+    let client_ca = if client_auth {
+        " \\\n  --client-tls-ca \"$ca\""
+    } else {
+        ""
+    };
     format!(
         r#"cert="{TLS_DIR}/${{POD_NAME}}.crt"; key="{TLS_DIR}/${{POD_NAME}}.key"; ca="{TLS_DIR}/ca.crt"
 if [ ! -s "$cert" ] || [ ! -s "$key" ]; then
@@ -267,7 +274,7 @@ if [ ! -s "$cert" ] || [ ! -s "$key" ]; then
 fi
 set -- "$@" --peer-tls-cert "$cert" --peer-tls-key "$key" --peer-tls-ca "$ca" \
   --client-tls-cert "$cert" --client-tls-key "$key" --client-listen-addr 127.0.0.1 \
-  --admin-allowed-cn {OPERATOR_CN}
+  --admin-allowed-cn {OPERATOR_CN}{client_ca}
 "#
     )
 }
@@ -303,7 +310,7 @@ fn startup_script(cluster: &TitanCluster, names: &Names) -> String {
         (String::new(), String::new())
     };
     let tls = if cluster.spec.tls_enabled() {
-        tls_script()
+        tls_script(cluster.spec.client_auth())
     } else {
         String::new()
     };
@@ -605,18 +612,22 @@ mod tests {
     fn tls_script_passes_the_members_files_or_fails_naming_the_secret() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let tls_dir = dir.path().display().to_string();
-        let script = format!(
-            "set -eu\nset -- --id x\n{}printf '%s|' \"$@\"\n",
-            tls_script().replace(TLS_DIR, &tls_dir)
-        );
-        let run = |pod: &str| {
+        let script = |client_auth: bool| {
+            format!(
+                "set -eu\nset -- --id x\n{}printf '%s|' \"$@\"\n",
+                tls_script(client_auth).replace(TLS_DIR, &tls_dir)
+            )
+        };
+        let (plain, mutual) = (script(false), script(true));
+        let run_with = |script: &str, pod: &str| {
             std::process::Command::new("/bin/sh")
-                .args(["-c", &script])
+                .args(["-c", script])
                 .env("POD_NAME", pod)
                 .env("TLS_SECRET", "demo-tls")
                 .output()
                 .unwrap_or_else(|e| panic!("{e}"))
         };
+        let run = |pod: &str| run_with(&plain, pod);
         for name in ["demo-0.crt", "demo-0.key", "ca.crt"] {
             std::fs::write(dir.path().join(name), "pem").unwrap_or_else(|e| panic!("{e}"));
         }
@@ -630,6 +641,12 @@ mod tests {
              --admin-allowed-cn|titan-operator|"
         );
         assert_eq!(args, want);
+        // spec.tls.clientAuth: the gRPC port requires the cluster CA's
+        // certificates too.
+        let out = run_with(&mutual, "demo-0");
+        assert!(out.status.success());
+        let args = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(args, format!("{want}--client-tls-ca|{tls_dir}/ca.crt|"));
 
         let out = run("demo-1");
         let err = String::from_utf8_lossy(&out.stderr);

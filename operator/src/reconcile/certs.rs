@@ -1,7 +1,8 @@
-//! `spec.tls`: keeps the cluster CA (Secret `NAME-ca`) and the member
-//! certificates (Secret `NAME-tls`) up to date before anything else is
-//! applied, and hands the reconcile the operator's client identity for
-//! Admin calls. The certificate rules themselves are in [`crate::tls`].
+//! `spec.tls`: keeps the cluster CA (Secret `NAME-ca`), the member
+//! certificates (Secret `NAME-tls`) and the applications' client
+//! certificates (Secrets `NAME-client-<name>`) up to date before anything
+//! else is applied, and hands the reconcile the operator's client identity
+//! for Admin calls. The certificate rules themselves are in [`crate::tls`].
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
+use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 
@@ -82,12 +84,96 @@ pub async fn ensure(
         )
         .await;
     }
+    client_certificates(ctx, cluster, names, &secrets, &ca, now).await?;
+    identity(&ca, names, now).map(Some)
+}
+
+/// The operator's client identity issued from the CA Secret, for calls
+/// made outside the reconcile (a backup's snapshot stream under
+/// `spec.tls.clientAuth`); `None` while the CA Secret does not exist.
+pub async fn operator_identity(
+    client: &Client,
+    names: &Names,
+    now: i64,
+) -> Result<Option<Arc<TlsIdentity>>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &names.namespace);
+    let name = names.ca_secret();
+    let Some(found) = secrets
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get CA secret"))?
+    else {
+        return Ok(None);
+    };
+    identity(&load_ca(&found, &name)?, names, now).map(Some)
+}
+
+/// A fresh one-hour operator certificate of `ca`.
+fn identity(ca: &ClusterCa, names: &Names, now: i64) -> Result<Arc<TlsIdentity>, Error> {
     let operator = ca.issue_operator(now).map_err(pki(names.ca_secret()))?;
-    Ok(Some(Arc::new(TlsIdentity {
+    Ok(Arc::new(TlsIdentity {
         ca_pem: ca.cert_pem().to_string(),
         cert_pem: operator.cert_pem,
         key_pem: operator.key_pem,
-    })))
+    }))
+}
+
+/// One Secret `NAME-client-<name>` per `spec.tls.clientCertificates`
+/// entry: created, or re-issued when due, damaged or of another CA; left
+/// alone otherwise. A `CertificatesIssued` event names what was issued.
+async fn client_certificates(
+    ctx: &Context,
+    cluster: &TitanCluster,
+    names: &Names,
+    secrets: &Api<Secret>,
+    ca: &ClusterCa,
+    now: i64,
+) -> Result<(), Error> {
+    let mut issued = Vec::new();
+    for name in cluster.spec.client_certificates() {
+        let secret_name = names.client_secret(name);
+        let existing = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(Error::kube("get client certificate secret"))?;
+        let have = secret_texts(existing.as_ref());
+        let Some(data) =
+            tls::client_cert(ca, name, &have, now).map_err(pki(secret_name.clone()))?
+        else {
+            continue;
+        };
+        let secret = Secret {
+            metadata: child_meta(cluster, names, secret_name.clone()),
+            type_: Some("kubernetes.io/tls".to_string()),
+            data: Some(byte_data(&data)),
+            ..Secret::default()
+        };
+        secrets
+            .patch(
+                &secret_name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .map_err(Error::kube("apply client certificate secret"))?;
+        issued.push(secret_name);
+    }
+    if !issued.is_empty() {
+        let note = format!(
+            "issued client certificates in Secrets {}",
+            issued.join(", ")
+        );
+        publish(
+            ctx,
+            cluster,
+            EventType::Normal,
+            "CertificatesIssued",
+            "IssueCertificates",
+            note,
+        )
+        .await;
+    }
+    Ok(())
 }
 
 fn pki(secret: String) -> impl FnOnce(tls::PkiError) -> Error {

@@ -3,7 +3,7 @@
 //! execute one step → status.
 
 mod apply;
-mod certs;
+pub mod certs;
 mod execute;
 pub mod observe;
 pub mod restore;

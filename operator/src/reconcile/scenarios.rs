@@ -1039,6 +1039,53 @@ mod tls {
     }
 
     #[tokio::test]
+    async fn client_certificates_get_a_secret_each_and_client_auth_requires_them_on_the_grpc_port()
+    {
+        const CLIENT_SECRET: &str = "/api/v1/namespaces/prod/secrets/demo-client-filesync";
+        let cluster = fixtures::cluster(json!({"replicas": 3, "tls": {
+            "enabled": true, "clientAuth": true, "clientCertificates": ["filesync"]}}));
+        let (ca, members) = stored_pki(10);
+        let mut expects = observe_calls(
+            Some(tls_configmap(true)),
+            Some(fixtures::statefulset_json(3)),
+            fixtures::pods_json(&[0, 1, 2]),
+            fixtures::pvcs_json(&[0, 1, 2]),
+        );
+        expects.extend([
+            Expect::new(Method::GET, CA_SECRET, Reply::Json(ca)),
+            Expect::new(Method::GET, TLS_SECRET, Reply::Json(members)),
+            Expect::new(Method::GET, CLIENT_SECRET, Reply::NotFound),
+            Expect::new(Method::PATCH, CLIENT_SECRET, Reply::Echo).check(|b| {
+                assert_eq!(b["type"], "kubernetes.io/tls");
+                assert_eq!(b["metadata"]["ownerReferences"][0]["kind"], "TitanCluster");
+                assert_eq!(member_secret_keys(b), ["ca.crt", "tls.crt", "tls.key"]);
+            }),
+            Expect::new(Method::POST, paths::EVENTS, Reply::Echo).check(|b| {
+                assert_eq!(b["reason"], "CertificatesIssued");
+                let note = b["note"].as_str().unwrap_or_default();
+                assert!(note.contains("demo-client-filesync"), "{note}");
+            }),
+        ]);
+        let mut applies = apply_calls(false);
+        applies[5] = Expect::new(Method::PATCH, paths::STATEFULSET, Reply::Echo).check(|b| {
+            let script = b["spec"]["template"]["spec"]["containers"][0]["command"][2]
+                .as_str()
+                .unwrap_or_default();
+            assert!(script.contains("--client-tls-ca \"$ca\""), "{script}");
+            assert!(
+                script.contains("--admin-allowed-cn titan-operator"),
+                "{script}"
+            );
+        });
+        expects.extend(applies);
+        expects.push(label_call(1, true));
+        expects.push(status_call(&cluster, |b| {
+            assert_eq!(b["status"]["phase"], "Running");
+        }));
+        run(cluster, tls_admin(), expects).await;
+    }
+
+    #[tokio::test]
     async fn switching_tls_on_for_a_running_cluster_is_refused_and_nothing_changes() {
         for (spec_tls, recorded) in [(true, false), (false, true)] {
             let cluster = fixtures::cluster(json!({"replicas": 3, "tls": {"enabled": spec_tls}}));
