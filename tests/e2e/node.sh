@@ -546,6 +546,51 @@ tls_reloads() {
 tls_reloaded() { [ "$(tls_reloads 1)" -gt "$1" ] 2>/dev/null; }
 tls_secret_has() { [ -n "$(kt get secret "${TLS_TC}-tls" -o "jsonpath={.data.$1}" 2>/dev/null)" ]; }
 
+# Whether the TLS StatefulSet's template passes --client-tls-ca.
+tls_template_requires_client_certs() {
+  kt get sts "${TLS_TC}" -o 'jsonpath={.spec.template.spec.containers[0].command[2]}' |
+    grep -q -- '--client-tls-ca'
+}
+
+# Whether all three TLS pods run the StatefulSet's update revision and are Ready.
+tls_pods_updated() {
+  local rev pods
+  rev="$(kt get sts "${TLS_TC}" -o 'jsonpath={.status.updateRevision}')"
+  pods="$(kt get pods -l app.kubernetes.io/instance="${TLS_TC}" -o \
+    'jsonpath={range .items[*]}{.metadata.labels.controller-revision-hash} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}')"
+  [ -n "${rev}" ] && [ "$(grep -c "^${rev} True$" <<<"${pods}")" -eq 3 ]
+}
+
+# spec.tls.clientAuth and a client certificate for an application, switched
+# on for the running cluster: the operator issues the Secret, the pods roll,
+# then the gRPC port refuses a client without a certificate and serves the
+# issued one (from this host, to a pod IP, verified as the pod's DNS name).
+tls_client_auth() {
+  local ctl="${TITAN_RELEASE_DIR:-${E2E_ROOT}/target/release}/titanctl" f ip reply
+  local secret="${TLS_TC}-client-e2e-app" dir="${ARTIFACTS_DIR}/client-e2e-app"
+  kt patch tc "${TLS_TC}" --type=merge \
+    -p '{"spec":{"tls":{"clientAuth":true,"clientCertificates":["e2e-app"]}}}' >/dev/null
+  wait_until 60 tls_template_requires_client_certs ||
+    die "the StatefulSet does not pass --client-tls-ca after clientAuth was set"
+  wait_until "${ROLLOUT_TIMEOUT_S}" tls_pods_updated ||
+    die "the TLS pods did not roll for clientAuth: $(kt get pods -l app.kubernetes.io/instance="${TLS_TC}" -o wide)"
+  kt wait "tc/${TLS_TC}" --for=condition=Available --timeout=120s >/dev/null ||
+    die "TLS cluster not Available after switching clientAuth on"
+  mkdir -p "${dir}"
+  for f in ca.crt tls.crt tls.key; do
+    kt get secret "${secret}" -o "jsonpath={.data.${f//./\\.}}" | base64 -d >"${dir}/${f}" ||
+      die "Secret ${secret} has no ${f}"
+  done
+  tls_ctl --endpoints "$(tls_member 1 7001)" --cacert "${TLS_DIR}/ca.crt" get tls-1 >/dev/null 2>&1 &&
+    die "a client without a certificate was served under clientAuth"
+  ip="$(kt get pod "${TLS_TC}-1" -o 'jsonpath={.status.podIP}')"
+  reply="$("${ctl}" --timeout-ms 5000 --endpoints "${ip}:7001" --tls-server-name "${TLS_TC}-1.${TLS_TC}-peers" \
+    --cacert "${dir}/ca.crt" --cert "${dir}/tls.crt" --key "${dir}/tls.key" get tls-1 2>&1)" ||
+    die "the issued client certificate was refused: ${reply}"
+  [ "${reply}" = "v1" ] || die "tls-1 read with the issued certificate is '${reply}', want v1"
+  log "clientAuth on a running cluster: pods rolled, a client without a certificate refused, CN=e2e-app served"
+}
+
 tls_phase() {
   local i m reply before
   apply_tc "${TLS_TC}" "  tls:
@@ -603,6 +648,7 @@ tls_phase() {
   kt wait "tc/${TLS_TC}" --for=condition=Available --timeout=60s >/dev/null ||
     die "TLS cluster not Available after the renewal"
   log "member 1 reloaded its re-issued certificate without a restart and serves"
+  tls_client_auth
   kt delete tc "${TLS_TC}" --wait=true --timeout=120s
   kt delete pvc -l app.kubernetes.io/instance="${TLS_TC}" --wait=true --timeout=60s
 }
