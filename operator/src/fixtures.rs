@@ -39,6 +39,9 @@ pub enum Reply {
     Conflict,
 }
 
+/// An assertion on a request's JSON body.
+pub type BodyCheck = std::sync::Arc<dyn Fn(&Value) + Send + Sync>;
+
 /// One expected call: method, exact path, optional body check, reply.
 #[derive(Clone)]
 pub struct Expect {
@@ -47,7 +50,7 @@ pub struct Expect {
     /// URI path (no query).
     pub path: String,
     /// Assertion on the JSON body.
-    pub check: Option<fn(&Value)>,
+    pub check: Option<BodyCheck>,
     /// Answer.
     pub reply: Reply,
 }
@@ -64,8 +67,8 @@ impl Expect {
     }
 
     /// Adds a body check.
-    pub fn check(mut self, check: fn(&Value)) -> Self {
-        self.check = Some(check);
+    pub fn check(mut self, check: impl Fn(&Value) + Send + Sync + 'static) -> Self {
+        self.check = Some(std::sync::Arc::new(check));
         self
     }
 }

@@ -20,8 +20,8 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::resource::TitanBackup;
 use super::schedule::{
-    Child, SCHEDULE_LABEL, TitanBackupSchedule, TitanBackupScheduleStatus, backup_name, to_prune,
-    until_next_run,
+    Cadence, Child, SCHEDULE_LABEL, TitanBackupSchedule, TitanBackupScheduleStatus, backup_name,
+    to_prune, until,
 };
 use crate::kube_io::{apply_status, publish_event};
 use crate::reconcile::Error;
@@ -77,33 +77,62 @@ pub async fn reconcile(
         write_status(&ctx, &ns, &name, &status).await?;
         return Ok(Requeue::await_change());
     }
+    run_on_cadence(&ctx, &schedule, &ns, previous).await
+}
+
+/// Waits for the next run, or takes it: creates (or records) the run,
+/// writes the status, prunes old runs, and requeues for the one after.
+async fn run_on_cadence(
+    ctx: &ScheduleContext,
+    schedule: &TitanBackupSchedule,
+    ns: &str,
+    previous: TitanBackupScheduleStatus,
+) -> Result<Requeue, Error> {
+    let (spec, name) = (&schedule.spec, schedule.name_any());
     let now = (ctx.clock)();
+    let cadence = match Cadence::of(spec, now) {
+        Ok(cadence) => cadence,
+        Err(reason) => {
+            publish(ctx, schedule, EventType::Warning, "InvalidSchedule", reason).await;
+            return Ok(Requeue::await_change());
+        }
+    };
+    let created = schedule
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map_or(now, |t| t.0);
     let last = previous.last_schedule_time.as_ref().map(|t| t.0);
-    let wait = until_next_run(last, spec.interval_seconds, now);
+    // A pattern with no time left to run at has nothing more to do.
+    let Some(due) = cadence.next_run(last, created) else {
+        return Ok(Requeue::await_change());
+    };
+    let wait = until(due, now);
     if !wait.is_zero() {
+        // Shows when a cron schedule first runs, or a changed cadence's next run.
+        if previous.next_schedule_time.as_ref().map(|t| t.0) != Some(due) {
+            let status = TitanBackupScheduleStatus {
+                next_schedule_time: Some(Time(due)),
+                ..previous
+            };
+            write_status(ctx, ns, &name, &status).await?;
+        }
         return Ok(Requeue::requeue(wait));
     }
-    let mut children = list_children(&ctx, &ns, &name).await?;
+    let mut children = list_children(ctx, ns, &name).await?;
     // A run of this slot may exist already: created by an attempt whose
     // status write then failed. It is recorded, not repeated.
-    let due = last
-        .map(|l| l + Duration::from_secs(u64::from(spec.interval_seconds)))
-        .or_else(|| schedule.metadata.creation_timestamp.as_ref().map(|t| t.0));
-    let (backup, at, note) = run_for_slot(&ctx, &schedule, &ns, &mut children, due, now).await?;
-    let next = at + Duration::from_secs(u64::from(spec.interval_seconds));
+    let (backup, at, note) = run_for_slot(ctx, schedule, ns, &mut children, Some(due), now).await?;
+    let next = cadence.next_run(Some(at), created);
     let status = TitanBackupScheduleStatus {
         last_schedule_time: Some(Time(at)),
         last_backup: Some(backup.clone()),
-        next_schedule_time: Some(Time(next)),
+        next_schedule_time: next.map(Time),
     };
-    write_status(&ctx, &ns, &name, &status).await?;
-    prune(&ctx, &ns, &children, spec.history_limit).await?;
-    publish(&ctx, &schedule, EventType::Normal, "BackupScheduled", note).await;
-    let wait = next
-        .duration_since(now)
-        .try_into()
-        .unwrap_or(Duration::ZERO);
-    Ok(Requeue::requeue(wait))
+    write_status(ctx, ns, &name, &status).await?;
+    prune(ctx, ns, &children, spec.history_limit).await?;
+    publish(ctx, schedule, EventType::Normal, "BackupScheduled", note).await;
+    Ok(next.map_or_else(Requeue::await_change, |n| Requeue::requeue(until(n, now))))
 }
 
 /// This slot's run: one created since `due` (recorded), else a new one

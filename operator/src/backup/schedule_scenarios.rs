@@ -91,6 +91,11 @@ fn check_created(b: &Value) {
 /// Create the run (`create` answers with `reply`), record it, prune down
 /// to the history limit of 3, and say so.
 fn first_run_calls(object: &Value, create: Reply) -> Vec<Expect> {
+    run_calls(object, create, "2027-01-15T09:00:00Z")
+}
+
+/// [`first_run_calls`] with the next run expected at `next`.
+fn run_calls(object: &Value, create: Reply, next: &'static str) -> Vec<Expect> {
     let listed = json!({"apiVersion": "titan.dev/v1alpha1", "kind": "TitanBackupList",
     "metadata": {}, "items": [
         backup_item("nightly-20270111080000", Some("Completed")),
@@ -103,10 +108,10 @@ fn first_run_calls(object: &Value, create: Reply) -> Vec<Expect> {
         Expect::new(Method::GET, SCHEDULE, Reply::Json(object.clone())),
         Expect::new(Method::GET, BACKUPS, Reply::Json(listed)),
         Expect::new(Method::POST, BACKUPS, create).check(check_created),
-        Expect::new(Method::PATCH, STATUS, Reply::Json(object.clone())).check(|b| {
+        Expect::new(Method::PATCH, STATUS, Reply::Json(object.clone())).check(move |b| {
             assert_eq!(b["status"]["lastBackup"], RUN);
             assert_eq!(b["status"]["lastScheduleTime"], "2027-01-15T08:00:00Z");
-            assert_eq!(b["status"]["nextScheduleTime"], "2027-01-15T09:00:00Z");
+            assert_eq!(b["status"]["nextScheduleTime"], next);
         }),
         Expect::new(
             Method::DELETE,
@@ -170,10 +175,13 @@ async fn a_run_created_before_a_failed_status_write_is_recorded_not_repeated() {
 
 #[tokio::test]
 async fn a_schedule_waits_for_its_next_run_without_any_write() {
-    // The last run 100 s before now: 3500 s to go.
+    // The last run 100 s before now: 3500 s to go, as the status says.
     let object = schedule_json(
         json!({}),
-        Some(json!({"lastScheduleTime": "2027-01-15T07:58:20Z", "lastBackup": "x"})),
+        Some(
+            json!({"lastScheduleTime": "2027-01-15T07:58:20Z", "lastBackup": "x",
+            "nextScheduleTime": "2027-01-15T08:58:20Z"}),
+        ),
     );
     let calls = vec![Expect::new(
         Method::GET,
@@ -198,4 +206,66 @@ async fn a_suspended_schedule_creates_nothing_and_shows_no_next_run() {
     ];
     let requeue = run(object, calls).await;
     assert_eq!(requeue, Requeue::await_change());
+}
+
+/// A cron schedule `pattern` (no interval) created at `created`.
+fn cron_json(pattern: &str, created: &str, status: Option<Value>) -> Value {
+    let mut v = schedule_json(
+        json!({"intervalSeconds": null, "schedule": pattern}),
+        status,
+    );
+    v["metadata"]["creationTimestamp"] = json!(created);
+    v
+}
+
+#[tokio::test]
+async fn a_cron_schedule_shows_its_first_time_and_waits_for_it() {
+    // Created at 07:30 for 09:00 daily; now is 08:00.
+    let object = cron_json("0 9 * * *", "2027-01-15T07:30:00Z", None);
+    let calls = vec![
+        Expect::new(Method::GET, SCHEDULE, Reply::Json(object.clone())),
+        Expect::new(Method::PATCH, STATUS, Reply::Json(object.clone())).check(|b| {
+            assert_eq!(b["status"]["nextScheduleTime"], "2027-01-15T09:00:00Z");
+            assert!(b["status"].get("lastBackup").is_none(), "{b}");
+        }),
+    ];
+    let requeue = run(object, calls).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(3600)));
+}
+
+#[tokio::test]
+async fn a_cron_schedule_runs_at_its_time_and_names_the_next_one() {
+    // Daily at 08:00, created the day before; now is 08:00.
+    let object = cron_json("0 8 * * *", "2027-01-14T12:00:00Z", None);
+    let calls = run_calls(&object, Reply::Echo, "2027-01-16T08:00:00Z");
+    let requeue = run(object, calls).await;
+    assert_eq!(requeue, Requeue::requeue(Duration::from_secs(24 * 3600)));
+}
+
+#[tokio::test]
+async fn an_invalid_cadence_is_a_warning_and_nothing_runs() {
+    for (spec, reason) in [
+        (json!({"schedule": "0 8 * * *"}), "not both"),
+        (
+            json!({"intervalSeconds": null, "schedule": "0 8 * *"}),
+            "5-field cron pattern",
+        ),
+        (
+            json!({"intervalSeconds": null}),
+            "set intervalSeconds or schedule",
+        ),
+    ] {
+        let object = schedule_json(spec, None);
+        let calls = vec![
+            Expect::new(Method::GET, SCHEDULE, Reply::Json(object.clone())),
+            Expect::new(Method::POST, EVENTS, Reply::Echo).check(move |b| {
+                assert_eq!(b["reason"], "InvalidSchedule");
+                assert_eq!(b["type"], "Warning");
+                let note = b["note"].as_str().unwrap_or_default();
+                assert!(note.contains(reason), "{note}");
+            }),
+        ];
+        let requeue = run(object, calls).await;
+        assert_eq!(requeue, Requeue::await_change());
+    }
 }
