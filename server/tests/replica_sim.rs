@@ -4,8 +4,10 @@
 //! all on one current-thread runtime and all driven by one u64 seed:
 //! message drop, delay, reorder, duplication and partitions; process
 //! crashes that keep only the fsynced WAL, sometimes with a torn tail;
-//! inline "blocking" storage work whose order against the runtime's
-//! apply-during-fsync overlap is drawn from the seed; and clients issuing
+//! graceful stops (SIGTERM: the leader hands over, the node finishes within
+//! its grace, and the disk keeps everything written); inline "blocking"
+//! storage work whose order against the runtime's apply-during-fsync
+//! overlap is drawn from the seed; and clients issuing
 //! puts, linearizable gets and compare-and-swap transactions to every
 //! replica (followers forward writes); planned membership changes (a
 //! healthy follower replaced by a new member, leadership transfers) amid
@@ -87,6 +89,8 @@ struct Summary {
     messages: u64,
     /// Crashes injected.
     crashes: u64,
+    /// Graceful stops (SIGTERM), and how many of them stopped the leader.
+    graceful_stops: (u64, u64),
     /// Nodes that stopped themselves after a disk fault.
     storage_stops: u64,
     /// Members replaced after refusing to boot from a damaged WAL.
@@ -119,6 +123,8 @@ struct World {
     net: SimNet,
     shared: Shared,
     crashes: u64,
+    /// Graceful stops, and of those, of the leader.
+    graceful_stops: (u64, u64),
     storage_stops: u64,
     /// A down replica whose WAL was damaged and has not restarted since.
     corrupted: Option<usize>,
@@ -209,6 +215,7 @@ impl World {
             net,
             shared,
             crashes: 0,
+            graceful_stops: (0, 0),
             storage_stops: 0,
             corrupted: None,
             damaged: None,
@@ -290,7 +297,8 @@ impl World {
                 }
             }
             53..=54 => self.begin_replacement_amid_faults().await?,
-            55..=69 if self.down().len() < MAX_DOWN => self.crash_one(),
+            55..=59 if self.down().len() < MAX_DOWN => self.stop_one().await?,
+            60..=69 if self.down().len() < MAX_DOWN => self.crash_one(),
             70..=89 => self.restart_down().await?,
             90..=94 => self.disk_fault(),
             95..=96 => self.corrupt_down_replica(),
@@ -485,6 +493,25 @@ impl World {
                 self.publish_handle(i);
             }
         }
+        Ok(())
+    }
+
+    /// SIGTERM to one running replica (the leader hands over first); it
+    /// stays down until a restart.
+    async fn stop_one(&mut self) -> Result<(), String> {
+        let i = self.rng.below(REPLICAS as u64) as usize;
+        if !self.replicas[i].is_up() || self.spared() == Some(i) {
+            return Ok(());
+        }
+        let leader = self.replicas[i]
+            .handle
+            .as_ref()
+            .is_some_and(|h| h.leader_view().is_self);
+        self.shared.trace.event(&[15, i as u64, u64::from(leader)]);
+        self.replicas[i].stop(&self.net).await?;
+        self.graceful_stops.0 += 1;
+        self.graceful_stops.1 += u64::from(leader);
+        self.publish_handle(i);
         Ok(())
     }
 
@@ -715,6 +742,7 @@ impl World {
             ops: history.len(),
             messages: self.net.delivered(),
             crashes: self.crashes,
+            graceful_stops: self.graceful_stops,
             storage_stops: self.storage_stops,
             replaced: self.replaced,
             planned_replacements: self.planned_replacements,
@@ -842,6 +870,10 @@ fn vopr_seeds_keep_every_invariant() {
 fn assert_coverage(runs: &[Summary]) {
     let total = |f: fn(&Summary) -> u64| runs.iter().map(f).sum::<u64>();
     assert!(total(|s| s.crashes) > 0, "no crash");
+    assert!(
+        total(|s| s.graceful_stops.1) > 0,
+        "no graceful stop of a leader"
+    );
     assert!(
         total(|s| s.storage_stops) > 0,
         "no node stopped on a disk fault"

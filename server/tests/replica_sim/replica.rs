@@ -37,6 +37,11 @@ pub const SNAPSHOT_THRESHOLD_ENTRIES: u64 = 100;
 /// Entries kept behind a snapshot: a follower down for a few hundred
 /// milliseconds of writes needs a snapshot to catch up.
 pub const LOG_MARGIN_ENTRIES: u64 = 20;
+/// Time a stopping node gets to hand leadership over and finish its
+/// writes (`--shutdown-grace-ms`).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+/// How much longer than its grace a stop may take before it counts as hung.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(2);
 
 /// A pre-bootstrap probe that never gets an answer (every peer is new).
 struct SilentProbe;
@@ -63,8 +68,8 @@ pub struct Replica {
     pub handle: Option<NodeHandle>,
     /// The running node's runtime task.
     task: Option<JoinHandle<()>>,
-    /// Keeps the runtime's shutdown receiver alive (never flipped).
-    _shutdown: Option<watch::Sender<bool>>,
+    /// The runtime's shutdown signal (flipped by a graceful `stop`).
+    shutdown: Option<watch::Sender<bool>>,
     /// Starts so far (each gets its own seeded environment).
     starts: u64,
     /// Wiped and started again as a new member that waits to be added.
@@ -135,7 +140,7 @@ fn config(
         heartbeat_ticks: 1,
         max_line_bytes: 1 << 20,
         max_connections: 16,
-        shutdown_grace: Duration::ZERO,
+        shutdown_grace: SHUTDOWN_GRACE,
         client_tls: None,
         peer_tls: None,
         tls_reload_interval: Duration::from_secs(60),
@@ -155,7 +160,7 @@ impl Replica {
             peers,
             handle: None,
             task: None,
-            _shutdown: None,
+            shutdown: None,
             starts: 0,
             join: false,
             fault_armed: false,
@@ -211,7 +216,7 @@ impl Replica {
         net.register(self.id, built.inbox.clone(), built.snapshots.clone());
         self.handle = Some(built.handle.clone());
         self.task = Some(built.spawn());
-        self._shutdown = Some(tx);
+        self.shutdown = Some(tx);
         Ok(())
     }
 
@@ -223,7 +228,7 @@ impl Replica {
             task.abort();
         }
         self.handle = None;
-        self._shutdown = None;
+        self.shutdown = None;
         self.fault_armed = false;
         let newest = self.newest_segment();
         let mut torn = Some(torn);
@@ -235,6 +240,45 @@ impl Replica {
             }
         });
         self.move_to_fresh_dir(&image);
+    }
+
+    /// SIGTERM: the runtime hands leadership over and finishes what it can
+    /// within [`SHUTDOWN_GRACE`], then returns. The process exits cleanly,
+    /// so the disk keeps everything written, synced or not (the page cache
+    /// outlives the process). A stop that does not finish in time, or a
+    /// runtime that fails, is an error.
+    pub async fn stop(&mut self, net: &SimNet) -> Result<(), String> {
+        if let Some(tx) = self.shutdown.as_ref() {
+            let _ = tx.send(true);
+        }
+        let Some(mut task) = self.task.take() else {
+            return Ok(());
+        };
+        let done = tokio::time::timeout(SHUTDOWN_GRACE + SHUTDOWN_SLACK, &mut task).await;
+        net.unregister(self.id);
+        self.handle = None;
+        self.shutdown = None;
+        self.fault_armed = false;
+        match done {
+            Err(_) => {
+                task.abort();
+                return Err(format!(
+                    "{} did not stop within {:?} of SIGTERM",
+                    self.name,
+                    SHUTDOWN_GRACE + SHUTDOWN_SLACK
+                ));
+            }
+            Ok(Err(e)) => {
+                return Err(format!(
+                    "{}'s runtime failed while stopping: {e}",
+                    self.name
+                ));
+            }
+            Ok(Ok(())) => {}
+        }
+        let image = self.fs.clone();
+        self.move_to_fresh_dir(&image);
+        Ok(())
     }
 
     /// Moves the durable state to a fresh directory, the disk the restarted
