@@ -238,6 +238,7 @@ async fn run_controller(
         },
         clock: Arc::new(Timestamp::now),
         backup_stores: crate::reconcile::restore::s3_stores(),
+        identities: Default::default(),
     });
     let backups = run_backup_controller(&client, config, ctx.recorder.clone(), shutdown.clone());
     let schedules =

@@ -295,6 +295,7 @@ pub fn context_with_operator(
         },
         clock: Arc::new(now),
         backup_stores: crate::reconcile::restore::s3_stores(),
+        identities: Default::default(),
     };
     (Arc::new(ctx), handle)
 }

@@ -102,6 +102,7 @@ fn context(client: Client) -> Arc<Context> {
             ..Settings::default()
         },
         backup_stores: titan_operator::reconcile::restore::s3_stores(),
+        identities: Default::default(),
         clock: Arc::new(Timestamp::now),
     })
 }

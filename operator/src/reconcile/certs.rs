@@ -85,7 +85,56 @@ pub async fn ensure(
         .await;
     }
     client_certificates(ctx, cluster, names, &secrets, &ca, now).await?;
-    identity(&ca, names, now).map(Some)
+    ctx.identities.get_or_issue(names, &ca, now).map(Some)
+}
+
+/// The operator's Admin client certificate per cluster (`NAMESPACE/NAME`),
+/// kept for half its one-hour life so that a reconcile does not generate a
+/// key every time; a new CA or a clock that went back issues a new one.
+#[derive(Clone, Default)]
+pub struct IdentityCache(Arc<std::sync::Mutex<BTreeMap<String, Cached>>>);
+
+/// One cluster's cached identity.
+#[derive(Clone)]
+struct Cached {
+    ca_pem: String,
+    issued_at: i64,
+    identity: Arc<TlsIdentity>,
+}
+
+impl IdentityCache {
+    /// The cached identity of `names`' cluster if it is of `ca` and fresh
+    /// at `now`, else a new one (then cached).
+    fn get_or_issue(
+        &self,
+        names: &Names,
+        ca: &ClusterCa,
+        now: i64,
+    ) -> Result<Arc<TlsIdentity>, Error> {
+        let key = format!("{}/{}", names.namespace, names.cluster);
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = map.get(&key)
+            && reusable(&c.ca_pem, c.issued_at, ca.cert_pem(), now)
+        {
+            return Ok(c.identity.clone());
+        }
+        let identity = identity(ca, names, now)?;
+        let cached = Cached {
+            ca_pem: ca.cert_pem().to_string(),
+            issued_at: now,
+            identity: identity.clone(),
+        };
+        map.insert(key, cached);
+        Ok(identity)
+    }
+}
+
+/// Whether an identity issued at `issued_at` by the CA `cached_ca` may be
+/// used at `now` with the CA `ca`: same CA, and less than half of its
+/// lifetime gone (so it has at least half an hour left).
+fn reusable(cached_ca: &str, issued_at: i64, ca: &str, now: i64) -> bool {
+    let age = now - issued_at;
+    cached_ca == ca && (0..tls::OPERATOR_VALIDITY_SECS / 2).contains(&age)
 }
 
 /// The operator's client identity issued from the CA Secret, for calls
@@ -264,4 +313,57 @@ fn byte_data(data: &BTreeMap<String, String>) -> BTreeMap<String, ByteString> {
     data.iter()
         .map(|(k, v)| (k.clone(), ByteString(v.clone().into_bytes())))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cached_operator_identity_is_reused_for_half_its_life_with_the_same_ca_only() {
+        let half = tls::OPERATOR_VALIDITY_SECS / 2;
+        // (cached CA, issued at, CA now, now, reusable)
+        let table = [
+            ("a", 1000, "a", 1000, true),
+            ("a", 1000, "a", 1000 + half - 1, true),
+            ("a", 1000, "a", 1000 + half, false),
+            ("a", 1000, "b", 1001, false),
+            // The clock went back: issue anew.
+            ("a", 1000, "a", 999, false),
+        ];
+        for (cached, issued, ca, now, want) in table {
+            assert_eq!(
+                reusable(cached, issued, ca, now),
+                want,
+                "{cached} {issued} {ca} {now}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cache_hands_out_one_identity_per_cluster_until_it_is_due() {
+        let names = |cluster: &str| Names {
+            cluster: cluster.to_string(),
+            namespace: "prod".to_string(),
+        };
+        let ca = ClusterCa::generate(&names("demo"), 1_000).expect("ca");
+        let cache = IdentityCache::default();
+        let first = cache
+            .get_or_issue(&names("demo"), &ca, 1_000)
+            .expect("issue");
+        let again = cache
+            .get_or_issue(&names("demo"), &ca, 1_600)
+            .expect("reuse");
+        assert!(Arc::ptr_eq(&first, &again), "reissued while fresh");
+        let other = cache
+            .get_or_issue(&names("other"), &ca, 1_600)
+            .expect("other");
+        assert!(!Arc::ptr_eq(&first, &other), "shared across clusters");
+        let later = 1_000 + tls::OPERATOR_VALIDITY_SECS / 2;
+        let renewed = cache
+            .get_or_issue(&names("demo"), &ca, later)
+            .expect("renew");
+        assert!(!Arc::ptr_eq(&first, &renewed), "kept past half its life");
+        assert!(renewed.cert_pem.contains("BEGIN CERTIFICATE"));
+    }
 }

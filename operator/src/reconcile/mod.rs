@@ -83,6 +83,9 @@ pub struct Context {
     pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
     /// The stores `spec.bootstrap.fromBackup` is read from.
     pub backup_stores: restore::StoreFactory,
+    /// The operator's Admin client certificate per cluster, reused while
+    /// fresh (see [`certs::IdentityCache`]).
+    pub identities: certs::IdentityCache,
 }
 
 /// Reconcile failures. Each maps to a metric label in [`Error::reason`].
