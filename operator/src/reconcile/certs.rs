@@ -74,15 +74,7 @@ pub async fn ensure(
             want.issued.join(", "),
             names.tls_secret()
         );
-        publish(
-            ctx,
-            cluster,
-            EventType::Normal,
-            "CertificatesIssued",
-            "IssueCertificates",
-            note,
-        )
-        .await;
+        certificates_issued(ctx, cluster, note).await;
     }
     client_certificates(ctx, cluster, names, &secrets, &ca, now).await?;
     ctx.identities.get_or_issue(names, &ca, now).map(Some)
@@ -212,17 +204,22 @@ async fn client_certificates(
             "issued client certificates in Secrets {}",
             issued.join(", ")
         );
-        publish(
-            ctx,
-            cluster,
-            EventType::Normal,
-            "CertificatesIssued",
-            "IssueCertificates",
-            note,
-        )
-        .await;
+        certificates_issued(ctx, cluster, note).await;
     }
     Ok(())
+}
+
+/// The Normal event `CertificatesIssued` with `note`.
+async fn certificates_issued(ctx: &Context, cluster: &TitanCluster, note: String) {
+    publish(
+        ctx,
+        cluster,
+        EventType::Normal,
+        "CertificatesIssued",
+        "IssueCertificates",
+        note,
+    )
+    .await;
 }
 
 fn pki(secret: String) -> impl FnOnce(tls::PkiError) -> Error {
