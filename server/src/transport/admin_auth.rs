@@ -4,10 +4,12 @@
 //! the members' own and the operator's. With an allow list, the calls that
 //! change membership, leadership or storage (AddMember, PromoteMember,
 //! RemoveMember, TransferLeadership, TakeSnapshot, MergeValueLog) also need
-//! a client certificate whose subject common name is on it, so a member's
-//! certificate (a compromised pod) cannot remove its peers. Status stays
-//! open to every certificate the port admits: members probe each other
-//! with it before bootstrap.
+//! a client certificate whose subject common name is on it: a member's
+//! certificate gets a member into Raft, not the right to reshape the
+//! cluster. (A member's certificate still carries Raft traffic; this does
+//! not defend against a compromised member.) Status stays open to every
+//! certificate the port admits: members probe each other with it before
+//! bootstrap.
 
 use std::sync::Arc;
 
