@@ -56,6 +56,8 @@ LEADER_WRITER_PID=""
 STORAGE_LINES='    fixPermissions: true'
 # How long a paused cluster is watched for not acting on a replicas change.
 PAUSE_HOLD_S=20
+# How long a deleted cluster's pods may take to be torn down by the kubelet.
+POD_TEARDOWN_TIMEOUT_S=180
 
 k() { "${NODE_KUBECTL}" "$@"; }
 
@@ -426,6 +428,19 @@ scheduled_backup_exists() { [ -n "$(kt get tbk -l titan.dev/backup-schedule=e2e-
 backup_field() { kt get tbk "${BACKUP}" -o "jsonpath=$1" 2>/dev/null || true; }
 backup_completed() { [ "$(backup_field '{.status.phase}')" = Completed ]; }
 
+# Whether no pod of TitanCluster $1 is left (running or terminating).
+instance_pods_gone() { [ -z "$(kt get pods -l app.kubernetes.io/instance="$1" -o name)" ]; }
+
+# Deletes TitanCluster $1 and then its retained data PVCs. The kubelet may
+# take a while to tear a stopped pod down (its volumes stay in use until
+# then), so the PVCs are deleted once the pods are gone.
+delete_cluster_and_volumes() {
+  kt delete tc "$1" --wait=true --timeout=120s
+  wait_until "${POD_TEARDOWN_TIMEOUT_S}" instance_pods_gone "$1" ||
+    die "pods of $1 left after its deletion: $(kt get pods -l app.kubernetes.io/instance="$1" -o wide)"
+  kt delete pvc -l app.kubernetes.io/instance="$1" --wait=true --timeout=120s
+}
+
 # A TitanCluster named $1 restored from object $2 (checksum $3, or none).
 # A 3-member TitanCluster $1 of the e2e image on the current storage, with
 # the spec lines $2 (indented two spaces) added.
@@ -514,8 +529,7 @@ YAML
   kt logs "${RESTORED_TC}-0" -c restore-backup | grep -q '^fetched ' ||
     die "${RESTORED_TC}-0 did not fetch the backup"
   TC="${RESTORED_TC}" verify_everywhere
-  kt delete tc "${RESTORED_TC}" --wait=true --timeout=120s
-  kt delete pvc -l app.kubernetes.io/instance="${RESTORED_TC}" --wait=true --timeout=60s
+  delete_cluster_and_volumes "${RESTORED_TC}"
   wait_until 60 restored_pvcs_gone || die "restored cluster's PVCs left"
   # The schedule's TitanBackups go with it (owner references).
   kt delete tbs e2e-schedule --wait=true
@@ -649,8 +663,7 @@ tls_phase() {
     die "TLS cluster not Available after the renewal"
   log "member 1 reloaded its re-issued certificate without a restart and serves"
   tls_client_auth
-  kt delete tc "${TLS_TC}" --wait=true --timeout=120s
-  kt delete pvc -l app.kubernetes.io/instance="${TLS_TC}" --wait=true --timeout=60s
+  delete_cluster_and_volumes "${TLS_TC}"
 }
 
 # The second storage setup: static host-path PVs in 0777 directories (like
