@@ -860,44 +860,47 @@ fn vopr_seeds_keep_every_invariant() {
         }
     }
     eprintln!("{} seeds in {:?}", seeds.len(), started.elapsed());
-    if seeds.len() >= DEFAULT_SEEDS as usize {
-        assert_coverage(&runs);
+    let counts = coverage(&runs);
+    eprintln!("coverage: {counts:?}");
+    // The CI seeds must exercise every fault. A soak range is only reported:
+    // a rare action (1 in 100 draws) may be absent from a short range while
+    // every invariant held.
+    let default_range =
+        env_u64("TITAN_VOPR_SEEDS").is_none() && env_u64("TITAN_VOPR_SEED_START").is_none();
+    if default_range && env_u64("TITAN_VOPR_SEED").is_none() {
+        if let Some((what, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            panic!("the default seeds never exercised: {what}");
+        }
+        assert!(
+            runs.iter().all(|s| s.ops > 100),
+            "a run with few operations"
+        );
     }
 }
 
-/// Every fault the simulator claims to inject happened in some run, so a
-/// change that silently stops exercising one fails here.
-fn assert_coverage(runs: &[Summary]) {
+/// How often each fault the simulator claims to inject happened over
+/// `runs`, so a change that silently stops exercising one shows (and fails
+/// the default seeds).
+fn coverage(runs: &[Summary]) -> Vec<(&'static str, u64)> {
     let total = |f: fn(&Summary) -> u64| runs.iter().map(f).sum::<u64>();
-    assert!(total(|s| s.crashes) > 0, "no crash");
-    assert!(
-        total(|s| s.graceful_stops.1) > 0,
-        "no graceful stop of a leader"
-    );
-    assert!(
-        total(|s| s.storage_stops) > 0,
-        "no node stopped on a disk fault"
-    );
-    assert!(total(|s| s.replaced) > 0, "no damaged member replaced");
-    assert!(
-        total(|s| s.planned_replacements) > 0,
-        "no healthy member replaced"
-    );
-    assert!(total(|s| s.transfers) > 0, "no leadership transfer");
-    assert!(
-        total(|s| s.replacements_amid_faults) > 0,
-        "no replacement amid faults"
-    );
-    assert!(
-        total(|s| s.steps_amid_faults) > 0,
-        "no membership step issued amid faults"
-    );
-    assert!(total(|s| s.snapshots_sent) > 0, "no snapshot streamed");
-    assert!(total(|s| s.merged_files) > 0, "no value-log file merged");
-    assert!(
-        runs.iter().all(|s| s.ops > 100),
-        "a run with few operations"
-    );
+    vec![
+        ("crash", total(|s| s.crashes)),
+        ("graceful stop of a leader", total(|s| s.graceful_stops.1)),
+        ("node stopped on a disk fault", total(|s| s.storage_stops)),
+        ("damaged member replaced", total(|s| s.replaced)),
+        ("healthy member replaced", total(|s| s.planned_replacements)),
+        ("leadership transfer", total(|s| s.transfers)),
+        (
+            "replacement amid faults",
+            total(|s| s.replacements_amid_faults),
+        ),
+        (
+            "membership step amid faults",
+            total(|s| s.steps_amid_faults),
+        ),
+        ("snapshot streamed", total(|s| s.snapshots_sent)),
+        ("value-log file merged", total(|s| s.merged_files)),
+    ]
 }
 
 #[test]
