@@ -141,10 +141,16 @@ impl Cadence {
 
     /// When the run after `last` is due (`created`: when the schedule was
     /// created, for the first run); `None` if the pattern names no later
-    /// time.
-    pub fn next_run(&self, last: Option<Timestamp>, created: Timestamp) -> Option<Timestamp> {
+    /// time. An interval is never more than one interval after `now`, even
+    /// when the clock stepped back past `last`.
+    pub fn next_run(
+        &self,
+        last: Option<Timestamp>,
+        created: Timestamp,
+        now: Timestamp,
+    ) -> Option<Timestamp> {
         match self {
-            Cadence::Every(every) => Some(last.map_or(created, |l| l + *every)),
+            Cadence::Every(every) => Some(last.map_or(created, |l| (l + *every).min(now + *every))),
             Cadence::Cron(cron) => {
                 let next = next_time(cron, last.unwrap_or(created))?;
                 let spaced = last.map(|l| l + Duration::from_secs(u64::from(MIN_INTERVAL_SECONDS)));
@@ -232,7 +238,7 @@ mod tests {
         let table = [(None, 0), (Some(0), hour), (Some(5 * hour), 6 * hour)];
         for (last, want) in table {
             assert_eq!(
-                every.next_run(last.map(at), at(0)),
+                every.next_run(last.map(at), at(0), at(last.unwrap_or(0))),
                 Some(at(want)),
                 "{last:?}"
             );
@@ -240,12 +246,15 @@ mod tests {
         // Due at once when created; a clock that went back waits at most an interval.
         assert_eq!(until(at(0), at(10)), Duration::ZERO);
         assert_eq!(
-            until(every.next_run(Some(at(100)), at(0)).expect("next"), at(50)),
-            Duration::from_secs(3650)
+            until(
+                every.next_run(Some(at(100)), at(0), at(50)).expect("next"),
+                at(50)
+            ),
+            Duration::from_secs(3600)
         );
         let short = Cadence::of(&spec(Some(1), None), at(0)).expect("short");
         assert_eq!(
-            short.next_run(Some(at(0)), at(0)),
+            short.next_run(Some(at(0)), at(0), at(0)),
             Some(at(300)),
             "intervals below the minimum count as the minimum"
         );
@@ -267,7 +276,11 @@ mod tests {
         ];
         for (pattern, last, created, want) in table {
             let cron = Cadence::of(&spec(None, Some(pattern)), at(DAY0)).expect(pattern);
-            let got = cron.next_run(last.map(|l| at(DAY0 + l)), at(DAY0 + created));
+            let got = cron.next_run(
+                last.map(|l| at(DAY0 + l)),
+                at(DAY0 + created),
+                at(DAY0 + created),
+            );
             assert_eq!(got, Some(at(DAY0 + want)), "{pattern} last {last:?}");
         }
     }

@@ -104,7 +104,7 @@ async fn run_on_cadence(
         .map_or(now, |t| t.0);
     let last = previous.last_schedule_time.as_ref().map(|t| t.0);
     // A pattern with no time left to run at has nothing more to do.
-    let Some(due) = cadence.next_run(last, created) else {
+    let Some(due) = cadence.next_run(last, created, now) else {
         return Ok(Requeue::await_change());
     };
     let wait = until(due, now);
@@ -123,7 +123,7 @@ async fn run_on_cadence(
     // A run of this slot may exist already: created by an attempt whose
     // status write then failed. It is recorded, not repeated.
     let (backup, at, note) = run_for_slot(ctx, schedule, ns, &mut children, Some(due), now).await?;
-    let next = cadence.next_run(Some(at), created);
+    let next = cadence.next_run(Some(at), created, now);
     let status = TitanBackupScheduleStatus {
         last_schedule_time: Some(Time(at)),
         last_backup: Some(backup.clone()),
